@@ -1,0 +1,176 @@
+"""Anchors: the two pretrained timm ViTs a stitchable network is built from."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from timm.layers import LayerScale
+from timm.models import split_model_name_tag
+from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
+from torch import nn
+
+from .checkpoint import load_torch_checkpoint
+from .errors import SNNetError
+from .flops import AnchorShape
+from .stitch_space import check_depths
+
+
+@dataclass
+class AnchorConfig:
+    """How to build one anchor: a timm model name, ``create_model`` overrides and where weights come from."""
+
+    name: str
+    pretrained: bool = False
+    checkpoint_path: str | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "pretrained": self.pretrained,
+                "checkpoint_path": self.checkpoint_path, "kwargs": dict(self.kwargs)}
+
+
+def create_anchor(config: AnchorConfig | str) -> VisionTransformer:
+    """Build an anchor with timm; weights from the hub (``pretrained``) or a local file."""
+    if isinstance(config, str):
+        config = AnchorConfig(config)
+    arch, _ = split_model_name_tag(config.name)
+    if not timm.is_model(arch):
+        raise SNNetError(f"unknown timm model {config.name!r}")
+    if config.checkpoint_path is not None:
+        model = timm.create_model(config.name, pretrained=False, **config.kwargs)
+        load_anchor_weights(model, config.checkpoint_path)
+        return model
+    try:
+        return timm.create_model(config.name, pretrained=config.pretrained, **config.kwargs)
+    except (OSError, RuntimeError) as e:  # no network, no cache, or a hub file that does not fit
+        if not config.pretrained:
+            raise
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SNNetError(f"cannot load pretrained weights for {config.name!r} ({first_line}); "
+                         f"download them or pass a local checkpoint_path") from None
+
+
+def _read_weights(path: Path) -> dict[str, Any]:
+    """A state dict from safetensors, or from a torch file without running pickled code."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        return load_file(str(path))
+    return load_torch_checkpoint(path)
+
+
+def load_anchor_weights(model: VisionTransformer, path: str | Path) -> None:
+    """Load a local timm / DeiT-3 / safetensors checkpoint into an anchor through timm's key filter."""
+    path = Path(path)
+    if not path.is_file():
+        raise SNNetError(f"anchor checkpoint not found: {path}")
+    state = _read_weights(path)
+    # adapt_layer_scale maps DeiT-3's gamma_1/gamma_2 to timm's ls1.gamma/ls2.gamma
+    state = checkpoint_filter_fn(state, model, adapt_layer_scale=True)
+    head = getattr(model, "head", None)
+    if isinstance(head, nn.Linear) and state.get("head.weight") is not None \
+            and state["head.weight"].shape != head.weight.shape:
+        # a classifier for other classes: keep the backbone, start the head fresh (timm does the same)
+        state = {k: v for k, v in state.items() if not k.startswith("head.")}
+    result = model.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if not k.startswith("head.")]
+    if missing or result.unexpected_keys:
+        raise SNNetError(f"checkpoint {path} does not fit {anchor_name(model)}: "
+                         f"missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}")
+
+
+def anchor_name(model: nn.Module) -> str:
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    return cfg.get("architecture") or type(model).__name__
+
+
+def anchor_config_of(model: VisionTransformer) -> AnchorConfig:
+    """A config that rebuilds ``model``'s architecture with timm (weights are stored separately)."""
+    blk = model.blocks[0]
+    kwargs = dict(
+        img_size=list(model.patch_embed.img_size), patch_size=list(model.patch_embed.patch_size),
+        in_chans=model.in_chans, num_classes=model.num_classes, global_pool=model.global_pool,
+        embed_dim=model.embed_dim, depth=len(model.blocks), num_heads=blk.attn.num_heads,
+        mlp_ratio=blk.mlp.fc1.out_features / model.embed_dim, qkv_bias=blk.attn.qkv.bias is not None,
+        class_token=model.has_class_token, reg_tokens=model.num_reg_tokens,
+        no_embed_class=model.no_embed_class, dynamic_img_size=model.dynamic_img_size,
+        # only whether layer scale exists matters: its values come with the weights
+        init_values=1e-6 if isinstance(blk.ls1, LayerScale) else None,
+    )
+    return AnchorConfig(anchor_name(model), kwargs=kwargs)
+
+
+def _norm_elements(module: nn.Module, multiplier: int = 1) -> int:
+    shape = getattr(module, "normalized_shape", None)
+    if shape is None:
+        return 0
+    n = 1
+    for s in shape:
+        n *= s
+    return n * multiplier
+
+
+def _block_costs(model: VisionTransformer, block: nn.Module) -> tuple[int, int, int]:
+    attn = getattr(block, "attn", None)
+    if attn is None or not hasattr(attn, "qkv") or not hasattr(attn, "num_heads"):
+        raise SNNetError(f"anchor {anchor_name(model)} uses {type(block).__name__} blocks; "
+                         f"only timm ViT blocks with fused qkv attention are supported")
+    linear = sum(m.in_features * m.out_features for m in block.modules() if isinstance(m, nn.Linear))
+    norms = 0
+    for name, m in block.named_modules():
+        # q/k norms act per head on head_dim features
+        per_head = name.endswith(("q_norm", "k_norm"))
+        norms += _norm_elements(m, attn.num_heads if per_head else 1)
+    return linear, norms, attn.num_heads * attn.head_dim
+
+
+def anchor_shape(model: VisionTransformer) -> AnchorShape:
+    """The numbers FLOPs are computed from, read off the modules."""
+    costs = {_block_costs(model, b) for b in model.blocks}
+    if len(costs) != 1:
+        raise SNNetError(f"anchor {anchor_name(model)} has blocks of different sizes")
+    linear, norms, attn_dim = costs.pop()
+    pe = model.patch_embed
+    return AnchorShape(
+        embed_dim=model.embed_dim, depth=len(model.blocks), patch_size=tuple(pe.patch_size),
+        img_size=tuple(pe.img_size), in_chans=model.in_chans, num_prefix_tokens=model.num_prefix_tokens,
+        num_classes=model.head.out_features if isinstance(model.head, nn.Linear) else 0,
+        block_linear_macs=linear, block_norm_elements=norms, attn_dim=attn_dim,
+        embed_norm_elements=_norm_elements(getattr(pe, "norm", nn.Identity())),
+        pre_norm=not isinstance(model.norm_pre, nn.Identity),
+        final_norm=not isinstance(model.norm, nn.Identity),
+        fc_norm=not isinstance(model.fc_norm, nn.Identity),
+    )
+
+
+def _describe(model: VisionTransformer) -> str:
+    pe = model.patch_embed
+    return (f"{anchor_name(model)} (depth {len(model.blocks)}, width {model.embed_dim}, "
+            f"patch {pe.patch_size[0]}x{pe.patch_size[1]}, grid {pe.grid_size[0]}x{pe.grid_size[1]})")
+
+
+def order_anchors(anchors: list[nn.Module]) -> list[VisionTransformer]:
+    """Check two anchors can be stitched and return them small -> large."""
+    if len(anchors) != 2:
+        raise SNNetError(f"SN-Net stitches exactly two anchors, got {len(anchors)}")
+    for a in anchors:
+        if not isinstance(a, VisionTransformer):
+            raise SNNetError(f"anchor {anchor_name(a)} is a {type(a).__name__}, not a timm VisionTransformer")
+        if not a.has_class_token or a.attn_pool is not None:
+            raise SNNetError(f"anchor {_describe(a)} must classify from one class token")
+    small, large = sorted(anchors, key=lambda a: (len(a.blocks), a.embed_dim))
+    pair = f"anchors {_describe(small)} and {_describe(large)}"
+    if small.patch_embed.patch_size != large.patch_embed.patch_size:
+        raise SNNetError(f"incompatible {pair}: patch sizes differ")
+    if small.patch_embed.grid_size != large.patch_embed.grid_size:
+        raise SNNetError(f"incompatible {pair}: token grids differ")
+    if small.num_prefix_tokens != large.num_prefix_tokens or small.in_chans != large.in_chans:
+        raise SNNetError(f"incompatible {pair}: prefix tokens or input channels differ")
+    if len(large.blocks) % len(small.blocks):
+        raise SNNetError(f"incompatible {pair}: depth ratio {len(large.blocks)}/{len(small.blocks)} is not an integer")
+    check_depths(len(small.blocks), len(large.blocks))
+    for a in (small, large):
+        anchor_shape(a)  # rejects unsupported block types up front
+    return [small, large]

@@ -1,0 +1,117 @@
+"""FLOPs of stitches, counted as the published tables do (SPEC section 4). Pure functions, no torch.
+
+One multiply-add is one FLOP: linear layers and convolutions, attention's two matmuls and the
+stitching layers. LayerNorm counts 5 per element. Biases, activations, softmax, residual adds and
+layer scale are free. The final norm runs on every token, the classifier head on one vector.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from .stitch_space import LARGE, SMALL, Stitch, route_taps
+
+NORM_FLOPS_PER_ELEMENT = 5
+
+
+@dataclass(frozen=True)
+class AnchorShape:
+    """What the FLOPs of one anchor depend on; read off a timm ViT by ``snnet.anchors.anchor_shape``."""
+
+    embed_dim: int
+    depth: int
+    patch_size: tuple[int, int]
+    img_size: tuple[int, int]
+    in_chans: int
+    num_prefix_tokens: int
+    num_classes: int
+    block_linear_macs: int  # per token and block: sum of in x out over the block's linear layers
+    block_norm_elements: int  # per token and block: elements normalised by the block's norms
+    attn_dim: int  # width of the q.k and attn.v products (heads x head_dim)
+    embed_norm_elements: int = 0  # per patch, a norm inside the patch embedding
+    pre_norm: bool = False  # a norm on all tokens before the blocks
+    final_norm: bool = True  # a norm on all tokens after the blocks
+    fc_norm: bool = False  # a norm on the pooled vector
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "AnchorShape":
+        d = dict(d, patch_size=tuple(d["patch_size"]), img_size=tuple(d["img_size"]))
+        return cls(**d)
+
+
+def grid_size(shape: AnchorShape, img_size: tuple[int, int] | None = None) -> tuple[int, int]:
+    h, w = img_size or shape.img_size
+    return h // shape.patch_size[0], w // shape.patch_size[1]
+
+
+def num_tokens(shape: AnchorShape, img_size: tuple[int, int] | None = None) -> int:
+    gh, gw = grid_size(shape, img_size)
+    return gh * gw + shape.num_prefix_tokens
+
+
+def embed_flops(shape: AnchorShape, img_size: tuple[int, int] | None = None) -> int:
+    """Patch embedding (a strided convolution) and the optional norms around it."""
+    gh, gw = grid_size(shape, img_size)
+    ph, pw = shape.patch_size
+    patches = gh * gw
+    flops = patches * shape.in_chans * ph * pw * shape.embed_dim
+    flops += NORM_FLOPS_PER_ELEMENT * patches * shape.embed_norm_elements
+    if shape.pre_norm:
+        flops += NORM_FLOPS_PER_ELEMENT * (patches + shape.num_prefix_tokens) * shape.embed_dim
+    return flops
+
+
+def block_flops(shape: AnchorShape, tokens: int) -> int:
+    """One transformer block on ``tokens`` tokens."""
+    per_token = shape.block_linear_macs + NORM_FLOPS_PER_ELEMENT * shape.block_norm_elements
+    return tokens * per_token + 2 * tokens * tokens * shape.attn_dim
+
+
+def head_flops(shape: AnchorShape, tokens: int) -> int:
+    """Final norm on all tokens, optional norm on the pooled vector, linear classifier."""
+    flops = shape.embed_dim * shape.num_classes
+    if shape.final_norm:
+        flops += NORM_FLOPS_PER_ELEMENT * tokens * shape.embed_dim
+    if shape.fc_norm:
+        flops += NORM_FLOPS_PER_ELEMENT * shape.embed_dim
+    return flops
+
+
+def linear_flops(tokens: int, in_features: int, out_features: int) -> int:
+    """A stitching layer (LoRA merged) on every token."""
+    return tokens * in_features * out_features
+
+
+def anchor_flops(shape: AnchorShape, img_size: tuple[int, int] | None = None) -> int:
+    """A plain anchor at ``img_size`` (default: its own input size)."""
+    n = num_tokens(shape, img_size)
+    return embed_flops(shape, img_size) + shape.depth * block_flops(shape, n) + head_flops(shape, n)
+
+
+def stitch_flops(
+    stitch: Stitch,
+    shapes: tuple[AnchorShape, AnchorShape],
+    img_size: tuple[int, int] | None = None,
+    out_indices: tuple[int, ...] | None = None,
+) -> int:
+    """FLOPs of one stitch at ``img_size`` (default: the anchors' input size).
+
+    Without ``out_indices``: the classification route, ending in the last anchor's norm and head.
+    With ``out_indices``: the dense backbone, ending at the last block, plus the SL projections that
+    bring small-anchor taps to the large width (no norm, no head).
+    """
+    n = num_tokens(shapes[SMALL], img_size)
+    width = {SMALL: shapes[SMALL].embed_dim, LARGE: shapes[LARGE].embed_dim}
+    flops = embed_flops(shapes[stitch.first_anchor], img_size)
+    for seg in stitch.segments:
+        flops += (seg.last - seg.first + 1) * block_flops(shapes[seg.anchor], n)
+    for layer in stitch.layers:
+        src = SMALL if layer.direction == "SL" else LARGE
+        flops += linear_flops(n, width[src], width[1 - src])
+    if out_indices is None:
+        return flops + head_flops(shapes[stitch.last_anchor], n)
+    depths = shapes[SMALL].depth, shapes[LARGE].depth
+    small_taps = sum(1 for anchor, _ in route_taps(stitch, out_indices, *depths) if anchor == SMALL)
+    return flops + small_taps * linear_flops(n, width[SMALL], width[LARGE])

@@ -1,0 +1,114 @@
+"""Least-squares initialisation of the stitching layers from real activations (SPEC section 3).
+
+The reference keeps every block's output for one batch and calls a pseudo-inverse. Here the two
+anchors run side by side block by block, each batch adds to the normal equations of every layer
+(float64), and the layers are solved once at the end: memory does not grow with the number of
+images, and any number of batches can be used.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+import torch.distributed as dist
+from tqdm.auto import tqdm
+
+from .errors import SNNetError
+from .stitch_space import LARGE, SMALL, fit_pairs
+
+
+class NormalEquations:
+    """Running ``[X 1]^T [X 1]`` and ``[X 1]^T Y`` for the affine map ``x -> y`` (float64)."""
+
+    def __init__(self, in_features: int, out_features: int, device: torch.device) -> None:
+        self.xtx = torch.zeros(in_features + 1, in_features + 1, dtype=torch.float64, device=device)
+        self.xty = torch.zeros(in_features + 1, out_features, dtype=torch.float64, device=device)
+
+    def add(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Add token rows: ``x`` (..., in) and ``y`` (..., out)."""
+        x = x.reshape(-1, x.shape[-1]).to(torch.float64)
+        x = torch.cat([x, x.new_ones(x.shape[0], 1)], dim=1)
+        self.xtx += x.T @ x
+        self.xty += x.T @ y.reshape(-1, y.shape[-1]).to(torch.float64)
+
+    def all_reduce(self) -> None:
+        """Sum the statistics of every process, so each rank solves the same layer."""
+        dist.all_reduce(self.xtx)
+        dist.all_reduce(self.xty)
+
+    def solve(self, rtol: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Minimum-norm least squares ``(W (out, in), b (out,))``, i.e. ``pinv([X 1]) Y``.
+
+        Singular values of ``[X 1]`` below ``rtol`` x the largest count as zero (default:
+        (in + 1) x float32 epsilon, the precision of the activations), so a rank-deficient
+        system still has a finite, well-defined solution.
+        """
+        if rtol is None:
+            rtol = self.xtx.shape[0] * torch.finfo(torch.float32).eps
+        # eigenvalues of X^T X are squared singular values of X
+        sol = torch.linalg.pinv(self.xtx, rtol=rtol**2, hermitian=True) @ self.xty
+        return sol[:-1].T.contiguous(), sol[-1].contiguous()
+
+
+@torch.no_grad()
+def init_stitching_layers(model, batches: Iterable, num_images: int | None = None,
+                          progress: bool = True) -> int:
+    """Fit every stitching layer of ``model`` on up to ``num_images`` images; returns how many were used.
+
+    ``batches`` yields image tensors (B, 3, H, W) or ``(images, targets)`` pairs. Each batch runs
+    each anchor once (eval mode). Under torch.distributed the statistics of all ranks are summed.
+    """
+    small, large = model.anchors[SMALL], model.anchors[LARGE]
+    device = next(model.parameters()).device
+    pairs = fit_pairs(*model.depths, model.config.version)
+    layers = {ref: model.stitching_layer(ref) for ref, _, _ in pairs}
+    eqs = {ref: NormalEquations(layer.in_features, layer.out_features, device) for ref, layer in layers.items()}
+    by_small_block: dict[int, list] = {}
+    for ref, s_blk, l_blk in pairs:
+        by_small_block.setdefault(s_blk, []).append((ref, l_blk))
+
+    was_training = model.training
+    model.eval()
+    seen = 0
+    bar = tqdm(total=num_images, unit="img", desc="least-squares init", disable=not progress, leave=False)
+    try:
+        for batch in batches:
+            images = batch[0] if isinstance(batch, (tuple, list)) else batch
+            if num_images is not None:
+                images = images[: num_images - seen]
+            images = images.to(device, non_blocking=True)
+            xs, xl = model.embed(images, SMALL), model.embed(images, LARGE)
+            large_done = -1
+            # lockstep: after small block i, the large anchor catches up to its partner block
+            for i, blk in enumerate(small.blocks):
+                xs = blk(xs)
+                for ref, l_blk in by_small_block.get(i, []):
+                    while large_done < l_blk:
+                        large_done += 1
+                        xl = large.blocks[large_done](xl)
+                    if ref.direction == "SL":
+                        eqs[ref].add(xs, xl)
+                    else:
+                        eqs[ref].add(xl, xs)
+            seen += images.shape[0]
+            bar.update(images.shape[0])
+            if num_images is not None and seen >= num_images:
+                break
+    finally:
+        bar.close()
+        model.train(was_training)
+
+    if dist.is_available() and dist.is_initialized():
+        total = torch.tensor([seen], dtype=torch.float64, device=device)
+        dist.all_reduce(total)
+        seen_all = int(total.item())
+        for eq in eqs.values():
+            eq.all_reduce()
+    else:
+        seen_all = seen
+    if seen_all == 0:
+        raise SNNetError("least-squares initialisation got no images")
+    for ref, eq in eqs.items():
+        w, b = eq.solve()
+        layers[ref].set_solution(w.to(layers[ref].weight.dtype), b.to(layers[ref].bias.dtype))
+    return seen_all

@@ -1,0 +1,259 @@
+"""The stitchable network: two anchors, their stitching layers, and one route runner for every task."""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from .anchors import AnchorConfig, anchor_config_of, anchor_shape, create_anchor, order_anchors
+from .errors import SNNetError
+from .flops import stitch_flops
+from .sampling import ROSSampler
+from .selection import best_under_budget, pareto_frontier
+from .stitch_space import LARGE, SMALL, LayerRef, Stitch, num_stitching_layers, route_taps, stitch_space
+from .stitching_layers import StitchingLayer
+
+DEFAULT_ROS_GAP_GFLOPS = 1.0  # the reference's gap for ImageNet at 224
+
+
+@dataclass
+class SNNetConfig:
+    """Everything needed to rebuild an SNNet offline; written beside every saved model."""
+
+    anchors: list[AnchorConfig]
+    version: str = "v2"
+    lora_rank: int = 0
+    lora_alpha: float = 1.0
+    out_indices: list[int] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"anchors": [a.to_dict() for a in self.anchors], "version": self.version,
+                "lora_rank": self.lora_rank, "lora_alpha": self.lora_alpha, "out_indices": list(self.out_indices)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SNNetConfig":
+        return cls(anchors=[AnchorConfig(**a) for a in d["anchors"]], version=d["version"],
+                   lora_rank=d["lora_rank"], lora_alpha=d["lora_alpha"], out_indices=list(d["out_indices"]))
+
+
+def _default_out_indices(d1: int) -> list[int]:
+    """Four evenly spaced large blocks ending at the last one, e.g. (5, 11, 17, 23) for 24 blocks."""
+    return sorted({max(0, (k + 1) * d1 // 4 - 1) for k in range(4)})
+
+
+class SNNet(nn.Module):
+    """SN-Netv2 (or the v1 baseline) over two timm ViT anchors.
+
+    ``select(id)`` picks the stitch that eval-mode calls run; in train mode every call runs a
+    stitch drawn by ``sampler`` (ROS). ``forward`` returns that stitch's logits,
+    ``forward_features`` its dense feature maps, all at the large anchor's width.
+    """
+
+    def __init__(
+        self,
+        anchors: Sequence[nn.Module | str | AnchorConfig],
+        version: str = "v2",
+        lora_rank: int = 0,
+        lora_alpha: float = 1.0,
+        out_indices: Sequence[int] | None = None,
+        pretrained: bool = False,
+    ) -> None:
+        super().__init__()
+        if version not in ("v1", "v2"):
+            raise SNNetError(f"unknown SN-Net version {version!r}: expected 'v1' or 'v2'")
+        if lora_rank < 0:
+            raise SNNetError(f"lora_rank must be >= 0, got {lora_rank}")
+        modules, configs = [], []
+        for a in anchors:
+            if isinstance(a, nn.Module):
+                modules.append(a)
+                configs.append(None)
+            else:
+                cfg = AnchorConfig(a, pretrained=pretrained) if isinstance(a, str) else a
+                modules.append(create_anchor(cfg))
+                configs.append(AnchorConfig(cfg.name, kwargs=dict(cfg.kwargs)))  # weights travel separately
+        ordered = order_anchors(modules)
+        config_of = {id(m): c for m, c in zip(modules, configs)}
+        configs = [config_of[id(a)] or anchor_config_of(a) for a in ordered]
+
+        self.anchors = nn.ModuleList(ordered)
+        self.depths = (len(ordered[SMALL].blocks), len(ordered[LARGE].blocks))
+        self.widths = (ordered[SMALL].embed_dim, ordered[LARGE].embed_dim)
+        self.shapes = (anchor_shape(ordered[SMALL]), anchor_shape(ordered[LARGE]))
+        self.out_indices = self._check_out_indices(out_indices)
+        self.config = SNNetConfig(configs, version, lora_rank, lora_alpha, list(self.out_indices))
+
+        n_sl, n_ls = num_stitching_layers(*self.depths, version)
+        c0, c1 = self.widths
+        self.sl_layers = nn.ModuleList(StitchingLayer(c0, c1, lora_rank, lora_alpha) for _ in range(n_sl))
+        self.ls_layers = nn.ModuleList(StitchingLayer(c1, c0, lora_rank, lora_alpha) for _ in range(n_ls))
+
+        self.stitches: tuple[Stitch, ...] = stitch_space(*self.depths, version)
+        self._by_id = {s.id: s for s in self.stitches}
+        self.selected: Stitch = self.stitches[0]
+        self.last_stitch: Stitch | None = None  # the stitch the latest train-mode call ran
+        self.configure_sampling()
+
+    # ---- stitches -------------------------------------------------------------------------
+    @property
+    def stitch_ids(self) -> list[int]:
+        return [s.id for s in self.stitches]
+
+    def stitch(self, stitch_id: int) -> Stitch:
+        """The record of one stitch; an unknown id is an error naming the valid ones."""
+        try:
+            return self._by_id[int(stitch_id)]
+        except (KeyError, ValueError, TypeError):
+            ids = self.stitch_ids
+            missing = sorted(set(range(ids[0], ids[-1] + 1)) - set(ids))
+            hole = f" except {', '.join(map(str, missing))}" if missing else ""
+            raise SNNetError(f"unknown stitch id {stitch_id!r}: valid ids are {ids[0]}..{ids[-1]}{hole}") from None
+
+    def select(self, stitch_id: int) -> "SNNet":
+        """Run ``stitch_id`` in eval mode (train mode samples instead)."""
+        self.selected = self.stitch(stitch_id)
+        return self
+
+    def describe(self, stitch_id: int) -> str:
+        return self.stitch(stitch_id).describe()
+
+    def flops(self, stitch_id: int, img_size: tuple[int, int] | None = None, dense: bool = False) -> int:
+        """FLOPs of one stitch at ``img_size`` (default: the anchors' input size), SPEC section 4.
+        ``dense`` counts the backbone of ``forward_features`` (with tap projections, no head)."""
+        return stitch_flops(self.stitch(stitch_id), self.shapes, img_size,
+                            tuple(self.out_indices) if dense else None)
+
+    def flops_table(self, img_size: tuple[int, int] | None = None, dense: bool = False) -> dict[int, int]:
+        return {s.id: self.flops(s.id, img_size, dense) for s in self.stitches}
+
+    def params(self, stitch_id: int) -> int:
+        """Parameters a deployed stitch keeps: its blocks, embedding, head and merged stitching layers."""
+        s = self.stitch(stitch_id)
+        first, last = self.anchors[s.first_anchor], self.anchors[s.last_anchor]
+        n = sum(_numel(first, p) for p in ("patch_embed", "cls_token", "reg_token", "pos_embed", "norm_pre"))
+        n += sum(_numel(last, p) for p in ("norm", "fc_norm", "head"))
+        for seg in s.segments:
+            n += sum(_numel(self.anchors[seg.anchor].blocks[b]) for b in range(seg.first, seg.last + 1))
+        for ref in s.layers:
+            layer = self.stitching_layer(ref)
+            n += layer.in_features * layer.out_features + layer.out_features
+        return n
+
+    def pareto_frontier(self, metric: dict[int, float], higher_is_better: bool = True) -> list[int]:
+        """Stitches on the accuracy (or any metric) vs FLOPs frontier, by ascending FLOPs."""
+        return pareto_frontier(self.flops_table(), metric, higher_is_better)
+
+    def best_under_budget(self, metric: dict[int, float], max_flops: float, higher_is_better: bool = True) -> int | None:
+        """Best stitch by ``metric`` with at most ``max_flops`` FLOPs (None when nothing fits)."""
+        return best_under_budget(self.flops_table(), metric, max_flops, higher_is_better)
+
+    # ---- sampling -------------------------------------------------------------------------
+    def configure_sampling(self, gap_gflops: float = DEFAULT_ROS_GAP_GFLOPS, k: float | None = None,
+                           seed: int = 0, flops: dict[int, int] | None = None) -> None:
+        """ROS over ``flops`` (default: classification FLOPs); v1 samples uniformly, as SN-Net did."""
+        if self.config.version == "v1":
+            self.sampler = ROSSampler([self.stitch_ids], seed=seed)
+        else:
+            self.sampler = ROSSampler.from_flops(flops or self.flops_table(), gap_gflops, k, seed)
+
+    def _active_stitch(self) -> Stitch:
+        if not self.training:
+            return self.selected
+        self.last_stitch = self._by_id[self.sampler.sample()]
+        return self.last_stitch
+
+    # ---- the route runner -----------------------------------------------------------------
+    def stitching_layer(self, ref: LayerRef) -> StitchingLayer:
+        return (self.sl_layers if ref.direction == "SL" else self.ls_layers)[ref.index]
+
+    def embed(self, x: torch.Tensor, anchor: int) -> torch.Tensor:
+        """Patch embedding, position embedding and prefix tokens of one anchor: (B, 3, H, W) -> (B, N, C)."""
+        a = self.anchors[anchor]
+        x = a.patch_embed(x)
+        x = a._pos_embed(x)
+        x = a.patch_drop(x)
+        return a.norm_pre(x)
+
+    def run_route(self, x: torch.Tensor, stitch: Stitch, with_taps: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Run a stitch from image to its last block: (final tokens (B, N, C_last), tap tokens (B, N, C1) each)."""
+        taps = Counter(route_taps(stitch, tuple(self.out_indices), *self.depths)) if with_taps else Counter()
+        feats: list[torch.Tensor] = []
+        x = self.embed(x, stitch.first_anchor)
+        for k, seg in enumerate(stitch.segments):
+            blocks = self.anchors[seg.anchor].blocks
+            for b in range(seg.first, seg.last + 1):
+                x = blocks[b](x)
+                if (seg.anchor, b) in taps:
+                    # small-anchor taps reach the large width through SL layer b
+                    f = self.sl_layers[b](x) if seg.anchor == SMALL else x
+                    feats.extend([f] * taps[(seg.anchor, b)])
+            if k < len(stitch.layers):
+                x = self.stitching_layer(stitch.layers[k])(x)
+        return x, feats
+
+    def forward_head(self, x: torch.Tensor, stitch: Stitch) -> torch.Tensor:
+        """Final norm and classifier of the stitch's last anchor: (B, N, C) -> (B, num_classes)."""
+        a = self.anchors[stitch.last_anchor]
+        return a.forward_head(a.norm(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of the selected (eval) or sampled (train) stitch: (B, 3, H, W) -> (B, num_classes)."""
+        stitch = self._active_stitch()
+        tokens, _ = self.run_route(x, stitch)
+        return self.forward_head(tokens, stitch)
+
+    def forward_features(self, x: torch.Tensor, return_prefix_tokens: bool = False) -> list:
+        """Dense taps of the active stitch (SPEC section 6): one (B, C_large, H/p, W/p) map per out index.
+
+        With ``return_prefix_tokens``, each item is ``(map, prefix_tokens (B, P, C_large))``.
+        """
+        stitch = self._active_stitch()
+        _, feats = self.run_route(x, stitch, with_taps=True)
+        gh, gw = self.anchors[SMALL].patch_embed.dynamic_feat_size(x.shape[-2:])
+        prefix = self.anchors[SMALL].num_prefix_tokens
+        maps = [f[:, prefix:].reshape(f.shape[0], gh, gw, f.shape[-1]).permute(0, 3, 1, 2) for f in feats]
+        if return_prefix_tokens:
+            return [(m, f[:, :prefix]) for m, f in zip(maps, feats)]
+        return maps
+
+    # ---- weights --------------------------------------------------------------------------
+    @torch.no_grad()
+    def merge_lora(self) -> "SNNet":
+        """Fold every low-rank update into its layer's weight (identical outputs, plain linears)."""
+        for layer in [*self.sl_layers, *self.ls_layers]:
+            layer.merge_()
+        self.config.lora_rank = 0
+        return self
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """``model.safetensors`` and ``config.json`` in ``directory``, each written atomically."""
+        from .checkpoint import save_pretrained
+        return save_pretrained(self, directory)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> "SNNet":
+        """Rebuild a model saved by ``save_pretrained``, offline."""
+        from .checkpoint import load_pretrained
+        return load_pretrained(directory)
+
+    def _check_out_indices(self, out_indices: Sequence[int] | None) -> list[int]:
+        d1 = self.depths[LARGE]
+        if out_indices is None:
+            return _default_out_indices(d1)
+        idx = [i + d1 if i < 0 else i for i in out_indices]
+        if not idx or any(not 0 <= i < d1 for i in idx) or len(set(idx)) != len(idx):
+            raise SNNetError(f"out_indices {list(out_indices)} must be distinct large-anchor blocks in 0..{d1 - 1}")
+        return sorted(idx)
+
+
+def _numel(module: nn.Module, attr: str | None = None) -> int:
+    obj = getattr(module, attr, None) if attr else module
+    if obj is None:
+        return 0
+    if isinstance(obj, torch.Tensor):
+        return obj.numel()
+    return sum(p.numel() for p in obj.parameters())

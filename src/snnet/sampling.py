@@ -1,0 +1,56 @@
+"""Resource-constrained sampling (ROS): which stitch each training step trains (SPEC section 5)."""
+from __future__ import annotations
+
+import random
+from typing import Any
+
+
+def ros_groups(flops: dict[int, int], gap_gflops: float) -> list[list[int]]:
+    """Group stitches by FLOPs: walking them in ascending order, a stitch more than ``gap_gflops``
+    away from the first stitch of the current group starts a new group. Ids ascend in each group."""
+    groups: list[list[int]] = []
+    first = 0.0
+    for sid, f in sorted(flops.items(), key=lambda kv: (kv[1], kv[0])):
+        g = f / 1e9
+        if not groups or abs(g - first) > gap_gflops:
+            groups.append([])
+            first = g
+        groups[-1].append(sid)
+    return [sorted(g) for g in groups]
+
+
+def group_probabilities(num_groups: int, k: float | None = None) -> list[float]:
+    """Uniform over groups, or ``∝ i/k + 1/G`` for group ``i`` of ``G`` (ascending FLOPs) when ``k`` is set."""
+    if k is None:
+        return [1.0 / num_groups] * num_groups
+    w = [i / k + 1.0 / num_groups for i in range(num_groups)]
+    total = sum(w)
+    return [x / total for x in w]
+
+
+class ROSSampler:
+    """Draws a FLOPs group, then a stitch uniformly inside it, from its own seeded generator."""
+
+    def __init__(self, groups: list[list[int]], k: float | None = None, seed: int = 0) -> None:
+        if not groups or not all(groups):
+            raise ValueError("ROS needs at least one non-empty group")
+        self.groups = [list(g) for g in groups]
+        self.k = k
+        self.probs = group_probabilities(len(groups), k)
+        self.rng = random.Random(seed)
+
+    @classmethod
+    def from_flops(cls, flops: dict[int, int], gap_gflops: float, k: float | None = None,
+                   seed: int = 0) -> "ROSSampler":
+        return cls(ros_groups(flops, gap_gflops), k, seed)
+
+    def sample(self) -> int:
+        group = self.rng.choices(self.groups, weights=self.probs)[0]
+        return self.rng.choice(group)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rng": self.rng.getstate()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        version, internal, gauss = state["rng"]
+        self.rng.setstate((version, tuple(internal), gauss))
