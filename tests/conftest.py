@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import os
 
-import pytest
-import timm
-import torch
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the tests may reach a hub; set before timm reads it
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the tests may reach a hub
+import pytest  # noqa: E402
+import timm  # noqa: E402
+import torch  # noqa: E402
 
 IMG = 32
 
@@ -32,8 +32,8 @@ def tiny_vit(depth: int, width: int, heads: int = 2, arch: str = "deit3_small_pa
 
 @pytest.fixture
 def pair_s_l():
-    """Depths 2/4 (ratio 2, like DeiT3-S/L), widths 32/48."""
-    return tiny_vit(2, 32, seed=1), tiny_vit(4, 48, heads=3, seed=2)
+    """Depths 3/6 (ratio 2, like DeiT3-S/L; every stitch kind occurs), widths 32/48."""
+    return tiny_vit(3, 32, seed=1), tiny_vit(6, 48, heads=3, seed=2)
 
 
 @pytest.fixture

@@ -95,7 +95,7 @@ def test_dense_features_of_anchor_stitches_match_timm_intermediates(pair_s_l, im
 
 def test_every_stitch_gives_four_large_width_maps(pair_s_l, images):
     model = SNNet(list(pair_s_l)).eval()
-    assert model.out_indices == [0, 1, 2, 3]
+    assert model.out_indices == [0, 2, 3, 5]
     with torch.no_grad():
         for sid in model.stitch_ids:
             maps = model.select(sid).forward_features(images)
@@ -177,11 +177,12 @@ def test_params_per_stitch(pair_s_l):
     model = SNNet([S, L], lora_rank=4)
     assert model.params(0) == sum(p.numel() for p in S.parameters())
     assert model.params(1) == sum(p.numel() for p in L.parameters())
-    s = model.stitch(2)  # S[0-0] -SL0-> L[2-3]
-    want = sum(p.numel() for n, p in S.named_parameters() if not n.startswith(("blocks.1.", "norm.", "head.")))
-    want += sum(p.numel() for n, p in L.named_parameters() if n.startswith(("blocks.2.", "blocks.3.", "norm.", "head.")))
+    s = model.stitch(2)  # S[0-0] -SL0-> L[2-5]
+    want = sum(p.numel() for n, p in S.named_parameters() if not n.startswith(("blocks.1.", "blocks.2.", "norm.", "head.")))
+    want += sum(p.numel() for n, p in L.named_parameters() if not n.startswith(("blocks.0.", "blocks.1.", "patch_embed",
+                                                                                  "cls_token", "pos_embed")))
     want += 32 * 48 + 48  # merged stitching layer
-    assert s.describe() == "S[0-0] -SL0-> L[2-3]" and model.params(2) == want
+    assert s.describe() == "S[0-0] -SL0-> L[2-5]" and model.params(2) == want
 
 
 def test_pareto_and_budget_use_model_flops(pair_s_l):
@@ -198,11 +199,11 @@ def test_pareto_and_budget_use_model_flops(pair_s_l):
 
 def test_v1_model(pair_s_l, images):
     model = SNNet(list(pair_s_l), version="v1").eval()
-    assert model.stitch_ids == [0, 1, 2] and len(model.ls_layers) == 0
+    assert model.stitch_ids == [0, 1, 2, 3] and len(model.ls_layers) == 0
     S, L = pair_s_l
     with torch.no_grad():
         torch.testing.assert_close(model.select(0)(images), L(images), rtol=0, atol=0)
-    assert model.sampler.groups == [[0, 1, 2]]
+    assert model.sampler.groups == [[0, 1, 2, 3]]
 
 
 def test_least_squares_init_makes_stitches_close_to_anchors(pair_s_l, images):

@@ -1,0 +1,167 @@
+import argparse
+import json
+import os
+import re
+
+import pytest
+import torch
+
+from conftest import IMG, tiny_vit
+from reference_impl import reference_logits
+from snnet import SNNet, SNNetError, load_official_checkpoint
+from test_model import _randomize_layers
+
+
+def to_official(model: SNNet) -> dict:
+    """Our state dict under the released key names (the inverse of the filter being tested)."""
+    out = {}
+    for k, v in model.state_dict().items():
+        k = re.sub(r"\.ls([12])\.gamma$", r".gamma_\1", k)
+        k = re.sub(r"^sl_layers\.(\d+)\.", r"stitch_layers.0.\1.transform.", k)
+        k = re.sub(r"^ls_layers\.(\d+)\.", r"stitch_layers.1.\1.transform.", k)
+        out[k] = v.clone()
+    return out
+
+
+def released_file(tmp_path, model, **extra):
+    path = tmp_path / "snnetv2_tiny.pth"
+    torch.save({"model": to_official(model), "optimizer": {"state": {}, "param_groups": [{"lr": 3e-5}]},
+                "epoch": 49, "scaler": {"scale": 65536.0}, "args": argparse.Namespace(lora_r=3, anchors=["s", "l"]),
+                **extra}, path)
+    return path
+
+
+@pytest.fixture
+def trained(pair_s_l):
+    model = SNNet(list(pair_s_l), lora_rank=3).eval()
+    _randomize_layers(model, seed=4)
+    return model
+
+
+def test_released_format_reproduces_every_stitch(tmp_path, trained, images):
+    path = released_file(tmp_path, trained)
+    official = to_official(trained)
+    fresh = SNNet([tiny_vit(3, 32, seed=8), tiny_vit(6, 48, heads=3, seed=9)], lora_rank=3).eval()
+    load_official_checkpoint(fresh, path)
+    with torch.no_grad():
+        for sid in fresh.stitch_ids:
+            got = fresh.select(sid)(images)
+            torch.testing.assert_close(got, trained.select(sid)(images), rtol=0, atol=1e-6)
+            ref = reference_logits(official, sid, images, fresh.depths, (2, 3))
+            assert (got - ref).abs().max() <= 1e-4, sid
+
+
+def test_bare_state_dict_and_v1_names_load(tmp_path, pair_s_l, images):
+    v1 = SNNet(list(pair_s_l), version="v1").eval()
+    _randomize_layers(v1)
+    sd = {re.sub(r"^stitch_layers\.0\.", "stitch_layers.", k): v for k, v in to_official(v1).items()}
+    torch.save(sd, tmp_path / "v1.pth")
+    fresh = SNNet([tiny_vit(3, 32, seed=8), tiny_vit(6, 48, heads=3, seed=9)], version="v1").eval()
+    load_official_checkpoint(fresh, tmp_path / "v1.pth")
+    with torch.no_grad():
+        torch.testing.assert_close(fresh.select(2)(images), v1.select(2)(images), rtol=0, atol=0)
+
+
+def test_position_embeddings_are_resampled_to_the_model_grid(tmp_path, trained, images):
+    path = released_file(tmp_path, trained)
+    big = SNNet([tiny_vit(3, 32, img_size=64), tiny_vit(6, 48, heads=3, img_size=64)], lora_rank=3).eval()
+    load_official_checkpoint(big, path)
+    assert big.anchors[0].pos_embed.shape == (1, 64, 32)
+    assert torch.isfinite(big.select(5)(torch.randn(1, 3, 64, 64))).all()
+
+
+class Payload:
+    def __reduce__(self):
+        return (os.system, ("touch /tmp/snnet_pwned",))
+
+
+def test_pickled_code_is_refused_not_run(tmp_path, trained):
+    path = tmp_path / "evil.pth"
+    torch.save({"model": to_official(trained), "hook": Payload()}, path)
+    with pytest.raises(SNNetError, match="refusing to load .*beyond weights"):
+        load_official_checkpoint(trained, path)
+    assert not os.path.exists("/tmp/snnet_pwned")
+
+
+def test_bad_files_give_one_line_errors(tmp_path, trained):
+    with pytest.raises(SNNetError, match="checkpoint not found"):
+        load_official_checkpoint(trained, tmp_path / "nope.pth")
+    good = released_file(tmp_path, trained)
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(SNNetError, match="truncated or not a torch checkpoint"):
+        load_official_checkpoint(trained, truncated)
+    text = tmp_path / "notes.pth"
+    text.write_text("hello, not a checkpoint\n" * 10)
+    with pytest.raises(SNNetError, match="not a torch checkpoint"):
+        load_official_checkpoint(trained, text)
+    torch.save([1, 2, 3], tmp_path / "list.pth")
+    with pytest.raises(SNNetError, match="holds a list"):
+        load_official_checkpoint(trained, tmp_path / "list.pth")
+    for err in (SNNetError,):
+        try:
+            load_official_checkpoint(trained, truncated)
+        except err as e:
+            assert "\n" not in str(e)
+
+
+def test_mismatched_checkpoint_names_keys_and_shapes(tmp_path, trained):
+    sd = to_official(trained)
+    del sd["anchors.0.norm.bias"]
+    sd["anchors.1.head.weight"] = torch.zeros(5, 48)
+    sd["extra.thing"] = torch.zeros(1)
+    torch.save({"model": sd}, tmp_path / "bad.pth")
+    with pytest.raises(SNNetError) as e:
+        load_official_checkpoint(trained, tmp_path / "bad.pth")
+    msg = str(e.value)
+    assert "1 missing: anchors.0.norm.bias" in msg and "1 unexpected: extra.thing" in msg
+    assert "anchors.1.head.weight (5x48 in file, 10x48 in model)" in msg and "\n" not in msg
+
+
+def test_lora_rank_mismatch_is_explained(tmp_path, trained, pair_s_l):
+    path = released_file(tmp_path, trained)
+    plain = SNNet(list(pair_s_l), lora_rank=0)
+    with pytest.raises(SNNetError, match=r"the file has LoRA rank 3, the model 0"):
+        load_official_checkpoint(plain, path)
+
+
+def test_save_and_from_pretrained_round_trip(tmp_path, trained, images):
+    trained.select(7)
+    out = trained.save_pretrained(tmp_path / "m")
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
+    config = json.loads((out / "config.json").read_text())
+    assert config["version"] == "v2" and config["lora_rank"] == 3
+    assert config["anchors"][0]["name"] == "deit3_small_patch16_224"
+    loaded = SNNet.from_pretrained(out).eval()
+    mine, theirs = trained.state_dict(), loaded.state_dict()
+    assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
+    with torch.no_grad():
+        for sid in trained.stitch_ids:
+            torch.testing.assert_close(loaded.select(sid)(images), trained.select(sid)(images), rtol=0, atol=0)
+
+
+def test_from_pretrained_errors(tmp_path, trained):
+    with pytest.raises(SNNetError, match="not a saved snnet model"):
+        SNNet.from_pretrained(tmp_path)
+    out = trained.save_pretrained(tmp_path / "m")
+    (out / "model.safetensors").write_bytes(b"\x00" * 16)
+    with pytest.raises(SNNetError, match="cannot read .*model.safetensors"):
+        SNNet.from_pretrained(out)
+    (out / "config.json").write_text("{not json")
+    with pytest.raises(SNNetError, match="not a valid snnet config"):
+        SNNet.from_pretrained(out)
+
+
+def test_failed_save_keeps_the_previous_file(tmp_path, trained, monkeypatch):
+    out = trained.save_pretrained(tmp_path / "m")
+    before = (out / "model.safetensors").read_bytes()
+    import snnet.checkpoint as ck
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ck, "save_file", boom)
+    with pytest.raises(OSError):
+        trained.save_pretrained(out)
+    assert (out / "model.safetensors").read_bytes() == before
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]  # no temp left
