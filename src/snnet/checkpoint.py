@@ -101,9 +101,10 @@ def _check_and_load(model: "SNNet", state: dict[str, torch.Tensor], source: str)
     model.load_state_dict(state, strict=True)
 
 
-def load_official_checkpoint(model: "SNNet", path: str | Path) -> "SNNet":
-    """Load a released SN-Netv2 (or SN-Net) classification checkpoint into ``model``, weights only."""
-    obj = load_torch_checkpoint(path)
+def load_official_checkpoint(model: "SNNet", path: str | Path, obj: dict | None = None) -> "SNNet":
+    """Load a released SN-Netv2 (or SN-Net) classification checkpoint into ``model``, weights only.
+    ``obj``: the file's contents when the caller has already read it."""
+    obj = load_torch_checkpoint(path) if obj is None else obj
     state = obj.get("model", obj)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise SNNetError(f"{path} holds no SN-Net state dict under 'model'")

@@ -1,0 +1,198 @@
+"""The ``snnet`` command: train, eval, flops, select. A thin layer over library calls."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from .errors import SNNetError
+
+
+def _add_config(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--config", required=required,
+                   help="YAML file, or a packaged config name (quickstart, imagenet_deit3_s_l, ...)")
+    p.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides, e.g. train.epochs=5")
+    p.add_argument("--output-dir", help="run directory (default: the config's output_dir)")
+
+
+def _load(args):
+    from .config import load_config
+    cfg = load_config(args.config, args.overrides)
+    if getattr(args, "output_dir", None):
+        cfg.output_dir = args.output_dir
+    return cfg
+
+
+def cmd_train(args) -> int:
+    from .distributed import cleanup, init_distributed
+    from .engine import evaluate_and_report, fit
+    from .tasks import build_task
+
+    start = time.perf_counter()
+    cfg = _load(args)
+    env = init_distributed(args.device)
+    task = build_task(cfg)
+    resume = None if args.no_resume else (args.resume or "auto")
+    model = fit(cfg, task, env, resume=resume, progress=not args.no_progress)
+    run_dir = Path(cfg.output_dir)
+    if env.is_main:
+        model.save_pretrained(run_dir / "model")
+    evaluate_and_report(model, task, cfg, env, run_dir, progress=not args.no_progress)
+    if env.is_main:
+        print(f"done in {time.perf_counter() - start:.0f} s. In {run_dir}/: results.jsonl, results.csv, pareto.png, "
+              f"log.jsonl, model/ (snnet.SNNet.from_pretrained), checkpoint.pt")
+    cleanup()
+    return 0
+
+
+def load_for_eval(path: str | None, cfg, num_classes: int):
+    """A trained model from a run directory, a saved model, a training checkpoint or a released .pth."""
+    from .checkpoint import CONFIG_NAME, load_official_checkpoint, load_torch_checkpoint
+    from .engine import CHECKPOINT_NAME, build_model
+    from .model import SNNet
+
+    target = Path(path) if path else Path(cfg.output_dir) / "model"
+    if target.is_dir():
+        if (target / CONFIG_NAME).is_file():
+            return SNNet.from_pretrained(target)
+        if (target / "model" / CONFIG_NAME).is_file():
+            return SNNet.from_pretrained(target / "model")
+        if (target / CHECKPOINT_NAME).is_file():
+            target = target / CHECKPOINT_NAME
+        else:
+            raise SNNetError(f"no trained model in {target}: pass --checkpoint")
+    obj = load_torch_checkpoint(target)
+    model = build_model(cfg.model, num_classes, load_weights=False)
+    if {"optimizer", "scheduler", "rng", "config"} <= set(obj):  # our own training checkpoint
+        model.load_state_dict(obj["model"])
+    else:
+        load_official_checkpoint(model, target, obj)
+    return model
+
+
+def cmd_eval(args) -> int:
+    from .distributed import cleanup, init_distributed
+    from .engine import evaluate_and_report
+    from .tasks import build_task
+
+    cfg = _load(args)
+    env = init_distributed(args.device)
+    task = build_task(cfg)
+    model = load_for_eval(args.checkpoint, cfg, task.num_classes).to(env.device)
+    ids = [int(s) for s in args.stitches.split(",")] if args.stitches else None
+    evaluate_and_report(model, task, cfg, env, Path(cfg.output_dir), ids, progress=not args.no_progress)
+    if env.is_main:
+        print(f"results in {cfg.output_dir}/: results.jsonl, results.csv, pareto.png")
+    cleanup()
+    return 0
+
+
+def cmd_flops(args) -> int:
+    """The stitch table of a config: no weights, no data (anchors are built on the meta device)."""
+    from .anchors import AnchorConfig, create_anchor
+    from .model import SNNet
+
+    cfg = _load(args)
+    m = cfg.model
+    if len(m.anchors) != 2:
+        raise SNNetError(f"model.anchors must list two anchors, got {len(m.anchors)}")
+    anchors = [create_anchor(AnchorConfig(a.name, kwargs={**a.kwargs, "device": "meta"})) for a in m.anchors]
+    model = SNNet(anchors, version=m.version, lora_rank=m.lora_rank, out_indices=m.out_indices)
+    size = (args.img_size, args.img_size) if args.img_size else None
+    rows = [{"stitch_id": s.id, "kind": s.kind, "gflops": model.flops(s.id, size, args.dense) / 1e9,
+             "params_m": model.params(s.id) / 1e6, "route": s.describe()} for s in model.stitches]
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    print(f"{'id':>4} {'kind':<6} {'GFLOPs':>9} {'params(M)':>9}  route")
+    for r in rows:
+        print(f"{r['stitch_id']:>4} {r['kind']:<6} {r['gflops']:9.3f} {r['params_m']:9.2f}  {r['route']}")
+    print(f"{len(rows)} stitches ({m.version})")
+    return 0
+
+
+def cmd_select(args) -> int:
+    from .results import format_table, frontier, read_results
+    from .selection import best_under_budget
+
+    rows = read_results(args.results)
+    metric = args.metric
+    if any(metric not in r for r in rows):
+        raise SNNetError(f"metric {metric!r} is not in {args.results} (columns: {', '.join(rows[0])})")
+    higher = not args.lower_is_better
+    by_id = {r["stitch_id"]: r for r in rows}
+    best = best_under_budget({i: r["flops"] for i, r in by_id.items()}, {i: r[metric] for i, r in by_id.items()},
+                             args.max_gflops * 1e9, higher)
+    if best is None:
+        cheapest = min(r["gflops"] for r in rows)
+        raise SNNetError(f"no stitch fits {args.max_gflops} GFLOPs (the cheapest needs {cheapest:.3f})")
+    metrics = tuple(k for k in ("acc1", "acc5", "loss", metric) if k in by_id[best])
+    metrics = tuple(dict.fromkeys(metrics))
+    print(f"best stitch under {args.max_gflops} GFLOPs by {metric}:")
+    print(format_table([by_id[best]], metrics))
+    if args.frontier:
+        print("frontier within the budget:")
+        print(format_table([r for r in frontier(rows, metric, higher) if r["gflops"] <= args.max_gflops], metrics))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="snnet", description="Stitchable ViTs (SN-Netv2): train once, deploy any stitch.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train an SN-Net, then evaluate every stitch")
+    _add_config(p)
+    p.add_argument("--resume", help="checkpoint to resume from (default: the run directory's own, if any)")
+    p.add_argument("--no-resume", action="store_true", help="start fresh even if the run directory has a checkpoint")
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate stitches of a trained model or a released checkpoint")
+    _add_config(p)
+    p.add_argument("--checkpoint", help="run dir, saved model dir, checkpoint.pt or a released snnetv2_*.pth "
+                                        "(default: <output_dir>/model)")
+    p.add_argument("--stitches", help="comma-separated stitch ids (default: all)")
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("flops", help="per-stitch FLOPs, parameters and routes of a config (no data needed)")
+    _add_config(p)
+    p.add_argument("--img-size", type=int, help="input size (default: the anchors')")
+    p.add_argument("--dense", action="store_true", help="count the dense backbone (taps, no head)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_flops)
+
+    p = sub.add_parser("select", help="the best stitch under a GFLOPs budget, from a results file")
+    p.add_argument("--results", required=True, help="results.jsonl or a run directory")
+    p.add_argument("--max-gflops", type=float, required=True)
+    p.add_argument("--metric", default="acc1")
+    p.add_argument("--lower-is-better", action="store_true")
+    p.add_argument("--frontier", action="store_true", help="also list the frontier within the budget")
+    p.set_defaults(func=cmd_select)
+    return parser
+
+
+def _one_line(e: BaseException) -> str:
+    # errors raised inside DataLoader workers arrive wrapped with the worker's traceback
+    lines = [line for line in str(e).splitlines() if line.strip()]
+    return (lines[-1] if lines else type(e).__name__).split("SNNetError: ", 1)[-1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except SNNetError as e:
+        print(f"snnet: error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("snnet: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,323 @@
+"""The one training loop: least-squares start, ROS steps, checkpoints, resume, per-stitch evaluation.
+
+A task (``snnet.tasks.*``) supplies datasets, a training loss and per-batch metric sums; the loop
+does the rest the same way for every task, on one process or many under torchrun.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from timm.optim import create_optimizer_v2
+from timm.scheduler import create_scheduler_v2
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler, Subset
+from tqdm.auto import tqdm
+
+from ._atomic import atomic_path, atomic_write_text
+from .anchors import AnchorConfig
+from .checkpoint import load_torch_checkpoint
+from .config import ModelSection, RunConfig, dump_config
+from .distributed import DistEnv, all_gather_objects, all_reduce_sum, barrier
+from .errors import SNNetError
+from .least_squares import init_stitching_layers
+from .model import SNNet
+
+CHECKPOINT_NAME = "checkpoint.pt"
+LOG_NAME = "log.jsonl"
+
+
+def build_model(section: ModelSection, num_classes: int | None = None, load_weights: bool = True) -> SNNet:
+    """SNNet from the config's anchors; ``load_weights=False`` skips hub and local weights (they come later)."""
+    if len(section.anchors) != 2:
+        raise SNNetError(f"model.anchors must list two anchors, got {len(section.anchors)}")
+    anchors = []
+    for a in section.anchors:
+        kwargs = dict(a.kwargs)
+        if num_classes is not None:
+            kwargs.setdefault("num_classes", num_classes)
+        anchors.append(AnchorConfig(a.name, pretrained=a.pretrained and load_weights,
+                                    checkpoint_path=a.checkpoint_path if load_weights else None, kwargs=kwargs))
+    return SNNet(anchors, version=section.version, lora_rank=section.lora_rank, lora_alpha=section.lora_alpha,
+                 out_indices=section.out_indices)
+
+
+def autocast(device: torch.device, enabled: bool):
+    """float16 autocast on CUDA (as the reference trains); nothing on CPU."""
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.float16)
+    return nullcontext()
+
+
+# ---- reproducibility ------------------------------------------------------------------------
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state(model: SNNet) -> dict[str, Any]:
+    """Every generator a step draws from: torch (CPU, CUDA), Python, NumPy (timm's Mixup), ROS."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "python": random.getstate(), "numpy": [kind, torch.from_numpy(keys.copy()), pos, has_gauss, gauss],
+            "ros": model.sampler.state_dict()}
+
+
+def set_rng_state(model: SNNet, state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy(), pos, has_gauss, gauss))
+    model.sampler.load_state_dict(state["ros"])
+
+
+# ---- checkpoints ----------------------------------------------------------------------------
+def save_checkpoint(path: Path, model: SNNet, optimizer, scheduler, scaler, epoch: int, cfg: RunConfig,
+                    env: DistEnv) -> None:
+    """Everything needed to continue after ``epoch``; every rank's RNG state; written atomically by rank 0."""
+    rngs = all_gather_objects(rng_state(model))
+    if not env.is_main:
+        return
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+             "scaler": scaler.state_dict(), "epoch": epoch, "rng": rngs, "config": cfg.to_dict()}
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    state = load_torch_checkpoint(path)
+    missing = {"model", "optimizer", "scheduler", "scaler", "epoch", "rng"} - set(state)
+    if missing:
+        raise SNNetError(f"{path} is not an snnet training checkpoint (missing {', '.join(sorted(missing))})")
+    return state
+
+
+def find_resume(run_dir: Path, resume: str | None) -> Path | None:
+    """``resume``: a checkpoint path, "auto" (the run directory's own, if any) or None (start fresh)."""
+    if resume is None:
+        return None
+    if resume == "auto":
+        path = run_dir / CHECKPOINT_NAME
+        return path if path.is_file() else None
+    path = Path(resume)
+    if path.is_dir():
+        path = path / CHECKPOINT_NAME
+    if not path.is_file():
+        raise SNNetError(f"checkpoint to resume not found: {resume}")
+    return path
+
+
+# ---- logging --------------------------------------------------------------------------------
+class EpochLog:
+    """``log.jsonl`` in the run directory (rewritten atomically), plus TensorBoard when installed."""
+
+    def __init__(self, run_dir: Path, keep_before_epoch: int) -> None:
+        self.path = run_dir / LOG_NAME
+        self.lines = []
+        if self.path.is_file():  # after a resume, drop epochs that will be trained again
+            self.lines = [line for line in self.path.read_text().splitlines()
+                          if line.strip() and json.loads(line).get("epoch", -1) < keep_before_epoch]
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+            self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+        except ImportError:
+            self.tb = None
+
+    def write(self, stats: dict[str, Any]) -> None:
+        self.lines.append(json.dumps(stats))
+        atomic_write_text(self.path, "\n".join(self.lines) + "\n")
+        if self.tb is not None:
+            for k, v in stats.items():
+                if isinstance(v, (int, float)) and k != "epoch":
+                    self.tb.add_scalar(f"train/{k}", v, stats["epoch"])
+            self.tb.flush()
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+# ---- the loop -------------------------------------------------------------------------------
+def make_train_loader(dataset, cfg: RunConfig, env: DistEnv) -> DataLoader:
+    sampler = DistributedSampler(dataset, num_replicas=env.world_size, rank=env.rank, shuffle=True,
+                                 seed=cfg.train.seed, drop_last=True)
+    return DataLoader(dataset, batch_size=cfg.data.batch_size, sampler=sampler, num_workers=cfg.data.workers,
+                      pin_memory=env.device.type == "cuda", drop_last=True, persistent_workers=False)
+
+
+def make_eval_loader(dataset, batch_size: int, workers: int, env: DistEnv, max_images: int | None = None) -> DataLoader:
+    """Each rank takes every world_size-th image, without padding, so summed metrics are exact."""
+    n = len(dataset) if max_images is None else min(max_images, len(dataset))
+    shard = Subset(dataset, range(env.rank, n, env.world_size))
+    return DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=workers,
+                      pin_memory=env.device.type == "cuda")
+
+
+def train_one_epoch(model, task, loader: DataLoader, optimizer, scaler, cfg: RunConfig, env: DistEnv,
+                    epoch: int, progress: bool) -> dict[str, float]:
+    model.train()
+    total, count, seen = 0.0, 0, 0
+    steps = len(loader) if cfg.train.steps_per_epoch is None else min(len(loader), cfg.train.steps_per_epoch)
+    start = time.perf_counter()
+    bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", disable=not (progress and env.is_main),
+               leave=False, unit="step")
+    for step, batch in enumerate(loader):
+        if step >= steps:
+            break
+        with autocast(env.device, cfg.train.amp):
+            loss = task.training_loss(model, batch, env.device)
+        if not math.isfinite(loss.item()):
+            raise SNNetError(f"loss is {loss.item()} at epoch {epoch + 1}, step {step}: lower train.lr or enable clipping")
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if cfg.train.clip_grad:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], cfg.train.clip_grad)
+        scaler.step(optimizer)
+        scaler.update()
+        total += loss.item()
+        count += 1
+        seen += len(batch[0])
+        bar.set_postfix(loss=f"{total / count:.4f}")
+        bar.update()
+    bar.close()
+    elapsed = time.perf_counter() - start
+    sums = all_reduce_sum(torch.tensor([total, count, seen], dtype=torch.float64, device=env.device))
+    return {"train_loss": (sums[0] / max(sums[1], 1)).item(), "images_per_sec": sums[2].item() / elapsed,
+            "epoch_time_s": elapsed}
+
+
+@torch.no_grad()
+def evaluate_stitches(model: SNNet, task, loader: DataLoader, stitch_ids: list[int], env: DistEnv,
+                      amp: bool = True, progress: bool = True) -> dict[int, dict[str, float]]:
+    """Every requested stitch on every batch: each batch is loaded once and run through all stitches."""
+    model.eval()
+    sums: dict[int, torch.Tensor] = {}
+    for batch in tqdm(loader, desc=f"evaluating {len(stitch_ids)} stitches", disable=not (progress and env.is_main),
+                      leave=False, unit="batch"):
+        for sid in stitch_ids:
+            model.select(sid)
+            with autocast(env.device, amp):
+                s = task.eval_sums(model, batch, env.device)
+            sums[sid] = sums[sid] + s if sid in sums else s
+    out = {}
+    for sid in stitch_ids:
+        total = sums.get(sid)
+        if total is None:  # a rank with no images still joins the reduction
+            total = torch.zeros(task.num_sums, dtype=torch.float64, device=env.device)
+        out[sid] = task.finalize(all_reduce_sum(total))
+    return out
+
+
+def result_rows(model: SNNet, metrics: dict[int, dict[str, float]]) -> list[dict]:
+    rows = []
+    for sid, m in metrics.items():
+        s = model.stitch(sid)
+        flops = model.flops(sid)
+        rows.append({"stitch_id": sid, "kind": s.kind, "route": s.describe(), "flops": flops,
+                     "gflops": flops / 1e9, "params": model.params(sid), "params_m": model.params(sid) / 1e6, **m})
+    return rows
+
+
+def fit(cfg: RunConfig, task, env: DistEnv, resume: str | None = "auto", progress: bool = True) -> SNNet:
+    """Train an SNNet for ``cfg.train.epochs`` epochs, checkpointing each epoch; returns the model."""
+    run_dir = Path(cfg.output_dir)
+    ckpt_path = find_resume(run_dir, resume)
+    seed_everything(cfg.train.seed + env.rank)
+    model = build_model(cfg.model, task.num_classes, load_weights=ckpt_path is None)
+    model.to(env.device)
+    model.configure_sampling(cfg.train.ros_gap, cfg.train.ros_k, seed=cfg.train.seed + env.rank)
+
+    state = None
+    if ckpt_path is not None:
+        state = load_checkpoint(ckpt_path)
+        model.load_state_dict(state["model"])
+    else:
+        init_loader = DataLoader(Subset(task.init_set, range(env.rank, len(task.init_set), env.world_size)),
+                                 batch_size=cfg.train.init_batch_size, shuffle=False, num_workers=cfg.data.workers)
+        n = init_stitching_layers(model, init_loader, num_images=-(-cfg.train.init_images // env.world_size),
+                                  progress=progress and env.is_main)
+        if env.is_main:
+            print(f"stitching layers fitted by least squares on {n} images")
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = create_optimizer_v2(model, opt=cfg.train.optimizer, lr=cfg.train.lr,
+                                    weight_decay=cfg.train.weight_decay, momentum=cfg.train.momentum)
+    scheduler, _ = create_scheduler_v2(optimizer, sched=cfg.train.scheduler, num_epochs=cfg.train.epochs,
+                                       warmup_epochs=cfg.train.warmup_epochs, warmup_lr=cfg.train.warmup_lr,
+                                       min_lr=cfg.train.min_lr)
+    scaler = torch.amp.GradScaler(env.device.type, enabled=cfg.train.amp and env.device.type == "cuda")
+    start_epoch = 0
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        start_epoch = state["epoch"] + 1
+        if len(state["rng"]) == env.world_size:
+            set_rng_state(model, state["rng"][env.rank])
+        if env.is_main:
+            print(f"resumed from {ckpt_path} after epoch {start_epoch}")
+    scheduler.step(start_epoch)
+    if env.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
+        n_train = sum(p.numel() for p in params)
+        print(f"{len(model.stitch_ids)} stitches, {n_train / 1e6:.2f} M trainable parameters, "
+              f"{len(model.sampler.groups)} ROS groups, training on {env.world_size} x {env.device.type}")
+
+    # every rank samples its own stitch, so parameters unused on one rank are expected
+    net = DistributedDataParallel(model, device_ids=[env.device.index] if env.device.type == "cuda" else None,
+                                  find_unused_parameters=True) if env.distributed else model
+    loader = make_train_loader(task.train_set, cfg, env)
+    log = EpochLog(run_dir, start_epoch) if env.is_main else None
+    for epoch in range(start_epoch, cfg.train.epochs):
+        loader.sampler.set_epoch(epoch)
+        stats = train_one_epoch(net, task, loader, optimizer, scaler, cfg, env, epoch, progress)
+        scheduler.step(epoch + 1)
+        if log is not None:
+            log.write({"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], **stats})
+            print(f"epoch {epoch + 1}/{cfg.train.epochs}: loss {stats['train_loss']:.4f}, "
+                  f"{stats['images_per_sec']:.1f} img/s, {stats['epoch_time_s']:.1f} s")
+        save_checkpoint(run_dir / CHECKPOINT_NAME, model, optimizer, scheduler, scaler, epoch, cfg, env)
+        barrier()
+    if log is not None:
+        log.close()
+    return model
+
+
+def evaluate_and_report(model: SNNet, task, cfg: RunConfig, env: DistEnv, run_dir: Path,
+                        stitch_ids: list[int] | None = None, progress: bool = True) -> list[dict] | None:
+    """Evaluate stitches, then on rank 0 write results.jsonl/.csv and pareto.png and print the frontier."""
+    from .results import format_table, frontier, plot_pareto, write_results
+
+    ids = stitch_ids or cfg.eval.stitches or model.stitch_ids
+    for sid in ids:
+        model.stitch(sid)  # unknown ids fail before any work
+    loader = make_eval_loader(task.val_set, cfg.data.eval_batch_size or int(1.5 * cfg.data.batch_size),
+                              cfg.data.workers, env, cfg.eval.max_images)
+    start = time.perf_counter()
+    metrics = evaluate_stitches(model, task, loader, list(ids), env, cfg.train.amp, progress)
+    elapsed = time.perf_counter() - start
+    if not env.is_main:
+        return None
+    rows = result_rows(model, metrics)
+    write_results(run_dir, rows)
+    metric = task.primary_metric
+    plot_pareto(rows, run_dir / "pareto.png", metric, title=f"{task.name}: {metric} of {len(rows)} stitches")
+    print(f"evaluated {len(rows)} stitches on {rows[0]['images']} images in {elapsed:.1f} s "
+          f"({elapsed / len(rows):.2f} s per stitch)")
+    print("Pareto frontier:")
+    print(format_table(frontier(rows, metric), task.report_metrics))
+    return rows

@@ -1,0 +1,127 @@
+"""Image classification: data, augmentation, loss and per-stitch metrics (top-1, top-5, loss)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from timm.data import Mixup, create_transform
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from torch.utils.data import Dataset
+from torchvision import datasets
+from torchvision import transforms as T
+
+from ..config import RunConfig
+from ..errors import SNNetError
+
+
+def _read_rgb(path: str) -> Image.Image:
+    try:
+        with open(path, "rb") as f:
+            return Image.open(f).convert("RGB")
+    except Exception as e:  # a corrupt or foreign file among the images
+        raise SNNetError(f"cannot read image {path}: {type(e).__name__}") from None
+
+
+def build_transform(cfg: RunConfig, train: bool, input_size: int, mean, std):
+    """timm's ImageNet pipelines; ``crop: simple`` is DeiT-3's resize + padded random crop."""
+    aug, interp = cfg.augment, cfg.data.interpolation
+    if not train:
+        return create_transform(input_size, is_training=False, crop_pct=aug.eval_crop_ratio,
+                                interpolation=interp, mean=mean, std=std)
+    primary, secondary, final = create_transform(
+        input_size, is_training=True, hflip=aug.hflip, color_jitter=aug.color_jitter or None,
+        auto_augment=aug.auto_augment, re_prob=aug.reprob, interpolation=interp, mean=mean, std=std, separate=True)
+    mode = T.InterpolationMode(interp)
+    if aug.crop == "simple":
+        primary = T.Compose([T.Resize(input_size, interpolation=mode),
+                             T.RandomCrop(input_size, padding=4, padding_mode="reflect"), T.RandomHorizontalFlip(aug.hflip)])
+    elif aug.crop == "none":
+        primary = T.Compose([T.Resize(input_size, interpolation=mode), T.CenterCrop(input_size),
+                             T.RandomHorizontalFlip(aug.hflip)])
+    elif aug.crop != "rrc":
+        raise SNNetError(f"augment.crop must be 'rrc', 'simple' or 'none', got {aug.crop!r}")
+    return T.Compose([primary, secondary, final])
+
+
+def build_datasets(cfg: RunConfig, input_size: int, mean, std) -> tuple[Dataset, Dataset, Dataset, list[str]]:
+    """(train, val, init, class names) from an ImageFolder tree or the built-in shapes scenes.
+
+    ``init`` holds the training images under the deterministic eval pipeline, for the least-squares fit.
+    """
+    data = cfg.data
+    train_tf = build_transform(cfg, True, input_size, mean, std)
+    val_tf = build_transform(cfg, False, input_size, mean, std)
+    if data.dataset == "shapes":
+        from ..data import SceneConfig, ShapesClassification
+        s = data.shapes
+        scenes = SceneConfig(image_size=s.image_size, num_classes=s.num_classes, seed=s.seed)
+        train = ShapesClassification("train", s.num_train, scenes, train_tf)
+        return (train, ShapesClassification("val", s.num_val, scenes, val_tf),
+                ShapesClassification("train", s.num_train, scenes, val_tf), list(train.classes))
+    if data.dataset != "imagefolder":
+        raise SNNetError(f"data.dataset must be 'imagefolder' or 'shapes', got {data.dataset!r}")
+    if not data.root:
+        raise SNNetError("data.root is not set: point it at a folder with train/ and val/ image folders")
+    roots = [Path(data.root) / data.train_split, Path(data.root) / data.val_split]
+    for root in roots:
+        if not root.is_dir():
+            raise SNNetError(f"data folder not found: {root}")
+    try:
+        train, val, init = (datasets.ImageFolder(str(root), transform=tf, loader=_read_rgb)
+                            for root, tf in ((roots[0], train_tf), (roots[1], val_tf), (roots[0], val_tf)))
+    except FileNotFoundError as e:  # no class folders, or no images in them
+        raise SNNetError(f"no images under {data.root}: {str(e).splitlines()[0]}") from None
+    if train.classes != val.classes:
+        raise SNNetError(f"{roots[0]} and {roots[1]} have different class folders")
+    return train, val, init, train.classes
+
+
+class ClassificationTask:
+    """What the training loop and the per-stitch evaluation need to know about classification."""
+
+    name = "classification"
+    primary_metric = "acc1"
+    report_metrics = ("acc1", "acc5", "loss")
+    num_sums = 4  # length of eval_sums
+
+    def __init__(self, cfg: RunConfig, input_size: int, mean, std) -> None:
+        self.cfg = cfg
+        self.train_set, self.val_set, self.init_set, self.classes = build_datasets(cfg, input_size, mean, std)
+        self.num_classes = len(self.classes)
+        aug = cfg.augment
+        self.mixup = None
+        if aug.mixup > 0 or aug.cutmix > 0:
+            self.mixup = Mixup(mixup_alpha=aug.mixup, cutmix_alpha=aug.cutmix, label_smoothing=aug.label_smoothing,
+                               num_classes=self.num_classes)
+            self.criterion = SoftTargetCrossEntropy()
+        elif aug.label_smoothing > 0:
+            self.criterion = LabelSmoothingCrossEntropy(smoothing=aug.label_smoothing)
+        else:
+            self.criterion = torch.nn.CrossEntropyLoss()
+
+    def training_loss(self, model, batch, device: torch.device) -> torch.Tensor:
+        images, targets = (t.to(device, non_blocking=True) for t in batch)
+        if self.mixup is not None:
+            if images.shape[0] % 2:  # timm's batch mixing pairs images with the flipped batch
+                images, targets = images[:-1], targets[:-1]
+            images, targets = self.mixup(images, targets)
+        return self.criterion(model(images), targets)
+
+    @torch.no_grad()
+    def eval_sums(self, model, batch, device: torch.device) -> torch.Tensor:
+        """[top-1 correct, top-5 correct, summed loss, images] of one batch, to be summed over batches and ranks."""
+        images, targets = (t.to(device, non_blocking=True) for t in batch)
+        logits = model(images).float()
+        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        hit = top == targets[:, None]
+        loss = F.cross_entropy(logits, targets, reduction="sum")
+        return torch.stack([hit[:, 0].sum().double(), hit.any(dim=1).sum().double(), loss.double(),
+                            torch.tensor(float(targets.numel()), dtype=torch.float64, device=logits.device)])
+
+    @staticmethod
+    def finalize(sums: torch.Tensor) -> dict[str, float]:
+        c1, c5, loss, n = sums.tolist()
+        n = max(n, 1.0)
+        return {"acc1": 100.0 * c1 / n, "acc5": 100.0 * c5 / n, "loss": loss / n, "images": int(n)}
