@@ -34,11 +34,12 @@ def load_torch_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        if "weights only" not in str(e).lower():
-            raise SNNetError(f"cannot read checkpoint {path}: not a torch checkpoint") from None
-        raise SNNetError(f"refusing to load {path}: it pickles objects beyond weights "
-                         f"({_unsafe_globals(path)})") from None
+    except pickle.UnpicklingError:
+        unsafe = _unsafe_globals(path)
+        if unsafe:
+            raise SNNetError(f"refusing to load {path}: it pickles objects beyond weights ({unsafe})") from None
+        raise SNNetError(f"cannot read checkpoint {path}: not a torch checkpoint "
+                         f"(or a legacy-format one holding objects beyond weights)") from None
     except Exception as e:  # a damaged file fails in many ways deep inside torch.load
         raise SNNetError(f"cannot read checkpoint {path}: truncated or not a torch checkpoint "
                          f"({type(e).__name__})") from None
@@ -48,10 +49,11 @@ def load_torch_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def _unsafe_globals(path: Path) -> str:
+    """Classes a zip-format checkpoint would need to run; empty when there are none or it is no such file."""
     try:
-        return ", ".join(torch.serialization.get_unsafe_globals_in_checkpoint(str(path))) or "unknown"
-    except Exception:  # legacy (non-zip) files cannot be inspected
-        return "unknown"
+        return ", ".join(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
+    except Exception:
+        return ""
 
 
 def official_filter_fn(state: dict[str, torch.Tensor], model: "SNNet") -> dict[str, torch.Tensor]:

@@ -54,6 +54,9 @@ def load_for_eval(path: str | None, cfg, num_classes: int):
     from .model import SNNet
 
     target = Path(path) if path else Path(cfg.output_dir) / "model"
+    if not target.exists():
+        raise SNNetError(f"nothing to evaluate at {target}: pass --checkpoint (a run or model directory, "
+                         f"a checkpoint.pt or a released snnetv2_*.pth)")
     if target.is_dir():
         if (target / CONFIG_NAME).is_file():
             return SNNet.from_pretrained(target)

@@ -64,23 +64,25 @@ def seed_everything(seed: int) -> None:
 
 
 def rng_state(model: SNNet) -> dict[str, Any]:
-    """Every generator a step draws from: torch (CPU, CUDA), Python, NumPy (timm's Mixup), ROS."""
+    """Every generator a step draws from: torch (CPU, CUDA), Python, NumPy (timm's Mixup), ROS.
+    Plain Python values only, so ranks can gather them and checkpoints load with weights_only."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    return {"torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "python": random.getstate(), "numpy": [kind, torch.from_numpy(keys.copy()), pos, has_gauss, gauss],
-            "ros": model.sampler.state_dict()}
+    return {"torch": torch.get_rng_state().tolist(),
+            "cuda": [s.tolist() for s in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else [],
+            "python": random.getstate(), "numpy": [kind, keys.tolist(), pos, has_gauss, gauss],
+            "ros": model.sampler.state_dict() if isinstance(model, SNNet) else None}
 
 
 def set_rng_state(model: SNNet, state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
     if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     kind, keys, pos, has_gauss, gauss = state["numpy"]
-    np.random.set_state((kind, keys.numpy(), pos, has_gauss, gauss))
-    model.sampler.load_state_dict(state["ros"])
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    if isinstance(model, SNNet):
+        model.sampler.load_state_dict(state["ros"])
 
 
 # ---- checkpoints ----------------------------------------------------------------------------
@@ -231,20 +233,28 @@ def result_rows(model: SNNet, metrics: dict[int, dict[str, float]]) -> list[dict
     return rows
 
 
-def fit(cfg: RunConfig, task, env: DistEnv, resume: str | None = "auto", progress: bool = True) -> SNNet:
-    """Train an SNNet for ``cfg.train.epochs`` epochs, checkpointing each epoch; returns the model."""
+def fit(cfg: RunConfig, task, env: DistEnv, resume: str | None = "auto", progress: bool = True,
+        model: torch.nn.Module | None = None) -> torch.nn.Module:
+    """Train for ``cfg.train.epochs`` epochs, checkpointing each epoch; returns the model.
+
+    By default the model is the SNNet of ``cfg.model`` (least-squares start, ROS steps); any other
+    classifier given as ``model`` trains with the same loop (the quickstart's anchors do).
+    """
     run_dir = Path(cfg.output_dir)
     ckpt_path = find_resume(run_dir, resume)
     seed_everything(cfg.train.seed + env.rank)
-    model = build_model(cfg.model, task.num_classes, load_weights=ckpt_path is None)
+    if model is None:
+        model = build_model(cfg.model, task.num_classes, load_weights=ckpt_path is None)
+    stitchable = isinstance(model, SNNet)
     model.to(env.device)
-    model.configure_sampling(cfg.train.ros_gap, cfg.train.ros_k, seed=cfg.train.seed + env.rank)
+    if stitchable:
+        model.configure_sampling(cfg.train.ros_gap, cfg.train.ros_k, seed=cfg.train.seed + env.rank)
 
     state = None
     if ckpt_path is not None:
         state = load_checkpoint(ckpt_path)
         model.load_state_dict(state["model"])
-    else:
+    elif stitchable:
         init_loader = DataLoader(Subset(task.init_set, range(env.rank, len(task.init_set), env.world_size)),
                                  batch_size=cfg.train.init_batch_size, shuffle=False, num_workers=cfg.data.workers)
         n = init_stitching_layers(model, init_loader, num_images=-(-cfg.train.init_images // env.world_size),
@@ -272,10 +282,12 @@ def fit(cfg: RunConfig, task, env: DistEnv, resume: str | None = "auto", progres
     scheduler.step(start_epoch)
     if env.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        for stale in run_dir.glob(".*.tmp"):  # left by a write that a kill interrupted
+            stale.unlink()
         atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
         n_train = sum(p.numel() for p in params)
-        print(f"{len(model.stitch_ids)} stitches, {n_train / 1e6:.2f} M trainable parameters, "
-              f"{len(model.sampler.groups)} ROS groups, training on {env.world_size} x {env.device.type}")
+        what = (f"{len(model.stitch_ids)} stitches, {len(model.sampler.groups)} ROS groups, " if stitchable else "")
+        print(f"{what}{n_train / 1e6:.2f} M trainable parameters, training on {env.world_size} x {env.device.type}")
 
     # every rank samples its own stitch, so parameters unused on one rank are expected
     net = DistributedDataParallel(model, device_ids=[env.device.index] if env.device.type == "cuda" else None,

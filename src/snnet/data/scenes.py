@@ -58,10 +58,13 @@ class SceneConfig:
     seed: int = 0
     max_distractors: int = 4  # each scene has 1..max_distractors smaller objects of other classes
     main_size: tuple[float, float] = (0.2, 0.32)
+    main_offset: float = 0.15  # main object centre is within +-main_offset * image_size of the image centre
     distractor_size: tuple[float, float] = (0.08, 0.17)
     aspect_jitter: float = 0.15  # log-aspect ratio drawn from U(-j, j)
     min_main_visible: float = 0.6  # fraction of the main object that occluders must leave visible
     min_pixels: int = 6  # smallest visible area of any instance
+    texture_contrast: float = 0.6  # pattern strength is U(0, texture_contrast) of a random colour change
+    min_colour_gap: float = 0.3  # min RGB distance between an object's and the background's base colour
     noise_std: float = 0.06  # per-image Gaussian noise std is drawn from U(0, noise_std), image in [0, 1]
     blur_prob: float = 0.3
 
@@ -146,16 +149,20 @@ def _layout_ok(vis: list[np.ndarray], hard: list[np.ndarray], config: SceneConfi
 
 
 def _sample_object(rng: np.random.Generator, cls: int, size_range: tuple[float, float], n: int,
-                   margin: float, config: SceneConfig) -> _Object:
+                   spread: float, config: SceneConfig) -> _Object:
     size = rng.uniform(*size_range) * n
-    cx, cy = rng.uniform(margin * size, n - margin * size, 2)
+    cx, cy = n * (0.5 + rng.uniform(-spread, spread, 2))
     return _Object(cls, cx, cy, size, rng.uniform(0, 2 * np.pi),
                    float(np.exp(rng.uniform(-config.aspect_jitter, config.aspect_jitter))), rng.uniform(1.0, 3.5))
 
 
-def _texture(rng: np.random.Generator, n: int) -> np.ndarray:
-    """(n, n, 3) float32 texture between two random colours: flat, stripes, checker, gradient, waves or speckle."""
-    c0, c1 = rng.random((2, 3), dtype=np.float32)
+def _texture(rng: np.random.Generator, n: int, colour: np.ndarray, contrast: float) -> np.ndarray:
+    """(n, n, 3) float32 pattern from `colour` towards a random colour, `contrast` of the way.
+
+    Patterns: flat, stripes, checker, gradient, smooth waves or speckle.
+    """
+    c0 = colour.astype(np.float32)
+    c1 = c0 + contrast * (rng.random(3, dtype=np.float32) - c0)
     kind = rng.integers(6)
     y, x = _grid(n)
     theta = rng.uniform(0, 2 * np.pi)
@@ -192,14 +199,14 @@ def render_scene(config: SceneConfig, split: str, index: int) -> Scene:
     n, label = config.image_size, _label(config, index)
 
     # layout: main object first, then distractors of other classes, each re-drawn until the layout is valid
-    objs = [_sample_object(rng, label, config.main_size, n, 0.8, config)]
+    objs = [_sample_object(rng, label, config.main_size, n, config.main_offset, config)]
     cov = [_coverage(objs[0], n)]
     hard = [cov[0] >= 0.5]
     vis = hard
     others = [c for c in range(config.num_classes) if c != label]
     for _ in range(rng.integers(1, config.max_distractors + 1)):
         for _attempt in range(10):
-            o = _sample_object(rng, others[rng.integers(len(others))], config.distractor_size, n, 0.0, config)
+            o = _sample_object(rng, others[rng.integers(len(others))], config.distractor_size, n, 0.5, config)
             c = _coverage(o, n)
             new_vis = _visible(hard + [c >= 0.5], [ob.depth for ob in objs] + [o.depth])
             if _layout_ok(new_vis, hard + [c >= 0.5], config):
@@ -213,11 +220,18 @@ def render_scene(config: SceneConfig, split: str, index: int) -> Scene:
     depth = np.broadcast_to(1 / inv, (n, n)).astype(np.float32)
     semantic = np.zeros((n, n), np.int64)
 
-    # paint far to near so nearer objects occlude (and anti-alias over) farther ones
-    img = _texture(rng, n)
+    # paint far to near so nearer objects occlude (and anti-alias over) farther ones; object base colours keep
+    # a minimum distance from the background's so figure-ground is hard but not hopeless
+    bg = rng.random(3)
+    img = _texture(rng, n, bg, rng.uniform(0, config.texture_contrast))
     for k in sorted(range(len(objs)), key=lambda k: -objs[k].depth):
+        colour = rng.random(3)
+        for _attempt in range(20):
+            if np.linalg.norm(colour - bg) >= config.min_colour_gap:
+                break
+            colour = rng.random(3)
         a = cov[k][..., None]
-        img = img * (1 - a) + _texture(rng, n) * a
+        img = img * (1 - a) + _texture(rng, n, colour, rng.uniform(0, config.texture_contrast)) * a
         depth[hard[k]] = objs[k].depth
         semantic[hard[k]] = objs[k].cls + 1
 
