@@ -27,9 +27,15 @@ class NormalEquations:
     def add(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """Add token rows: ``x`` (..., in) and ``y`` (..., out)."""
         x = x.reshape(-1, x.shape[-1]).to(torch.float64)
-        x = torch.cat([x, x.new_ones(x.shape[0], 1)], dim=1)
-        self.xtx += x.T @ x
-        self.xty += x.T @ y.reshape(-1, y.shape[-1]).to(torch.float64)
+        y = y.reshape(-1, y.shape[-1]).to(torch.float64)
+        # the constant column of [X 1] is kept implicit: its products are sums and the row count
+        s = x.sum(dim=0)
+        self.xtx[:-1, :-1].addmm_(x.T, x)
+        self.xtx[-1, :-1] += s
+        self.xtx[:-1, -1] += s
+        self.xtx[-1, -1] += x.shape[0]
+        self.xty[:-1].addmm_(x.T, y)
+        self.xty[-1] += y.sum(dim=0)
 
     def all_reduce(self) -> None:
         """Sum the statistics of every process, so each rank solves the same layer."""
@@ -50,15 +56,33 @@ class NormalEquations:
         return sol[:-1].T.contiguous(), sol[-1].contiguous()
 
 
+def _accumulate(model, images: torch.Tensor, by_small_block: dict, eqs: dict) -> None:
+    """Run both anchors on ``images`` in lockstep: after small block i, the large anchor catches up to
+    its partner block, and the pair's tokens go into the layers fitted between them."""
+    small, large = model.anchors[SMALL], model.anchors[LARGE]
+    xs, xl = model.embed(images, SMALL), model.embed(images, LARGE)
+    large_done = -1
+    for i, blk in enumerate(small.blocks):
+        xs = blk(xs)
+        for ref, l_blk in by_small_block.get(i, []):
+            while large_done < l_blk:
+                large_done += 1
+                xl = large.blocks[large_done](xl)
+            if ref.direction == "SL":
+                eqs[ref].add(xs, xl)
+            else:
+                eqs[ref].add(xl, xs)
+
+
 @torch.no_grad()
 def init_stitching_layers(model, batches: Iterable, num_images: int | None = None,
-                          progress: bool = True) -> int:
+                          progress: bool = True, chunk_size: int = 4) -> int:
     """Fit every stitching layer of ``model`` on up to ``num_images`` images; returns how many were used.
 
-    ``batches`` yields image tensors (B, 3, H, W) or ``(images, targets)`` pairs. Each batch runs
-    each anchor once (eval mode). Under torch.distributed the statistics of all ranks are summed.
+    ``batches`` yields image tensors (B, 3, H, W) or ``(images, targets)`` pairs. The anchors run
+    once per image (eval mode), ``chunk_size`` images at a time, which bounds the activation memory
+    whatever the loader's batch size. Under torch.distributed the statistics of all ranks are summed.
     """
-    small, large = model.anchors[SMALL], model.anchors[LARGE]
     device = next(model.parameters()).device
     pairs = fit_pairs(*model.depths, model.config.version)
     layers = {ref: model.stitching_layer(ref) for ref, _, _ in pairs}
@@ -76,20 +100,8 @@ def init_stitching_layers(model, batches: Iterable, num_images: int | None = Non
             images = batch[0] if isinstance(batch, (tuple, list)) else batch
             if num_images is not None:
                 images = images[: num_images - seen]
-            images = images.to(device, non_blocking=True)
-            xs, xl = model.embed(images, SMALL), model.embed(images, LARGE)
-            large_done = -1
-            # lockstep: after small block i, the large anchor catches up to its partner block
-            for i, blk in enumerate(small.blocks):
-                xs = blk(xs)
-                for ref, l_blk in by_small_block.get(i, []):
-                    while large_done < l_blk:
-                        large_done += 1
-                        xl = large.blocks[large_done](xl)
-                    if ref.direction == "SL":
-                        eqs[ref].add(xs, xl)
-                    else:
-                        eqs[ref].add(xl, xs)
+            for chunk in images.split(chunk_size):
+                _accumulate(model, chunk.to(device, non_blocking=True), by_small_block, eqs)
             seen += images.shape[0]
             bar.update(images.shape[0])
             if num_images is not None and seen >= num_images:

@@ -89,8 +89,9 @@ class SNNet(nn.Module):
 
         n_sl, n_ls = num_stitching_layers(*self.depths, version)
         c0, c1 = self.widths
-        self.sl_layers = nn.ModuleList(StitchingLayer(c0, c1, lora_rank, lora_alpha) for _ in range(n_sl))
-        self.ls_layers = nn.ModuleList(StitchingLayer(c1, c0, lora_rank, lora_alpha) for _ in range(n_ls))
+        dev = ordered[SMALL].cls_token.device  # meta anchors (FLOPs only) get meta layers
+        self.sl_layers = nn.ModuleList(StitchingLayer(c0, c1, lora_rank, lora_alpha, device=dev) for _ in range(n_sl))
+        self.ls_layers = nn.ModuleList(StitchingLayer(c1, c0, lora_rank, lora_alpha, device=dev) for _ in range(n_ls))
 
         self.stitches: tuple[Stitch, ...] = stitch_space(*self.depths, version)
         self._by_id = {s.id: s for s in self.stitches}

@@ -16,15 +16,16 @@ class StitchingLayer(nn.Module):
     plain linear layer.
     """
 
-    def __init__(self, in_features: int, out_features: int, rank: int = 0, alpha: float = 1.0) -> None:
+    def __init__(self, in_features: int, out_features: int, rank: int = 0, alpha: float = 1.0,
+                 device: torch.device | str | None = None) -> None:
         super().__init__()
         self.in_features, self.out_features, self.rank = in_features, out_features, rank
         self.scaling = alpha / rank if rank > 0 else 0.0
-        self.weight = nn.Parameter(torch.empty(out_features, in_features))
-        self.bias = nn.Parameter(torch.empty(out_features))
+        self.weight = nn.Parameter(torch.empty(out_features, in_features, device=device))
+        self.bias = nn.Parameter(torch.empty(out_features, device=device))
         if rank > 0:
-            self.lora_A = nn.Parameter(torch.empty(rank, in_features))
-            self.lora_B = nn.Parameter(torch.empty(out_features, rank))
+            self.lora_A = nn.Parameter(torch.empty(rank, in_features, device=device))
+            self.lora_B = nn.Parameter(torch.empty(out_features, rank, device=device))
             self.weight.requires_grad_(False)
         self.reset_parameters()
 
