@@ -30,6 +30,11 @@ def _star(u: np.ndarray, v: np.ndarray, n: int, r_in: float) -> np.ndarray:
     return bx * r * np.sin(psi) - by * (r * np.cos(psi) - 1.0) >= 0
 
 
+def _heart(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Classic algebraic heart curve (x^2 + y^2 - 1)^3 = x^2 y^3."""
+    return (x * x + y * y - 1) ** 3 <= x * x * y ** 3
+
+
 # inside tests in object-local coordinates; every shape fits in the disk of radius 1.2 and has an area of ~1.9
 # (so size says nothing about class)
 _INSIDE = {
@@ -41,7 +46,7 @@ _INSIDE = {
     "ring": lambda u, v: (u * u + v * v <= 1.0) & (u * u + v * v >= 0.38),
     "hexagon": lambda u, v: _star(u / 0.86, v / 0.86, 6, np.cos(np.pi / 6)),
     "crescent": lambda u, v: (u * u + v * v <= 1.2) & ((u - 0.55) ** 2 + v * v >= 0.65),
-    "heart": lambda u, v: ((1.35 * u) ** 2 + (1.35 * v + 0.15) ** 2 - 1) ** 3 <= (1.35 * u) ** 2 * (1.35 * v + 0.15) ** 3,
+    "heart": lambda u, v: _heart(1.35 * u, 1.35 * v + 0.15),
     "arrow": lambda u, v: ((u >= -1.05) & (u <= 0.0) & (np.abs(v) <= 0.35))
     | ((u >= 0.0) & (np.abs(v) <= 0.9 * (1.1 - u) / 1.1)),
     "semicircle": lambda u, v: (u * u + (v + 0.47) ** 2 <= 1.22) & (v >= -0.47),
@@ -56,16 +61,17 @@ class SceneConfig:
     image_size: int = 64
     num_classes: int = 10
     seed: int = 0
-    max_distractors: int = 4  # each scene has 1..max_distractors smaller objects of other classes
-    main_size: tuple[float, float] = (0.2, 0.32)
+    max_distractors: int = 3  # each scene has 1..max_distractors smaller objects of other classes
+    main_size: tuple[float, float] = (0.25, 0.38)
     main_offset: float = 0.15  # main object centre is within +-main_offset * image_size of the image centre
-    distractor_size: tuple[float, float] = (0.08, 0.17)
+    distractor_size: tuple[float, float] = (0.07, 0.16)
     aspect_jitter: float = 0.15  # log-aspect ratio drawn from U(-j, j)
     min_main_visible: float = 0.6  # fraction of the main object that occluders must leave visible
     min_pixels: int = 6  # smallest visible area of any instance
     texture_contrast: float = 0.6  # pattern strength is U(0, texture_contrast) of a random colour change
     min_colour_gap: float = 0.3  # min RGB distance between an object's and the background's base colour
-    noise_std: float = 0.06  # per-image Gaussian noise std is drawn from U(0, noise_std), image in [0, 1]
+    outline: float = 1.0  # width (pixels) of the dark contour drawn around every object; 0 = none
+    noise_std: float = 0.05  # per-image Gaussian noise std is drawn from U(0, noise_std), image in [0, 1]
     blur_prob: float = 0.3
 
     def __post_init__(self):
@@ -112,15 +118,27 @@ def _grid(n: int) -> tuple[np.ndarray, np.ndarray]:
     return c[:, None], c[None, :]
 
 
-def _coverage(obj: _Object, n: int) -> np.ndarray:
-    """(n, n) float32 fraction of each pixel covered by the object, from 2x2 supersampling of its bounding box."""
-    cov = np.zeros((n, n), np.float32)
+def _erode(m: np.ndarray, r: int) -> np.ndarray:
+    """Binary erosion by a plus-shaped element of radius r; beyond the array the mask is assumed to continue."""
+    h, w = m.shape
+    p = np.pad(m, r, mode="edge")
+    out = m.copy()
+    for d in range(1, r + 1):
+        out &= p[r - d:r - d + h, r:r + w] & p[r + d:r + d + h, r:r + w]
+        out &= p[r:r + h, r - d:r - d + w] & p[r:r + h, r + d:r + d + w]
+    return out
+
+
+def _coverage(obj: _Object, n: int, outline: float) -> tuple[np.ndarray, np.ndarray]:
+    """(n, n) float32 fractions of each pixel covered by the object and by its interior (the object minus an
+    `outline`-pixel contour), from 2x2 supersampling of its bounding box."""
+    cov, core = np.zeros((n, n), np.float32), np.zeros((n, n), np.float32)
     ext = 1.2 * obj.size * max(obj.aspect, 1 / obj.aspect)
     x0, x1 = (int(np.clip(np.floor(obj.cx + s * ext), 0, n)) for s in (-1, 1))
     y0, y1 = (int(np.clip(np.floor(obj.cy + s * ext), 0, n)) for s in (-1, 1))
     x1, y1 = min(x1 + 1, n), min(y1 + 1, n)
     if x1 <= x0 or y1 <= y0:
-        return cov
+        return cov, core
     xs = (np.arange(2 * x0, 2 * x1, dtype=np.float32) * 0.5 + 0.25 - obj.cx)[None, :]
     ys = (np.arange(2 * y0, 2 * y1, dtype=np.float32) * 0.5 + 0.25 - obj.cy)[:, None]
     c, s = np.cos(obj.angle), np.sin(obj.angle)
@@ -128,7 +146,9 @@ def _coverage(obj: _Object, n: int) -> np.ndarray:
     v = (c * ys - s * xs) * (obj.aspect / obj.size)
     inside = _INSIDE[SHAPES[obj.cls]](u, v)
     cov[y0:y1, x0:x1] = inside.reshape(y1 - y0, 2, x1 - x0, 2).mean(axis=(1, 3))
-    return cov
+    inner = _erode(inside, round(2 * outline)) if outline > 0 else inside
+    core[y0:y1, x0:x1] = inner.reshape(y1 - y0, 2, x1 - x0, 2).mean(axis=(1, 3))
+    return cov, core
 
 
 def _visible(hard: list[np.ndarray], depths: list[float]) -> list[np.ndarray]:
@@ -200,24 +220,25 @@ def render_scene(config: SceneConfig, split: str, index: int) -> Scene:
 
     # layout: main object first, then distractors of other classes, each re-drawn until the layout is valid
     objs = [_sample_object(rng, label, config.main_size, n, config.main_offset, config)]
-    cov = [_coverage(objs[0], n)]
-    hard = [cov[0] >= 0.5]
+    cov = [_coverage(objs[0], n, config.outline)]
+    hard = [cov[0][0] >= 0.5]
     vis = hard
     others = [c for c in range(config.num_classes) if c != label]
     for _ in range(rng.integers(1, config.max_distractors + 1)):
         for _attempt in range(10):
             o = _sample_object(rng, others[rng.integers(len(others))], config.distractor_size, n, 0.5, config)
-            c = _coverage(o, n)
-            new_vis = _visible(hard + [c >= 0.5], [ob.depth for ob in objs] + [o.depth])
-            if _layout_ok(new_vis, hard + [c >= 0.5], config):
-                objs, cov, hard, vis = objs + [o], cov + [c], hard + [c >= 0.5], new_vis
+            c = _coverage(o, n, config.outline)
+            new_hard = hard + [c[0] >= 0.5]
+            new_vis = _visible(new_hard, [ob.depth for ob in objs] + [o.depth])
+            if _layout_ok(new_vis, new_hard, config):
+                objs, cov, hard, vis = objs + [o], cov + [c], new_hard, new_vis
                 break
 
     # depth: a ground plane whose inverse depth is linear in the image (far at the top), behind every object
     y, x = _grid(n)
     near, far = rng.uniform(4.5, 6.0), rng.uniform(10.0, 20.0)
     inv = 1 / far + (1 / near - 1 / far) * (y / n + rng.uniform(-0.2, 0.2) * (x / n - 0.5))
-    depth = np.broadcast_to(1 / inv, (n, n)).astype(np.float32)
+    depth = (1 / inv).astype(np.float32)
     semantic = np.zeros((n, n), np.int64)
 
     # paint far to near so nearer objects occlude (and anti-alias over) farther ones; object base colours keep
@@ -230,8 +251,9 @@ def render_scene(config: SceneConfig, split: str, index: int) -> Scene:
             if np.linalg.norm(colour - bg) >= config.min_colour_gap:
                 break
             colour = rng.random(3)
-        a = cov[k][..., None]
+        a, core = cov[k][0][..., None], cov[k][1][..., None]
         img = img * (1 - a) + _texture(rng, n, colour, rng.uniform(0, config.texture_contrast)) * a
+        img = img * (1 - (a - core)) + 0.05 * (a - core)  # dark contour, a colour-independent shape cue
         depth[hard[k]] = objs[k].depth
         semantic[hard[k]] = objs[k].cls + 1
 
