@@ -218,3 +218,13 @@ def test_least_squares_init_makes_stitches_close_to_anchors(pair_s_l, images):
         assert init_stitching_layers(model, data, progress=False) == 32
         after = (model.select(2)(images) - target).pow(2).mean()
     assert after < before
+
+
+def test_wrong_input_shapes_are_one_line_errors(pair_s_l):
+    model = SNNet(list(pair_s_l)).eval()
+    with pytest.raises(SNNetError, match=r"images are 48x48, the anchors take 32x32"):
+        model(torch.randn(1, 3, 48, 48))
+    with pytest.raises(SNNetError, match=r"expected images of shape \(B, 3, H, W\), got \(1, 1, 32, 32\)"):
+        model(torch.randn(1, 1, 32, 32))
+    with pytest.raises(SNNetError, match=r"got \(3, 32, 32\)"):
+        model.forward_features(torch.randn(3, 32, 32))

@@ -13,7 +13,8 @@ import yaml
 
 from .errors import SNNetError
 
-PACKAGED_CONFIGS = Path(__file__).parent / "configs"
+PACKAGE_DIR = Path(__file__).parent
+PACKAGED_CONFIGS = PACKAGE_DIR / "configs"
 
 
 @dataclass
@@ -42,6 +43,8 @@ class ShapesSection:
     num_train: int = 10000
     num_val: int = 2000
     seed: int = 0
+    preload: bool = True  # render every image once before training
+    scene: dict = field(default_factory=dict)  # other SceneConfig knobs, e.g. max_distractors
 
 
 @dataclass
@@ -138,7 +141,11 @@ def load_config(name: str | Path | None, overrides: list[str] = ()) -> RunConfig
             raise SNNetError(f"{path} must hold a mapping of sections")
     for item in overrides:
         _apply_override(raw, item)
-    return _build(RunConfig, raw, "")
+    cfg = _build(RunConfig, raw, "")
+    for a in cfg.model.anchors:  # "{package}" points into the installed snnet (the quickstart's anchors)
+        if a.checkpoint_path:
+            a.checkpoint_path = a.checkpoint_path.replace("{package}", str(PACKAGE_DIR))
+    return cfg
 
 
 def _apply_override(raw: dict, item: str) -> None:

@@ -204,13 +204,15 @@ def train_one_epoch(model, task, loader: DataLoader, optimizer, scaler, cfg: Run
 @torch.no_grad()
 def evaluate_stitches(model: SNNet, task, loader: DataLoader, stitch_ids: list[int], env: DistEnv,
                       amp: bool = True, progress: bool = True) -> dict[int, dict[str, float]]:
-    """Every requested stitch on every batch: each batch is loaded once and run through all stitches."""
+    """Every requested stitch on every batch: each batch is loaded once and run through all stitches.
+    A stitch id of None evaluates ``model`` as it is (any classifier)."""
     model.eval()
     sums: dict[int, torch.Tensor] = {}
     for batch in tqdm(loader, desc=f"evaluating {len(stitch_ids)} stitches", disable=not (progress and env.is_main),
                       leave=False, unit="batch"):
         for sid in stitch_ids:
-            model.select(sid)
+            if sid is not None:
+                model.select(sid)
             with autocast(env.device, amp):
                 s = task.eval_sums(model, batch, env.device)
             sums[sid] = sums[sid] + s if sid in sums else s
@@ -255,10 +257,12 @@ def fit(cfg: RunConfig, task, env: DistEnv, resume: str | None = "auto", progres
         state = load_checkpoint(ckpt_path)
         model.load_state_dict(state["model"])
     elif stitchable:
-        init_loader = DataLoader(Subset(task.init_set, range(env.rank, len(task.init_set), env.world_size)),
+        # a seeded random sample of training images (an ImageFolder is sorted by class), split across ranks
+        g = torch.Generator().manual_seed(cfg.train.seed)
+        chosen = torch.randperm(len(task.init_set), generator=g)[:cfg.train.init_images].tolist()
+        init_loader = DataLoader(Subset(task.init_set, chosen[env.rank::env.world_size]),
                                  batch_size=cfg.train.init_batch_size, shuffle=False, num_workers=cfg.data.workers)
-        n = init_stitching_layers(model, init_loader, num_images=-(-cfg.train.init_images // env.world_size),
-                                  progress=progress and env.is_main)
+        n = init_stitching_layers(model, init_loader, progress=progress and env.is_main)
         if env.is_main:
             print(f"stitching layers fitted by least squares on {n} images")
 
@@ -296,10 +300,11 @@ def fit(cfg: RunConfig, task, env: DistEnv, resume: str | None = "auto", progres
     log = EpochLog(run_dir, start_epoch) if env.is_main else None
     for epoch in range(start_epoch, cfg.train.epochs):
         loader.sampler.set_epoch(epoch)
+        lr = optimizer.param_groups[0]["lr"]
         stats = train_one_epoch(net, task, loader, optimizer, scaler, cfg, env, epoch, progress)
         scheduler.step(epoch + 1)
         if log is not None:
-            log.write({"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], **stats})
+            log.write({"epoch": epoch, "lr": lr, **stats})
             print(f"epoch {epoch + 1}/{cfg.train.epochs}: loss {stats['train_loss']:.4f}, "
                   f"{stats['images_per_sec']:.1f} img/s, {stats['epoch_time_s']:.1f} s")
         save_checkpoint(run_dir / CHECKPOINT_NAME, model, optimizer, scheduler, scaler, epoch, cfg, env)

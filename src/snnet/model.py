@@ -174,6 +174,12 @@ class SNNet(nn.Module):
     def embed(self, x: torch.Tensor, anchor: int) -> torch.Tensor:
         """Patch embedding, position embedding and prefix tokens of one anchor: (B, 3, H, W) -> (B, N, C)."""
         a = self.anchors[anchor]
+        if x.ndim != 4 or x.shape[1] != a.in_chans:
+            raise SNNetError(f"expected images of shape (B, {a.in_chans}, H, W), got {tuple(x.shape)}")
+        if not a.dynamic_img_size and tuple(x.shape[-2:]) != tuple(a.patch_embed.img_size):
+            h, w = a.patch_embed.img_size
+            raise SNNetError(f"images are {x.shape[-2]}x{x.shape[-1]}, the anchors take {h}x{w} "
+                             f"(build them with dynamic_img_size=True for other sizes)")
         x = a.patch_embed(x)
         x = a._pos_embed(x)
         x = a.patch_drop(x)

@@ -1,6 +1,7 @@
 """Image classification: data, augmentation, loss and per-stitch metrics (top-1, top-5, loss)."""
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import torch
@@ -56,10 +57,13 @@ def build_datasets(cfg: RunConfig, input_size: int, mean, std) -> tuple[Dataset,
     if data.dataset == "shapes":
         from ..data import SceneConfig, ShapesClassification
         s = data.shapes
-        scenes = SceneConfig(image_size=s.image_size, num_classes=s.num_classes, seed=s.seed)
-        train = ShapesClassification("train", s.num_train, scenes, train_tf)
-        return (train, ShapesClassification("val", s.num_val, scenes, val_tf),
-                ShapesClassification("train", s.num_train, scenes, val_tf), list(train.classes))
+        try:
+            scenes = SceneConfig(image_size=s.image_size, num_classes=s.num_classes, seed=s.seed, **s.scene)
+        except (TypeError, ValueError) as e:
+            raise SNNetError(f"data.shapes: {e}") from None
+        train = ShapesClassification("train", s.num_train, scenes, train_tf, preload=s.preload)
+        val = ShapesClassification("val", s.num_val, scenes, val_tf, preload=s.preload)
+        return train, val, _retransformed(train, val_tf), list(train.classes)
     if data.dataset != "imagefolder":
         raise SNNetError(f"data.dataset must be 'imagefolder' or 'shapes', got {data.dataset!r}")
     if not data.root:
@@ -69,13 +73,20 @@ def build_datasets(cfg: RunConfig, input_size: int, mean, std) -> tuple[Dataset,
         if not root.is_dir():
             raise SNNetError(f"data folder not found: {root}")
     try:
-        train, val, init = (datasets.ImageFolder(str(root), transform=tf, loader=_read_rgb)
-                            for root, tf in ((roots[0], train_tf), (roots[1], val_tf), (roots[0], val_tf)))
+        train, val = (datasets.ImageFolder(str(root), transform=tf, loader=_read_rgb)
+                      for root, tf in ((roots[0], train_tf), (roots[1], val_tf)))
     except FileNotFoundError as e:  # no class folders, or no images in them
         raise SNNetError(f"no images under {data.root}: {str(e).splitlines()[0]}") from None
     if train.classes != val.classes:
         raise SNNetError(f"{roots[0]} and {roots[1]} have different class folders")
-    return train, val, init, train.classes
+    return train, val, _retransformed(train, val_tf), train.classes
+
+
+def _retransformed(dataset: Dataset, transform) -> Dataset:
+    """The same images (file list, rendered pixels) under another transform."""
+    other = copy.copy(dataset)
+    other.transform = transform
+    return other
 
 
 class ClassificationTask:

@@ -1,0 +1,77 @@
+"""Training throughput and per-stitch evaluation time of SN-Netv2 on small anchors (CPU).
+
+Builds the quickstart's anchor shapes (random weights unless the shipped ones are present; speed does
+not depend on them) and measures, on the same synthetic batches:
+  - training images/s of SN-Netv2 steps (ROS draws a stitch per step, LoRA rank 8, AdamW),
+    beside plain training steps of each anchor alone, for scale;
+  - evaluation time per stitch: ms per image for every stitch, and for the whole table.
+The quickstart's own wall time is measured by running it: ``time snnet train --config quickstart``.
+
+    .venv/bin/python benchmarks/bench_training.py [--batch-size 64] [--steps 30]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see docs/benchmarks.md: shared machines
+
+import timm  # noqa: E402
+import torch  # noqa: E402
+
+import snnet  # noqa: E402
+from snnet.config import load_config  # noqa: E402
+
+parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+parser.add_argument("--batch-size", type=int, default=64)
+parser.add_argument("--steps", type=int, default=30, help="timed training steps per measurement")
+parser.add_argument("--eval-images", type=int, default=512)
+args = parser.parse_args()
+torch.set_num_threads(os.cpu_count())
+torch.manual_seed(0)
+
+cfg = load_config("quickstart")
+anchors = [timm.create_model(a.name, **a.kwargs) for a in cfg.model.anchors]
+model = snnet.SNNet(anchors, lora_rank=cfg.model.lora_rank)
+model.configure_sampling(cfg.train.ros_gap, seed=0)
+size = cfg.model.anchors[0].kwargs["img_size"]
+x = torch.randn(args.batch_size, 3, size, size)
+y = torch.randint(0, 10, (args.batch_size,))
+
+
+def train_speed(net: torch.nn.Module) -> float:
+    """Images per second of forward + backward + AdamW step, after two warm-up steps."""
+    opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-4)
+    net.train()
+    for i in range(args.steps + 2):
+        if i == 2:
+            start = time.perf_counter()
+        loss = torch.nn.functional.cross_entropy(net(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return args.steps * args.batch_size / (time.perf_counter() - start)
+
+
+print(f"{len(model.stitch_ids)} stitches; anchors {model.describe(0)} (width {model.widths[0]}) and "
+      f"{model.describe(1)} (width {model.widths[1]}); batch {args.batch_size} at {size}x{size}; "
+      f"{torch.get_num_threads()} threads")
+print(f"training, img/s: SN-Netv2 (ROS) {train_speed(model):.0f} | small anchor alone "
+      f"{train_speed(anchors[0]):.0f} | large anchor alone {train_speed(anchors[1]):.0f}")
+
+model.eval()
+images = torch.randn(args.eval_images, 3, size, size)
+per_stitch = {}
+with torch.inference_mode():
+    model.select(0)(images[:64])  # warm-up
+    for sid in model.stitch_ids:
+        model.select(sid)
+        start = time.perf_counter()
+        for chunk in images.split(96):
+            model(chunk)
+        per_stitch[sid] = (time.perf_counter() - start) / args.eval_images * 1e3
+total = sum(per_stitch.values())
+print(f"evaluation, ms per image: small anchor {per_stitch[0]:.3f}, large anchor {per_stitch[1]:.3f}, "
+      f"mean over stitches {total / len(per_stitch):.3f}; all {len(per_stitch)} stitches on 2,000 images: "
+      f"{total * 2000 / 1e3:.1f} s")
