@@ -84,6 +84,15 @@ def test_train_then_eval_end_to_end(tmp_path, capsys):
     assert "best stitch" in capsys.readouterr().out
 
 
+def test_zero_epochs_evaluates_the_least_squares_start(tmp_path, capsys):
+    cfg = write_config(tmp_path, train={"epochs": 0})
+    assert snnet("train", "--config", str(cfg)) == 0
+    run = tmp_path / "run"
+    assert "least squares on 32 images" in capsys.readouterr().out
+    assert len(read_jsonl(run / "results.jsonl")) == len(SNNet.from_pretrained(run / "model").stitch_ids)
+    assert not (run / "checkpoint.pt").exists() and not (run / "log.jsonl").exists()
+
+
 def test_flops_command_prints_the_published_table(capsys):
     assert snnet("flops", "--config", "imagenet_deit3_s_l", "--json") == 0
     rows = json.loads(capsys.readouterr().out)

@@ -32,13 +32,17 @@ class AnchorConfig:
                 "checkpoint_path": self.checkpoint_path, "kwargs": dict(self.kwargs)}
 
 
+def check_model_name(name: str) -> None:
+    """One-line error for a name timm does not know (a ``.tag`` suffix is allowed)."""
+    if not timm.is_model(split_model_name_tag(name)[0]):
+        raise SNNetError(f"unknown timm model {name!r}")
+
+
 def create_anchor(config: AnchorConfig | str) -> VisionTransformer:
     """Build an anchor with timm; weights from the hub (``pretrained``) or a local file."""
     if isinstance(config, str):
         config = AnchorConfig(config)
-    arch, _ = split_model_name_tag(config.name)
-    if not timm.is_model(arch):
-        raise SNNetError(f"unknown timm model {config.name!r}")
+    check_model_name(config.name)
     if config.checkpoint_path is not None:
         model = timm.create_model(config.name, pretrained=False, **config.kwargs)
         load_anchor_weights(model, config.checkpoint_path)

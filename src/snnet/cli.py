@@ -33,7 +33,7 @@ def cmd_train(args) -> int:
     start = time.perf_counter()
     cfg = _load(args)
     env = init_distributed(args.device)
-    task = build_task(cfg)
+    task = build_task(cfg, progress=not args.no_progress and env.is_main)
     resume = None if args.no_resume else (args.resume or "auto")
     model = fit(cfg, task, env, resume=resume, progress=not args.no_progress)
     run_dir = Path(cfg.output_dir)
@@ -41,16 +41,20 @@ def cmd_train(args) -> int:
         model.save_pretrained(run_dir / "model")
     evaluate_and_report(model, task, cfg, env, run_dir, progress=not args.no_progress)
     if env.is_main:
-        print(f"done in {time.perf_counter() - start:.0f} s. In {run_dir}/: results.jsonl, results.csv, pareto.png, "
-              f"log.jsonl, model/ (snnet.SNNet.from_pretrained), checkpoint.pt")
+        files = ["results.jsonl", "results.csv", "pareto.png", "log.jsonl", "checkpoint.pt"]
+        print(f"done in {time.perf_counter() - start:.0f} s. In {run_dir}/: "
+              f"{', '.join(f for f in files if (run_dir / f).exists())}, model/ (snnet.SNNet.from_pretrained)")
     cleanup()
     return 0
 
 
-def load_for_eval(path: str | None, cfg, num_classes: int):
-    """A trained model from a run directory, a saved model, a training checkpoint or a released .pth."""
-    from .checkpoint import CONFIG_NAME, load_official_checkpoint, load_torch_checkpoint
-    from .engine import CHECKPOINT_NAME, build_model
+def read_trained(path: str | None, cfg):
+    """What ``--checkpoint`` names, read before any data so a bad file fails fast: an SNNet or a state dict.
+
+    A run directory, a saved model, a training checkpoint or a released .pth.
+    """
+    from .checkpoint import CONFIG_NAME, load_torch_checkpoint
+    from .engine import CHECKPOINT_NAME
     from .model import SNNet
 
     target = Path(path) if path else Path(cfg.output_dir) / "model"
@@ -66,12 +70,22 @@ def load_for_eval(path: str | None, cfg, num_classes: int):
             target = target / CHECKPOINT_NAME
         else:
             raise SNNetError(f"no trained model in {target}: pass --checkpoint")
-    obj = load_torch_checkpoint(target)
+    return {"path": target, "obj": load_torch_checkpoint(target)}
+
+
+def model_for_eval(found, cfg, num_classes: int):
+    """The SNNet of :func:`read_trained`'s result; state dicts go into the config's anchors."""
+    from .checkpoint import load_official_checkpoint
+    from .engine import build_model
+
+    if not isinstance(found, dict):
+        return found
+    obj = found["obj"]
     model = build_model(cfg.model, num_classes, load_weights=False)
     if {"optimizer", "scheduler", "rng", "config"} <= set(obj):  # our own training checkpoint
         model.load_state_dict(obj["model"])
     else:
-        load_official_checkpoint(model, target, obj)
+        load_official_checkpoint(model, found["path"], obj)
     return model
 
 
@@ -82,8 +96,9 @@ def cmd_eval(args) -> int:
 
     cfg = _load(args)
     env = init_distributed(args.device)
-    task = build_task(cfg)
-    model = load_for_eval(args.checkpoint, cfg, task.num_classes).to(env.device)
+    found = read_trained(args.checkpoint, cfg)
+    task = build_task(cfg, progress=not args.no_progress and env.is_main)
+    model = model_for_eval(found, cfg, task.num_classes).to(env.device)
     ids = [int(s) for s in args.stitches.split(",")] if args.stitches else None
     evaluate_and_report(model, task, cfg, env, Path(cfg.output_dir), ids, progress=not args.no_progress)
     if env.is_main:

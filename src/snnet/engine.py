@@ -269,7 +269,8 @@ def fit(cfg: RunConfig, task, env: DistEnv, resume: str | None = "auto", progres
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = create_optimizer_v2(model, opt=cfg.train.optimizer, lr=cfg.train.lr,
                                     weight_decay=cfg.train.weight_decay, momentum=cfg.train.momentum)
-    scheduler, _ = create_scheduler_v2(optimizer, sched=cfg.train.scheduler, num_epochs=cfg.train.epochs,
+    # train.epochs=0 is a valid run (evaluate the least-squares start); timm needs a positive length
+    scheduler, _ = create_scheduler_v2(optimizer, sched=cfg.train.scheduler, num_epochs=max(cfg.train.epochs, 1),
                                        warmup_epochs=cfg.train.warmup_epochs, warmup_lr=cfg.train.warmup_lr,
                                        min_lr=cfg.train.min_lr)
     scaler = torch.amp.GradScaler(env.device.type, enabled=cfg.train.amp and env.device.type == "cuda")

@@ -281,7 +281,7 @@ class ShapesClassification(Dataset):
     """
 
     def __init__(self, split: str, num_images: int, config: SceneConfig = SceneConfig(), transform=None,
-                 preload: bool = False):
+                 preload: bool = False, progress: bool = True):
         self.split, self.num_images, self.config, self.transform = split, num_images, config, transform
         self.classes = list(SHAPES[:config.num_classes])
         self.targets = [_label(config, i) for i in range(num_images)]
@@ -289,7 +289,8 @@ class ShapesClassification(Dataset):
         if preload:
             from tqdm.auto import tqdm
             self.images = [render_scene(config, split, i).image
-                           for i in tqdm(range(num_images), desc=f"rendering {split} scenes", leave=False, unit="img")]
+                           for i in tqdm(range(num_images), desc=f"rendering {split} scenes", leave=False, unit="img",
+                                        disable=not progress)]
 
     def __len__(self) -> int:
         return self.num_images

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from timm.models import get_pretrained_cfg
 
+from ..anchors import check_model_name
 from ..config import RunConfig
 from ..errors import SNNetError
 from .classification import ClassificationTask
@@ -24,8 +25,10 @@ def data_defaults(cfg: RunConfig) -> tuple[int, tuple, tuple]:
     return int(size), mean, std
 
 
-def build_task(cfg: RunConfig) -> ClassificationTask:
+def build_task(cfg: RunConfig, progress: bool = True) -> ClassificationTask:
     if len(cfg.model.anchors) != 2:
         raise SNNetError(f"model.anchors must list two anchors, got {len(cfg.model.anchors)}")
+    for a in cfg.model.anchors:  # before any data is read
+        check_model_name(a.name)
     size, mean, std = data_defaults(cfg)
-    return ClassificationTask(cfg, size, mean, std)
+    return ClassificationTask(cfg, size, mean, std, progress)

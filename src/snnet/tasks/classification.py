@@ -46,7 +46,8 @@ def build_transform(cfg: RunConfig, train: bool, input_size: int, mean, std):
     return T.Compose([primary, secondary, final])
 
 
-def build_datasets(cfg: RunConfig, input_size: int, mean, std) -> tuple[Dataset, Dataset, Dataset, list[str]]:
+def build_datasets(cfg: RunConfig, input_size: int, mean, std,
+                   progress: bool = True) -> tuple[Dataset, Dataset, Dataset, list[str]]:
     """(train, val, init, class names) from an ImageFolder tree or the built-in shapes scenes.
 
     ``init`` holds the training images under the deterministic eval pipeline, for the least-squares fit.
@@ -61,8 +62,8 @@ def build_datasets(cfg: RunConfig, input_size: int, mean, std) -> tuple[Dataset,
             scenes = SceneConfig(image_size=s.image_size, num_classes=s.num_classes, seed=s.seed, **s.scene)
         except (TypeError, ValueError) as e:
             raise SNNetError(f"data.shapes: {e}") from None
-        train = ShapesClassification("train", s.num_train, scenes, train_tf, preload=s.preload)
-        val = ShapesClassification("val", s.num_val, scenes, val_tf, preload=s.preload)
+        train = ShapesClassification("train", s.num_train, scenes, train_tf, preload=s.preload, progress=progress)
+        val = ShapesClassification("val", s.num_val, scenes, val_tf, preload=s.preload, progress=progress)
         return train, val, _retransformed(train, val_tf), list(train.classes)
     if data.dataset != "imagefolder":
         raise SNNetError(f"data.dataset must be 'imagefolder' or 'shapes', got {data.dataset!r}")
@@ -97,9 +98,9 @@ class ClassificationTask:
     report_metrics = ("acc1", "acc5", "loss")
     num_sums = 4  # length of eval_sums
 
-    def __init__(self, cfg: RunConfig, input_size: int, mean, std) -> None:
+    def __init__(self, cfg: RunConfig, input_size: int, mean, std, progress: bool = True) -> None:
         self.cfg = cfg
-        self.train_set, self.val_set, self.init_set, self.classes = build_datasets(cfg, input_size, mean, std)
+        self.train_set, self.val_set, self.init_set, self.classes = build_datasets(cfg, input_size, mean, std, progress)
         self.num_classes = len(self.classes)
         aug = cfg.augment
         self.mixup = None
