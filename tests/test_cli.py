@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from snnet import SNNet
 from snnet.cli import main
@@ -63,6 +64,9 @@ def test_train_then_eval_end_to_end(tmp_path, capsys):
     assert (run / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     log = read_jsonl(run / "log.jsonl")
     assert [l["epoch"] for l in log] == [0] and log[0]["train_loss"] > 0
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("train/train_loss")] == [(0, pytest.approx(log[0]["train_loss"]))]
     ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
     assert ckpt["epoch"] == 0 and yaml.safe_load((run / "config.yaml").read_text())["train"]["epochs"] == 1
 
