@@ -1,0 +1,49 @@
+"""The classification task: metric sums on a hand-computed case, and timm's training pipelines."""
+import math
+
+import pytest
+import torch
+from timm.data.auto_augment import RandAugment
+
+from snnet.config import load_config
+from snnet.errors import SNNetError
+from snnet.tasks import build_task
+from snnet.tasks.classification import ClassificationTask, build_transform
+
+
+def tiny_config(*overrides: str):
+    """The quickstart's anchors and 32x32 scenes, on a handful of images."""
+    return load_config("quickstart", ["data.shapes.num_train=8", "data.shapes.num_val=4", *overrides])
+
+
+def test_metric_sums_on_a_hand_computed_batch():
+    task = build_task(tiny_config(), progress=False)
+    logits = torch.tensor([[5.0, 4, 3, 2, 1, 0],    # target 0: top-1 and top-5
+                           [5.0, 4, 3, 2, 1, 0],    # target 4: top-5 only
+                           [0.0, 1, 2, 3, 4, 5]])   # target 0: neither
+    targets = torch.tensor([0, 4, 0])
+    sums = task.eval_sums(lambda x: logits, (torch.zeros(3, 3, 32, 32), targets), torch.device("cpu"))
+    lse = math.log(sum(math.exp(v) for v in range(6)))
+    assert sums.tolist() == pytest.approx([1, 2, (lse - 5) + (lse - 1) + (lse - 0), 3])
+    # metrics of two such batches summed (as over batches and ranks)
+    m = ClassificationTask.finalize(sums + sums)
+    assert m["acc1"] == pytest.approx(100 / 3) and m["acc5"] == pytest.approx(200 / 3)
+    assert m["loss"] == pytest.approx((3 * lse - 6) / 3)
+
+
+@pytest.mark.parametrize("crop", ["rrc", "simple", "none"])
+@pytest.mark.parametrize("auto_augment", ["3a", "rand-m9-mstd0.5-inc1", None])
+def test_training_transforms(crop, auto_augment):
+    cfg = tiny_config(f"augment.crop={crop}", "augment.reprob=0.25",
+                      *([f"augment.auto_augment={auto_augment}"] if auto_augment else []))
+    task = build_task(cfg, progress=False)
+    image, target = task.train_set[0]
+    assert image.shape == (3, 32, 32) and image.dtype == torch.float32 and 0 <= target < 10
+    tf = build_transform(cfg, True, 32, (0.5,) * 3, (0.5,) * 3)
+    has_rand = any(isinstance(t, RandAugment) for t in tf.transforms[1].transforms)
+    assert has_rand == (auto_augment is not None and auto_augment.startswith("rand"))
+
+
+def test_unknown_crop_is_a_one_line_error():
+    with pytest.raises(SNNetError, match=r"^augment.crop must be 'rrc', 'simple' or 'none', got 'center'$"):
+        build_task(tiny_config("augment.crop=center"), progress=False)
