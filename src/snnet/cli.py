@@ -109,15 +109,10 @@ def cmd_eval(args) -> int:
 
 def cmd_flops(args) -> int:
     """The stitch table of a config: no weights, no data (anchors are built on the meta device)."""
-    from .anchors import AnchorConfig, create_anchor
-    from .model import SNNet
+    from .engine import build_model
 
     cfg = _load(args)
-    m = cfg.model
-    if len(m.anchors) != 2:
-        raise SNNetError(f"model.anchors must list two anchors, got {len(m.anchors)}")
-    anchors = [create_anchor(AnchorConfig(a.name, kwargs={**a.kwargs, "device": "meta"})) for a in m.anchors]
-    model = SNNet(anchors, version=m.version, lora_rank=m.lora_rank, out_indices=m.out_indices)
+    model = build_model(cfg.model, load_weights=False, device="meta")
     size = (args.img_size, args.img_size) if args.img_size else None
     rows = [{"stitch_id": s.id, "kind": s.kind, "gflops": model.flops(s.id, size, args.dense) / 1e9,
              "params_m": model.params(s.id) / 1e6, "route": s.describe()} for s in model.stitches]
@@ -127,7 +122,7 @@ def cmd_flops(args) -> int:
     print(f"{'id':>4} {'kind':<6} {'GFLOPs':>9} {'params(M)':>9}  route")
     for r in rows:
         print(f"{r['stitch_id']:>4} {r['kind']:<6} {r['gflops']:9.3f} {r['params_m']:9.2f}  {r['route']}")
-    print(f"{len(rows)} stitches ({m.version})")
+    print(f"{len(rows)} stitches ({cfg.model.version})")
     return 0
 
 

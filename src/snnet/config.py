@@ -33,6 +33,12 @@ class ModelSection:
     lora_alpha: float = 1.0
     out_indices: list[int] | None = None
 
+    def anchor_pair(self) -> list[AnchorSection]:
+        """The two anchors, or a one-line error."""
+        if len(self.anchors) != 2:
+            raise SNNetError(f"model.anchors must list two anchors, got {len(self.anchors)}")
+        return self.anchors
+
 
 @dataclass
 class ShapesSection:

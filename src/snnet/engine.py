@@ -34,15 +34,16 @@ CHECKPOINT_NAME = "checkpoint.pt"
 LOG_NAME = "log.jsonl"
 
 
-def build_model(section: ModelSection, num_classes: int | None = None, load_weights: bool = True) -> SNNet:
+def build_model(section: ModelSection, num_classes: int | None = None, load_weights: bool = True,
+                device: str | None = None) -> SNNet:
     """SNNet from the config's anchors; ``load_weights=False`` skips hub and local weights (they come later)."""
-    if len(section.anchors) != 2:
-        raise SNNetError(f"model.anchors must list two anchors, got {len(section.anchors)}")
     anchors = []
-    for a in section.anchors:
+    for a in section.anchor_pair():
         kwargs = dict(a.kwargs)
         if num_classes is not None:
             kwargs.setdefault("num_classes", num_classes)
+        if device is not None:
+            kwargs["device"] = device
         anchors.append(AnchorConfig(a.name, pretrained=a.pretrained and load_weights,
                                     checkpoint_path=a.checkpoint_path if load_weights else None, kwargs=kwargs))
     return SNNet(anchors, version=section.version, lora_rank=section.lora_rank, lora_alpha=section.lora_alpha,

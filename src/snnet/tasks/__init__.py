@@ -26,9 +26,7 @@ def data_defaults(cfg: RunConfig) -> tuple[int, tuple, tuple]:
 
 
 def build_task(cfg: RunConfig, progress: bool = True) -> ClassificationTask:
-    if len(cfg.model.anchors) != 2:
-        raise SNNetError(f"model.anchors must list two anchors, got {len(cfg.model.anchors)}")
-    for a in cfg.model.anchors:  # before any data is read
+    for a in cfg.model.anchor_pair():  # before any data is read
         check_model_name(a.name)
     size, mean, std = data_defaults(cfg)
     return ClassificationTask(cfg, size, mean, std, progress)
