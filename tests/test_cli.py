@@ -139,6 +139,8 @@ def test_corrupt_checkpoint_and_missing_config(tmp_path, capsys):
     assert err.count("\n") == 1
     assert snnet("eval", "--config", str(tmp_path / "none.yaml")) == 2
     assert capsys.readouterr().err.startswith(f"snnet: error: config not found: {tmp_path / 'none.yaml'}")
+    assert snnet("eval", "--config", str(cfg), "--checkpoint", str(bad), "--stitches", "0,x") == 2
+    assert capsys.readouterr().err == "snnet: error: --stitches takes stitch ids separated by commas, got '0,x'\n"
 
 
 def test_image_folder_data_and_unreadable_images(tmp_path, capsys):

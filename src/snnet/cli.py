@@ -95,11 +95,14 @@ def cmd_eval(args) -> int:
     from .tasks import build_task
 
     cfg = _load(args)
+    try:
+        ids = [int(s) for s in args.stitches.split(",")] if args.stitches else None
+    except ValueError:
+        raise SNNetError(f"--stitches takes stitch ids separated by commas, got {args.stitches!r}") from None
     env = init_distributed(args.device)
     found = read_trained(args.checkpoint, cfg)
     task = build_task(cfg, progress=not args.no_progress and env.is_main)
     model = model_for_eval(found, cfg, task.num_classes).to(env.device)
-    ids = [int(s) for s in args.stitches.split(",")] if args.stitches else None
     evaluate_and_report(model, task, cfg, env, Path(cfg.output_dir), ids, progress=not args.no_progress)
     if env.is_main:
         print(f"results in {cfg.output_dir}/: results.jsonl, results.csv, pareto.png")
