@@ -87,6 +87,13 @@ def test_train_then_eval_end_to_end(tmp_path, capsys):
     assert snnet("select", "--results", str(run), "--max-gflops", str(rows[0]["gflops"])) == 0
     assert "best stitch" in capsys.readouterr().out
 
+    # resuming the run under another LoRA rank names the mismatch instead of loading half a model
+    assert snnet("train", "--config", str(cfg), "model.lora_rank=2") == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"snnet: error: {run / 'checkpoint.pt'} (to start afresh: --no-resume or another "
+                          f"--output-dir) does not match the model: ") and "sl_layers.0.lora_A (4x32 in file, 2x32 in model)" in err
+    assert err.count("\n") == 1
+
 
 def test_zero_epochs_evaluates_the_least_squares_start(tmp_path, capsys):
     cfg = write_config(tmp_path, train={"epochs": 0})

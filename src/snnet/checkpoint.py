@@ -82,7 +82,7 @@ def _fit_pos_embed(pos: torch.Tensor, anchor: torch.nn.Module) -> torch.Tensor:
     return resample_abs_pos_embed(pos, new_size=list(anchor.patch_embed.grid_size), num_prefix_tokens=prefix)
 
 
-def _check_and_load(model: "SNNet", state: dict[str, torch.Tensor], source: str) -> None:
+def load_state_checked(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     """Strict load with a one-line error naming missing, unexpected and mis-shaped keys."""
     own = model.state_dict()
     missing = [k for k in own if k not in state]
@@ -98,7 +98,8 @@ def _check_and_load(model: "SNNet", state: dict[str, torch.Tensor], source: str)
         hint = ""
         if any("lora_" in k for k in unexpected + missing):
             ranks = {v.shape[0] for k, v in state.items() if k.endswith("lora_A")}
-            hint = f" (the file has LoRA rank {sorted(ranks)[0] if ranks else 0}, the model {model.config.lora_rank})"
+            own_ranks = {v.shape[0] for k, v in own.items() if k.endswith("lora_A")}
+            hint = f" (the file has LoRA rank {min(ranks, default=0)}, the model {min(own_ranks, default=0)})"
         raise SNNetError(f"{source} does not match the model: {'; '.join(parts)}{hint}")
     model.load_state_dict(state, strict=True)
 
@@ -110,7 +111,7 @@ def load_official_checkpoint(model: "SNNet", path: str | Path, obj: dict | None 
     state = obj.get("model", obj)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise SNNetError(f"{path} holds no SN-Net state dict under 'model'")
-    _check_and_load(model, official_filter_fn(state, model), f"checkpoint {path}")
+    load_state_checked(model, official_filter_fn(state, model), f"checkpoint {path}")
     return model
 
 
@@ -143,5 +144,5 @@ def load_pretrained(directory: str | Path) -> "SNNet":
         state = load_file(str(weights_path))
     except Exception as e:  # safetensors raises its own error types for a damaged header
         raise SNNetError(f"cannot read {weights_path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
-    _check_and_load(model, state, str(weights_path))
+    load_state_checked(model, state, str(weights_path))
     return model

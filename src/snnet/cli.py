@@ -75,7 +75,7 @@ def read_trained(path: str | None, cfg):
 
 def model_for_eval(found, cfg, num_classes: int):
     """The SNNet of :func:`read_trained`'s result; state dicts go into the config's anchors."""
-    from .checkpoint import load_official_checkpoint
+    from .checkpoint import load_official_checkpoint, load_state_checked
     from .engine import build_model
 
     if not isinstance(found, dict):
@@ -83,7 +83,7 @@ def model_for_eval(found, cfg, num_classes: int):
     obj = found["obj"]
     model = build_model(cfg.model, num_classes, load_weights=False)
     if {"optimizer", "scheduler", "rng", "config"} <= set(obj):  # our own training checkpoint
-        model.load_state_dict(obj["model"])
+        load_state_checked(model, obj["model"], f"checkpoint {found['path']}")
     else:
         load_official_checkpoint(model, found["path"], obj)
     return model

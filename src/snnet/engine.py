@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from ._atomic import atomic_path, atomic_write_text
 from .anchors import AnchorConfig
-from .checkpoint import load_torch_checkpoint
+from .checkpoint import load_state_checked, load_torch_checkpoint
 from .config import ModelSection, RunConfig, dump_config
 from .distributed import DistEnv, all_gather_objects, all_reduce_sum, barrier
 from .errors import SNNetError
@@ -256,7 +256,7 @@ def fit(cfg: RunConfig, task, env: DistEnv, resume: str | None = "auto", progres
     state = None
     if ckpt_path is not None:
         state = load_checkpoint(ckpt_path)
-        model.load_state_dict(state["model"])
+        load_state_checked(model, state["model"], f"{ckpt_path} (to start afresh: --no-resume or another --output-dir)")
     elif stitchable:
         # a seeded random sample of training images (an ImageFolder is sorted by class), split across ranks
         g = torch.Generator().manual_seed(cfg.train.seed)
