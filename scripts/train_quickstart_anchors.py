@@ -17,6 +17,7 @@ from pathlib import Path
 import timm
 from safetensors.torch import save_file
 
+from snnet._atomic import atomic_path, atomic_write_text
 from snnet.config import PACKAGE_DIR, load_config
 from snnet.distributed import init_distributed
 from snnet.engine import evaluate_stitches, fit, make_eval_loader
@@ -40,11 +41,11 @@ def main(overrides: list[str]) -> None:
         metrics = evaluate_stitches(model, task, loader, [None], env, progress=False)[None]
         print(f"{role}: top-1 {metrics['acc1']:.2f} %, {time.perf_counter() - start:.0f} s")
         state = {k: v.detach().half().contiguous() for k, v in model.state_dict().items()}
-        ASSETS.mkdir(parents=True, exist_ok=True)
-        save_file(state, str(ASSETS / f"{role}.safetensors"))
+        with atomic_path(ASSETS / f"{role}.safetensors") as tmp:
+            save_file(state, str(tmp))
         report[role] = {"name": anchor.name, "kwargs": anchor.kwargs, "val_acc1": round(metrics["acc1"], 2),
                         "val_images": metrics["images"], "epochs": cfg.train.epochs}
-    (ASSETS / "anchors.json").write_text(json.dumps(report, indent=2) + "\n")
+    atomic_write_text(ASSETS / "anchors.json", json.dumps(report, indent=2) + "\n")
 
 
 if __name__ == "__main__":
