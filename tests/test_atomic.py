@@ -3,6 +3,7 @@ import os
 
 import pytest
 
+from snnet import SNNetError
 from snnet._atomic import atomic_path, atomic_write_text
 
 
@@ -19,7 +20,7 @@ def test_written_file_has_the_usual_mode_and_no_temp_is_left(tmp_path):
 
 def test_a_failed_write_keeps_the_old_file(tmp_path):
     atomic_write_text(tmp_path / "a.txt", "old")
-    with pytest.raises(RuntimeError):
+    with pytest.raises(SNNetError, match=f"^cannot write {tmp_path / 'a.txt'}: killed$"):
         with atomic_path(tmp_path / "a.txt") as tmp:
             tmp.write_text("half")
             raise RuntimeError("killed")

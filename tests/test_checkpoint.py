@@ -161,7 +161,7 @@ def test_failed_save_keeps_the_previous_file(tmp_path, trained, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(ck, "save_file", boom)
-    with pytest.raises(OSError):
+    with pytest.raises(SNNetError, match=f"^cannot write {out / 'model.safetensors'}: disk full$"):
         trained.save_pretrained(out)
     assert (out / "model.safetensors").read_bytes() == before
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]  # no temp left

@@ -45,5 +45,5 @@ def test_training_transforms(crop, auto_augment):
 
 
 def test_unknown_crop_is_a_one_line_error():
-    with pytest.raises(SNNetError, match=r"^augment.crop must be 'rrc', 'simple' or 'none', got 'center'$"):
+    with pytest.raises(SNNetError, match=r"^config key 'augment.crop' must be 'rrc', 'simple' or 'none', got 'center'$"):
         build_task(tiny_config("augment.crop=center"), progress=False)

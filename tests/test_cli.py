@@ -80,7 +80,8 @@ def test_train_then_eval_end_to_end(tmp_path, capsys):
     torch.save({"model": to_official(model)}, official)
     assert snnet("eval", "--config", str(cfg), "--output-dir", str(tmp_path / "off"), "--checkpoint", str(official),
                  "--stitches", "0,5") == 0
-    off = read_jsonl(tmp_path / "off" / "results.jsonl")
+    off = read_jsonl(tmp_path / "off" / "results_subset.jsonl")  # a subset never replaces a full table
+    assert not (tmp_path / "off" / "results.jsonl").exists()
     assert [(r["stitch_id"], r["acc1"]) for r in off] == [(r["stitch_id"], r["acc1"]) for r in rows if r["stitch_id"] in (0, 5)]
 
     capsys.readouterr()
@@ -126,8 +127,9 @@ def test_select_with_hand_made_results(tmp_path, capsys):
 @pytest.mark.parametrize("args,message", [
     (["train.epoch=3"], "unknown config key 'train.epoch' (did you mean 'train.epochs'?)"),
     (["data.dataset=imagefolder", "data.root=/nonexistent/imagenet"], "data folder not found: /nonexistent/imagenet/train"),
-    (["model.anchors.1.name=vit_giant_nonsense_patch3"], "unknown timm model 'vit_giant_nonsense_patch3'"),
-    (["train.lr=fast"], "config key 'train.lr' must be a number (float), got 'fast'"),
+    (["model.anchors.1.name=vit_giant_nonsense_patch3"],
+     "config key 'model.anchors.1.name': unknown timm model 'vit_giant_nonsense_patch3'"),
+    (["train.lr=fast"], "config key 'train.lr' must be a number, got 'fast'"),
 ])
 def test_bad_input_gives_one_line_errors(tmp_path, capsys, args, message):
     cfg = write_config(tmp_path)
@@ -156,7 +158,7 @@ def test_image_folder_data_and_unreadable_images(tmp_path, capsys):
     (root / "train" / "README.txt").write_text("not an image, ignored")
     cfg = write_config(tmp_path, data={"dataset": "imagefolder", "root": str(root)}, train={"init_images": 16})
     assert snnet("train", "--config", str(cfg), "eval.stitches=[0,1]") == 0
-    rows = read_jsonl(tmp_path / "run" / "results.jsonl")
+    rows = read_jsonl(tmp_path / "run" / "results_subset.jsonl")
     assert [r["stitch_id"] for r in rows] == [0, 1] and rows[0]["images"] == 20
     first_class = sorted((root / "val").iterdir())[0]
     (first_class / "broken.png").write_bytes(b"\x89PNG not really")

@@ -8,7 +8,7 @@ from typing import Any
 import timm
 import torch
 from timm.layers import LayerScale
-from timm.models import split_model_name_tag
+from timm.models import get_pretrained_cfg, split_model_name_tag
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 from torch import nn
 
@@ -44,25 +44,42 @@ def create_anchor(config: AnchorConfig | str) -> VisionTransformer:
         config = AnchorConfig(config)
     check_model_name(config.name)
     if config.checkpoint_path is not None:
-        model = timm.create_model(config.name, pretrained=False, **config.kwargs)
+        model = _create(config, pretrained=False)
         load_anchor_weights(model, config.checkpoint_path)
         return model
+    return _create(config, config.pretrained)
+
+
+def _create(config: AnchorConfig, pretrained: bool) -> VisionTransformer:
+    """``timm.create_model`` with its errors as one line: a bad kwarg, or hub weights that cannot be had."""
     try:
-        return timm.create_model(config.name, pretrained=config.pretrained, **config.kwargs)
+        return timm.create_model(config.name, pretrained=pretrained, **config.kwargs)
+    except (TypeError, AssertionError, ValueError) as e:  # raised by the constructor: the kwargs are wrong
+        raise SNNetError(f"timm cannot build anchor {config.name!r} with kwargs {config.kwargs}: "
+                         f"{_first_line(e)}") from None
     except (OSError, RuntimeError) as e:  # no network, no cache, or a hub file that does not fit
-        if not config.pretrained:
-            raise
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise SNNetError(f"cannot load pretrained weights for {config.name!r} ({first_line}); "
+        if not pretrained:
+            raise SNNetError(f"timm cannot build anchor {config.name!r}: {_first_line(e)}") from None
+        raise SNNetError(f"cannot load pretrained weights for {config.name!r} ({_first_line(e)}); "
                          f"download them or pass a local checkpoint_path") from None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def _read_weights(path: Path) -> dict[str, Any]:
     """A state dict from safetensors, or from a torch file without running pickled code."""
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
-        return load_file(str(path))
-    return load_torch_checkpoint(path)
+        try:
+            return load_file(str(path))
+        except Exception as e:  # safetensors raises its own error types for a damaged header
+            raise SNNetError(f"cannot read anchor checkpoint {path}: {_first_line(e)}") from None
+    state = load_torch_checkpoint(path)
+    state = state.get("model", state)
+    return state.get("state_dict", state)
 
 
 def load_anchor_weights(model: VisionTransformer, path: str | Path) -> None:
@@ -71,18 +88,41 @@ def load_anchor_weights(model: VisionTransformer, path: str | Path) -> None:
     if not path.is_file():
         raise SNNetError(f"anchor checkpoint not found: {path}")
     state = _read_weights(path)
-    # adapt_layer_scale maps DeiT-3's gamma_1/gamma_2 to timm's ls1.gamma/ls2.gamma
-    state = checkpoint_filter_fn(state, model, adapt_layer_scale=True)
-    head = getattr(model, "head", None)
-    if isinstance(head, nn.Linear) and state.get("head.weight") is not None \
-            and state["head.weight"].shape != head.weight.shape:
-        # a classifier for other classes: keep the backbone, start the head fresh (timm does the same)
-        state = {k: v for k, v in state.items() if not k.startswith("head.")}
-    result = model.load_state_dict(state, strict=False)
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise SNNetError(f"anchor checkpoint {path} holds no state dict of tensors")
+    try:
+        # adapt_layer_scale maps DeiT-3's gamma_1/gamma_2 to timm's ls1.gamma/ls2.gamma
+        state = checkpoint_filter_fn(state, model, adapt_layer_scale=True)
+        head = getattr(model, "head", None)
+        if isinstance(head, nn.Linear) and state.get("head.weight") is not None \
+                and state["head.weight"].shape != head.weight.shape:
+            # a classifier for other classes: keep the backbone, start the head fresh (timm does the same);
+            # the command line only gets here when model.replace_head asked for it
+            state = {k: v for k, v in state.items() if not k.startswith("head.")}
+        result = model.load_state_dict(state, strict=False)
+    except (RuntimeError, ValueError, IndexError) as e:  # shapes of another width, depth or patch size
+        raise SNNetError(f"checkpoint {path} does not fit {_describe(model)}: {_first_line(e)}") from None
     missing = [k for k in result.missing_keys if not k.startswith("head.")]
     if missing or result.unexpected_keys:
         raise SNNetError(f"checkpoint {path} does not fit {anchor_name(model)}: "
                          f"missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}")
+
+
+def head_classes(config: AnchorConfig) -> int | None:
+    """Outputs of the classifier the anchor will have: its kwargs', its weights' (file or timm hub),
+    or None when nothing fixes it (random weights: the head is built for the data)."""
+    if "num_classes" in config.kwargs:
+        return config.kwargs["num_classes"]
+    if config.checkpoint_path:
+        path = Path(config.checkpoint_path)
+        if not path.is_file():
+            raise SNNetError(f"anchor checkpoint not found: {path}")
+        head = _read_weights(path).get("head.weight")
+        return None if head is None else int(head.shape[0])
+    if config.pretrained:
+        pre = get_pretrained_cfg(config.name)
+        return getattr(pre, "num_classes", None)
+    return None
 
 
 def anchor_name(model: nn.Module) -> str:

@@ -5,6 +5,7 @@ import argparse
 import json
 import pickle
 import re
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,10 +33,13 @@ def load_torch_checkpoint(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise SNNetError(f"checkpoint not found: {path}")
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
+        # torch warns about pickle protocols of foreign files; the refusal below says it in one line
+        with torch.serialization.safe_globals([argparse.Namespace]), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        unsafe = _unsafe_globals(path)
+    except pickle.UnpicklingError as e:
+        named = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        unsafe = named.group(1) if named else _unsafe_globals(path)
         if unsafe:
             raise SNNetError(f"refusing to load {path}: it pickles objects beyond weights ({unsafe})") from None
         raise SNNetError(f"cannot read checkpoint {path}: not a torch checkpoint "
@@ -118,6 +122,8 @@ def load_official_checkpoint(model: "SNNet", path: str | Path, obj: dict | None 
 def save_pretrained(model: "SNNet", directory: str | Path) -> Path:
     """Write ``model.safetensors`` and ``config.json`` (the SNNetConfig) atomically."""
     directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise SNNetError(f"cannot save the model into {directory}: it is a file, not a directory")
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     with atomic_path(directory / WEIGHTS_NAME) as tmp:
         save_file(state, str(tmp), metadata={"format": "snnet", "format_version": str(FORMAT_VERSION)})

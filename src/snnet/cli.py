@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from .errors import SNNetError
 
@@ -25,25 +28,46 @@ def _load(args):
     return cfg
 
 
+@contextmanager
+def run_dir_lock(run_dir: Path, env) -> Iterator[list[str]]:
+    """Hold the run directory (checked writable, locked by rank 0) for a training or an evaluation."""
+    from .distributed import on_main
+    from .rundir import RunLock, check_run_dir
+
+    lock = on_main(lambda: RunLock(check_run_dir(run_dir)).acquire(), env)
+    try:
+        yield lock.notes if lock is not None else []
+    finally:
+        if lock is not None:
+            lock.release()
+
+
 def cmd_train(args) -> int:
     from .distributed import cleanup, init_distributed
-    from .engine import evaluate_and_report, fit
-    from .tasks import build_task
+    from .engine import CHECKPOINT_NAME, LOG_NAME, check_data, evaluate_and_report, find_resume, fit
+    from .tasks import build_task, check_config
 
     start = time.perf_counter()
     cfg = _load(args)
     env = init_distributed(args.device)
-    task = build_task(cfg, progress=not args.no_progress and env.is_main)
     resume = None if args.no_resume else (args.resume or "auto")
-    model = fit(cfg, task, env, resume=resume, progress=not args.no_progress)
     run_dir = Path(cfg.output_dir)
+    fresh = find_resume(run_dir, resume) is None
+    _, notes = check_config(cfg, load_weights=fresh)
+    with run_dir_lock(run_dir, env) as lock_notes:
+        if env.is_main:
+            for note in notes + lock_notes:
+                print(note)
+        task = build_task(cfg, progress=not args.no_progress and env.is_main)
+        check_data(task, cfg, env, train=True)
+        model = fit(cfg, task, env, resume=resume, progress=not args.no_progress)
+        if env.is_main:
+            model.save_pretrained(run_dir / "model")
+        written = evaluate_and_report(model, task, cfg, env, run_dir, progress=not args.no_progress)
     if env.is_main:
-        model.save_pretrained(run_dir / "model")
-    evaluate_and_report(model, task, cfg, env, run_dir, progress=not args.no_progress)
-    if env.is_main:
-        files = ["results.jsonl", "results.csv", "pareto.png", "log.jsonl", "checkpoint.pt"]
+        names = [p.name for p in [*written, run_dir / LOG_NAME, run_dir / CHECKPOINT_NAME] if p.exists()]
         print(f"done in {time.perf_counter() - start:.0f} s. In {run_dir}/: "
-              f"{', '.join(f for f in files if (run_dir / f).exists())}, model/ (snnet.SNNet.from_pretrained)")
+              f"{', '.join(names)}, model/ (snnet.SNNet.from_pretrained)")
     cleanup()
     return 0
 
@@ -73,6 +97,19 @@ def read_trained(path: str | None, cfg):
     return {"path": target, "obj": load_torch_checkpoint(target)}
 
 
+def trained_classes(found) -> int | None:
+    """Classes of the trained heads in :func:`read_trained`'s result, when it has them."""
+    import torch
+
+    from .model import SNNet
+
+    if isinstance(found, SNNet):
+        return found.anchors[-1].num_classes
+    state = found["obj"].get("model", found["obj"])
+    head = state.get("anchors.1.head.weight") if isinstance(state, dict) else None
+    return int(head.shape[0]) if isinstance(head, torch.Tensor) and head.ndim == 2 else None
+
+
 def model_for_eval(found, cfg, num_classes: int):
     """The SNNet of :func:`read_trained`'s result; state dicts go into the config's anchors."""
     from .checkpoint import load_official_checkpoint, load_state_checked
@@ -89,23 +126,45 @@ def model_for_eval(found, cfg, num_classes: int):
     return model
 
 
+def parse_stitch_ids(text: str | None) -> list[int] | None:
+    """``--stitches 0,5,25``: distinct integers, or a one-line error."""
+    if not text:
+        return None
+    try:
+        ids = [int(s) for s in text.split(",")]
+    except ValueError:
+        raise SNNetError(f"--stitches takes stitch ids separated by commas, got {text!r}") from None
+    repeated = sorted({i for i in ids if ids.count(i) > 1})
+    if repeated:
+        raise SNNetError(f"--stitches repeats stitch ids {repeated}")
+    return ids
+
+
 def cmd_eval(args) -> int:
     from .distributed import cleanup, init_distributed
-    from .engine import evaluate_and_report
-    from .tasks import build_task
+    from .engine import check_data, evaluate_and_report
+    from .model import SNNet
+    from .tasks import build_task, check_config, data_classes
 
     cfg = _load(args)
-    try:
-        ids = [int(s) for s in args.stitches.split(",")] if args.stitches else None
-    except ValueError:
-        raise SNNetError(f"--stitches takes stitch ids separated by commas, got {args.stitches!r}") from None
+    ids = parse_stitch_ids(args.stitches)
     env = init_distributed(args.device)
     found = read_trained(args.checkpoint, cfg)
-    task = build_task(cfg, progress=not args.no_progress and env.is_main)
-    model = model_for_eval(found, cfg, task.num_classes).to(env.device)
-    evaluate_and_report(model, task, cfg, env, Path(cfg.output_dir), ids, progress=not args.no_progress)
+    meta, _ = check_config(cfg, load_weights=False)
+    trained = found if isinstance(found, SNNet) else meta
+    for sid in ids or ():
+        trained.stitch(sid)
+    classes, heads = data_classes(cfg), trained_classes(found)
+    if heads is not None and heads != classes:
+        raise SNNetError(f"the data has {classes} classes but the trained heads have {heads}")
+    run_dir = Path(cfg.output_dir)
+    with run_dir_lock(run_dir, env):
+        task = build_task(cfg, progress=not args.no_progress and env.is_main)
+        check_data(task, cfg, env, train=False)
+        model = model_for_eval(found, cfg, task.num_classes).to(env.device)
+        written = evaluate_and_report(model, task, cfg, env, run_dir, ids, progress=not args.no_progress)
     if env.is_main:
-        print(f"results in {cfg.output_dir}/: results.jsonl, results.csv, pareto.png")
+        print(f"results in {run_dir}/: {', '.join(p.name for p in written)}")
     cleanup()
     return 0
 
@@ -116,7 +175,7 @@ def cmd_flops(args) -> int:
 
     cfg = _load(args)
     model = build_model(cfg.model, load_weights=False, device="meta")
-    size = (args.img_size, args.img_size) if args.img_size else None
+    size = (args.img_size, args.img_size) if args.img_size is not None else None
     rows = [{"stitch_id": s.id, "kind": s.kind, "gflops": model.flops(s.id, size, args.dense) / 1e9,
              "params_m": model.params(s.id) / 1e6, "route": s.describe()} for s in model.stitches]
     if args.json:
@@ -133,10 +192,8 @@ def cmd_select(args) -> int:
     from .results import format_table, frontier, read_results
     from .selection import best_under_budget
 
-    rows = read_results(args.results)
     metric = args.metric
-    if any(metric not in r for r in rows):
-        raise SNNetError(f"metric {metric!r} is not in {args.results} (columns: {', '.join(rows[0])})")
+    rows = read_results(args.results, metric)
     higher = not args.lower_is_better
     by_id = {r["stitch_id"]: r for r in rows}
     best = best_under_budget({i: r["flops"] for i, r in by_id.items()}, {i: r[metric] for i, r in by_id.items()},
@@ -154,9 +211,16 @@ def cmd_select(args) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (argparse prints its usage lines first)."""
+
+    def error(self, message: str):
+        raise SNNetError(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="snnet", description="Stitchable ViTs (SN-Netv2): train once, deploy any stitch.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="snnet", description="Stitchable ViTs (SN-Netv2): train once, deploy any stitch.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("train", help="train an SN-Net, then evaluate every stitch")
     _add_config(p)
@@ -170,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(p)
     p.add_argument("--checkpoint", help="run dir, saved model dir, checkpoint.pt or a released snnetv2_*.pth "
                                         "(default: <output_dir>/model)")
-    p.add_argument("--stitches", help="comma-separated stitch ids (default: all)")
+    p.add_argument("--stitches", help="comma-separated stitch ids (default: all); a subset writes results_subset.*")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_eval)
@@ -192,15 +256,55 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Options, with ``section.key=value`` overrides accepted anywhere on the line."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    unknown = [a for a in extra if a.startswith("-") or "=" not in a]
+    if unknown or (extra and not hasattr(args, "overrides")):
+        raise SNNetError(f"unrecognized arguments: {' '.join(unknown or extra)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
+    return args
+
+
 def _one_line(e: BaseException) -> str:
     # errors raised inside DataLoader workers arrive wrapped with the worker's traceback
     lines = [line for line in str(e).splitlines() if line.strip()]
     return (lines[-1] if lines else type(e).__name__).split("SNNetError: ", 1)[-1]
 
 
+class _PipeSafe:
+    """stdout that goes quiet when its reader has gone (``snnet ... | head``): output is dropped and
+    the work goes on, instead of a BrokenPipeError ending training."""
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+
+    def _guard(self, method: str, *args):
+        try:
+            return getattr(self._stream, method)(*args)
+        except BrokenPipeError:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self._stream.fileno())  # the buffered rest goes nowhere, quietly
+            os.close(devnull)
+            return None
+
+    def write(self, text: str):
+        return self._guard("write", text)
+
+    def flush(self):
+        return self._guard("flush")
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    stdout = sys.stdout
+    sys.stdout = _PipeSafe(stdout)
     try:
+        args = parse_args(argv)
         return args.func(args)
     except SNNetError as e:
         print(f"snnet: error: {_one_line(e)}", file=sys.stderr)
@@ -208,6 +312,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("snnet: interrupted", file=sys.stderr)
         return 130
+    finally:
+        sys.stdout.flush()
+        sys.stdout = stdout
 
 
 if __name__ == "__main__":

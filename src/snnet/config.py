@@ -1,125 +1,210 @@
-"""Run configuration: YAML files with ``section.key=value`` overrides, checked against dataclasses."""
+"""Run configuration: YAML files with ``section.key=value`` overrides, checked against one declared schema.
+
+Every key has a type, a range or a set of choices (pydantic models below); a bad value is a one-line
+error naming the key, raised before any data is read or any model is built.
+"""
 from __future__ import annotations
 
-import dataclasses
 import difflib
-import types
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, ValidationError,
+                      field_validator, model_validator)
 
 from .errors import SNNetError
 
 PACKAGE_DIR = Path(__file__).parent
 PACKAGED_CONFIGS = PACKAGE_DIR / "configs"
 
-
-@dataclass
-class AnchorSection:
-    name: str = ""
-    pretrained: bool = False
-    checkpoint_path: str | None = None
-    kwargs: dict = field(default_factory=dict)  # timm.create_model overrides, e.g. drop_path_rate
+# interpolations both timm's transforms and torchvision's InterpolationMode accept
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
+# timm schedulers the epoch loop can drive (plateau needs a metric, rsqrt a stable timescale)
+SCHEDULERS = ("cosine", "tanh", "step", "multistep", "poly")
 
 
-@dataclass
-class ModelSection:
-    anchors: list[AnchorSection] = field(default_factory=list)
-    version: str = "v2"
-    lora_rank: int = 0
-    lora_alpha: float = 1.0
-    out_indices: list[int] | None = None
-
-    def anchor_pair(self) -> list[AnchorSection]:
-        """The two anchors, or a one-line error."""
-        if len(self.anchors) != 2:
-            raise SNNetError(f"model.anchors must list two anchors, got {len(self.anchors)}")
-        return self.anchors
+def _number(value: Any) -> Any:
+    """Floats from YAML: 3e-5 (no dot) arrives as a string under YAML 1.1; true/false are not numbers."""
+    if isinstance(value, bool):
+        raise ValueError(f"must be a number, got {value!r}")
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            raise ValueError(f"must be a number, got {value!r}") from None
+    return value
 
 
-@dataclass
-class ShapesSection:
+Float = Annotated[float, BeforeValidator(_number)]
+Int = StrictInt
+Bool = StrictBool
+Probability = Annotated[Float, Field(ge=0, le=1)]
+
+
+class Section(BaseModel):
+    """A config section: unknown keys are errors, assignments are checked too."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, coerce_numbers_to_str=True,
+                              allow_inf_nan=False)
+
+    def to_dict(self) -> dict:
+        return self.model_dump()
+
+
+class AnchorSection(Section):
+    name: str
+    pretrained: Bool = False
+    checkpoint_path: str | None = None  # "{package}" points into the installed snnet (the quickstart's anchors)
+    kwargs: dict[str, Any] = Field(default_factory=dict)  # timm.create_model overrides, e.g. drop_path_rate
+
+    @field_validator("name")
+    @classmethod
+    def _known_model(cls, name: str) -> str:
+        from .anchors import check_model_name
+        check_model_name(name)
+        return name
+
+    @field_validator("checkpoint_path")
+    @classmethod
+    def _expand(cls, path: str | None) -> str | None:
+        return path.replace("{package}", str(PACKAGE_DIR)) if path else path
+
+
+class ModelSection(Section):
+    anchors: list[AnchorSection]
+    version: Literal["v1", "v2"] = "v2"
+    lora_rank: Int = Field(0, ge=0)
+    lora_alpha: Float = Field(1.0, gt=0)
+    out_indices: list[Int] | None = None
+    # train new classifier heads when the data's classes differ from the anchors' heads
+    replace_head: Bool = False
+
+    @field_validator("anchors")
+    @classmethod
+    def _two(cls, anchors: list[AnchorSection]) -> list[AnchorSection]:
+        if len(anchors) != 2:
+            raise ValueError(f"must list two anchors, got {len(anchors)}")
+        return anchors
+
+
+class ShapesSection(Section):
     """The built-in procedural dataset (``snnet.data.scenes``)."""
 
-    image_size: int = 64
-    num_classes: int = 10
-    num_train: int = 10000
-    num_val: int = 2000
-    seed: int = 0
-    preload: bool = True  # render every image once before training
-    scene: dict = field(default_factory=dict)  # other SceneConfig knobs, e.g. max_distractors
+    image_size: Int = Field(64, ge=8)
+    num_classes: Int = Field(10, ge=2)
+    num_train: Int = Field(10000, ge=1)
+    num_val: Int = Field(2000, ge=1)
+    seed: Int = Field(0, ge=0)
+    preload: Bool = True  # render every image once before training
+    scene: dict[str, Any] = Field(default_factory=dict)  # other SceneConfig knobs, e.g. max_distractors
+
+    @model_validator(mode="after")
+    def _scene_knobs(self) -> "ShapesSection":
+        try:
+            self.scene_config()
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"scene: {e}") from None
+        return self
+
+    def scene_config(self):
+        """The generator's config."""
+        from .data import SceneConfig
+        return SceneConfig(image_size=self.image_size, num_classes=self.num_classes, seed=self.seed, **self.scene)
 
 
-@dataclass
-class DataSection:
-    dataset: str = "imagefolder"  # "imagefolder" (root/train, root/val) or "shapes" (built in)
+class DataSection(Section):
+    dataset: Literal["imagefolder", "shapes"] = "imagefolder"  # root/train + root/val, or built in
     root: str | None = None
     train_split: str = "train"
     val_split: str = "val"
-    input_size: int | None = None  # default: the anchors' input size
-    batch_size: int = 64  # per process
-    eval_batch_size: int | None = None  # default: 1.5 x batch_size, as the reference
-    workers: int = 4
-    mean: list[float] | None = None  # default: the anchors' pretrained config
-    std: list[float] | None = None
-    interpolation: str = "bicubic"
-    shapes: ShapesSection = field(default_factory=ShapesSection)
+    input_size: Int | None = Field(None, ge=1)  # default: the anchors' input size
+    batch_size: Int = Field(64, ge=1)  # per process
+    eval_batch_size: Int | None = Field(None, ge=1)  # default: 1.5 x batch_size, as the reference
+    workers: Int = Field(4, ge=0)
+    mean: list[Float] | None = Field(None, min_length=3, max_length=3)  # default: the anchors' pretrained config
+    std: list[Annotated[Float, Field(gt=0)]] | None = Field(None, min_length=3, max_length=3)
+    interpolation: Literal[INTERPOLATIONS] = "bicubic"
+    shapes: ShapesSection = Field(default_factory=ShapesSection)
 
 
-@dataclass
-class AugmentSection:
-    crop: str = "rrc"  # "rrc" (random resized crop), "simple" (resize, pad-4 random crop, DeiT-3), "none"
+class AugmentSection(Section):
+    crop: Literal["rrc", "simple", "none"] = "rrc"  # random resized crop; DeiT-3's resize + pad-4 crop; none
     auto_augment: str | None = None  # timm policy: "3a" (3-Augment), "rand-m9-mstd0.5-inc1", ...
-    color_jitter: float = 0.0
-    hflip: float = 0.5
-    mixup: float = 0.0
-    cutmix: float = 0.0
-    label_smoothing: float = 0.0
-    reprob: float = 0.0
-    eval_crop_ratio: float = 0.875
+    color_jitter: Float = Field(0.0, ge=0)
+    hflip: Probability = 0.5
+    mixup: Float = Field(0.0, ge=0)  # Beta alphas; 0 = off
+    cutmix: Float = Field(0.0, ge=0)
+    label_smoothing: Float = Field(0.0, ge=0, lt=1)
+    reprob: Probability = 0.0
+    eval_crop_ratio: Float = Field(0.875, gt=0, le=1)
+
+    @field_validator("auto_augment")
+    @classmethod
+    def _timm_policy(cls, policy: str | None) -> str | None:
+        if policy:
+            from timm.data import create_transform
+            try:
+                create_transform(32, is_training=True, auto_augment=policy)
+            except Exception:
+                raise ValueError(f"{policy!r} is not a timm auto-augment policy "
+                                 f"(e.g. '3a', 'rand-m9-mstd0.5-inc1', 'augmix-m5', 'original')") from None
+        return policy
 
 
-@dataclass
-class TrainSection:
-    epochs: int = 50
+class TrainSection(Section):
+    epochs: Int = Field(50, ge=0)
     optimizer: str = "lamb"
-    lr: float = 3e-5
-    weight_decay: float = 0.02
-    momentum: float = 0.9
-    scheduler: str = "cosine"
-    warmup_epochs: int = 5
-    warmup_lr: float = 1e-7
-    min_lr: float = 1e-5
-    clip_grad: float | None = None
-    amp: bool = True  # autocast + grad scaling on CUDA; ignored on CPU
-    init_images: int = 100  # least-squares initialisation on a fresh run
-    init_batch_size: int = 25
-    ros_gap: float = 1.0  # GFLOPs between ROS groups
-    ros_k: float | None = None
-    seed: int = 0
-    steps_per_epoch: int | None = None  # cap for quick runs; None = the whole training set
+    lr: Float = Field(3e-5, gt=0)
+    weight_decay: Float = Field(0.02, ge=0)
+    momentum: Float = Field(0.9, ge=0, lt=1)
+    scheduler: Literal[SCHEDULERS] = "cosine"
+    warmup_epochs: Int = Field(5, ge=0)
+    warmup_lr: Float = Field(1e-7, ge=0)
+    min_lr: Float = Field(1e-5, ge=0)
+    clip_grad: Float | None = Field(None, gt=0)
+    amp: Bool = True  # autocast + grad scaling on CUDA; ignored on CPU
+    init_images: Int = Field(100, ge=1)  # least-squares initialisation on a fresh run
+    init_batch_size: Int = Field(25, ge=1)
+    ros_gap: Float = Field(1.0, ge=0)  # GFLOPs between ROS groups
+    ros_k: Float | None = Field(None, gt=0)
+    seed: Int = Field(0, ge=0)
+    steps_per_epoch: Int | None = Field(None, ge=1)  # cap for quick runs; None = the whole training set
+
+    @field_validator("optimizer")
+    @classmethod
+    def _timm_optimizer(cls, name: str) -> str:
+        from timm.optim import list_optimizers
+        known = list_optimizers()
+        if name.lower().split("_")[-1] not in known:  # timm also takes "lookahead_<name>"
+            close = difflib.get_close_matches(name.lower(), known, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ValueError(f"{name!r} is not a timm optimizer{hint}")
+        return name
 
 
-@dataclass
-class EvalSection:
-    stitches: list[int] | None = None  # None = every stitch
-    max_images: int | None = None
+class EvalSection(Section):
+    stitches: list[Int] | None = Field(None, min_length=1)  # None = every stitch
+    max_images: Int | None = Field(None, ge=1)
+
+    @field_validator("stitches")
+    @classmethod
+    def _distinct(cls, ids: list[int] | None) -> list[int] | None:
+        if ids is not None:
+            repeated = sorted({i for i in ids if ids.count(i) > 1})
+            if repeated:
+                raise ValueError(f"repeats stitch ids {repeated}")
+        return ids
 
 
-@dataclass
-class RunConfig:
-    model: ModelSection = field(default_factory=ModelSection)
-    data: DataSection = field(default_factory=DataSection)
-    augment: AugmentSection = field(default_factory=AugmentSection)
-    train: TrainSection = field(default_factory=TrainSection)
-    eval: EvalSection = field(default_factory=EvalSection)
-    output_dir: str = "runs/snnet"
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+class RunConfig(Section):
+    model: ModelSection
+    data: DataSection = Field(default_factory=DataSection)
+    augment: AugmentSection = Field(default_factory=AugmentSection)
+    train: TrainSection = Field(default_factory=TrainSection)
+    eval: EvalSection = Field(default_factory=EvalSection)
+    output_dir: str = Field("runs/snnet", min_length=1)
 
 
 def resolve_config_path(name: str | Path) -> Path:
@@ -128,37 +213,90 @@ def resolve_config_path(name: str | Path) -> Path:
     if path.is_file():
         return path
     packaged = PACKAGED_CONFIGS / f"{Path(name).stem}.yaml"
-    if packaged.is_file():
+    if packaged.is_file() and path.suffix in ("", ".yaml"):
         return packaged
     known = ", ".join(sorted(p.stem for p in PACKAGED_CONFIGS.glob("*.yaml")))
     raise SNNetError(f"config not found: {name} (packaged configs: {known})")
 
 
-def load_config(name: str | Path | None, overrides: list[str] = ()) -> RunConfig:
+def load_config(name: str | Path | None, overrides: typing.Sequence[str] = ()) -> RunConfig:
     """Read a YAML config (or start from defaults), apply ``a.b=value`` overrides, check every key."""
     raw: dict = {}
     if name is not None:
         path = resolve_config_path(name)
         try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
             raise SNNetError(f"cannot parse {path}: {str(e).splitlines()[0]}") from None
         if not isinstance(raw, dict):
             raise SNNetError(f"{path} must hold a mapping of sections")
     for item in overrides:
         _apply_override(raw, item)
-    cfg = _build(RunConfig, raw, "")
-    for a in cfg.model.anchors:  # "{package}" points into the installed snnet (the quickstart's anchors)
-        if a.checkpoint_path:
-            a.checkpoint_path = a.checkpoint_path.replace("{package}", str(PACKAGE_DIR))
-    return cfg
+    return validate(RunConfig, raw)
+
+
+def validate(schema: type[Section], raw: Any, source: str = "") -> Any:
+    """``schema`` built from ``raw``, or an SNNetError naming the first bad key (prefixed by ``source``)."""
+    try:
+        return schema.model_validate(raw)
+    except ValidationError as e:
+        raise SNNetError(f"{source}{_describe_error(schema, e.errors()[0])}") from None
+
+
+_TYPE_MESSAGES = {
+    "int_type": "must be an integer", "int_parsing": "must be an integer", "int_from_float": "must be an integer",
+    "float_type": "must be a number", "float_parsing": "must be a number", "finite_number": "must be a finite number",
+    "bool_type": "must be true or false", "bool_parsing": "must be true or false",
+    "string_type": "must be a string", "list_type": "must be a list", "dict_type": "must be a mapping",
+    "model_type": "must be a mapping", "model_attributes_type": "must be a mapping", "missing": "is required",
+}
+
+
+def _describe_error(schema: type[Section], err: dict) -> str:
+    loc = [str(p) for p in err["loc"]]
+    key = ".".join(loc)
+    if err["type"] == "extra_forbidden":
+        names = list(_schema_at(schema, err["loc"][:-1]).model_fields)
+        close = difflib.get_close_matches(loc[-1], names, n=1)
+        prefix = key.rpartition(".")[0]
+        prefix = f"{prefix}." if prefix else ""
+        hint = f" (did you mean '{prefix}{close[0]}'?)" if close else f" (known: {', '.join(names)})"
+        return f"unknown config key '{key}'{hint}"
+    if err["type"] == "value_error":
+        text = str(err["ctx"]["error"])
+        return f"config key '{key}' {text}" if text.startswith("must ") else f"config key '{key}': {text}"
+    if err["type"] in ("too_short", "too_long"):
+        bound = f"at least {err['ctx']['min_length']}" if err["type"] == "too_short" else \
+            f"at most {err['ctx']['max_length']}"
+        return f"config key '{key}' must hold {bound} items, got {err['input']!r}"
+    text = _TYPE_MESSAGES.get(err["type"]) or err["msg"].replace("Input should", "must").replace("List", "list")
+    got = "" if err["type"] == "missing" else f", got {err['input']!r}"
+    return f"config key '{key or 'top'}' {text}{got}"
+
+
+def _schema_at(schema: Any, loc: tuple) -> Any:
+    """The section class that ``loc`` (a pydantic error location) points into."""
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        tp = schema.model_fields[part].annotation
+        for arg in (tp, *typing.get_args(tp)):
+            inner = typing.get_args(arg)[0] if typing.get_origin(arg) is list else arg
+            if isinstance(inner, type) and issubclass(inner, Section):
+                tp = inner
+                break
+        schema = tp
+    return schema
 
 
 def _apply_override(raw: dict, item: str) -> None:
     key, sep, text = item.partition("=")
-    if not sep or not key:
+    if not sep or not key or any(not p for p in key.split(".")):
         raise SNNetError(f"override {item!r} must look like section.key=value")
-    value = yaml.safe_load(text) if text else None
+    try:
+        value = yaml.safe_load(text) if text else None
+    except yaml.YAMLError:
+        raise SNNetError(f"override {item!r}: cannot parse the value {text!r}") from None
     node: Any = raw
     parts = key.split(".")
     for i, part in enumerate(parts[:-1]):
@@ -166,12 +304,18 @@ def _apply_override(raw: dict, item: str) -> None:
         if isinstance(node, list):
             node = node[_list_index(node, part, key)]
             continue
-        node = node.setdefault(part, [] if nxt.isdigit() else {})
+        if not isinstance(node, dict):
+            raise SNNetError(f"override {key!r}: '{'.'.join(parts[:i])}' is not a section")
+        if node.get(part) is None:  # absent, or an empty section in the YAML file
+            node[part] = [] if nxt.isdigit() else {}
+        node = node[part]
     last = parts[-1]
     if isinstance(node, list):
         node[_list_index(node, last, key)] = value
-    else:
+    elif isinstance(node, dict):
         node[last] = value
+    else:
+        raise SNNetError(f"override {key!r}: '{'.'.join(parts[:-1])}' is not a section")
 
 
 def _list_index(node: list, part: str, key: str) -> int:
@@ -180,61 +324,6 @@ def _list_index(node: list, part: str, key: str) -> int:
     return int(part)
 
 
-def _build(cls: type, raw: Any, prefix: str) -> Any:
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise SNNetError(f"config section '{prefix.rstrip('.') or 'top'}' must be a mapping, got {raw!r}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    for key in raw:
-        if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1)
-            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else f" (known: {', '.join(names)})"
-            raise SNNetError(f"unknown config key '{prefix}{key}'{hint}")
-    values = {}
-    for name in names:
-        if name in raw:
-            values[name] = _coerce(hints[name], raw[name], f"{prefix}{name}")
-    return cls(**values)
-
-
-def _coerce(tp: Any, value: Any, key: str) -> Any:
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, key + ".")
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(inner[0], value, key)
-    if origin is list:
-        if not isinstance(value, (list, tuple)):
-            raise SNNetError(f"config key '{key}' must be a list, got {value!r}")
-        return [_coerce(args[0], v, f"{key}.{i}") if args else v for i, v in enumerate(value)]
-    if tp is dict or origin is dict:
-        if not isinstance(value, dict):
-            raise SNNetError(f"config key '{key}' must be a mapping, got {value!r}")
-        return dict(value)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise SNNetError(f"config key '{key}' must be true or false, got {value!r}")
-        return value
-    if tp in (int, float):
-        if isinstance(value, str):  # YAML 1.1 reads 3e-5 (no dot) as a string
-            try:
-                value = float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or (tp is int and value != int(value)):
-            raise SNNetError(f"config key '{key}' must be a number ({tp.__name__}), got {value!r}")
-        return tp(value)
-    if tp is str:
-        if not isinstance(value, (str, int, float)):
-            raise SNNetError(f"config key '{key}' must be a string, got {value!r}")
-        return str(value)
-    return value
-
-
 def dump_config(cfg: RunConfig) -> str:
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+

@@ -4,8 +4,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from typing import Callable, TypeVar
+
 import torch
 import torch.distributed as dist
+
+from .errors import SNNetError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -24,11 +30,21 @@ class DistEnv:
         return self.world_size > 1
 
 
+DEVICES = ("cpu", "cuda")
+
+
 def init_distributed(device: str | None = None) -> DistEnv:
     """Join the torchrun process group if there is one; pick this process's device."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available() if device is None else device.startswith("cuda")
+    if device is not None and device not in DEVICES:
+        raise SNNetError(f"--device must be {' or '.join(DEVICES)} (torchrun picks the GPU of each process), got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SNNetError("--device cuda: no CUDA device is available to this process")
+    if device == "cuda" and local >= torch.cuda.device_count():
+        raise SNNetError(f"--device cuda: process {local} of this node has no GPU "
+                         f"(this node has {torch.cuda.device_count()}; lower --nproc_per_node)")
+    use_cuda = torch.cuda.is_available() if device is None else device == "cuda"
     dev = torch.device(f"cuda:{local}" if use_cuda else "cpu")
     if use_cuda:
         torch.cuda.set_device(dev)
@@ -50,6 +66,20 @@ def all_gather_objects(obj):
     out = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def on_main(fn: Callable[[], T], env: DistEnv) -> T | None:
+    """Run ``fn`` on rank 0 only; an SNNetError it raises is raised on every rank, so none is left waiting."""
+    result, error = None, None
+    if env.is_main:
+        try:
+            result = fn()
+        except SNNetError as e:
+            error = str(e)
+    error = all_gather_objects(error)[0]
+    if error:
+        raise SNNetError(error)
+    return result
 
 
 def barrier() -> None:

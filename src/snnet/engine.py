@@ -36,12 +36,13 @@ LOG_NAME = "log.jsonl"
 
 def build_model(section: ModelSection, num_classes: int | None = None, load_weights: bool = True,
                 device: str | None = None) -> SNNet:
-    """SNNet from the config's anchors; ``load_weights=False`` skips hub and local weights (they come later)."""
+    """SNNet from the config's anchors; ``load_weights=False`` skips hub and local weights (they come later).
+    ``num_classes`` sizes the anchors' heads (checked against their weights by the task first)."""
     anchors = []
-    for a in section.anchor_pair():
+    for a in section.anchors:
         kwargs = dict(a.kwargs)
         if num_classes is not None:
-            kwargs.setdefault("num_classes", num_classes)
+            kwargs["num_classes"] = num_classes
         if device is not None:
             kwargs["device"] = device
         anchors.append(AnchorConfig(a.name, pretrained=a.pretrained and load_weights,
@@ -130,8 +131,16 @@ class EpochLog:
         self.path = run_dir / LOG_NAME
         self.lines = []
         if self.path.is_file():  # after a resume, drop epochs that will be trained again
-            self.lines = [line for line in self.path.read_text().splitlines()
-                          if line.strip() and json.loads(line).get("epoch", -1) < keep_before_epoch]
+            for number, line in enumerate(self.path.read_bytes().splitlines(), 1):
+                if not line.strip():
+                    continue
+                try:
+                    keep = json.loads(line)["epoch"] < keep_before_epoch
+                except (ValueError, TypeError, KeyError):  # a damaged line: the checkpoint is what counts
+                    print(f"{self.path} line {number} is damaged; dropped from the log")
+                    continue
+                if keep:
+                    self.lines.append(line.decode())
         try:
             from torch.utils.tensorboard import SummaryWriter
             self.tb = SummaryWriter(str(run_dir / "tensorboard"))
@@ -166,6 +175,15 @@ def make_eval_loader(dataset, batch_size: int, workers: int, env: DistEnv, max_i
     shard = Subset(dataset, range(env.rank, n, env.world_size))
     return DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=workers,
                       pin_memory=env.device.type == "cuda")
+
+
+def check_data(task, cfg: RunConfig, env: DistEnv, train: bool) -> None:
+    """A training epoch with no step, or an evaluation with no image, is an error before any work."""
+    if train and cfg.train.epochs > 0 and len(task.train_set) // env.world_size < cfg.data.batch_size:
+        raise SNNetError(f"{len(task.train_set)} training images make no full batch of data.batch_size="
+                         f"{cfg.data.batch_size} on {env.world_size} process(es): lower data.batch_size or add images")
+    if len(task.val_set) == 0:
+        raise SNNetError("the evaluation set has no images")
 
 
 def train_one_epoch(model, task, loader: DataLoader, optimizer, scaler, cfg: RunConfig, env: DistEnv,
@@ -317,8 +335,9 @@ def fit(cfg: RunConfig, task, env: DistEnv, resume: str | None = "auto", progres
 
 
 def evaluate_and_report(model: SNNet, task, cfg: RunConfig, env: DistEnv, run_dir: Path,
-                        stitch_ids: list[int] | None = None, progress: bool = True) -> list[dict] | None:
-    """Evaluate stitches, then on rank 0 write results.jsonl/.csv and pareto.png and print the frontier."""
+                        stitch_ids: list[int] | None = None, progress: bool = True) -> list[Path] | None:
+    """Evaluate stitches, then on rank 0 write results.jsonl/.csv and pareto.png (``results_subset.*`` and
+    ``pareto_subset.png`` for a subset of the stitches), print the frontier and return the files written."""
     from .results import format_table, frontier, plot_pareto, write_results
 
     ids = stitch_ids or cfg.eval.stitches or model.stitch_ids
@@ -332,11 +351,14 @@ def evaluate_and_report(model: SNNet, task, cfg: RunConfig, env: DistEnv, run_di
     if not env.is_main:
         return None
     rows = result_rows(model, metrics)
-    write_results(run_dir, rows)
+    # a subset never replaces the table of every stitch
+    stem = "results" if sorted(ids) == sorted(model.stitch_ids) else "results_subset"
+    files = write_results(run_dir, rows, stem)
     metric = task.primary_metric
-    plot_pareto(rows, run_dir / "pareto.png", metric, title=f"{task.name}: {metric} of {len(rows)} stitches")
+    plot = plot_pareto(rows, run_dir / f"{stem.replace('results', 'pareto')}.png", metric,
+                       title=f"{task.name}: {metric} of {len(rows)} stitches")
     print(f"evaluated {len(rows)} stitches on {rows[0]['images']} images in {elapsed:.1f} s "
           f"({elapsed / len(rows):.2f} s per stitch)")
     print("Pareto frontier:")
     print(format_table(frontier(rows, metric), task.report_metrics))
-    return rows
+    return [*files, plot]

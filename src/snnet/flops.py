@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from .errors import SNNetError
 from .stitch_space import LARGE, SMALL, Stitch, route_taps
 
 NORM_FLOPS_PER_ELEMENT = 5
@@ -43,7 +44,10 @@ class AnchorShape:
 
 def grid_size(shape: AnchorShape, img_size: tuple[int, int] | None = None) -> tuple[int, int]:
     h, w = img_size or shape.img_size
-    return h // shape.patch_size[0], w // shape.patch_size[1]
+    ph, pw = shape.patch_size
+    if h <= 0 or w <= 0 or h % ph or w % pw:
+        raise SNNetError(f"image size {h}x{w} is not a positive multiple of the patch size {ph}x{pw}")
+    return h // ph, w // pw
 
 
 def num_tokens(shape: AnchorShape, img_size: tuple[int, int] | None = None) -> int:

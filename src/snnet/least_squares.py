@@ -83,6 +83,9 @@ def init_stitching_layers(model, batches: Iterable, num_images: int | None = Non
     once per image (eval mode), ``chunk_size`` images at a time, which bounds the activation memory
     whatever the loader's batch size. Under torch.distributed the statistics of all ranks are summed.
     """
+    for name, value in (("num_images", num_images), ("chunk_size", chunk_size)):
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise SNNetError(f"init_stitching_layers: {name} must be an integer >= 1, got {value!r}")
     device = next(model.parameters()).device
     pairs = fit_pairs(*model.depths, model.config.version)
     layers = {ref: model.stitching_layer(ref) for ref, _, _ in pairs}

@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 from collections import Counter
+from numbers import Integral
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -13,7 +14,7 @@ from .anchors import AnchorConfig, anchor_config_of, anchor_shape, create_anchor
 from .errors import SNNetError
 from .flops import stitch_flops
 from .sampling import ROSSampler
-from .selection import best_under_budget, pareto_frontier
+from .selection import best_under_budget, is_number, pareto_frontier
 from .stitch_space import LARGE, SMALL, LayerRef, Stitch, num_stitching_layers, route_taps, stitch_space
 from .stitching_layers import StitchingLayer
 
@@ -65,17 +66,25 @@ class SNNet(nn.Module):
         super().__init__()
         if version not in ("v1", "v2"):
             raise SNNetError(f"unknown SN-Net version {version!r}: expected 'v1' or 'v2'")
-        if lora_rank < 0:
-            raise SNNetError(f"lora_rank must be >= 0, got {lora_rank}")
+        if not _is_int(lora_rank) or lora_rank < 0:
+            raise SNNetError(f"lora_rank must be an integer >= 0, got {lora_rank!r}")
+        if not is_number(lora_alpha) or lora_alpha <= 0:
+            raise SNNetError(f"lora_alpha must be a number > 0, got {lora_alpha!r}")
+        if not isinstance(anchors, Sequence) or isinstance(anchors, str):
+            raise SNNetError(f"anchors must be a list of two timm ViTs (modules, names or AnchorConfigs), "
+                             f"got {type(anchors).__name__}")
         modules, configs = [], []
         for a in anchors:
             if isinstance(a, nn.Module):
                 modules.append(a)
                 configs.append(None)
-            else:
+            elif isinstance(a, (str, AnchorConfig)):
                 cfg = AnchorConfig(a, pretrained=pretrained) if isinstance(a, str) else a
                 modules.append(create_anchor(cfg))
                 configs.append(AnchorConfig(cfg.name, kwargs=dict(cfg.kwargs)))  # weights travel separately
+            else:
+                raise SNNetError(f"an anchor must be a timm ViT module, a model name or an AnchorConfig, "
+                                 f"got {type(a).__name__}")
         ordered = order_anchors(modules)
         config_of = {id(m): c for m, c in zip(modules, configs)}
         configs = [config_of[id(a)] or anchor_config_of(a) for a in ordered]
@@ -106,13 +115,12 @@ class SNNet(nn.Module):
 
     def stitch(self, stitch_id: int) -> Stitch:
         """The record of one stitch; an unknown id is an error naming the valid ones."""
-        try:
-            return self._by_id[int(stitch_id)]
-        except (KeyError, ValueError, TypeError):
-            ids = self.stitch_ids
-            missing = sorted(set(range(ids[0], ids[-1] + 1)) - set(ids))
-            hole = f" except {', '.join(map(str, missing))}" if missing else ""
-            raise SNNetError(f"unknown stitch id {stitch_id!r}: valid ids are {ids[0]}..{ids[-1]}{hole}") from None
+        if _is_int(stitch_id) and stitch_id in self._by_id:
+            return self._by_id[stitch_id]
+        ids = self.stitch_ids
+        missing = sorted(set(range(ids[0], ids[-1] + 1)) - set(ids))
+        hole = f" except {', '.join(map(str, missing))}" if missing else ""
+        raise SNNetError(f"unknown stitch id {stitch_id!r}: valid ids are {ids[0]}..{ids[-1]}{hole}")
 
     def select(self, stitch_id: int) -> "SNNet":
         """Run ``stitch_id`` in eval mode (train mode samples instead)."""
@@ -174,8 +182,13 @@ class SNNet(nn.Module):
     def embed(self, x: torch.Tensor, anchor: int) -> torch.Tensor:
         """Patch embedding, position embedding and prefix tokens of one anchor: (B, 3, H, W) -> (B, N, C)."""
         a = self.anchors[anchor]
+        if not isinstance(x, torch.Tensor):
+            raise SNNetError(f"expected an image tensor (B, {a.in_chans}, H, W), got {type(x).__name__}")
         if x.ndim != 4 or x.shape[1] != a.in_chans:
             raise SNNetError(f"expected images of shape (B, {a.in_chans}, H, W), got {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise SNNetError(f"expected float images (normalised as the anchors were trained), got {x.dtype}")
+        x = x.to(a.patch_embed.proj.weight.dtype)  # float16/bfloat16/float64 in, the weights' precision out
         if not a.dynamic_img_size and tuple(x.shape[-2:]) != tuple(a.patch_embed.img_size):
             h, w = a.patch_embed.img_size
             raise SNNetError(f"images are {x.shape[-2]}x{x.shape[-1]}, the anchors take {h}x{w} "
@@ -255,6 +268,10 @@ class SNNet(nn.Module):
         if not idx or any(not 0 <= i < d1 for i in idx) or len(set(idx)) != len(idx):
             raise SNNetError(f"out_indices {list(out_indices)} must be distinct large-anchor blocks in 0..{d1 - 1}")
         return sorted(idx)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, Integral) and not isinstance(value, bool)
 
 
 def _numel(module: nn.Module, attr: str | None = None) -> int:

@@ -8,37 +8,58 @@ from pathlib import Path
 
 from ._atomic import atomic_path, atomic_write_text
 from .errors import SNNetError
-from .selection import pareto_frontier
+from .selection import is_number, pareto_frontier
 
 BASE_COLUMNS = ("stitch_id", "kind", "route", "gflops", "params_m")
 KIND_COLORS = {"anchor": "black", "SL": "tab:blue", "LS": "tab:orange", "LSL": "tab:green", "SLS": "tab:red"}
 
 
-def write_results(run_dir: str | Path, rows: list[dict]) -> tuple[Path, Path]:
-    """``results.jsonl`` (a line per stitch) and ``results.csv``, both written atomically."""
+def write_results(run_dir: str | Path, rows: list[dict], stem: str = "results") -> tuple[Path, Path]:
+    """``<stem>.jsonl`` (a line per stitch) and ``<stem>.csv``, both written atomically."""
     run_dir = Path(run_dir)
-    jsonl = run_dir / "results.jsonl"
+    jsonl, csv_path = run_dir / f"{stem}.jsonl", run_dir / f"{stem}.csv"
     atomic_write_text(jsonl, "".join(json.dumps(r) + "\n" for r in rows))
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(rows[0].keys()))
     writer.writeheader()
     writer.writerows(rows)
-    atomic_write_text(run_dir / "results.csv", buf.getvalue())
-    return jsonl, run_dir / "results.csv"
+    atomic_write_text(csv_path, buf.getvalue())
+    return jsonl, csv_path
 
 
-def read_results(path: str | Path) -> list[dict]:
+def read_results(path: str | Path, metric: str | None = None) -> list[dict]:
+    """Rows of a ``results.jsonl`` (or a run directory's, else its ``results_subset.jsonl``), checked:
+    a one-line error with the line number for bytes that are not UTF-8 or JSON, a row without a numeric
+    stitch_id, flops and gflops, a repeated stitch id, or a missing or non-numeric ``metric``."""
     path = Path(path)
     if path.is_dir():
-        path = path / "results.jsonl"
+        path = next((p for p in (path / "results.jsonl", path / "results_subset.jsonl") if p.is_file()),
+                    path / "results.jsonl")
     if not path.is_file():
         raise SNNetError(f"results file not found: {path}")
-    try:
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    except json.JSONDecodeError as e:
-        raise SNNetError(f"{path} is not a results.jsonl file (line {e.lineno}: {e.msg})") from None
-    if not rows or not all(isinstance(r, dict) and "stitch_id" in r and "flops" in r for r in rows):
-        raise SNNetError(f"{path} has no per-stitch rows with stitch_id and flops")
+    rows, seen = [], {}
+    for number, line in enumerate(path.read_bytes().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise SNNetError(f"{path} line {number}: not UTF-8 text") from None
+        except json.JSONDecodeError as e:
+            raise SNNetError(f"{path} line {number}: not a JSON row ({e.msg})") from None
+        if not isinstance(row, dict):
+            raise SNNetError(f"{path} line {number}: not a JSON object")
+        for key in ("stitch_id", "flops", "gflops", *((metric,) if metric else ())):
+            if key not in row:
+                raise SNNetError(f"{path} line {number}: no {key!r} (columns: {', '.join(row)})")
+            if not is_number(row[key]) or (key == "stitch_id" and not isinstance(row[key], int)):
+                raise SNNetError(f"{path} line {number}: {key} is {row[key]!r}, not a number")
+        if row["stitch_id"] in seen:
+            raise SNNetError(f"{path} line {number}: stitch {row['stitch_id']} again (first on line {seen[row['stitch_id']]})")
+        seen[row["stitch_id"]] = number
+        rows.append(row)
+    if not rows:
+        raise SNNetError(f"{path} has no per-stitch rows")
     return rows
 
 
@@ -57,8 +78,10 @@ def format_table(rows: list[dict], metrics: tuple[str, ...]) -> str:
     header = f"{'id':>4} {'kind':<6} {'GFLOPs':>9} {'params(M)':>9} " + " ".join(f"{m:>8}" for m in metrics) + "  route"
     lines = [header]
     for r in rows:
-        vals = " ".join(f"{r[m]:8.2f}" if isinstance(r[m], float) else f"{r[m]:>8}" for m in metrics)
-        lines.append(f"{r['stitch_id']:>4} {r['kind']:<6} {r['gflops']:9.3f} {r['params_m']:9.2f} {vals}  {r['route']}")
+        vals = " ".join(f"{r[m]:8.2f}" if isinstance(r[m], float) else f"{str(r[m]):>8}" for m in metrics)
+        params = f"{r['params_m']:9.2f}" if is_number(r.get("params_m")) else f"{'?':>9}"
+        lines.append(f"{r['stitch_id']:>4} {str(r.get('kind', '?')):<6} {r['gflops']:9.3f} {params} {vals}  "
+                     f"{r.get('route', '')}")
     return "\n".join(lines)
 
 

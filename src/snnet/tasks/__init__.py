@@ -3,17 +3,18 @@ from __future__ import annotations
 
 from timm.models import get_pretrained_cfg
 
-from ..anchors import check_model_name
+from ..anchors import AnchorConfig, head_classes
 from ..config import RunConfig
 from ..errors import SNNetError
-from .classification import ClassificationTask
+from ..model import SNNet
+from .classification import ClassificationTask, data_classes
 
 
 def data_defaults(cfg: RunConfig) -> tuple[int, tuple, tuple]:
     """Input size, mean and std: the config's, else the small anchor's timm defaults."""
-    anchor = cfg.model.anchors[0] if cfg.model.anchors else None
-    pre = get_pretrained_cfg(anchor.name) if anchor is not None else None
-    size = cfg.data.input_size or (anchor.kwargs.get("img_size") if anchor else None)
+    anchor = cfg.model.anchors[0]
+    pre = get_pretrained_cfg(anchor.name)
+    size = cfg.data.input_size or anchor.kwargs.get("img_size")
     if size is None:
         if pre is None:
             raise SNNetError("set data.input_size: the anchors' input size is unknown")
@@ -25,8 +26,45 @@ def data_defaults(cfg: RunConfig) -> tuple[int, tuple, tuple]:
     return int(size), mean, std
 
 
+def check_config(cfg: RunConfig, load_weights: bool) -> tuple[SNNet, list[str]]:
+    """What can be checked before any data is read or weights loaded: the anchors built on the meta
+    device (bad timm kwargs, incompatible pairs, out_indices), eval stitch ids, the input size, and the
+    data's classes against the anchors' heads. Returns the meta model and notes to print."""
+    from ..engine import build_model
+
+    model = build_model(cfg.model, load_weights=False, device="meta")
+    for sid in cfg.eval.stitches or ():
+        try:
+            model.stitch(sid)
+        except SNNetError as e:
+            raise SNNetError(f"config key 'eval.stitches': {e}") from None
+    size = data_defaults(cfg)[0]
+    anchor = model.anchors[0]
+    grid = tuple(anchor.patch_embed.img_size)
+    patch = anchor.patch_embed.patch_size[0]
+    if not anchor.dynamic_img_size and (size, size) != grid:
+        raise SNNetError(f"data.input_size {size} differs from the anchors' {grid[0]}x{grid[1]} input: set "
+                         f"model.anchors.N.kwargs.img_size={size} for both anchors (position embeddings are resized)")
+    if size % patch:
+        raise SNNetError(f"data.input_size {size} is not a multiple of the anchors' patch size {patch}")
+    return model, check_heads(cfg, data_classes(cfg), load_weights)
+
+
+def check_heads(cfg: RunConfig, num_classes: int, load_weights: bool) -> list[str]:
+    """The anchors' classifiers must have the data's classes, unless ``model.replace_head`` trains new ones."""
+    notes = []
+    for i, a in enumerate(cfg.model.anchors):
+        head = head_classes(AnchorConfig(a.name, a.pretrained and load_weights,
+                                         a.checkpoint_path if load_weights else None, a.kwargs))
+        if head is None or head == num_classes:
+            continue
+        if not cfg.model.replace_head:
+            raise SNNetError(f"the data has {num_classes} classes but anchor {i} ({a.name}) has a {head}-class head: "
+                             f"set model.replace_head=true to train new {num_classes}-class heads")
+        notes.append(f"model.replace_head: anchor {i}'s {head}-class head is replaced by a new {num_classes}-class head")
+    return notes
+
+
 def build_task(cfg: RunConfig, progress: bool = True) -> ClassificationTask:
-    for a in cfg.model.anchor_pair():  # before any data is read
-        check_model_name(a.name)
     size, mean, std = data_defaults(cfg)
     return ClassificationTask(cfg, size, mean, std, progress)

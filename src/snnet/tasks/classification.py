@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 
 import torch
@@ -41,8 +42,6 @@ def build_transform(cfg: RunConfig, train: bool, input_size: int, mean, std):
     elif aug.crop == "none":
         primary = T.Compose([T.Resize(input_size, interpolation=mode), T.CenterCrop(input_size),
                              T.RandomHorizontalFlip(aug.hflip)])
-    elif aug.crop != "rrc":
-        raise SNNetError(f"augment.crop must be 'rrc', 'simple' or 'none', got {aug.crop!r}")
     return T.Compose([primary, secondary, final])
 
 
@@ -56,31 +55,45 @@ def build_datasets(cfg: RunConfig, input_size: int, mean, std,
     train_tf = build_transform(cfg, True, input_size, mean, std)
     val_tf = build_transform(cfg, False, input_size, mean, std)
     if data.dataset == "shapes":
-        from ..data import SceneConfig, ShapesClassification
+        from ..data import ShapesClassification
         s = data.shapes
-        try:
-            scenes = SceneConfig(image_size=s.image_size, num_classes=s.num_classes, seed=s.seed, **s.scene)
-        except (TypeError, ValueError) as e:
-            raise SNNetError(f"data.shapes: {e}") from None
+        scenes = s.scene_config()
         train = ShapesClassification("train", s.num_train, scenes, train_tf, preload=s.preload, progress=progress)
         val = ShapesClassification("val", s.num_val, scenes, val_tf, preload=s.preload, progress=progress)
         return train, val, _retransformed(train, val_tf), list(train.classes)
-    if data.dataset != "imagefolder":
-        raise SNNetError(f"data.dataset must be 'imagefolder' or 'shapes', got {data.dataset!r}")
-    if not data.root:
-        raise SNNetError("data.root is not set: point it at a folder with train/ and val/ image folders")
-    roots = [Path(data.root) / data.train_split, Path(data.root) / data.val_split]
-    for root in roots:
-        if not root.is_dir():
-            raise SNNetError(f"data folder not found: {root}")
+    data_classes(cfg)  # class folders present and the same in both splits
+    roots = image_folder_roots(cfg)
     try:
         train, val = (datasets.ImageFolder(str(root), transform=tf, loader=_read_rgb)
                       for root, tf in ((roots[0], train_tf), (roots[1], val_tf)))
     except FileNotFoundError as e:  # no class folders, or no images in them
         raise SNNetError(f"no images under {data.root}: {str(e).splitlines()[0]}") from None
-    if train.classes != val.classes:
-        raise SNNetError(f"{roots[0]} and {roots[1]} have different class folders")
     return train, val, _retransformed(train, val_tf), train.classes
+
+
+def image_folder_roots(cfg: RunConfig) -> list[Path]:
+    """``root/train`` and ``root/val`` of an ImageFolder dataset, or a one-line error."""
+    data = cfg.data
+    if not data.root:
+        raise SNNetError("config key 'data.root' is not set: point it at a folder with train/ and val/ image folders")
+    roots = [Path(data.root) / data.train_split, Path(data.root) / data.val_split]
+    for root in roots:
+        if not root.is_dir():
+            raise SNNetError(f"data folder not found: {root}")
+    return roots
+
+
+def data_classes(cfg: RunConfig) -> int:
+    """How many classes the data has, read cheaply (folder names, not images) before any data is loaded."""
+    if cfg.data.dataset == "shapes":
+        return cfg.data.shapes.num_classes
+    roots = image_folder_roots(cfg)
+    train, val = (sorted(e.name for e in os.scandir(r) if e.is_dir()) for r in roots)
+    if not train:
+        raise SNNetError(f"no class folders in {roots[0]}")
+    if train != val:
+        raise SNNetError(f"{roots[0]} and {roots[1]} have different class folders")
+    return len(train)
 
 
 def _retransformed(dataset: Dataset, transform) -> Dataset:
