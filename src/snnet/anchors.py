@@ -1,7 +1,8 @@
 """Anchors: the two pretrained timm ViTs a stitchable network is built from."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -101,11 +102,22 @@ def load_anchor_weights(model: VisionTransformer, path: str | Path) -> None:
             state = {k: v for k, v in state.items() if not k.startswith("head.")}
         result = model.load_state_dict(state, strict=False)
     except (RuntimeError, ValueError, IndexError) as e:  # shapes of another width, depth or patch size
-        raise SNNetError(f"checkpoint {path} does not fit {_describe(model)}: {_first_line(e)}") from None
+        lines = [line.strip() for line in str(e).splitlines()]
+        reason = next((line for line in lines if line.startswith("size mismatch")), _first_line(e))
+        raise SNNetError(f"checkpoint {path} does not fit {_describe(model)}: {reason}") from None
     missing = [k for k in result.missing_keys if not k.startswith("head.")]
     if missing or result.unexpected_keys:
         raise SNNetError(f"checkpoint {path} does not fit {anchor_name(model)}: "
                          f"missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}")
+
+
+def check_anchor_checkpoint(config: AnchorConfig) -> None:
+    """Load ``config.checkpoint_path`` into the anchor built on the meta device (no memory, no copy):
+    a missing, corrupt or mis-shaped file fails here, before any data is read."""
+    model = _create(replace(config, kwargs={**config.kwargs, "device": "meta"}), pretrained=False)
+    with warnings.catch_warnings():  # copying into meta tensors is a no-op, which torch warns about
+        warnings.simplefilter("ignore")
+        load_anchor_weights(model, config.checkpoint_path)
 
 
 def head_classes(config: AnchorConfig) -> int | None:

@@ -38,7 +38,7 @@ def load_torch_checkpoint(path: str | Path) -> dict[str, Any]:
             warnings.simplefilter("ignore")
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        named = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        named = re.search(r"[Uu]nsupported (?:global: )?GLOBAL (\S+)", str(e))
         unsafe = named.group(1) if named else _unsafe_globals(path)
         if unsafe:
             raise SNNetError(f"refusing to load {path}: it pickles objects beyond weights ({unsafe})") from None
@@ -134,6 +134,7 @@ def save_pretrained(model: "SNNet", directory: str | Path) -> Path:
 
 def load_pretrained(directory: str | Path) -> "SNNet":
     """Rebuild anchors (no download) and stitch space from ``config.json``, then load the weights."""
+    from .config import ModelSection, validate
     from .model import SNNet, SNNetConfig
 
     directory = Path(directory)
@@ -141,9 +142,14 @@ def load_pretrained(directory: str | Path) -> "SNNet":
     if not config_path.is_file() or not weights_path.is_file():
         raise SNNetError(f"{directory} is not a saved snnet model: expected {CONFIG_NAME} and {WEIGHTS_NAME}")
     try:
-        config = SNNetConfig.from_dict(json.loads(config_path.read_text()))
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raw = json.loads(config_path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
         raise SNNetError(f"{config_path} is not a valid snnet config ({type(e).__name__}: {e})") from None
+    if not isinstance(raw, dict):
+        raise SNNetError(f"{config_path} is not a valid snnet config (a {type(raw).__name__}, not a mapping)")
+    raw.pop("format_version", None)
+    section = validate(ModelSection, raw, f"{config_path}: ")  # the run config's schema for these keys
+    config = SNNetConfig.from_dict(section.to_dict())
     model = SNNet(config.anchors, version=config.version, lora_rank=config.lora_rank,
                   lora_alpha=config.lora_alpha, out_indices=config.out_indices)
     try:

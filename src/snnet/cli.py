@@ -158,7 +158,10 @@ def cmd_eval(args) -> int:
     if heads is not None and heads != classes:
         raise SNNetError(f"the data has {classes} classes but the trained heads have {heads}")
     run_dir = Path(cfg.output_dir)
-    with run_dir_lock(run_dir, env):
+    with run_dir_lock(run_dir, env) as lock_notes:
+        if env.is_main:
+            for note in lock_notes:
+                print(note)
         task = build_task(cfg, progress=not args.no_progress and env.is_main)
         check_data(task, cfg, env, train=False)
         model = model_for_eval(found, cfg, task.num_classes).to(env.device)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from timm.models import get_pretrained_cfg
 
-from ..anchors import AnchorConfig, head_classes
+from ..anchors import AnchorConfig, check_anchor_checkpoint, head_classes
 from ..config import RunConfig
 from ..errors import SNNetError
 from ..model import SNNet
@@ -54,8 +54,11 @@ def check_heads(cfg: RunConfig, num_classes: int, load_weights: bool) -> list[st
     """The anchors' classifiers must have the data's classes, unless ``model.replace_head`` trains new ones."""
     notes = []
     for i, a in enumerate(cfg.model.anchors):
-        head = head_classes(AnchorConfig(a.name, a.pretrained and load_weights,
-                                         a.checkpoint_path if load_weights else None, a.kwargs))
+        anchor = AnchorConfig(a.name, a.pretrained and load_weights, a.checkpoint_path if load_weights else None,
+                              a.kwargs)
+        if anchor.checkpoint_path:
+            check_anchor_checkpoint(anchor)
+        head = head_classes(anchor)
         if head is None or head == num_classes:
             continue
         if not cfg.model.replace_head:
