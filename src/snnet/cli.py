@@ -29,14 +29,16 @@ def _load(args):
 
 
 @contextmanager
-def run_dir_lock(run_dir: Path, env) -> Iterator[list[str]]:
+def run_dir_lock(run_dir: Path, env) -> Iterator[None]:
     """Hold the run directory (checked writable, locked by rank 0) for a training or an evaluation."""
     from .distributed import on_main
     from .rundir import RunLock, check_run_dir
 
     lock = on_main(lambda: RunLock(check_run_dir(run_dir)).acquire(), env)
     try:
-        yield lock.notes if lock is not None else []
+        for note in lock.notes if lock is not None else ():
+            print(note)
+        yield
     finally:
         if lock is not None:
             lock.release()
@@ -54,10 +56,9 @@ def cmd_train(args) -> int:
     run_dir = Path(cfg.output_dir)
     fresh = find_resume(run_dir, resume) is None
     _, notes = check_config(cfg, load_weights=fresh)
-    with run_dir_lock(run_dir, env) as lock_notes:
-        if env.is_main:
-            for note in notes + lock_notes:
-                print(note)
+    for note in notes if env.is_main else ():
+        print(note)
+    with run_dir_lock(run_dir, env):
         task = build_task(cfg, progress=not args.no_progress and env.is_main)
         check_data(task, cfg, env, train=True)
         model = fit(cfg, task, env, resume=resume, progress=not args.no_progress)
@@ -158,10 +159,7 @@ def cmd_eval(args) -> int:
     if heads is not None and heads != classes:
         raise SNNetError(f"the data has {classes} classes but the trained heads have {heads}")
     run_dir = Path(cfg.output_dir)
-    with run_dir_lock(run_dir, env) as lock_notes:
-        if env.is_main:
-            for note in lock_notes:
-                print(note)
+    with run_dir_lock(run_dir, env):
         task = build_task(cfg, progress=not args.no_progress and env.is_main)
         check_data(task, cfg, env, train=False)
         model = model_for_eval(found, cfg, task.num_classes).to(env.device)
