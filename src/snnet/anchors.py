@@ -79,8 +79,10 @@ def _read_weights(path: Path) -> dict[str, Any]:
         except Exception as e:  # safetensors raises its own error types for a damaged header
             raise SNNetError(f"cannot read anchor checkpoint {path}: {_first_line(e)}") from None
     state = load_torch_checkpoint(path)
-    state = state.get("model", state)
-    return state.get("state_dict", state)
+    for key in ("model", "state_dict"):  # DeiT and other training scripts nest the weights
+        if isinstance(state.get(key), dict):
+            state = state[key]
+    return state
 
 
 def load_anchor_weights(model: VisionTransformer, path: str | Path) -> None:

@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 from collections import Counter
-from numbers import Integral
-from dataclasses import dataclass, field
-from pathlib import Path
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from numbers import Integral
+from pathlib import Path
 
 import torch
 from torch import nn
