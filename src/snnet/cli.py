@@ -47,7 +47,7 @@ def run_dir_lock(run_dir: Path, env) -> Iterator[None]:
 def cmd_train(args) -> int:
     from .distributed import cleanup, init_distributed
     from .engine import CHECKPOINT_NAME, LOG_NAME, check_data, evaluate_and_report, find_resume, fit
-    from .tasks import build_task, check_config
+    from .tasks import build_task, check_config, check_heads
 
     start = time.perf_counter()
     cfg = _load(args)
@@ -55,7 +55,8 @@ def cmd_train(args) -> int:
     resume = None if args.no_resume else (args.resume or "auto")
     run_dir = Path(cfg.output_dir)
     fresh = find_resume(run_dir, resume) is None
-    _, notes = check_config(cfg, load_weights=fresh)
+    check_config(cfg)
+    notes = check_heads(cfg, load_weights=fresh)
     for note in notes if env.is_main else ():
         print(note)
     with run_dir_lock(run_dir, env):
@@ -151,7 +152,7 @@ def cmd_eval(args) -> int:
     ids = parse_stitch_ids(args.stitches)
     env = init_distributed(args.device)
     found = read_trained(args.checkpoint, cfg)
-    meta, _ = check_config(cfg, load_weights=False)
+    meta = check_config(cfg)
     trained = found if isinstance(found, SNNet) else meta
     for sid in ids or ():
         trained.stitch(sid)

@@ -26,10 +26,10 @@ def data_defaults(cfg: RunConfig) -> tuple[int, tuple, tuple]:
     return int(size), mean, std
 
 
-def check_config(cfg: RunConfig, load_weights: bool) -> tuple[SNNet, list[str]]:
+def check_config(cfg: RunConfig) -> SNNet:
     """What can be checked before any data is read or weights loaded: the anchors built on the meta
-    device (bad timm kwargs, incompatible pairs, out_indices), eval stitch ids, the input size, and the
-    data's classes against the anchors' heads. Returns the meta model and notes to print."""
+    device (bad timm kwargs, incompatible pairs, out_indices), eval stitch ids and the input size.
+    Returns the meta model."""
     from ..engine import build_model
 
     model = build_model(cfg.model, load_weights=False, device="meta")
@@ -47,11 +47,14 @@ def check_config(cfg: RunConfig, load_weights: bool) -> tuple[SNNet, list[str]]:
                          f"model.anchors.N.kwargs.img_size={size} for both anchors (position embeddings are resized)")
     if size % patch:
         raise SNNetError(f"data.input_size {size} is not a multiple of the anchors' patch size {patch}")
-    return model, check_heads(cfg, data_classes(cfg), load_weights)
+    return model
 
 
-def check_heads(cfg: RunConfig, num_classes: int, load_weights: bool) -> list[str]:
-    """The anchors' classifiers must have the data's classes, unless ``model.replace_head`` trains new ones."""
+def check_heads(cfg: RunConfig, load_weights: bool) -> list[str]:
+    """Before training: the anchors' classifiers (their kwargs', or their weights' when ``load_weights``)
+    must have the data's classes, unless ``model.replace_head`` trains new ones. Returns notes to print;
+    local anchor checkpoints are read on the meta device, so a corrupt or mis-shaped one fails here."""
+    num_classes = data_classes(cfg)
     notes = []
     for i, a in enumerate(cfg.model.anchors):
         anchor = AnchorConfig(a.name, a.pretrained and load_weights, a.checkpoint_path if load_weights else None,
