@@ -55,8 +55,9 @@ def snapshot(directory: Path) -> dict[str, tuple[str, int]]:
 
 def _files(tmp: Path, run_dir: Path) -> dict[str, Path]:
     """Bad files the cases point at, made on demand."""
-    corrupt = tmp / "corrupt.pth"
-    corrupt.write_bytes(os.urandom(2000))
+    corrupt = tmp / "corrupt.pth"  # a checkpoint cut off half way, as by a full disk or a broken copy
+    whole = (run_dir / "checkpoint.pt").read_bytes()
+    corrupt.write_bytes(whole[: len(whole) // 2])
     evil = tmp / "evil.pth"
     torch.save({"model": {}, "f": os.system}, evil, _use_new_zipfile_serialization=False)  # legacy format
     torch.save({"model": {}, "f": os.system}, tmp / "evil_zip.pth")
@@ -176,7 +177,7 @@ CASES = [  # (command, extra args, text the one error line must hold)
     (T, ["data.dataset=imagefolder"], "config key 'data.root' is not set"),
     (T, ["data.shapes.num_train=8"], "8 training images make no full batch of data.batch_size=16 on 1 process(es)"),
     # anchor weights
-    (T, ["model.anchors.0.checkpoint_path={corrupt}", "--no-resume"], "cannot read checkpoint {corrupt}: not a torch checkpoint"),
+    (T, ["model.anchors.0.checkpoint_path={corrupt}", "--no-resume"], "cannot read checkpoint {corrupt}: truncated or not a torch checkpoint"),
     (T, ["model.anchors.0.checkpoint_path={bad_st}", "--no-resume"], "cannot read anchor checkpoint {bad_st}"),
     (T, ["model.anchors.0.checkpoint_path={small}", "--no-resume"], "checkpoint {small} does not fit deit3_small_patch16_224 (depth 3, width 32"),
     (T, ["model.anchors.0.checkpoint_path=/nonexistent.pth", "--no-resume"], "anchor checkpoint not found: /nonexistent.pth"),
@@ -187,7 +188,7 @@ CASES = [  # (command, extra args, text the one error line must hold)
     (T, ["--resume", "/nonexistent/checkpoint.pt"], "checkpoint to resume not found: /nonexistent/checkpoint.pt"),
     (T, ["--resume", "{corrupt}"], "cannot read checkpoint {corrupt}"),
     (T, ["--device", "tpu"], "--device must be cpu or cuda"),
-    (E, ["--checkpoint", "{corrupt}"], "cannot read checkpoint {corrupt}: not a torch checkpoint"),
+    (E, ["--checkpoint", "{corrupt}"], "cannot read checkpoint {corrupt}: truncated or not a torch checkpoint"),
     (E, ["--checkpoint", "{evil}"], "refusing to load {evil}: it pickles objects beyond weights (posix.system)"),
     (E, ["--checkpoint", "{evil_zip}"], "refusing to load {evil_zip}: it pickles objects beyond weights (posix.system)"),
     (E, ["--checkpoint", "{list}"], "checkpoint {list} holds a list, not a state dict"),
