@@ -85,8 +85,9 @@ def _read_weights(path: Path) -> dict[str, Any]:
     return state
 
 
-def load_anchor_weights(model: VisionTransformer, path: str | Path) -> None:
-    """Load a local timm / DeiT-3 / safetensors checkpoint into an anchor through timm's key filter."""
+def load_anchor_weights(model: VisionTransformer, path: str | Path) -> int | None:
+    """Load a local timm / DeiT-3 / safetensors checkpoint into an anchor through timm's key filter.
+    Returns how many classes the file's classifier has (None when it has none)."""
     path = Path(path)
     if not path.is_file():
         raise SNNetError(f"anchor checkpoint not found: {path}")
@@ -96,6 +97,7 @@ def load_anchor_weights(model: VisionTransformer, path: str | Path) -> None:
     try:
         # adapt_layer_scale maps DeiT-3's gamma_1/gamma_2 to timm's ls1.gamma/ls2.gamma
         state = checkpoint_filter_fn(state, model, adapt_layer_scale=True)
+        file_head = state.get("head.weight")
         head = getattr(model, "head", None)
         if isinstance(head, nn.Linear) and state.get("head.weight") is not None \
                 and state["head.weight"].shape != head.weight.shape:
@@ -111,28 +113,27 @@ def load_anchor_weights(model: VisionTransformer, path: str | Path) -> None:
     if missing or result.unexpected_keys:
         raise SNNetError(f"checkpoint {path} does not fit {anchor_name(model)}: "
                          f"missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}")
+    return None if file_head is None else int(file_head.shape[0])
 
 
-def check_anchor_checkpoint(config: AnchorConfig) -> None:
+def _check_checkpoint(config: AnchorConfig) -> int | None:
     """Load ``config.checkpoint_path`` into the anchor built on the meta device (no memory, no copy):
-    a missing, corrupt or mis-shaped file fails here, before any data is read."""
+    a missing, corrupt or mis-shaped file fails here. Returns the file's classifier size."""
     model = _create(replace(config, kwargs={**config.kwargs, "device": "meta"}), pretrained=False)
     with warnings.catch_warnings():  # copying into meta tensors is a no-op, which torch warns about
         warnings.simplefilter("ignore")
-        load_anchor_weights(model, config.checkpoint_path)
+        return load_anchor_weights(model, config.checkpoint_path)
 
 
 def head_classes(config: AnchorConfig) -> int | None:
-    """Outputs of the classifier the anchor will have: its kwargs', its weights' (file or timm hub),
-    or None when nothing fixes it (random weights: the head is built for the data)."""
+    """Outputs of the classifier the anchor will have: its kwargs', its weights' (timm hub, or a local
+    file, which is checked on the way by loading it into the anchor built on the meta device), or None
+    when nothing fixes it (random weights: the head is built for the data)."""
+    from_file = _check_checkpoint(config) if config.checkpoint_path else None
     if "num_classes" in config.kwargs:
         return config.kwargs["num_classes"]
     if config.checkpoint_path:
-        path = Path(config.checkpoint_path)
-        if not path.is_file():
-            raise SNNetError(f"anchor checkpoint not found: {path}")
-        head = _read_weights(path).get("head.weight")
-        return None if head is None else int(head.shape[0])
+        return from_file
     if config.pretrained:
         pre = get_pretrained_cfg(config.name)
         return getattr(pre, "num_classes", None)

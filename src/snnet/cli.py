@@ -130,14 +130,15 @@ def model_for_eval(found, cfg, num_classes: int):
 
 def parse_stitch_ids(text: str | None) -> list[int] | None:
     """``--stitches 0,5,25``: distinct integers, or a one-line error."""
+    from .config import repeated_ids
+
     if not text:
         return None
     try:
         ids = [int(s) for s in text.split(",")]
     except ValueError:
         raise SNNetError(f"--stitches takes stitch ids separated by commas, got {text!r}") from None
-    repeated = sorted({i for i in ids if ids.count(i) > 1})
-    if repeated:
+    if repeated := repeated_ids(ids):
         raise SNNetError(f"--stitches repeats stitch ids {repeated}")
     return ids
 

@@ -184,6 +184,11 @@ class TrainSection(Section):
         return name
 
 
+def repeated_ids(ids: list[int]) -> list[int]:
+    """The ids that occur more than once, sorted."""
+    return sorted({i for i in ids if ids.count(i) > 1})
+
+
 class EvalSection(Section):
     stitches: list[Int] | None = Field(None, min_length=1)  # None = every stitch
     max_images: Int | None = Field(None, ge=1)
@@ -191,10 +196,8 @@ class EvalSection(Section):
     @field_validator("stitches")
     @classmethod
     def _distinct(cls, ids: list[int] | None) -> list[int] | None:
-        if ids is not None:
-            repeated = sorted({i for i in ids if ids.count(i) > 1})
-            if repeated:
-                raise ValueError(f"repeats stitch ids {repeated}")
+        if ids is not None and (repeated := repeated_ids(ids)):
+            raise ValueError(f"repeats stitch ids {repeated}")
         return ids
 
 

@@ -85,9 +85,3 @@ class RunLock:
                 self.path.unlink()
         except OSError:
             pass
-
-    def __enter__(self) -> "RunLock":
-        return self.acquire()
-
-    def __exit__(self, *exc) -> None:
-        self.release()

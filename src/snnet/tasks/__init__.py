@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from timm.models import get_pretrained_cfg
 
-from ..anchors import AnchorConfig, check_anchor_checkpoint, head_classes
+from ..anchors import AnchorConfig, head_classes
 from ..config import RunConfig
 from ..errors import SNNetError
 from ..model import SNNet
@@ -57,11 +57,8 @@ def check_heads(cfg: RunConfig, load_weights: bool) -> list[str]:
     num_classes = data_classes(cfg)
     notes = []
     for i, a in enumerate(cfg.model.anchors):
-        anchor = AnchorConfig(a.name, a.pretrained and load_weights, a.checkpoint_path if load_weights else None,
-                              a.kwargs)
-        if anchor.checkpoint_path:
-            check_anchor_checkpoint(anchor)
-        head = head_classes(anchor)
+        head = head_classes(AnchorConfig(a.name, a.pretrained and load_weights,
+                                         a.checkpoint_path if load_weights else None, a.kwargs))
         if head is None or head == num_classes:
             continue
         if not cfg.model.replace_head:
