@@ -106,7 +106,7 @@ CASES = [  # (command, extra args, text the one error line must hold)
     # the schema: types, ranges, choices, unknown keys
     (T, ["train.epoch=3"], "unknown config key 'train.epoch' (did you mean 'train.epochs'?)"),
     (T, ["trian.epochs=3"], "unknown config key 'trian' (did you mean 'train'?)"),
-    (T, ["bogus.x=1"], "unknown config key 'bogus' (known: model, data, augment, train, eval, output_dir)"),
+    (T, ["bogus.x=1"], "unknown config key 'bogus' (known: task, model, data, augment, train, eval, output_dir)"),
     (T, ["model.anchors.0.nmae=x"], "unknown config key 'model.anchors.0.nmae' (did you mean 'model.anchors.0.name'?)"),
     (T, ["train.lr=fast"], "config key 'train.lr' must be a number, got 'fast'"),
     (T, ["train.lr=-1"], "config key 'train.lr' must be greater than 0, got -1"),
@@ -153,7 +153,7 @@ CASES = [  # (command, extra args, text the one error line must hold)
     (T, ["eval.stitches=[1,1,2]"], "config key 'eval.stitches': repeats stitch ids [1]"),
     (T, ["eval.stitches=[]"], "config key 'eval.stitches' must hold at least 1 items"),
     (T, ["eval.max_images=0"], "config key 'eval.max_images' must be greater than or equal to 1"),
-    (T, ["data.dataset=coco"], "config key 'data.dataset' must be 'imagefolder' or 'shapes', got 'coco'"),
+    (T, ["data.dataset=coco"], "config key 'data.dataset' must be 'imagefolder', 'shapes', 'ade20k', 'coco_stuff10k' or 'segfolder', got 'coco'"),
     (T, ["data.shapes.num_classes=1"], "config key 'data.shapes.num_classes' must be greater than or equal to 2"),
     (T, ["data.shapes.num_classes=99"], "config key 'data.shapes': scene: num_classes must be in [2, "),
     (T, ["data.shapes.scene.glitter=1"], "config key 'data.shapes': scene: SceneConfig.__init__() got an unexpected keyword argument 'glitter'"),

@@ -16,6 +16,7 @@ from torch import nn
 from .checkpoint import load_torch_checkpoint
 from .errors import SNNetError
 from .flops import AnchorShape
+from .rel_pos import grid_of, rel_pos_attention
 from .stitch_space import check_depths
 
 
@@ -27,10 +28,11 @@ class AnchorConfig:
     pretrained: bool = False
     checkpoint_path: str | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
+    rel_pos_bias: bool = False  # a learned relative position bias in every attention (SPEC section 10)
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "pretrained": self.pretrained,
-                "checkpoint_path": self.checkpoint_path, "kwargs": dict(self.kwargs)}
+        return {"name": self.name, "pretrained": self.pretrained, "checkpoint_path": self.checkpoint_path,
+                "kwargs": dict(self.kwargs), "rel_pos_bias": self.rel_pos_bias}
 
 
 def check_model_name(name: str) -> None:
@@ -48,13 +50,24 @@ def create_anchor(config: AnchorConfig | str) -> VisionTransformer:
         model = _create(config, pretrained=False)
         load_anchor_weights(model, config.checkpoint_path)
         return model
-    return _create(config, config.pretrained)
+    hub_fits = not config.rel_pos_bias and config.kwargs.get("final_norm", True)
+    if not config.pretrained or hub_fits:
+        return _create(config, config.pretrained)
+    # hub weights fit the plain architecture: load them there, then move them over
+    plain = {k: v for k, v in config.kwargs.items() if k != "final_norm"}
+    source = _create(replace(config, rel_pos_bias=False, kwargs=plain), pretrained=True)
+    model = _create(config, pretrained=False)
+    _load_state(model, source.state_dict(), f"timm's pretrained {config.name}")
+    return model
 
 
 def _create(config: AnchorConfig, pretrained: bool) -> VisionTransformer:
     """``timm.create_model`` with its errors as one line: a bad kwarg, or hub weights that cannot be had."""
+    kwargs = dict(config.kwargs)
+    if config.rel_pos_bias:
+        kwargs["attn_layer"] = rel_pos_attention(_grid_size(config))
     try:
-        return timm.create_model(config.name, pretrained=pretrained, **config.kwargs)
+        return timm.create_model(config.name, pretrained=pretrained, **kwargs)
     except (TypeError, AssertionError, ValueError) as e:  # raised by the constructor: the kwargs are wrong
         raise SNNetError(f"timm cannot build anchor {config.name!r} with kwargs {config.kwargs}: "
                          f"{_first_line(e)}") from None
@@ -63,6 +76,12 @@ def _create(config: AnchorConfig, pretrained: bool) -> VisionTransformer:
             raise SNNetError(f"timm cannot build anchor {config.name!r}: {_first_line(e)}") from None
         raise SNNetError(f"cannot load pretrained weights for {config.name!r} ({_first_line(e)}); "
                          f"download them or pass a local checkpoint_path") from None
+
+
+def _grid_size(config: AnchorConfig) -> tuple[int, int]:
+    """The token grid of the anchor ``config`` describes, read off a build on the meta device."""
+    meta = _create(replace(config, rel_pos_bias=False, kwargs={**config.kwargs, "device": "meta"}), pretrained=False)
+    return tuple(meta.patch_embed.grid_size)
 
 
 def _first_line(e: BaseException) -> str:
@@ -94,6 +113,14 @@ def load_anchor_weights(model: VisionTransformer, path: str | Path) -> int | Non
     state = _read_weights(path)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise SNNetError(f"anchor checkpoint {path} holds no state dict of tensors")
+    return _load_state(model, state, f"checkpoint {path}")
+
+
+def _load_state(model: VisionTransformer, state: dict[str, torch.Tensor], source: str) -> int | None:
+    """Load anchor weights through timm's key filter. A classifier or final norm the model does not
+    have (dense backbones) is left out; relative position tables the weights lack start at zero."""
+    absent = {name for name in ("head", "norm", "fc_norm") if isinstance(getattr(model, name, None), nn.Identity)}
+    state = {k: v for k, v in state.items() if k.split(".")[0] not in absent}
     try:
         # adapt_layer_scale maps DeiT-3's gamma_1/gamma_2 to timm's ls1.gamma/ls2.gamma
         state = checkpoint_filter_fn(state, model, adapt_layer_scale=True)
@@ -108,10 +135,11 @@ def load_anchor_weights(model: VisionTransformer, path: str | Path) -> int | Non
     except (RuntimeError, ValueError, IndexError) as e:  # shapes of another width, depth or patch size
         lines = [line.strip() for line in str(e).splitlines()]
         reason = next((line for line in lines if line.startswith("size mismatch")), _first_line(e))
-        raise SNNetError(f"checkpoint {path} does not fit {_describe(model)}: {reason}") from None
-    missing = [k for k in result.missing_keys if not k.startswith("head.")]
+        raise SNNetError(f"{source} does not fit {_describe(model)}: {reason}") from None
+    missing = [k for k in result.missing_keys if not k.startswith("head.")
+               and not k.endswith("relative_position_bias_table")]
     if missing or result.unexpected_keys:
-        raise SNNetError(f"checkpoint {path} does not fit {anchor_name(model)}: "
+        raise SNNetError(f"{source} does not fit {anchor_name(model)}: "
                          f"missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}")
     return None if file_head is None else int(file_head.shape[0])
 
@@ -157,8 +185,9 @@ def anchor_config_of(model: VisionTransformer) -> AnchorConfig:
         no_embed_class=model.no_embed_class, dynamic_img_size=model.dynamic_img_size,
         # only whether layer scale exists matters: its values come with the weights
         init_values=1e-6 if isinstance(blk.ls1, LayerScale) else None,
+        final_norm=not (isinstance(model.norm, nn.Identity) and isinstance(model.fc_norm, nn.Identity)),
     )
-    return AnchorConfig(anchor_name(model), kwargs=kwargs)
+    return AnchorConfig(anchor_name(model), kwargs=kwargs, rel_pos_bias=grid_of(model) is not None)
 
 
 def _norm_elements(module: nn.Module, multiplier: int = 1) -> int:

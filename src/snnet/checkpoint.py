@@ -1,10 +1,11 @@
-"""Model files: our safetensors format, and the released SN-Netv2 checkpoints (SPEC section 7)."""
+"""Model files: our safetensors format, and the released SN-Netv2 checkpoints (SPEC sections 7 and 10)."""
 from __future__ import annotations
 
 import argparse
 import json
 import pickle
 import re
+import typing
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,23 +19,54 @@ from .errors import SNNetError
 
 if TYPE_CHECKING:
     from .model import SNNet
+    from .tasks.dense import DenseModel
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 FORMAT_VERSION = 1
 
 _OFFICIAL_LAYER = re.compile(r"stitch_layers\.(?:(\d)\.)?(\d+)\.transform\.(weight|bias|lora_A|lora_B)$")
+# the reference's segmentation anchors (mmsegmentation's ViT) -> timm's names
+_MMSEG_NAMES = [(re.compile(a), b) for a, b in (
+    (r"\.patch_embed\.projection\.", ".patch_embed.proj."), (r"\.layers\.(\d+)\.", r".blocks.\1."),
+    (r"\.ln([12])\.", r".norm\1."), (r"\.ffn\.layers\.0\.0\.", ".mlp.fc1."), (r"\.ffn\.layers\.1\.", ".mlp.fc2."))]
+# what an mmengine training checkpoint holds beyond tensors: its logging state (HistoryBuffer objects,
+# numpy arrays and scalars, and the getattr calls that rebuild them); read as inert stand-ins
+_LOGGING_MODULES = ("mmengine.", "numpy.")
+_LOGGING_NAMES = ("builtins.getattr",)
 
 
-def load_torch_checkpoint(path: str | Path) -> dict[str, Any]:
+class _Inert:
+    """Stands in for a foreign object or function: accepts any arguments and state, keeps nothing, runs no code."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> "_Inert":
+        return object.__new__(cls)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __setstate__(self, state: Any) -> None:
+        pass
+
+
+def load_torch_checkpoint(path: str | Path, logging_state: bool = False) -> dict[str, Any]:
     """``torch.load(weights_only=True)``; training checkpoints of DeiT-style code also hold an
-    ``argparse.Namespace`` of arguments, the one class allowed beyond tensors and containers."""
+    ``argparse.Namespace`` of arguments, the one class allowed beyond tensors and containers.
+    ``logging_state`` also reads an mmengine checkpoint's logging objects, as inert stand-ins."""
     path = Path(path)
     if not path.is_file():
         raise SNNetError(f"checkpoint not found: {path}")
+    allowed: list = [argparse.Namespace]
+    if logging_state:
+        foreign = [g for g in _unsafe_globals(path).split(", ") if g]
+        refused = [g for g in foreign if not (g.startswith(_LOGGING_MODULES) or g in _LOGGING_NAMES)]
+        if refused:
+            raise SNNetError(f"refusing to load {path}: it pickles objects beyond weights and mmengine's "
+                             f"logging state ({', '.join(refused)})")
+        allowed += [(_Inert, g) for g in foreign]
     try:
         # torch warns about pickle protocols of foreign files; the refusal below says it in one line
-        with torch.serialization.safe_globals([argparse.Namespace]), warnings.catch_warnings():
+        with torch.serialization.safe_globals(allowed), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -61,9 +93,10 @@ def _unsafe_globals(path: Path) -> str:
 
 
 def official_filter_fn(state: dict[str, torch.Tensor], model: "SNNet") -> dict[str, torch.Tensor]:
-    """Rename a released SN-Net state dict to ours: DeiT-3 layer scales to timm's names, stitching
-    layers ``stitch_layers.{0,1}.{k}.transform`` (v1: ``stitch_layers.{k}.transform``) to
-    ``sl_layers.{k}`` / ``ls_layers.{k}``, position embeddings resampled to the model's grid."""
+    """Rename a released SN-Net state dict to ours: DeiT-3 layer scales and mmsegmentation's ViT names to
+    timm's, stitching layers ``stitch_layers.{0,1}.{k}.transform`` (v1: ``stitch_layers.{k}.transform``) to
+    ``sl_layers.{k}`` / ``ls_layers.{k}``, position embeddings resampled to the model's grid. A saved
+    relative position index must equal the one the model derives from its grid; it is not kept."""
     out = {}
     for key, value in state.items():
         m = _OFFICIAL_LAYER.match(key)
@@ -71,11 +104,26 @@ def official_filter_fn(state: dict[str, torch.Tensor], model: "SNNet") -> dict[s
             direction, index, param = m.groups()
             key = f"{'ls' if direction == '1' else 'sl'}_layers.{index}.{param}"
         elif key.startswith("anchors."):
+            for pattern, name in _MMSEG_NAMES:
+                key = pattern.sub(name, key)
             key = re.sub(r"\.gamma_([12])$", r".ls\1.gamma", key)
             if key.endswith(".pos_embed"):
                 value = _fit_pos_embed(value, model.anchors[int(key.split(".")[1])])
+            if key.endswith(".relative_position_index"):
+                _check_index(key, value, model)
+                continue
         out[key] = value
     return out
+
+
+def _check_index(key: str, value: torch.Tensor, model: "SNNet") -> None:
+    own = dict(model.named_buffers()).get(key)
+    if own is None:
+        raise SNNetError(f"the checkpoint has {key} but the model's anchors have no relative position bias "
+                         f"(set model.anchors.N.rel_pos_bias=true)")
+    if own.shape != value.shape or not torch.equal(own.cpu(), value.cpu()):
+        raise SNNetError(f"{key} in the checkpoint is for another token grid ({tuple(value.shape)}) than the "
+                         f"model's ({tuple(own.shape)}): set model.anchors.N.kwargs.img_size to the training crop")
 
 
 def _fit_pos_embed(pos: torch.Tensor, anchor: torch.nn.Module) -> torch.Tensor:
@@ -108,18 +156,30 @@ def load_state_checked(model: torch.nn.Module, state: dict[str, torch.Tensor], s
     model.load_state_dict(state, strict=True)
 
 
-def load_official_checkpoint(model: "SNNet", path: str | Path, obj: dict | None = None) -> "SNNet":
-    """Load a released SN-Netv2 (or SN-Net) classification checkpoint into ``model``, weights only.
-    ``obj``: the file's contents when the caller has already read it."""
-    obj = load_torch_checkpoint(path) if obj is None else obj
-    state = obj.get("model", obj)
+def load_official_checkpoint(model: "SNNet | DenseModel", path: str | Path, obj: dict | None = None):
+    """Load a released SN-Netv2 (or SN-Net) checkpoint into ``model``, weights only: a classification file
+    (``model`` key) into an SNNet, a segmentation one (mmengine's, ``state_dict`` key) into a
+    SegmentationModel. ``obj``: the file's contents when the caller has already read it."""
+    from .model import SNNet
+
+    classification = isinstance(model, SNNet)
+    if obj is None:
+        obj = load_torch_checkpoint(path, logging_state=not classification)
+    key = "model" if classification else "state_dict"
+    state = obj.get(key, obj)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise SNNetError(f"{path} holds no SN-Net state dict under 'model'")
-    load_state_checked(model, official_filter_fn(state, model), f"checkpoint {path}")
+        raise SNNetError(f"{path} holds no SN-Net state dict under {key!r}")
+    if classification:
+        state = official_filter_fn(state, model)
+    else:  # the backbone's keys as a classification file's, the heads' already ours
+        backbone = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
+        state = {**{k: v for k, v in state.items() if not k.startswith("backbone.")},
+                 **{f"backbone.{k}": v for k, v in official_filter_fn(backbone, model.backbone).items()}}
+    load_state_checked(model, state, f"checkpoint {path}")
     return model
 
 
-def save_pretrained(model: "SNNet", directory: str | Path) -> Path:
+def save_pretrained(model: "SNNet | DenseModel", directory: str | Path) -> Path:
     """Write ``model.safetensors`` and ``config.json`` (the SNNetConfig) atomically."""
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
@@ -132,10 +192,10 @@ def save_pretrained(model: "SNNet", directory: str | Path) -> Path:
     return directory
 
 
-def load_pretrained(directory: str | Path) -> "SNNet":
-    """Rebuild anchors (no download) and stitch space from ``config.json``, then load the weights."""
-    from .config import ModelSection, validate
-    from .model import SNNet, SNNetConfig
+def load_pretrained(directory: str | Path) -> "SNNet | DenseModel":
+    """Rebuild anchors (no download), stitch space and heads from ``config.json``, then load the weights."""
+    from .config import ModelSection, RunConfig, validate
+    from .tasks import model_from_section
 
     directory = Path(directory)
     config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
@@ -148,10 +208,12 @@ def load_pretrained(directory: str | Path) -> "SNNet":
     if not isinstance(raw, dict):
         raise SNNetError(f"{config_path} is not a valid snnet config (a {type(raw).__name__}, not a mapping)")
     raw.pop("format_version", None)
+    task = raw.pop("task", "classification")
+    tasks = typing.get_args(RunConfig.model_fields["task"].annotation)
+    if task not in tasks:
+        raise SNNetError(f"{config_path}: unknown task {task!r} (snnet knows {', '.join(tasks)})")
     section = validate(ModelSection, raw, f"{config_path}: ")  # the run config's schema for these keys
-    config = SNNetConfig.from_dict(section.to_dict())
-    model = SNNet(config.anchors, version=config.version, lora_rank=config.lora_rank,
-                  lora_alpha=config.lora_alpha, out_indices=config.out_indices)
+    model = model_from_section(task, section, section.head.num_classes, load_weights=False)
     try:
         state = load_file(str(weights_path))
     except Exception as e:  # safetensors raises its own error types for a damaged header

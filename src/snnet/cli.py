@@ -83,20 +83,22 @@ def read_trained(path: str | None, cfg):
     from .engine import CHECKPOINT_NAME
     from .model import SNNet
 
+    load = SNNet.from_pretrained
     target = Path(path) if path else Path(cfg.output_dir) / "model"
     if not target.exists():
         raise SNNetError(f"nothing to evaluate at {target}: pass --checkpoint (a run or model directory, "
                          f"a checkpoint.pt or a released snnetv2_*.pth)")
     if target.is_dir():
         if (target / CONFIG_NAME).is_file():
-            return SNNet.from_pretrained(target)
+            return load(target)
         if (target / "model" / CONFIG_NAME).is_file():
-            return SNNet.from_pretrained(target / "model")
+            return load(target / "model")
         if (target / CHECKPOINT_NAME).is_file():
             target = target / CHECKPOINT_NAME
         else:
             raise SNNetError(f"no trained model in {target}: pass --checkpoint")
-    return {"path": target, "obj": load_torch_checkpoint(target)}
+    # a released segmentation file is mmengine's, with its logging state (read as inert stand-ins)
+    return {"path": target, "obj": load_torch_checkpoint(target, logging_state=cfg.task != "classification")}
 
 
 def trained_classes(found) -> int | None:
@@ -104,23 +106,30 @@ def trained_classes(found) -> int | None:
     import torch
 
     from .model import SNNet
+    from .tasks import DenseModel
 
     if isinstance(found, SNNet):
         return found.anchors[-1].num_classes
-    state = found["obj"].get("model", found["obj"])
-    head = state.get("anchors.1.head.weight") if isinstance(state, dict) else None
-    return int(head.shape[0]) if isinstance(head, torch.Tensor) and head.ndim == 2 else None
+    if isinstance(found, DenseModel):
+        return found.num_classes
+    obj = found["obj"]
+    state = obj.get("model", obj.get("state_dict", obj))
+    for key in ("anchors.1.head.weight", "decode_head.conv_seg.weight"):  # classifier, segmentation head
+        head = state.get(key) if isinstance(state, dict) else None
+        if isinstance(head, torch.Tensor) and head.ndim >= 2:
+            return int(head.shape[0])
+    return None
 
 
 def model_for_eval(found, cfg, num_classes: int):
-    """The SNNet of :func:`read_trained`'s result; state dicts go into the config's anchors."""
+    """The model of :func:`read_trained`'s result; state dicts go into the config's model."""
     from .checkpoint import load_official_checkpoint, load_state_checked
-    from .engine import build_model
+    from .tasks import build_model
 
     if not isinstance(found, dict):
         return found
     obj = found["obj"]
-    model = build_model(cfg.model, num_classes, load_weights=False)
+    model = build_model(cfg, num_classes, load_weights=False)
     if {"optimizer", "scheduler", "rng", "config"} <= set(obj):  # our own training checkpoint
         load_state_checked(model, obj["model"], f"checkpoint {found['path']}")
     else:
@@ -147,17 +156,17 @@ def cmd_eval(args) -> int:
     from .distributed import cleanup, init_distributed
     from .engine import check_data, evaluate_and_report
     from .model import SNNet
-    from .tasks import build_task, check_config, data_classes
+    from .tasks import DenseModel, build_task, check_config, num_classes
 
     cfg = _load(args)
     ids = parse_stitch_ids(args.stitches)
     env = init_distributed(args.device)
     found = read_trained(args.checkpoint, cfg)
     meta = check_config(cfg)
-    trained = found if isinstance(found, SNNet) else meta
+    trained = found if isinstance(found, (SNNet, DenseModel)) else meta
     for sid in ids or ():
         trained.stitch(sid)
-    classes, heads = data_classes(cfg), trained_classes(found)
+    classes, heads = num_classes(cfg), trained_classes(found)
     if heads is not None and heads != classes:
         raise SNNetError(f"the data has {classes} classes but the trained heads have {heads}")
     run_dir = Path(cfg.output_dir)
@@ -174,12 +183,19 @@ def cmd_eval(args) -> int:
 
 def cmd_flops(args) -> int:
     """The stitch table of a config: no weights, no data (anchors are built on the meta device)."""
-    from .engine import build_model
+    from .tasks import DenseModel, build_model
 
     cfg = _load(args)
-    model = build_model(cfg.model, load_weights=False, device="meta")
+    model = build_model(cfg, load_weights=False, device="meta")
     size = (args.img_size, args.img_size) if args.img_size is not None else None
-    rows = [{"stitch_id": s.id, "kind": s.kind, "gflops": model.flops(s.id, size, args.dense) / 1e9,
+    if isinstance(model, DenseModel):
+        if args.dense:
+            raise SNNetError(f"--dense is for classification configs: {cfg.task} FLOPs count the dense backbone "
+                             f"and the head already")
+        flops = {s.id: model.flops(s.id, size) for s in model.stitches}
+    else:
+        flops = {s.id: model.flops(s.id, size, args.dense) for s in model.stitches}
+    rows = [{"stitch_id": s.id, "kind": s.kind, "gflops": flops[s.id] / 1e9,
              "params_m": model.params(s.id) / 1e6, "route": s.describe()} for s in model.stitches]
     if args.json:
         print(json.dumps(rows, indent=1))
@@ -187,7 +203,7 @@ def cmd_flops(args) -> int:
     print(f"{'id':>4} {'kind':<6} {'GFLOPs':>9} {'params(M)':>9}  route")
     for r in rows:
         print(f"{r['stitch_id']:>4} {r['kind']:<6} {r['gflops']:9.3f} {r['params_m']:9.2f}  {r['route']}")
-    print(f"{len(rows)} stitches ({cfg.model.version})")
+    print(f"{len(rows)} stitches ({cfg.model.version}, {cfg.task})")
     return 0
 
 

@@ -58,6 +58,7 @@ class AnchorSection(Section):
     pretrained: Bool = False
     checkpoint_path: str | None = None  # "{package}" points into the installed snnet (the quickstart's anchors)
     kwargs: dict[str, Any] = Field(default_factory=dict)  # timm.create_model overrides, e.g. drop_path_rate
+    rel_pos_bias: Bool = False  # a learned relative position bias in every attention (the reference's dense anchors)
 
     @field_validator("name")
     @classmethod
@@ -72,6 +73,14 @@ class AnchorSection(Section):
         return path.replace("{package}", str(PACKAGE_DIR)) if path else path
 
 
+class HeadSection(Section):
+    """The head of a dense task (segmentation: SETR-naive decode head and its auxiliary heads)."""
+
+    channels: Int = Field(256, ge=1)
+    num_classes: Int | None = Field(None, ge=1)  # default: the dataset's
+    aux_weight: Float = Field(0.4, ge=0)  # loss weight of each auxiliary head; 0 = none are built
+
+
 class ModelSection(Section):
     anchors: list[AnchorSection]
     version: Literal["v1", "v2"] = "v2"
@@ -80,6 +89,7 @@ class ModelSection(Section):
     out_indices: list[Int] | None = None
     # train new classifier heads when the data's classes differ from the anchors' heads
     replace_head: Bool = False
+    head: HeadSection = Field(default_factory=HeadSection)  # dense tasks only
 
     @field_validator("anchors")
     @classmethod
@@ -114,11 +124,20 @@ class ShapesSection(Section):
         return SceneConfig(image_size=self.image_size, num_classes=self.num_classes, seed=self.seed, **self.scene)
 
 
+CLASSIFICATION_DATASETS = ("imagefolder", "shapes")
+SEGMENTATION_DATASETS = ("ade20k", "coco_stuff10k", "segfolder", "shapes")
+
+
 class DataSection(Section):
-    dataset: Literal["imagefolder", "shapes"] = "imagefolder"  # root/train + root/val, or built in
+    # classification: root/train + root/val class folders, or the built-in scenes;
+    # segmentation: ADE20K, COCO-Stuff-10K, root/images/<split> + root/annotations/<split>, or the scenes
+    dataset: Literal[tuple(dict.fromkeys(CLASSIFICATION_DATASETS + SEGMENTATION_DATASETS))] = "imagefolder"
     root: str | None = None
-    train_split: str = "train"
+    train_split: str = "train"  # default per dataset: ADE20K training/validation, COCO-Stuff-10K train2014/test2014
     val_split: str = "val"
+    reduce_zero_label: Bool | None = None  # label 0 -> ignored, others - 1; default per dataset (ADE20K, COCO-Stuff)
+    ignore_index: Int = Field(255, ge=0, le=255)
+    test_resize: list[Int] | None = Field(None, min_length=2, max_length=2)  # [long, short] bound, aspect kept
     input_size: Int | None = Field(None, ge=1)  # default: the anchors' input size
     batch_size: Int = Field(64, ge=1)  # per process
     eval_batch_size: Int | None = Field(None, ge=1)  # default: 1.5 x batch_size, as the reference
@@ -139,6 +158,12 @@ class AugmentSection(Section):
     label_smoothing: Float = Field(0.0, ge=0, lt=1)
     reprob: Probability = 0.0
     eval_crop_ratio: Float = Field(0.875, gt=0, le=1)
+    # segmentation (mmsegmentation's pipeline): random resize of `scale` by a ratio in `ratio_range`,
+    # random crop to data.input_size where no class covers more than `cat_max_ratio`, photometric distortion
+    scale: list[Annotated[Int, Field(ge=1)]] = Field([2048, 512], min_length=2, max_length=2)
+    ratio_range: list[Annotated[Float, Field(gt=0)]] = Field([0.5, 2.0], min_length=2, max_length=2)
+    cat_max_ratio: Float = Field(0.75, gt=0, le=1)
+    photometric: Bool = True
 
     @field_validator("auto_augment")
     @classmethod
@@ -171,6 +196,13 @@ class TrainSection(Section):
     ros_k: Float | None = Field(None, gt=0)
     seed: Int = Field(0, ge=0)
     steps_per_epoch: Int | None = Field(None, ge=1)  # cap for quick runs; None = the whole training set
+    # iteration-based schedule (mmsegmentation's): `iterations` steps, the LR stepped every iteration,
+    # a checkpoint and a log line every `checkpoint_interval` steps; replaces epochs and warmup_epochs
+    iterations: Int | None = Field(None, ge=1)
+    warmup_iterations: Int = Field(0, ge=0)
+    checkpoint_interval: Int = Field(1000, ge=1)
+    poly_power: Float = Field(0.9, gt=0)  # the poly scheduler's exponent
+    weight_decay_all: Bool = False  # also decay biases and norms (mmsegmentation does, timm's optimizers do not)
 
     @field_validator("optimizer")
     @classmethod
@@ -183,6 +215,17 @@ class TrainSection(Section):
             raise ValueError(f"{name!r} is not a timm optimizer{hint}")
         return name
 
+    @model_validator(mode="after")
+    def _one_schedule(self) -> "TrainSection":
+        if self.iterations is not None:
+            both = sorted({"epochs", "warmup_epochs"} & self.model_fields_set)
+            if both:
+                raise ValueError(f"sets iterations and {' and '.join(both)}: an iteration-based run takes "
+                                 f"train.iterations and train.warmup_iterations only")
+        elif "warmup_iterations" in self.model_fields_set:
+            raise ValueError("sets warmup_iterations without iterations: use warmup_epochs for an epoch-based run")
+        return self
+
 
 def repeated_ids(ids: list[int]) -> list[int]:
     """The ids that occur more than once, sorted."""
@@ -192,6 +235,9 @@ def repeated_ids(ids: list[int]) -> list[int]:
 class EvalSection(Section):
     stitches: list[Int] | None = Field(None, min_length=1)  # None = every stitch
     max_images: Int | None = Field(None, ge=1)
+    mode: Literal["whole", "slide"] = "whole"  # dense tasks: whole image, or windows of data.input_size
+    stride: Int | None = Field(None, ge=1)  # sliding-window stride; default 2/3 of the window (341 for 512)
+    visualize: Int = Field(4, ge=0)  # segmentation: validation images in the prediction grid
 
     @field_validator("stitches")
     @classmethod
@@ -202,12 +248,23 @@ class EvalSection(Section):
 
 
 class RunConfig(Section):
+    task: Literal["classification", "segmentation"] = "classification"
     model: ModelSection
     data: DataSection = Field(default_factory=DataSection)
     augment: AugmentSection = Field(default_factory=AugmentSection)
     train: TrainSection = Field(default_factory=TrainSection)
     eval: EvalSection = Field(default_factory=EvalSection)
     output_dir: str = Field("runs/snnet", min_length=1)
+
+    @model_validator(mode="after")
+    def _task_keys(self) -> "RunConfig":
+        datasets = CLASSIFICATION_DATASETS if self.task == "classification" else SEGMENTATION_DATASETS
+        if self.data.dataset not in datasets:
+            raise ValueError(f"data.dataset {self.data.dataset!r} is not a {self.task} dataset "
+                             f"(choose {', '.join(datasets)})")
+        if self.task == "classification" and "head" in self.model.model_fields_set:
+            raise ValueError("model.head configures dense tasks; classification uses the anchors' heads")
+        return self
 
 
 def resolve_config_path(name: str | Path) -> Path:
@@ -267,6 +324,8 @@ def _describe_error(schema: type[Section], err: dict) -> str:
         return f"unknown config key '{key}'{hint}"
     if err["type"] == "value_error":
         text = str(err["ctx"]["error"])
+        if not key:  # a rule across sections
+            return f"config: {text}"
         return f"config key '{key}' {text}" if text.startswith("must ") else f"config key '{key}': {text}"
     if err["type"] in ("too_short", "too_long"):
         bound = f"at least {err['ctx']['min_length']}" if err["type"] == "too_short" else \

@@ -22,33 +22,25 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 from tqdm.auto import tqdm
 
 from ._atomic import atomic_path, atomic_write_text
-from .anchors import AnchorConfig
 from .checkpoint import load_state_checked, load_torch_checkpoint
-from .config import ModelSection, RunConfig, dump_config
+from .config import RunConfig, dump_config
 from .distributed import DistEnv, all_gather_objects, all_reduce_sum, barrier
 from .errors import SNNetError
 from .least_squares import init_stitching_layers
 from .model import SNNet
+from .tasks.dense import DenseModel
+
+
+def is_stitchable(model: torch.nn.Module) -> bool:
+    """An SNNet, or a task model over one (the loop then does the least-squares start and ROS)."""
+    return isinstance(model, (SNNet, DenseModel))
+
+
+def backbone_of(model: torch.nn.Module) -> SNNet:
+    return model.backbone if isinstance(model, DenseModel) else model
 
 CHECKPOINT_NAME = "checkpoint.pt"
 LOG_NAME = "log.jsonl"
-
-
-def build_model(section: ModelSection, num_classes: int | None = None, load_weights: bool = True,
-                device: str | None = None) -> SNNet:
-    """SNNet from the config's anchors; ``load_weights=False`` skips hub and local weights (they come later).
-    ``num_classes`` sizes the anchors' heads (checked against their weights by the task first)."""
-    anchors = []
-    for a in section.anchors:
-        kwargs = dict(a.kwargs)
-        if num_classes is not None:
-            kwargs["num_classes"] = num_classes
-        if device is not None:
-            kwargs["device"] = device
-        anchors.append(AnchorConfig(a.name, pretrained=a.pretrained and load_weights,
-                                    checkpoint_path=a.checkpoint_path if load_weights else None, kwargs=kwargs))
-    return SNNet(anchors, version=section.version, lora_rank=section.lora_rank, lora_alpha=section.lora_alpha,
-                 out_indices=section.out_indices)
 
 
 def autocast(device: torch.device, enabled: bool):
@@ -72,7 +64,7 @@ def rng_state(model: SNNet) -> dict[str, Any]:
     return {"torch": torch.get_rng_state().tolist(),
             "cuda": [s.tolist() for s in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else [],
             "python": random.getstate(), "numpy": [kind, keys.tolist(), pos, has_gauss, gauss],
-            "ros": model.sampler.state_dict() if isinstance(model, SNNet) else None}
+            "ros": model.sampler.state_dict() if is_stitchable(model) else None}
 
 
 def set_rng_state(model: SNNet, state: dict[str, Any]) -> None:
@@ -83,7 +75,7 @@ def set_rng_state(model: SNNet, state: dict[str, Any]) -> None:
     random.setstate((version, tuple(internal), gauss))
     kind, keys, pos, has_gauss, gauss = state["numpy"]
     np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
-    if isinstance(model, SNNet):
+    if is_stitchable(model):
         model.sampler.load_state_dict(state["ros"])
 
 
@@ -169,12 +161,27 @@ def make_train_loader(dataset, cfg: RunConfig, env: DistEnv) -> DataLoader:
                       pin_memory=env.device.type == "cuda", drop_last=True, persistent_workers=False)
 
 
-def make_eval_loader(dataset, batch_size: int, workers: int, env: DistEnv, max_images: int | None = None) -> DataLoader:
+def make_eval_loader(dataset, batch_size: int, workers: int, env: DistEnv, max_images: int | None = None,
+                     collate_fn=None) -> DataLoader:
     """Each rank takes every world_size-th image, without padding, so summed metrics are exact."""
     n = len(dataset) if max_images is None else min(max_images, len(dataset))
     shard = Subset(dataset, range(env.rank, n, env.world_size))
     return DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=workers,
-                      pin_memory=env.device.type == "cuda")
+                      pin_memory=env.device.type == "cuda", collate_fn=collate_fn)
+
+
+def round_batches(loader: DataLoader, round_index: int, steps: int, passes_per_round: int):
+    """The ``steps`` batches of one round (an epoch, or ``checkpoint_interval`` iterations): whole passes
+    over the data, each shuffled by a seed that depends only on the round, so a resumed run sees the same."""
+    done, p = 0, 0
+    while done < steps:
+        loader.sampler.set_epoch(round_index * passes_per_round + p)
+        for batch in loader:
+            if done == steps:
+                return
+            done += 1
+            yield batch
+        p += 1
 
 
 def check_data(task, cfg: RunConfig, env: DistEnv, train: bool) -> None:
@@ -186,21 +193,58 @@ def check_data(task, cfg: RunConfig, env: DistEnv, train: bool) -> None:
         raise SNNetError("the evaluation set has no images")
 
 
-def train_one_epoch(model, task, loader: DataLoader, optimizer, scaler, cfg: RunConfig, env: DistEnv,
-                    epoch: int, progress: bool) -> dict[str, float]:
+class Schedule:
+    """Rounds of training steps: epochs, or for ``train.iterations`` rounds of ``checkpoint_interval`` steps
+    (a checkpoint and a log line after each round either way)."""
+
+    def __init__(self, cfg: RunConfig, loader_len: int) -> None:
+        t = cfg.train
+        self.by_iteration = t.iterations is not None
+        if self.by_iteration:
+            self.total_steps, self.round_steps = t.iterations, t.checkpoint_interval
+            self.rounds = math.ceil(t.iterations / t.checkpoint_interval)
+        else:
+            self.round_steps = loader_len if t.steps_per_epoch is None else min(loader_len, t.steps_per_epoch)
+            self.rounds = t.epochs
+            self.total_steps = self.rounds * self.round_steps
+        self.passes_per_round = max(1, math.ceil(self.round_steps / max(loader_len, 1)))
+
+    def steps_in(self, r: int) -> int:
+        return min(self.round_steps, self.total_steps - r * self.round_steps)
+
+    def label(self, r: int) -> str:
+        if self.by_iteration:
+            return f"iterations {r * self.round_steps + self.steps_in(r)}/{self.total_steps}"
+        return f"epoch {r + 1}/{self.rounds}"
+
+
+def create_scheduler(optimizer, cfg: RunConfig, schedule: Schedule):
+    """timm's scheduler: stepped per epoch, or per iteration for an iteration-based run."""
+    t = cfg.train
+    extra = {"decay_rate": t.poly_power} if t.scheduler == "poly" else {}
+    if schedule.by_iteration:
+        # in updates: timm's t_initial = num_epochs x updates_per_epoch
+        return create_scheduler_v2(optimizer, sched=t.scheduler, num_epochs=t.iterations,
+                                   warmup_epochs=t.warmup_iterations, warmup_lr=t.warmup_lr, min_lr=t.min_lr,
+                                   step_on_epochs=False, updates_per_epoch=1, **extra)[0]
+    # train.epochs=0 is a valid run (evaluate the least-squares start); timm needs a positive length
+    return create_scheduler_v2(optimizer, sched=t.scheduler, num_epochs=max(t.epochs, 1),
+                               warmup_epochs=t.warmup_epochs, warmup_lr=t.warmup_lr, min_lr=t.min_lr, **extra)[0]
+
+
+def train_one_epoch(model, task, loader: DataLoader, optimizer, scheduler, scaler, cfg: RunConfig, env: DistEnv,
+                    schedule: Schedule, r: int, progress: bool) -> dict[str, float]:
+    """One round of the schedule; the scheduler is updated after every step (epoch-based ones ignore it)."""
     model.train()
     total, count, seen = 0.0, 0, 0
-    steps = len(loader) if cfg.train.steps_per_epoch is None else min(len(loader), cfg.train.steps_per_epoch)
+    steps = schedule.steps_in(r)
     start = time.perf_counter()
-    bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", disable=not (progress and env.is_main),
-               leave=False, unit="step")
-    for step, batch in enumerate(loader):
-        if step >= steps:
-            break
+    bar = tqdm(total=steps, desc=schedule.label(r), disable=not (progress and env.is_main), leave=False, unit="step")
+    for step, batch in enumerate(round_batches(loader, r, steps, schedule.passes_per_round)):
         with autocast(env.device, cfg.train.amp):
             loss = task.training_loss(model, batch, env.device)
         if not math.isfinite(loss.item()):
-            raise SNNetError(f"loss is {loss.item()} at epoch {epoch + 1}, step {step}: lower train.lr or enable clipping")
+            raise SNNetError(f"loss is {loss.item()} at {schedule.label(r)}, step {step}: lower train.lr or enable clipping")
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         if cfg.train.clip_grad:
@@ -208,6 +252,7 @@ def train_one_epoch(model, task, loader: DataLoader, optimizer, scaler, cfg: Run
             torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], cfg.train.clip_grad)
         scaler.step(optimizer)
         scaler.update()
+        scheduler.step_update(num_updates=r * schedule.round_steps + step + 1)
         total += loss.item()
         count += 1
         seen += len(batch[0])
@@ -244,7 +289,7 @@ def evaluate_stitches(model: SNNet, task, loader: DataLoader, stitch_ids: list[i
     return out
 
 
-def result_rows(model: SNNet, metrics: dict[int, dict[str, float]]) -> list[dict]:
+def result_rows(model: SNNet | DenseModel, metrics: dict[int, dict[str, float]]) -> list[dict]:
     rows = []
     for sid, m in metrics.items():
         s = model.stitch(sid)
@@ -265,8 +310,9 @@ def fit(cfg: RunConfig, task, env: DistEnv, resume: str | None = "auto", progres
     ckpt_path = find_resume(run_dir, resume)
     seed_everything(cfg.train.seed + env.rank)
     if model is None:
-        model = build_model(cfg.model, task.num_classes, load_weights=ckpt_path is None)
-    stitchable = isinstance(model, SNNet)
+        from .tasks import build_model
+        model = build_model(cfg, task.num_classes, load_weights=ckpt_path is None)
+    stitchable = is_stitchable(model)
     model.to(env.device)
     if stitchable:
         model.configure_sampling(cfg.train.ros_gap, cfg.train.ros_k, seed=cfg.train.seed + env.rank)
@@ -281,29 +327,30 @@ def fit(cfg: RunConfig, task, env: DistEnv, resume: str | None = "auto", progres
         chosen = torch.randperm(len(task.init_set), generator=g)[:cfg.train.init_images].tolist()
         init_loader = DataLoader(Subset(task.init_set, chosen[env.rank::env.world_size]),
                                  batch_size=cfg.train.init_batch_size, shuffle=False, num_workers=cfg.data.workers)
-        n = init_stitching_layers(model, init_loader, progress=progress and env.is_main)
+        n = init_stitching_layers(backbone_of(model), init_loader, progress=progress and env.is_main)
         if env.is_main:
             print(f"stitching layers fitted by least squares on {n} images")
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = create_optimizer_v2(model, opt=cfg.train.optimizer, lr=cfg.train.lr,
-                                    weight_decay=cfg.train.weight_decay, momentum=cfg.train.momentum)
-    # train.epochs=0 is a valid run (evaluate the least-squares start); timm needs a positive length
-    scheduler, _ = create_scheduler_v2(optimizer, sched=cfg.train.scheduler, num_epochs=max(cfg.train.epochs, 1),
-                                       warmup_epochs=cfg.train.warmup_epochs, warmup_lr=cfg.train.warmup_lr,
-                                       min_lr=cfg.train.min_lr)
+                                    weight_decay=cfg.train.weight_decay, momentum=cfg.train.momentum,
+                                    filter_bias_and_bn=not cfg.train.weight_decay_all)
+    loader = make_train_loader(task.train_set, cfg, env)
+    schedule = Schedule(cfg, len(loader))
+    scheduler = create_scheduler(optimizer, cfg, schedule)
     scaler = torch.amp.GradScaler(env.device.type, enabled=cfg.train.amp and env.device.type == "cuda")
-    start_epoch = 0
+    start = 0
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
-        start_epoch = state["epoch"] + 1
+        start = state["epoch"] + 1
         if len(state["rng"]) == env.world_size:
             set_rng_state(model, state["rng"][env.rank])
         if env.is_main:
-            print(f"resumed from {ckpt_path} after epoch {start_epoch}")
-    scheduler.step(start_epoch)
+            print(f"resumed from {ckpt_path} after {schedule.label(start - 1)}")
+    scheduler.step(start)
+    scheduler.step_update(num_updates=min(start * schedule.round_steps, schedule.total_steps))
     if env.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         for stale in run_dir.glob(".*.tmp"):  # left by a write that a kill interrupted
@@ -313,28 +360,30 @@ def fit(cfg: RunConfig, task, env: DistEnv, resume: str | None = "auto", progres
         what = (f"{len(model.stitch_ids)} stitches, {len(model.sampler.groups)} ROS groups, " if stitchable else "")
         print(f"{what}{n_train / 1e6:.2f} M trainable parameters, training on {env.world_size} x {env.device.type}")
 
-    # every rank samples its own stitch, so parameters unused on one rank are expected
-    net = DistributedDataParallel(model, device_ids=[env.device.index] if env.device.type == "cuda" else None,
-                                  find_unused_parameters=True) if env.distributed else model
-    loader = make_train_loader(task.train_set, cfg, env)
-    log = EpochLog(run_dir, start_epoch) if env.is_main else None
-    for epoch in range(start_epoch, cfg.train.epochs):
-        loader.sampler.set_epoch(epoch)
+    net = model
+    if env.distributed:
+        net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # heads' BatchNorm, as the reference
+        # every rank samples its own stitch, so parameters unused on one rank are expected
+        net = DistributedDataParallel(net, device_ids=[env.device.index] if env.device.type == "cuda" else None,
+                                      find_unused_parameters=True)
+    log = EpochLog(run_dir, start) if env.is_main else None
+    for r in range(start, schedule.rounds):
         lr = optimizer.param_groups[0]["lr"]
-        stats = train_one_epoch(net, task, loader, optimizer, scaler, cfg, env, epoch, progress)
-        scheduler.step(epoch + 1)
+        stats = train_one_epoch(net, task, loader, optimizer, scheduler, scaler, cfg, env, schedule, r, progress)
+        scheduler.step(r + 1)
         if log is not None:
-            log.write({"epoch": epoch, "lr": lr, **stats})
-            print(f"epoch {epoch + 1}/{cfg.train.epochs}: loss {stats['train_loss']:.4f}, "
+            extra = {"iteration": r * schedule.round_steps + schedule.steps_in(r)} if schedule.by_iteration else {}
+            log.write({"epoch": r, **extra, "lr": lr, **stats})
+            print(f"{schedule.label(r)}: loss {stats['train_loss']:.4f}, "
                   f"{stats['images_per_sec']:.1f} img/s, {stats['epoch_time_s']:.1f} s")
-        save_checkpoint(run_dir / CHECKPOINT_NAME, model, optimizer, scheduler, scaler, epoch, cfg, env)
+        save_checkpoint(run_dir / CHECKPOINT_NAME, model, optimizer, scheduler, scaler, r, cfg, env)
         barrier()
     if log is not None:
         log.close()
     return model
 
 
-def evaluate_and_report(model: SNNet, task, cfg: RunConfig, env: DistEnv, run_dir: Path,
+def evaluate_and_report(model: SNNet | DenseModel, task, cfg: RunConfig, env: DistEnv, run_dir: Path,
                         stitch_ids: list[int] | None = None, progress: bool = True) -> list[Path] | None:
     """Evaluate stitches, then on rank 0 write results.jsonl/.csv and pareto.png (``results_subset.*`` and
     ``pareto_subset.png`` for a subset of the stitches), print the frontier and return the files written."""
@@ -344,7 +393,7 @@ def evaluate_and_report(model: SNNet, task, cfg: RunConfig, env: DistEnv, run_di
     for sid in ids:
         model.stitch(sid)  # unknown ids fail before any work
     loader = make_eval_loader(task.val_set, cfg.data.eval_batch_size or int(1.5 * cfg.data.batch_size),
-                              cfg.data.workers, env, cfg.eval.max_images)
+                              cfg.data.workers, env, cfg.eval.max_images, task.eval_collate)
     start = time.perf_counter()
     metrics = evaluate_stitches(model, task, loader, list(ids), env, cfg.train.amp, progress)
     elapsed = time.perf_counter() - start
@@ -353,10 +402,11 @@ def evaluate_and_report(model: SNNet, task, cfg: RunConfig, env: DistEnv, run_di
     rows = result_rows(model, metrics)
     # a subset never replaces the table of every stitch
     stem = "results" if sorted(ids) == sorted(model.stitch_ids) else "results_subset"
-    files = write_results(run_dir, rows, stem)
+    files = list(write_results(run_dir, rows, stem))
     metric = task.primary_metric
     plot = plot_pareto(rows, run_dir / f"{stem.replace('results', 'pareto')}.png", metric,
                        title=f"{task.name}: {metric} of {len(rows)} stitches")
+    files += task.report(model, rows, run_dir, env.device)
     print(f"evaluated {len(rows)} stitches on {rows[0]['images']} images in {elapsed:.1f} s "
           f"({elapsed / len(rows):.2f} s per stitch)")
     print("Pareto frontier:")

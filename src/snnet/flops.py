@@ -12,6 +12,9 @@ from .errors import SNNetError
 from .stitch_space import LARGE, SMALL, Stitch, route_taps
 
 NORM_FLOPS_PER_ELEMENT = 5
+# operators of dense heads, as fvcore counts them (SPEC section 4)
+BATCHNORM_FLOPS_PER_ELEMENT = 2  # eval mode
+BILINEAR_FLOPS_PER_OUTPUT = 4
 
 
 @dataclass(frozen=True)
@@ -119,3 +122,8 @@ def stitch_flops(
     depths = shapes[SMALL].depth, shapes[LARGE].depth
     small_taps = sum(1 for anchor, _ in route_taps(stitch, out_indices, *depths) if anchor == SMALL)
     return flops + small_taps * linear_flops(n, width[SMALL], width[LARGE])
+
+
+def conv_flops(out_hw: tuple[int, int], in_channels: int, out_channels: int, kernel: int = 1) -> int:
+    """A convolution, multiply-adds without bias, per output position."""
+    return out_hw[0] * out_hw[1] * in_channels * out_channels * kernel * kernel

@@ -81,7 +81,8 @@ class SNNet(nn.Module):
             elif isinstance(a, (str, AnchorConfig)):
                 cfg = AnchorConfig(a, pretrained=pretrained) if isinstance(a, str) else a
                 modules.append(create_anchor(cfg))
-                configs.append(AnchorConfig(cfg.name, kwargs=dict(cfg.kwargs)))  # weights travel separately
+                # weights travel separately
+                configs.append(AnchorConfig(cfg.name, kwargs=dict(cfg.kwargs), rel_pos_bias=cfg.rel_pos_bias))
             else:
                 raise SNNetError(f"an anchor must be a timm ViT module, a model name or an AnchorConfig, "
                                  f"got {type(a).__name__}")

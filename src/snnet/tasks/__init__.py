@@ -4,10 +4,57 @@ from __future__ import annotations
 from timm.models import get_pretrained_cfg
 
 from ..anchors import AnchorConfig, head_classes
-from ..config import RunConfig
+from ..config import ModelSection, RunConfig
 from ..errors import SNNetError
 from ..model import SNNet
 from .classification import ClassificationTask, data_classes
+from .dense import DenseModel
+from .segmentation import SegmentationModel, SegmentationTask
+
+TASKS = {"classification": ClassificationTask, "segmentation": SegmentationTask}
+
+
+def build_snnet(section: ModelSection, num_classes: int | None = None, load_weights: bool = True,
+                device: str | None = None, dense: bool = False) -> SNNet:
+    """SNNet from the config's anchors; ``load_weights=False`` skips hub and local weights (they come later).
+    ``num_classes`` sizes the anchors' heads (checked against their weights by the task first); a ``dense``
+    backbone's anchors have no classifier and no final norm (the reference's), and take any input size."""
+    anchors = []
+    for a in section.anchors:
+        kwargs = dict(a.kwargs)
+        if dense:
+            kwargs.update(num_classes=0, final_norm=False)
+            kwargs.setdefault("dynamic_img_size", True)
+        elif num_classes is not None:
+            kwargs["num_classes"] = num_classes
+        if device is not None:
+            kwargs["device"] = device
+        anchors.append(AnchorConfig(a.name, pretrained=a.pretrained and load_weights,
+                                    checkpoint_path=a.checkpoint_path if load_weights else None, kwargs=kwargs,
+                                    rel_pos_bias=a.rel_pos_bias))
+    return SNNet(anchors, version=section.version, lora_rank=section.lora_rank, lora_alpha=section.lora_alpha,
+                 out_indices=section.out_indices)
+
+
+def model_from_section(task: str, section: ModelSection, num_classes: int | None = None, load_weights: bool = True,
+                       device: str | None = None) -> SNNet | DenseModel:
+    """The model of ``task`` over the anchors of ``section`` (classification: an SNNet)."""
+    if task == "classification":
+        return build_snnet(section, num_classes, load_weights, device)
+    backbone = build_snnet(section, load_weights=load_weights, device=device, dense=True)
+    head = section.head
+    model = SegmentationModel(backbone, num_classes or head.num_classes, head.channels, head.aux_weight)
+    return model.to(device) if device == "meta" else model
+
+
+def build_model(cfg: RunConfig, num_classes: int | None = None, load_weights: bool = True,
+                device: str | None = None) -> SNNet | DenseModel:
+    """The model of ``cfg.task``: an ``SNNet`` for classification (heads sized by ``num_classes`` when given),
+    a ``SegmentationModel`` for segmentation (classes: ``num_classes``, model.head.num_classes or the dataset's)."""
+    if cfg.task != "classification" and num_classes is None:
+        from .segmentation.data import dataset_info
+        num_classes = dataset_info(cfg)[0]
+    return model_from_section(cfg.task, cfg.model, num_classes, load_weights, device)
 
 
 def data_defaults(cfg: RunConfig) -> tuple[int, tuple, tuple]:
@@ -26,23 +73,30 @@ def data_defaults(cfg: RunConfig) -> tuple[int, tuple, tuple]:
     return int(size), mean, std
 
 
-def check_config(cfg: RunConfig) -> SNNet:
+def num_classes(cfg: RunConfig) -> int:
+    """How many classes the task's data has, read cheaply (folder names or the dataset's definition)."""
+    if cfg.task == "classification":
+        return data_classes(cfg)
+    from .segmentation.data import dataset_info
+    return dataset_info(cfg)[0]
+
+
+def check_config(cfg: RunConfig) -> SNNet | DenseModel:
     """What can be checked before any data is read or weights loaded: the anchors built on the meta
     device (bad timm kwargs, incompatible pairs, out_indices), eval stitch ids and the input size.
     Returns the meta model."""
-    from ..engine import build_model
-
-    model = build_model(cfg.model, load_weights=False, device="meta")
+    model = build_model(cfg, load_weights=False, device="meta")
     for sid in cfg.eval.stitches or ():
         try:
             model.stitch(sid)
         except SNNetError as e:
             raise SNNetError(f"config key 'eval.stitches': {e}") from None
     size = data_defaults(cfg)[0]
-    anchor = model.anchors[0]
+    anchor = (model.backbone if isinstance(model, DenseModel) else model).anchors[0]
     grid = tuple(anchor.patch_embed.img_size)
     patch = anchor.patch_embed.patch_size[0]
-    if not anchor.dynamic_img_size and (size, size) != grid:
+    # dense models are built for their training crop (position embeddings, relative position tables, FLOPs)
+    if (size, size) != grid and (not anchor.dynamic_img_size or cfg.task != "classification"):
         raise SNNetError(f"data.input_size {size} differs from the anchors' {grid[0]}x{grid[1]} input: set "
                          f"model.anchors.N.kwargs.img_size={size} for both anchors (position embeddings are resized)")
     if size % patch:
@@ -54,6 +108,11 @@ def check_heads(cfg: RunConfig, load_weights: bool) -> list[str]:
     """Before training: the anchors' classifiers (their kwargs', or their weights' when ``load_weights``)
     must have the data's classes, unless ``model.replace_head`` trains new ones. Returns notes to print;
     local anchor checkpoints are read on the meta device, so a corrupt or mis-shaped one fails here."""
+    if cfg.task != "classification":
+        for a in cfg.model.anchors:  # corrupt or mis-shaped anchor files fail here, before any data
+            head_classes(AnchorConfig(a.name, False, a.checkpoint_path if load_weights else None, a.kwargs,
+                                      a.rel_pos_bias))
+        return []
     num_classes = data_classes(cfg)
     notes = []
     for i, a in enumerate(cfg.model.anchors):
@@ -68,6 +127,6 @@ def check_heads(cfg: RunConfig, load_weights: bool) -> list[str]:
     return notes
 
 
-def build_task(cfg: RunConfig, progress: bool = True) -> ClassificationTask:
+def build_task(cfg: RunConfig, progress: bool = True) -> ClassificationTask | SegmentationTask:
     size, mean, std = data_defaults(cfg)
-    return ClassificationTask(cfg, size, mean, std, progress)
+    return TASKS[cfg.task](cfg, size, mean, std, progress)

@@ -110,6 +110,7 @@ class ClassificationTask:
     primary_metric = "acc1"
     report_metrics = ("acc1", "acc5", "loss")
     num_sums = 4  # length of eval_sums
+    eval_collate = None  # the default: stacked tensors
 
     def __init__(self, cfg: RunConfig, input_size: int, mean, std, progress: bool = True) -> None:
         self.cfg = cfg
@@ -144,6 +145,10 @@ class ClassificationTask:
         loss = F.cross_entropy(logits, targets, reduction="sum")
         return torch.stack([hit[:, 0].sum().double(), hit.any(dim=1).sum().double(), loss.double(),
                             torch.tensor(float(targets.numel()), dtype=torch.float64, device=logits.device)])
+
+    def report(self, model, rows: list[dict], run_dir: Path, device: torch.device) -> list[Path]:
+        """Task-specific files beside the results table: none for classification."""
+        return []
 
     @staticmethod
     def finalize(sums: torch.Tensor) -> dict[str, float]:

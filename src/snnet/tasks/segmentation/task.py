@@ -1,0 +1,75 @@
+"""Semantic segmentation for the shared training loop: data, loss, per-stitch metric sums, prediction grid."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ...config import RunConfig
+from .data import build_datasets, collate_eval
+from .metrics import area_sums, summarize
+
+
+class SegmentationTask:
+    """What the training loop and the per-stitch evaluation need to know about segmentation."""
+
+    name = "segmentation"
+    primary_metric = "mIoU"
+    report_metrics = ("mIoU", "mAcc", "aAcc")
+    eval_collate = staticmethod(collate_eval)
+
+    def __init__(self, cfg: RunConfig, crop: int, mean, std, progress: bool = True) -> None:
+        self.cfg, self.crop, self.mean, self.std = cfg, crop, mean, std
+        self.train_set, self.val_set, self.init_set, self.num_classes = build_datasets(cfg, crop, mean, std, progress)
+        self.num_sums = 4 * self.num_classes + 1  # per-class areas, then the image count
+        self.ignore_index = cfg.data.ignore_index
+        self.aux_weight = cfg.model.head.aux_weight
+
+    def training_loss(self, model, batch, device: torch.device) -> torch.Tensor:
+        """Cross-entropy of the decode head plus ``aux_weight`` x each auxiliary head's, on logits resized to
+        the labels; averaged over all pixels, ignored ones counting zero (mmsegmentation's default)."""
+        images, masks = (t.to(device, non_blocking=True) for t in batch)
+        masks = masks.as_subclass(torch.Tensor)
+        loss = images.new_zeros((), dtype=torch.float32)
+        for k, logits in enumerate(model(images.as_subclass(torch.Tensor))):
+            logits = F.interpolate(logits, size=masks.shape[-2:], mode="bilinear", align_corners=False)
+            ce = F.cross_entropy(logits.float(), masks, ignore_index=self.ignore_index, reduction="none").mean()
+            loss = loss + (1.0 if k == 0 else self.aux_weight) * ce
+        return loss
+
+    @torch.no_grad()
+    def predict(self, model, images: list[torch.Tensor], sizes: list[tuple[int, int]],
+                device: torch.device) -> list[torch.Tensor]:
+        """Class maps at ``sizes`` (the labels'): whole-image or sliding-window logits, bilinearly resized."""
+        ev = self.cfg.eval
+        same = all(i.shape == images[0].shape for i in images)
+        groups = [torch.stack(images)] if same else [i[None] for i in images]
+        logits = []
+        for x in groups:
+            x = x.to(device, non_blocking=True).as_subclass(torch.Tensor)
+            out = model.slide_inference(x, self.crop, ev.stride) if ev.mode == "slide" else model(x)
+            logits.extend(out.float())
+        return [F.interpolate(lg[None], size=size, mode="bilinear", align_corners=False)[0].argmax(0)
+                for lg, size in zip(logits, sizes)]
+
+    @torch.no_grad()
+    def eval_sums(self, model, batch, device: torch.device) -> torch.Tensor:
+        """Per-class intersection, union, predicted and labelled pixels of one batch, and its image count."""
+        images, labels = batch
+        preds = self.predict(model, images, [tuple(lb.shape[-2:]) for lb in labels], device)
+        areas = sum(area_sums(p, lb.to(device).as_subclass(torch.Tensor), self.num_classes, self.ignore_index)
+                    for p, lb in zip(preds, labels))
+        count = torch.tensor([float(len(images))], dtype=torch.float64, device=device)
+        return torch.cat([areas.flatten(), count])
+
+    def finalize(self, sums: torch.Tensor) -> dict:
+        return {**summarize(sums[:-1].reshape(4, self.num_classes)), "images": int(sums[-1].item())}
+
+    def report(self, model, rows: list[dict], run_dir: Path, device: torch.device) -> list[Path]:
+        """``predictions.png``: a few validation images, their labels and the predictions of the smallest,
+        middle and largest stitch on the mIoU frontier."""
+        from .visualize import prediction_grid
+        if self.cfg.eval.visualize == 0:
+            return []
+        return [prediction_grid(self, model, rows, run_dir / "predictions.png", device)]
