@@ -66,3 +66,78 @@ def reference_logits(sd, cfg_id, x, depths, heads):
     C = h.shape[-1]
     h = F.layer_norm(h, (C,), sd[f"anchors.{a}.norm.weight"], sd[f"anchors.{a}.norm.bias"], eps=1e-6)
     return F.linear(h[:, 0], sd[f"anchors.{a}.head.weight"], sd[f"anchors.{a}.head.bias"])
+
+
+# ---- the reference's segmentation model (SPEC section 10), from mmsegmentation key names -------------------
+def _rel_pos_index(gh, gw):
+    """BEiT's index, written out: patch (y1, x1) to (y2, x2) -> (y1-y2+gh-1)(2gw-1) + (x1-x2+gw-1)."""
+    rows = (2 * gh - 1) * (2 * gw - 1)
+    n = gh * gw + 1
+    index = torch.empty(n, n, dtype=torch.long)
+    for i in range(gh * gw):
+        for j in range(gh * gw):
+            y1, x1, y2, x2 = i // gw, i % gw, j // gw, j % gw
+            index[i + 1, j + 1] = (y1 - y2 + gh - 1) * (2 * gw - 1) + (x1 - x2 + gw - 1)
+    index[0, :] = rows  # class-token query row
+    index[:, 0] = rows + 1  # class-token key column
+    index[0, 0] = rows + 2
+    return index
+
+
+def _mmseg_block(sd, p, x, heads, grid):
+    B, N, C = x.shape
+    h = F.layer_norm(x, (C,), sd[p + "ln1.weight"], sd[p + "ln1.bias"], eps=1e-6)
+    qkv = F.linear(h, sd[p + "attn.qkv.weight"], sd[p + "attn.qkv.bias"])
+    q, k, v = qkv.reshape(B, N, 3, heads, C // heads).permute(2, 0, 3, 1, 4)
+    table = sd[p + "attn.relative_position_bias_table"]
+    bias = table[_rel_pos_index(*grid).reshape(-1)].reshape(N, N, heads).permute(2, 0, 1)
+    attn = ((q * (C // heads) ** -0.5) @ k.transpose(-2, -1) + bias).softmax(dim=-1)
+    h = F.linear((attn @ v).transpose(1, 2).reshape(B, N, C), sd[p + "attn.proj.weight"], sd[p + "attn.proj.bias"])
+    x = x + sd[p + "gamma_1"] * h
+    h = F.layer_norm(x, (C,), sd[p + "ln2.weight"], sd[p + "ln2.bias"], eps=1e-6)
+    h = F.linear(F.gelu(F.linear(h, sd[p + "ffn.layers.0.0.weight"], sd[p + "ffn.layers.0.0.bias"])),
+                 sd[p + "ffn.layers.1.weight"], sd[p + "ffn.layers.1.bias"])
+    return x + sd[p + "gamma_2"] * h
+
+
+def _setr_head(sd, p, x, num_convs):
+    C = x.shape[1]
+    x = F.layer_norm(x.permute(0, 2, 3, 1), (C,), sd[p + "norm.weight"], sd[p + "norm.bias"], eps=1e-6).permute(0, 3, 1, 2)
+    for k in range(num_convs):
+        q = f"{p}up_convs.{k}.0."
+        x = F.conv2d(x, sd[q + "conv.weight"])
+        x = F.batch_norm(x, sd[q + "bn.running_mean"], sd[q + "bn.running_var"], sd[q + "bn.weight"], sd[q + "bn.bias"],
+                         training=False, eps=1e-5)
+        x = F.interpolate(F.relu(x), scale_factor=4, mode="bilinear", align_corners=False)
+    return F.conv2d(x, sd[p + "conv_seg.weight"], sd[p + "conv_seg.bias"])
+
+
+def reference_seg_logits(sd, cfg_id, x, depths, heads, large_out=(9, 14, 19, 23)):
+    """The decode head's logits (resized to the input) of configuration ``cfg_id``: routes as the reference
+    runs them, taps of each segment's anchor inside its range, small-anchor taps through SL layer [index]."""
+    sd = {k.removeprefix("backbone."): v for k, v in sd.items()}
+    d0, d1 = depths
+    small_out = [j * d0 // d1 for j in range(d1) if j in large_out]  # nearest interpolation of block ids
+    outs_of = {0: small_out, 1: list(large_out)}
+    comb, cuts, layer_ids = reference_configs(*depths)[cfg_id]
+    grid = (x.shape[-2] // sd["anchors.0.patch_embed.projection.weight"].shape[-1],
+            x.shape[-1] // sd["anchors.0.patch_embed.projection.weight"].shape[-1])
+    a0 = comb[0]
+    w = sd[f"anchors.{a0}.patch_embed.projection.weight"]
+    h = F.conv2d(x, w, sd[f"anchors.{a0}.patch_embed.projection.bias"], stride=w.shape[-1]).flatten(2).transpose(1, 2)
+    h = h + sd[f"anchors.{a0}.pos_embed"]
+    h = torch.cat([sd[f"anchors.{a0}.cls_token"].expand(x.shape[0], -1, -1), h], dim=1)
+    taps, start = [], 0
+    for step, a in enumerate(comb):
+        stop = cuts[step][0] + 1 if step < len(cuts) else depths[a]
+        for i in range(start, stop):
+            h = _mmseg_block(sd, f"anchors.{a}.layers.{i}.", h, heads[a], grid)
+            if i in outs_of[a]:
+                taps.append(_stitch(sd, 0, i, h) if a == 0 else h)
+        if step < len(cuts):
+            h = _stitch(sd, a, layer_ids[step], h)
+            start = cuts[step][1]
+    assert len(taps) == len(large_out)
+    last = taps[-1][:, 1:].transpose(1, 2).reshape(x.shape[0], -1, *grid)
+    logits = _setr_head(sd, "decode_head.", last, 1)
+    return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)

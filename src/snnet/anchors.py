@@ -1,6 +1,7 @@
 """Anchors: the two pretrained timm ViTs a stitchable network is built from."""
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -8,6 +9,7 @@ from typing import Any
 
 import timm
 import torch
+import torch.nn.functional as F
 from timm.layers import LayerScale
 from timm.models import get_pretrained_cfg, split_model_name_tag
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
@@ -50,11 +52,11 @@ def create_anchor(config: AnchorConfig | str) -> VisionTransformer:
         model = _create(config, pretrained=False)
         load_anchor_weights(model, config.checkpoint_path)
         return model
-    hub_fits = not config.rel_pos_bias and config.kwargs.get("final_norm", True)
+    hub_fits = not config.rel_pos_bias and config.kwargs.get("final_norm", True) and "img_size" not in config.kwargs
     if not config.pretrained or hub_fits:
         return _create(config, config.pretrained)
-    # hub weights fit the plain architecture: load them there, then move them over
-    plain = {k: v for k, v in config.kwargs.items() if k != "final_norm"}
+    # hub weights fit the plain architecture at its own size: load them there, then move them over
+    plain = {k: v for k, v in config.kwargs.items() if k not in ("final_norm", "img_size")}
     source = _create(replace(config, rel_pos_bias=False, kwargs=plain), pretrained=True)
     model = _create(config, pretrained=False)
     _load_state(model, source.state_dict(), f"timm's pretrained {config.name}")
@@ -76,6 +78,17 @@ def _create(config: AnchorConfig, pretrained: bool) -> VisionTransformer:
             raise SNNetError(f"timm cannot build anchor {config.name!r}: {_first_line(e)}") from None
         raise SNNetError(f"cannot load pretrained weights for {config.name!r} ({_first_line(e)}); "
                          f"download them or pass a local checkpoint_path") from None
+
+
+def resize_pos_embed(pos: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """A square patch-only position embedding (1, G*G, C) resized to ``grid``: bicubic, align_corners
+    False, no antialiasing, as the reference resizes pretrained embeddings (timm would antialias)."""
+    side = math.isqrt(pos.shape[1])
+    if side * side != pos.shape[1]:
+        raise SNNetError(f"a position embedding of {pos.shape[1]} patches is not a square grid")
+    x = pos.reshape(1, side, side, -1).permute(0, 3, 1, 2).float()
+    x = F.interpolate(x, size=grid, mode="bicubic", align_corners=False)
+    return x.permute(0, 2, 3, 1).reshape(1, grid[0] * grid[1], -1).to(pos.dtype)
 
 
 def _grid_size(config: AnchorConfig) -> tuple[int, int]:
@@ -121,6 +134,9 @@ def _load_state(model: VisionTransformer, state: dict[str, torch.Tensor], source
     have (dense backbones) is left out; relative position tables the weights lack start at zero."""
     absent = {name for name in ("head", "norm", "fc_norm") if isinstance(getattr(model, name, None), nn.Identity)}
     state = {k: v for k, v in state.items() if k.split(".")[0] not in absent}
+    pos = state.get("pos_embed")
+    if model.no_embed_class and isinstance(pos, torch.Tensor) and pos.ndim == 3 and pos.shape != model.pos_embed.shape:
+        state["pos_embed"] = resize_pos_embed(pos, tuple(model.patch_embed.grid_size))
     try:
         # adapt_layer_scale maps DeiT-3's gamma_1/gamma_2 to timm's ls1.gamma/ls2.gamma
         state = checkpoint_filter_fn(state, model, adapt_layer_scale=True)

@@ -28,8 +28,9 @@ FORMAT_VERSION = 1
 _OFFICIAL_LAYER = re.compile(r"stitch_layers\.(?:(\d)\.)?(\d+)\.transform\.(weight|bias|lora_A|lora_B)$")
 # the reference's segmentation anchors (mmsegmentation's ViT) -> timm's names
 _MMSEG_NAMES = [(re.compile(a), b) for a, b in (
+    (r"\.ffn\.layers\.0\.0\.", ".mlp.fc1."), (r"\.ffn\.layers\.1\.", ".mlp.fc2."),  # before blocks' "layers"
     (r"\.patch_embed\.projection\.", ".patch_embed.proj."), (r"\.layers\.(\d+)\.", r".blocks.\1."),
-    (r"\.ln([12])\.", r".norm\1."), (r"\.ffn\.layers\.0\.0\.", ".mlp.fc1."), (r"\.ffn\.layers\.1\.", ".mlp.fc2."))]
+    (r"\.ln([12])\.", r".norm\1."))]
 # what an mmengine training checkpoint holds beyond tensors: its logging state (HistoryBuffer objects,
 # numpy arrays and scalars, and the getattr calls that rebuild them); read as inert stand-ins
 _LOGGING_MODULES = ("mmengine.", "numpy.")

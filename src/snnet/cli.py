@@ -69,7 +69,7 @@ def cmd_train(args) -> int:
     if env.is_main:
         names = [p.name for p in [*written, run_dir / LOG_NAME, run_dir / CHECKPOINT_NAME] if p.exists()]
         print(f"done in {time.perf_counter() - start:.0f} s. In {run_dir}/: "
-              f"{', '.join(names)}, model/ (snnet.SNNet.from_pretrained)")
+              f"{', '.join(names)}, model/ (snnet.{type(model).__name__}.from_pretrained)")
     cleanup()
     return 0
 

@@ -102,7 +102,7 @@ def _pair(scene) -> tuple[np.ndarray, np.ndarray]:
 def _read_image(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
+            return np.array(im.convert("RGB"))
     except Exception as e:  # a corrupt or foreign file among the images
         raise SNNetError(f"cannot read image {path}: {type(e).__name__}") from None
 
