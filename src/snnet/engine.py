@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from ._atomic import atomic_path, atomic_write_text
 from .checkpoint import load_state_checked, load_torch_checkpoint
 from .config import RunConfig, dump_config
-from .distributed import DistEnv, all_gather_objects, all_reduce_sum, barrier
+from .distributed import DistEnv, all_gather_objects, all_reduce_sum, barrier, broadcast_buffers
 from .errors import SNNetError
 from .least_squares import init_stitching_layers
 from .model import SNNet
@@ -362,7 +362,8 @@ def fit(cfg: RunConfig, task, env: DistEnv, resume: str | None = "auto", progres
 
     net = model
     if env.distributed:
-        net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # heads' BatchNorm, as the reference
+        if env.device.type == "cuda":  # the heads' BatchNorm, synchronised as the reference's (CUDA only in torch)
+            net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         # every rank samples its own stitch, so parameters unused on one rank are expected
         net = DistributedDataParallel(net, device_ids=[env.device.index] if env.device.type == "cuda" else None,
                                       find_unused_parameters=True)
@@ -380,6 +381,7 @@ def fit(cfg: RunConfig, task, env: DistEnv, resume: str | None = "auto", progres
         barrier()
     if log is not None:
         log.close()
+    broadcast_buffers(model)  # every rank evaluates the model rank 0 saves
     return model
 
 

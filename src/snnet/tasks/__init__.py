@@ -77,7 +77,8 @@ def num_classes(cfg: RunConfig) -> int:
     """How many classes the task's data has, read cheaply (folder names or the dataset's definition)."""
     if cfg.task == "classification":
         return data_classes(cfg)
-    from .segmentation.data import dataset_info
+    from .segmentation.data import check_folders, dataset_info
+    check_folders(cfg)
     return dataset_info(cfg)[0]
 
 
@@ -109,21 +110,22 @@ def check_heads(cfg: RunConfig, load_weights: bool) -> list[str]:
     must have the data's classes, unless ``model.replace_head`` trains new ones. Returns notes to print;
     local anchor checkpoints are read on the meta device, so a corrupt or mis-shaped one fails here."""
     if cfg.task != "classification":
+        num_classes(cfg)  # the data folders exist
         for a in cfg.model.anchors:  # corrupt or mis-shaped anchor files fail here, before any data
             head_classes(AnchorConfig(a.name, False, a.checkpoint_path if load_weights else None, a.kwargs,
                                       a.rel_pos_bias))
         return []
-    num_classes = data_classes(cfg)
+    classes = data_classes(cfg)
     notes = []
     for i, a in enumerate(cfg.model.anchors):
         head = head_classes(AnchorConfig(a.name, a.pretrained and load_weights,
                                          a.checkpoint_path if load_weights else None, a.kwargs))
-        if head is None or head == num_classes:
+        if head is None or head == classes:
             continue
         if not cfg.model.replace_head:
-            raise SNNetError(f"the data has {num_classes} classes but anchor {i} ({a.name}) has a {head}-class head: "
-                             f"set model.replace_head=true to train new {num_classes}-class heads")
-        notes.append(f"model.replace_head: anchor {i}'s {head}-class head is replaced by a new {num_classes}-class head")
+            raise SNNetError(f"the data has {classes} classes but anchor {i} ({a.name}) has a {head}-class head: "
+                             f"set model.replace_head=true to train new {classes}-class heads")
+        notes.append(f"model.replace_head: anchor {i}'s {head}-class head is replaced by a new {classes}-class head")
     return notes
 
 

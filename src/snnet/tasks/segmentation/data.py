@@ -280,6 +280,20 @@ def dataset_info(cfg: RunConfig) -> tuple[int, bool, str, str, str]:
     return classes, reduce, train, val, suffix
 
 
+def check_folders(cfg: RunConfig) -> None:
+    """The dataset's folders exist (before any run directory is touched); the scenes need none."""
+    if cfg.data.dataset == "shapes":
+        return
+    if not cfg.data.root:
+        raise SNNetError(f"config key 'data.root' is not set: point it at the {cfg.data.dataset} folder "
+                         f"(images/<split> and annotations/<split>)")
+    _, _, train, val, _ = dataset_info(cfg)
+    for split in (train, val):
+        for sub in ("images", "annotations"):
+            if not (Path(cfg.data.root) / sub / split).is_dir():
+                raise SNNetError(f"data folder not found: {Path(cfg.data.root) / sub / split}")
+
+
 def build_datasets(cfg: RunConfig, crop: int, mean, std, progress: bool = True) -> tuple[Dataset, Dataset, Dataset, int]:
     """(train, val, init, classes): ``init`` holds training images centre-cropped, for the least-squares fit."""
     train_tf, val_tf, init_tf = build_transforms(cfg, crop, mean, std)
@@ -291,9 +305,7 @@ def build_datasets(cfg: RunConfig, crop: int, mean, std, progress: bool = True) 
         train = ShapesSegmentation("train", s.num_train, scenes, train_tf, s.preload, progress)
         val = ShapesSegmentation("val", s.num_val, scenes, val_tf, s.preload, progress)
     else:
-        if not data.root:
-            raise SNNetError(f"config key 'data.root' is not set: point it at the {data.dataset} folder "
-                             f"(images/<split> and annotations/<split>)")
+        check_folders(cfg)
         train, val = (SegmentationFolder(data.root, split, suffix, classes, tf, reduce, data.ignore_index)
                       for split, tf in ((train_split, train_tf), (val_split, val_tf)))
     init = _with_transform(train, init_tf)

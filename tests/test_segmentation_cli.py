@@ -1,0 +1,153 @@
+"""``snnet train/eval/flops`` for segmentation on tiny anchors (CPU): built-in scenes, an ADE20K-layout folder,
+a released-format checkpoint, torchrun."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from test_cli import ENV, read_jsonl
+from test_segmentation import CLASSES, reference_state_dict, write_layout, write_mmengine_checkpoint
+
+from snnet import SegmentationModel, load_config
+from snnet.cli import main
+
+ANCHORS = [
+    {"name": "deit3_small_patch16_224", "rel_pos_bias": True,
+     "kwargs": {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 3, "num_heads": 2}},
+    {"name": "deit3_small_patch16_224", "rel_pos_bias": True,
+     "kwargs": {"img_size": 32, "patch_size": 8, "embed_dim": 48, "depth": 6, "num_heads": 3}},
+]
+TINY = {
+    "task": "segmentation",
+    "model": {"anchors": ANCHORS, "lora_rank": 4, "out_indices": [1, 3, 5], "head": {"channels": 16}},
+    "data": {"dataset": "shapes", "input_size": 32, "batch_size": 8, "workers": 0, "mean": [0.5] * 3,
+             "std": [0.5] * 3, "shapes": {"image_size": 32, "num_classes": 4, "num_train": 24, "num_val": 11}},
+    "augment": {"scale": [128, 32], "ratio_range": [0.5, 2.0]},
+    "train": {"iterations": 3, "checkpoint_interval": 2, "optimizer": "adamw", "lr": 1e-3, "scheduler": "poly",
+              "init_images": 16, "ros_gap": 0.0001},
+    "eval": {"visualize": 2},
+}
+
+
+def write_config(tmp_path: Path, **sections) -> Path:
+    cfg = json.loads(json.dumps(TINY))
+    for name, values in sections.items():
+        if isinstance(values, dict):
+            cfg.setdefault(name, {}).update(values)
+        else:
+            cfg[name] = values
+    cfg["output_dir"] = str(tmp_path / "run")
+    path = tmp_path / "tiny_seg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_train_then_eval_through_the_cli(tmp_path, capsys):
+    cfg = write_config(tmp_path)
+    assert main(["train", "--config", str(cfg), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    run = tmp_path / "run"
+    assert "iterations 2/3" in out and "iterations 3/3" in out and "Pareto frontier" in out
+    log = read_jsonl(run / "log.jsonl")
+    assert [(r["epoch"], r["iteration"]) for r in log] == [(0, 2), (1, 3)]
+    rows = read_jsonl(run / "results.jsonl")
+    model = SegmentationModel.from_pretrained(run / "model")
+    assert [r["stitch_id"] for r in rows] == model.stitch_ids
+    for r in rows:
+        assert r["images"] == 11 and 0 <= r["mIoU"] <= 100 and len(r["iou_per_class"]) == 5
+        assert r["flops"] == model.flops(r["stitch_id"])
+    assert (run / "predictions.png").stat().st_size > 1000 and (run / "pareto.png").is_file()
+    # the saved model evaluates to the same numbers, by sliding windows of the training crop as well
+    assert main(["eval", "--config", str(cfg), "--output-dir", str(tmp_path / "again"), "--no-progress",
+                 "--checkpoint", str(run)]) == 0
+    assert [(r["stitch_id"], r["mIoU"]) for r in read_jsonl(tmp_path / "again" / "results.jsonl")] == \
+        [(r["stitch_id"], r["mIoU"]) for r in rows]
+    assert main(["eval", "--config", str(cfg), "--output-dir", str(tmp_path / "slide"), "--no-progress",
+                 "--checkpoint", str(run), "--stitches", "0,1", "eval.mode=slide", "eval.stride=16"]) == 0
+    slide = read_jsonl(tmp_path / "slide" / "results_subset.jsonl")
+    assert [r["mIoU"] for r in slide] == [rows[0]["mIoU"], rows[1]["mIoU"]]  # one window covers a 32x32 scene
+
+
+def test_iteration_schedule_is_mmsegmentations_poly(tmp_path):
+    from snnet.engine import Schedule, create_scheduler
+    cfg = load_config(write_config(tmp_path), ["train.iterations=10", "train.min_lr=1e-4", "train.lr=0.01",
+                                              "train.optimizer=momentum"])
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.01)
+    sched = create_scheduler(opt, cfg, Schedule(cfg, loader_len=3))
+    for t in range(11):
+        sched.step_update(num_updates=t)
+        assert opt.param_groups[0]["lr"] == pytest.approx((0.01 - 1e-4) * (1 - t / 10) ** 0.9 + 1e-4), t
+
+
+def test_eval_of_a_released_format_checkpoint_on_an_ade20k_folder(tmp_path):
+    for split in ("training", "validation"):
+        write_layout(tmp_path / "ade", split, ["a", "b", "c"], size=(40, 56), values=(0, 1, 2, 3, 4, 5))
+    ckpt = tmp_path / "released.pth"
+    write_mmengine_checkpoint(ckpt, reference_state_dict())
+    cfg = write_config(tmp_path, model={"anchors": ANCHORS, "lora_rank": 4, "out_indices": [1, 3, 5],
+                                        "head": {"channels": 16, "num_classes": CLASSES}},
+                       data={"dataset": "ade20k", "root": str(tmp_path / "ade"), "eval_batch_size": 2},
+                       eval={"mode": "slide", "stride": 21, "visualize": 0})
+    assert main(["eval", "--config", str(cfg), "--checkpoint", str(ckpt), "--no-progress"]) == 0
+    rows = read_jsonl(tmp_path / "run" / "results.jsonl")
+    assert len(rows) == 8 and all(r["images"] == 3 for r in rows)
+    # the same numbers from the model loaded in Python and metrics computed here
+    from snnet import load_official_checkpoint
+    from snnet.tasks import build_model, build_task
+    from snnet.tasks.segmentation.metrics import area_sums, summarize
+    c = load_config(cfg)
+    model = load_official_checkpoint(build_model(c, load_weights=False), ckpt).eval().select(rows[3]["stitch_id"])
+    task = build_task(c, progress=False)
+    areas = 0
+    for i in range(3):
+        image, label = task.val_set[i]
+        logits = model.slide_inference(image[None].as_subclass(torch.Tensor), 32, 21)
+        areas = areas + area_sums(logits[0].argmax(0), label.as_subclass(torch.Tensor), CLASSES)
+    assert summarize(areas)["mIoU"] == pytest.approx(rows[3]["mIoU"], abs=1e-9)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["train.epochs=3"], "config key 'train': sets iterations and epochs"),
+    (["task=classification"], "config: model.head configures dense tasks; classification uses the anchors' heads"),
+    (["data.dataset=imagefolder"], "data.dataset 'imagefolder' is not a segmentation dataset"),
+    (["data.dataset=segfolder", "data.root=/nonexistent"], "set model.head.num_classes"),
+    (["data.dataset=ade20k", "data.root=/nonexistent"], "data folder not found: /nonexistent/images/training"),
+    (["eval.mode=tiles"], "config key 'eval.mode' must be 'whole' or 'slide'"),
+    (["model.anchors.0.kwargs.img_size=64", "model.anchors.1.kwargs.img_size=64"],
+     "data.input_size 32 differs from the anchors' 64x64 input"),
+])
+def test_segmentation_config_errors_are_one_line(tmp_path, capsys, overrides, message):
+    cfg = write_config(tmp_path)
+    assert main(["train", "--config", str(cfg), "--no-progress", *overrides]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_flops_command_prints_the_segmentation_table(capsys):
+    assert main(["flops", "--config", "ade20k_setr_deit3_s_l"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[-1] == "134 stitches (v2, segmentation)"
+    assert out[2].split()[:3] == ["1", "anchor", "363.157"]
+
+
+def test_torchrun_two_processes_match_one(tmp_path):
+    cfg = write_config(tmp_path)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29541",
+           "-m", "snnet.cli", "train", "--config", str(cfg), "--no-progress"]
+    done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "training on 2 x cpu" in done.stdout
+    dist_rows = read_jsonl(tmp_path / "run" / "results.jsonl")
+    assert all(r["images"] == 11 for r in dist_rows)
+    assert main(["eval", "--config", str(cfg), "--output-dir", str(tmp_path / "single"), "--checkpoint",
+                 str(tmp_path / "run" / "model"), "--no-progress"]) == 0
+    single = read_jsonl(tmp_path / "single" / "results.jsonl")
+    for a, b in zip(dist_rows, single):  # per-class areas summed over ranks: the same metrics exactly
+        assert (a["stitch_id"], a["mIoU"], a["aAcc"], a["iou_per_class"]) == \
+            (b["stitch_id"], b["mIoU"], b["aAcc"], b["iou_per_class"])
