@@ -9,17 +9,22 @@ import torch
 import torch.nn.functional as F
 
 
-def _vit_block(sd, p, x, heads):
+DEIT_NAMES = {"norm1": "norm1", "norm2": "norm2", "fc1": "mlp.fc1", "fc2": "mlp.fc2"}
+MMSEG_NAMES = {"norm1": "ln1", "norm2": "ln2", "fc1": "ffn.layers.0.0", "fc2": "ffn.layers.1"}
+
+
+def _vit_block(sd, p, x, heads, names=DEIT_NAMES, bias=0.0):
     B, N, C = x.shape
-    h = F.layer_norm(x, (C,), sd[p + "norm1.weight"], sd[p + "norm1.bias"], eps=1e-6)
+    n = {k: p + v for k, v in names.items()}
+    h = F.layer_norm(x, (C,), sd[n["norm1"] + ".weight"], sd[n["norm1"] + ".bias"], eps=1e-6)
     qkv = F.linear(h, sd[p + "attn.qkv.weight"], sd[p + "attn.qkv.bias"])
     q, k, v = qkv.reshape(B, N, 3, heads, C // heads).permute(2, 0, 3, 1, 4)
-    attn = ((q * (C // heads) ** -0.5) @ k.transpose(-2, -1)).softmax(dim=-1)
+    attn = ((q * (C // heads) ** -0.5) @ k.transpose(-2, -1) + bias).softmax(dim=-1)
     h = F.linear((attn @ v).transpose(1, 2).reshape(B, N, C), sd[p + "attn.proj.weight"], sd[p + "attn.proj.bias"])
     x = x + sd[p + "gamma_1"] * h
-    h = F.layer_norm(x, (C,), sd[p + "norm2.weight"], sd[p + "norm2.bias"], eps=1e-6)
-    h = F.linear(F.gelu(F.linear(h, sd[p + "mlp.fc1.weight"], sd[p + "mlp.fc1.bias"])),
-                 sd[p + "mlp.fc2.weight"], sd[p + "mlp.fc2.bias"])
+    h = F.layer_norm(x, (C,), sd[n["norm2"] + ".weight"], sd[n["norm2"] + ".bias"], eps=1e-6)
+    h = F.linear(F.gelu(F.linear(h, sd[n["fc1"] + ".weight"], sd[n["fc1"] + ".bias"])),
+                 sd[n["fc2"] + ".weight"], sd[n["fc2"] + ".bias"])
     return x + sd[p + "gamma_2"] * h
 
 
@@ -85,19 +90,11 @@ def _rel_pos_index(gh, gw):
 
 
 def _mmseg_block(sd, p, x, heads, grid):
-    B, N, C = x.shape
-    h = F.layer_norm(x, (C,), sd[p + "ln1.weight"], sd[p + "ln1.bias"], eps=1e-6)
-    qkv = F.linear(h, sd[p + "attn.qkv.weight"], sd[p + "attn.qkv.bias"])
-    q, k, v = qkv.reshape(B, N, 3, heads, C // heads).permute(2, 0, 3, 1, 4)
+    """A block of the reference's segmentation anchors: BEiT's relative position bias in the attention."""
+    N = x.shape[1]
     table = sd[p + "attn.relative_position_bias_table"]
     bias = table[_rel_pos_index(*grid).reshape(-1)].reshape(N, N, heads).permute(2, 0, 1)
-    attn = ((q * (C // heads) ** -0.5) @ k.transpose(-2, -1) + bias).softmax(dim=-1)
-    h = F.linear((attn @ v).transpose(1, 2).reshape(B, N, C), sd[p + "attn.proj.weight"], sd[p + "attn.proj.bias"])
-    x = x + sd[p + "gamma_1"] * h
-    h = F.layer_norm(x, (C,), sd[p + "ln2.weight"], sd[p + "ln2.bias"], eps=1e-6)
-    h = F.linear(F.gelu(F.linear(h, sd[p + "ffn.layers.0.0.weight"], sd[p + "ffn.layers.0.0.bias"])),
-                 sd[p + "ffn.layers.1.weight"], sd[p + "ffn.layers.1.bias"])
-    return x + sd[p + "gamma_2"] * h
+    return _vit_block(sd, p, x, heads, MMSEG_NAMES, bias)
 
 
 def _setr_head(sd, p, x, num_convs):

@@ -208,13 +208,18 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path):
     assert a["rng"][0]["ros"] == b["rng"][0]["ros"]
 
 
-def test_torchrun_two_processes_match_single_process_eval(tmp_path):
-    cfg = write_config(tmp_path, data={"shapes": {"image_size": 32, "num_train": 64, "num_val": 37}})
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+def torchrun_train(cfg: Path, port: int) -> None:
+    """``snnet train`` under torchrun, two CPU processes."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
            "-m", "snnet.cli", "train", "--config", str(cfg), "--no-progress"]
     done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "training on 2 x cpu" in done.stdout
+
+
+def test_torchrun_two_processes_match_single_process_eval(tmp_path):
+    cfg = write_config(tmp_path, data={"shapes": {"image_size": 32, "num_train": 64, "num_val": 37}})
+    torchrun_train(cfg, 29533)
     dist_rows = read_jsonl(tmp_path / "run" / "results.jsonl")
     assert all(r["images"] == 37 for r in dist_rows)  # odd count: no padding, no duplicates
     assert main(["eval", "--config", str(cfg), "--output-dir", str(tmp_path / "single"), "--checkpoint",

@@ -3,14 +3,12 @@ a released-format checkpoint, torchrun."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from test_cli import ENV, read_jsonl
+from test_cli import read_jsonl, torchrun_train
 from test_segmentation import CLASSES, reference_state_dict, write_layout, write_mmengine_checkpoint
 
 from snnet import SegmentationModel, load_config
@@ -138,11 +136,7 @@ def test_flops_command_prints_the_segmentation_table(capsys):
 
 def test_torchrun_two_processes_match_one(tmp_path):
     cfg = write_config(tmp_path)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29541",
-           "-m", "snnet.cli", "train", "--config", str(cfg), "--no-progress"]
-    done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "training on 2 x cpu" in done.stdout
+    torchrun_train(cfg, 29541)
     dist_rows = read_jsonl(tmp_path / "run" / "results.jsonl")
     assert all(r["images"] == 11 for r in dist_rows)
     assert main(["eval", "--config", str(cfg), "--output-dir", str(tmp_path / "single"), "--checkpoint",
@@ -151,3 +145,26 @@ def test_torchrun_two_processes_match_one(tmp_path):
     for a, b in zip(dist_rows, single):  # per-class areas summed over ranks: the same metrics exactly
         assert (a["stitch_id"], a["mIoU"], a["aAcc"], a["iou_per_class"]) == \
             (b["stitch_id"], b["mIoU"], b["aAcc"], b["iou_per_class"])
+
+
+def test_an_interrupted_iteration_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    import snnet.engine as engine
+    cfg = write_config(tmp_path, train={**TINY["train"], "iterations": 4, "checkpoint_interval": 2})
+    straight = tmp_path / "straight"
+    assert main(["train", "--config", str(cfg), "--no-progress", "--output-dir", str(straight)]) == 0
+    calls = []
+
+    def interrupt_after_first_round():
+        calls.append(1)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine, "barrier", interrupt_after_first_round)
+    assert main(["train", "--config", str(cfg), "--no-progress"]) == 130
+    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["epoch"] == 0
+    assert main(["train", "--config", str(cfg), "--no-progress"]) == 0  # resumes at iteration 2
+    a = torch.load(straight / "checkpoint.pt", weights_only=True)
+    b = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    for k in a["model"]:
+        torch.testing.assert_close(b["model"][k], a["model"][k], rtol=0, atol=1e-6, msg=k)
+    assert [r["iteration"] for r in read_jsonl(tmp_path / "run" / "log.jsonl")] == [2, 4]
