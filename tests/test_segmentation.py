@@ -76,6 +76,13 @@ def test_sliding_windows_average_overlaps_as_mmsegmentation():
     torch.testing.assert_close(model.slide_inference(x, 32, 21), expected / count, rtol=0, atol=1e-5)
 
 
+def test_other_sizes_run_whole_without_relative_position_bias_and_must_fit_the_patch():
+    model = randomize(tiny_segmentation(rel_pos=False)).eval()
+    assert model(torch.randn(1, 3, 48, 40)).shape == (1, CLASSES, 48, 40)
+    with pytest.raises(SNNetError, match="images are 33x33, not a multiple of the anchors' 8x8 patches"):
+        model(torch.randn(1, 3, 33, 33))
+
+
 def test_relative_position_bias_is_tied_to_its_grid():
     model = tiny_segmentation().eval()
     with pytest.raises(SNNetError, match="run on their 4x4 token grid only"):

@@ -176,11 +176,14 @@ def round_batches(loader: DataLoader, round_index: int, steps: int, passes_per_r
     done, p = 0, 0
     while done < steps:
         loader.sampler.set_epoch(round_index * passes_per_round + p)
+        before = done
         for batch in loader:
             if done == steps:
                 return
             done += 1
             yield batch
+        if done == before:
+            raise SNNetError("the training data yields no full batch: lower data.batch_size or add images")
         p += 1
 
 
@@ -301,7 +304,8 @@ def result_rows(model: SNNet | DenseModel, metrics: dict[int, dict[str, float]])
 
 def fit(cfg: RunConfig, task, env: DistEnv, resume: str | None = "auto", progress: bool = True,
         model: torch.nn.Module | None = None) -> torch.nn.Module:
-    """Train for ``cfg.train.epochs`` epochs, checkpointing each epoch; returns the model.
+    """Train for ``cfg.train.epochs`` epochs (or ``cfg.train.iterations`` steps), checkpointing after each
+    epoch (or ``checkpoint_interval`` steps); returns the model.
 
     By default the model is the SNNet of ``cfg.model`` (least-squares start, ROS steps); any other
     classifier given as ``model`` trains with the same loop (the quickstart's anchors do).

@@ -194,6 +194,10 @@ class SNNet(nn.Module):
             h, w = a.patch_embed.img_size
             raise SNNetError(f"images are {x.shape[-2]}x{x.shape[-1]}, the anchors take {h}x{w} "
                              f"(build them with dynamic_img_size=True for other sizes)")
+        ph, pw = a.patch_embed.patch_size
+        if x.shape[-2] % ph or x.shape[-1] % pw:
+            raise SNNetError(f"images are {x.shape[-2]}x{x.shape[-1]}, not a multiple of the anchors' "
+                             f"{ph}x{pw} patches")
         x = a.patch_embed(x)
         x = a._pos_embed(x)
         x = a.patch_drop(x)
