@@ -168,3 +168,18 @@ def test_an_interrupted_iteration_run_resumes_to_the_same_weights(tmp_path, monk
     for k in a["model"]:
         torch.testing.assert_close(b["model"][k], a["model"][k], rtol=0, atol=1e-6, msg=k)
     assert [r["iteration"] for r in read_jsonl(tmp_path / "run" / "log.jsonl")] == [2, 4]
+
+
+def test_a_bad_label_stops_a_run_with_one_line(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+    for split in ("train", "val"):
+        write_layout(tmp_path / "seg", split, ["a", "b", "c", "d"], size=(32, 32), values=(0, 1, 2))
+    Image.fromarray(np.full((32, 32), 9, np.uint8)).save(tmp_path / "seg" / "annotations" / "val" / "c.png")
+    cfg = write_config(tmp_path, data={**TINY["data"], "dataset": "segfolder", "root": str(tmp_path / "seg"),
+                                       "batch_size": 2},
+                       model={**TINY["model"], "head": {"channels": 16, "num_classes": 3}},
+                       train={**TINY["train"], "iterations": 1})
+    assert main(["train", "--config", str(cfg), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "c.png has class id 9, outside 0..2 and the ignore index 255" in err, err
