@@ -364,3 +364,39 @@ def test_build_model_dispatches_on_task():
     cls = build_model(load_config("imagenet_deit3_s_l"), load_weights=False, device="meta")
     assert isinstance(cls, SNNet)
     assert math.isclose(seg.flops(1) / 1e9, 363.157291008)
+
+
+def test_test_resize_scales_images_and_keeps_labels_at_full_size(tmp_path):
+    write_layout(tmp_path, "validation", ["a"], size=(40, 56))
+    write_layout(tmp_path, "training", ["a"], size=(40, 56))
+    cfg = load_config("quickstart_segmentation", ["data.dataset=ade20k", f"data.root={tmp_path}",
+                                                  "data.test_resize=[64, 32]"])
+    from snnet.tasks import build_task
+    image, label = build_task(cfg, progress=False).val_set[0]
+    # short side 40 -> 32 unless the long side would pass 64: factor min(64/56, 32/40) = 0.8
+    assert image.shape == (3, 32, 45) and label.shape == (40, 56)
+
+
+def test_random_crop_avoids_crops_dominated_by_one_class():
+    from torchvision import tv_tensors
+
+    from snnet.tasks.segmentation.data import CatMaxRandomCrop
+    mask = torch.zeros(64, 64, dtype=torch.long)
+    # a 32x32 corner of class 1: a 32x32 crop has both classes under 75 % with probability 0.357, so 11
+    # draws find one with probability 0.992 (a fixed seed makes the counts below exact anyway)
+    mask[32:, 32:] = 1
+    mask[:8, :] = 255  # ignored pixels do not count
+    crop = CatMaxRandomCrop(32, 0.75, 255)
+    torch.manual_seed(0)
+    shares = []
+    for _ in range(50):
+        _, m = crop(tv_tensors.Image(torch.zeros(3, 64, 64)), tv_tensors.Mask(mask))
+        assert m.shape == (32, 32)
+        counts = torch.bincount(m[m != 255].flatten(), minlength=2).double()
+        shares.append((counts.max() / counts.sum()).item())
+    plain = []
+    for _ in range(50):  # the same crops without the class rule, for comparison
+        _, m = CatMaxRandomCrop(32, 1.0, 255)(tv_tensors.Image(torch.zeros(3, 64, 64)), tv_tensors.Mask(mask))
+        counts = torch.bincount(m[m != 255].flatten(), minlength=2).double()
+        plain.append((counts.max() / counts.sum()).item())
+    assert sum(s < 0.75 for s in shares) >= 45 and sum(s < 0.75 for s in plain) <= 28
