@@ -80,13 +80,15 @@ def _create(config: AnchorConfig, pretrained: bool) -> VisionTransformer:
                          f"download them or pass a local checkpoint_path") from None
 
 
-def resize_pos_embed(pos: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """A square patch-only position embedding (1, G*G, C) resized to ``grid``: bicubic, align_corners
-    False, no antialiasing, as the reference resizes pretrained embeddings (timm would antialias)."""
-    side = math.isqrt(pos.shape[1])
-    if side * side != pos.shape[1]:
-        raise SNNetError(f"a position embedding of {pos.shape[1]} patches is not a square grid")
-    x = pos.reshape(1, side, side, -1).permute(0, 3, 1, 2).float()
+def resize_pos_embed(pos: torch.Tensor, grid: tuple[int, int], old_grid: tuple[int, int] | None = None) -> torch.Tensor:
+    """A patch-only position embedding (1, Gh*Gw, C) on ``old_grid`` (default: square) resized to ``grid``:
+    bicubic, align_corners False, no antialiasing, as the reference resizes them (timm would antialias)."""
+    if old_grid is None:
+        side = math.isqrt(pos.shape[1])
+        if side * side != pos.shape[1]:
+            raise SNNetError(f"a position embedding of {pos.shape[1]} patches is not a square grid")
+        old_grid = (side, side)
+    x = pos.reshape(1, *old_grid, -1).permute(0, 3, 1, 2).float()
     x = F.interpolate(x, size=grid, mode="bicubic", align_corners=False)
     return x.permute(0, 2, 3, 1).reshape(1, grid[0] * grid[1], -1).to(pos.dtype)
 

@@ -213,8 +213,11 @@ def load_pretrained(directory: str | Path) -> "SNNet | DenseModel":
     tasks = typing.get_args(RunConfig.model_fields["task"].annotation)
     if task not in tasks:
         raise SNNetError(f"{config_path}: unknown task {task!r} (snnet knows {', '.join(tasks)})")
+    head = raw.get("head")
+    input_size = head.pop("input_size", None) if isinstance(head, dict) else None  # a depth model's FLOPs size
     section = validate(ModelSection, raw, f"{config_path}: ")  # the run config's schema for these keys
-    model = model_from_section(task, section, section.head.num_classes, load_weights=False)
+    model = model_from_section(task, section, section.head.num_classes, load_weights=False,
+                               input_size=tuple(input_size) if input_size else None)
     try:
         state = load_file(str(weights_path))
     except Exception as e:  # safetensors raises its own error types for a damaged header

@@ -22,7 +22,7 @@ PACKAGED_CONFIGS = PACKAGE_DIR / "configs"
 # interpolations both timm's transforms and torchvision's InterpolationMode accept
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
 # timm schedulers the epoch loop can drive (plateau needs a metric, rsqrt a stable timescale)
-SCHEDULERS = ("cosine", "tanh", "step", "multistep", "poly")
+SCHEDULERS = ("cosine", "tanh", "step", "multistep", "poly", "onecycle")  # onecycle: torch's, per iteration
 
 
 def _number(value: Any) -> Any:
@@ -77,8 +77,11 @@ class HeadSection(Section):
     """The head of a dense task (segmentation: SETR-naive decode head and its auxiliary heads)."""
 
     channels: Int = Field(256, ge=1)
-    num_classes: Int | None = Field(None, ge=1)  # default: the dataset's
-    aux_weight: Float = Field(0.4, ge=0)  # loss weight of each auxiliary head; 0 = none are built
+    num_classes: Int | None = Field(None, ge=1)  # segmentation; default: the dataset's
+    aux_weight: Float = Field(0.4, ge=0)  # segmentation: loss weight of each auxiliary head; 0 = none are built
+    min_depth: Float = Field(1e-3, gt=0)  # depth: added to the head's ReLU output
+    # depth: channels of DPT's four reassembled levels, shallow to deep
+    reassemble_channels: list[Annotated[Int, Field(ge=1)]] = Field([96, 192, 384, 768], min_length=4, max_length=4)
 
 
 class ModelSection(Section):
@@ -126,19 +129,39 @@ class ShapesSection(Section):
 
 CLASSIFICATION_DATASETS = ("imagefolder", "shapes")
 SEGMENTATION_DATASETS = ("ade20k", "coco_stuff10k", "segfolder", "shapes")
+DEPTH_DATASETS = ("nyuv2", "depthfolder", "shapes")
+DATASETS = {"classification": CLASSIFICATION_DATASETS, "segmentation": SEGMENTATION_DATASETS, "depth": DEPTH_DATASETS}
 
 
 class DataSection(Section):
     # classification: root/train + root/val class folders, or the built-in scenes;
     # segmentation: ADE20K, COCO-Stuff-10K, root/images/<split> + root/annotations/<split>, or the scenes
-    dataset: Literal[tuple(dict.fromkeys(CLASSIFICATION_DATASETS + SEGMENTATION_DATASETS))] = "imagefolder"
+    # depth: NYUv2 (BTS split files), root/images/<split> + root/depths/<split> (16-bit PNGs), or the scenes
+    dataset: Literal[tuple(dict.fromkeys(CLASSIFICATION_DATASETS + SEGMENTATION_DATASETS + DEPTH_DATASETS))] = \
+        "imagefolder"
     root: str | None = None
     train_split: str = "train"  # default per dataset: ADE20K training/validation, COCO-Stuff-10K train2014/test2014
     val_split: str = "val"
     reduce_zero_label: Bool | None = None  # label 0 -> ignored, others - 1; default per dataset (ADE20K, COCO-Stuff)
     ignore_index: Int = Field(255, ge=0, le=255)
     test_resize: list[Int] | None = Field(None, min_length=2, max_length=2)  # [long, short] bound, aspect kept
-    input_size: Int | None = Field(None, ge=1)  # default: the anchors' input size
+    # depth: PNG values per metre, the valid range, NYUv2's border cut before training, the Eigen crop of the
+    # metrics (top, bottom, left, right; ends excluded), and the evaluation size FLOPs are reported at
+    depth_scale: Float = Field(1000.0, gt=0)
+    min_depth: Float = Field(1e-3, ge=0)
+    max_depth: Float = Field(10.0, gt=0)
+    precrop: list[Annotated[Int, Field(ge=0)]] | None = Field(None, min_length=4, max_length=4)
+    eval_crop: list[Annotated[Int, Field(ge=0)]] | None = Field(None, min_length=4, max_length=4)
+    eval_size: list[Annotated[Int, Field(ge=1)]] | None = Field(None, min_length=2, max_length=2)
+
+    @field_validator("input_size")
+    @classmethod
+    def _one_or_two(cls, size):
+        if isinstance(size, list) and len(size) != 2:
+            raise ValueError(f"must be one size or [height, width], got {size}")
+        return size
+    # default: the anchors' input size; the training crop of dense tasks ([height, width] for depth)
+    input_size: Annotated[Int, Field(ge=1)] | list[Annotated[Int, Field(ge=1)]] | None = None
     batch_size: Int = Field(64, ge=1)  # per process
     eval_batch_size: Int | None = Field(None, ge=1)  # default: 1.5 x batch_size, as the reference
     workers: Int = Field(4, ge=0)
@@ -164,6 +187,9 @@ class AugmentSection(Section):
     ratio_range: list[Annotated[Float, Field(gt=0)]] = Field([0.5, 2.0], min_length=2, max_length=2)
     cat_max_ratio: Float = Field(0.75, gt=0, le=1)
     photometric: Bool = True
+    # depth (the reference's): rotation by up to this many degrees (p 0.5), colour augmentation probability
+    rotation: Float = Field(2.5, ge=0)
+    color_prob: Probability = 0.5
 
     @field_validator("auto_augment")
     @classmethod
@@ -203,6 +229,11 @@ class TrainSection(Section):
     checkpoint_interval: Int = Field(1000, ge=1)
     poly_power: Float = Field(0.9, gt=0)  # the poly scheduler's exponent
     weight_decay_all: Bool = False  # also decay biases and norms (mmsegmentation does, timm's optimizers do not)
+    # parameter groups as mmcv's custom keys: names containing one of `no_decay_keys` get no weight decay,
+    # the backbone's learning rate is scaled (the depth recipe: pos_embed, cls_token, norm; 0.1)
+    no_decay_keys: list[str] | None = None
+    backbone_lr_scale: Float = Field(1.0, gt=0)
+    loss_warmup: Int = Field(100, ge=0)  # depth: iterations of the scale-invariant loss without its variance
 
     @field_validator("optimizer")
     @classmethod
@@ -237,7 +268,8 @@ class EvalSection(Section):
     max_images: Int | None = Field(None, ge=1)
     mode: Literal["whole", "slide"] = "whole"  # dense tasks: whole image, or windows of data.input_size
     stride: Int | None = Field(None, ge=1)  # sliding-window stride; default 2/3 of the window (341 for 512)
-    visualize: Int = Field(4, ge=0)  # segmentation: validation images in the prediction grid
+    visualize: Int = Field(4, ge=0)  # dense tasks: validation images in the prediction grid
+    flip: Bool = True  # depth: average with the flipped prediction of the flipped image
 
     @field_validator("stitches")
     @classmethod
@@ -248,7 +280,7 @@ class EvalSection(Section):
 
 
 class RunConfig(Section):
-    task: Literal["classification", "segmentation"] = "classification"
+    task: Literal["classification", "segmentation", "depth"] = "classification"
     model: ModelSection
     data: DataSection = Field(default_factory=DataSection)
     augment: AugmentSection = Field(default_factory=AugmentSection)
@@ -258,12 +290,14 @@ class RunConfig(Section):
 
     @model_validator(mode="after")
     def _task_keys(self) -> "RunConfig":
-        datasets = CLASSIFICATION_DATASETS if self.task == "classification" else SEGMENTATION_DATASETS
+        datasets = DATASETS[self.task]
         if self.data.dataset not in datasets:
             raise ValueError(f"data.dataset {self.data.dataset!r} is not a {self.task} dataset "
                              f"(choose {', '.join(datasets)})")
         if self.task == "classification" and "head" in self.model.model_fields_set:
             raise ValueError("model.head configures dense tasks; classification uses the anchors' heads")
+        if self.task != "depth" and isinstance(self.data.input_size, list):
+            raise ValueError(f"data.input_size takes one size for {self.task}, got {self.data.input_size}")
         return self
 
 

@@ -221,9 +221,51 @@ class Schedule:
         return f"epoch {r + 1}/{self.rounds}"
 
 
-def create_scheduler(optimizer, cfg: RunConfig, schedule: Schedule):
-    """timm's scheduler: stepped per epoch, or per iteration for an iteration-based run."""
+class OneCycle:
+    """torch's OneCycleLR behind timm's scheduler interface, stepped every iteration: the learning rate rises
+    from max/25 to max over the first 30 % of the steps and falls to max/2500 (cosine), while Adam's beta1
+    (or SGD's momentum) cycles between 0.95 and 0.85 (mmcv's OneCycle hooks, the depth recipe)."""
+
+    def __init__(self, optimizer, total_steps: int) -> None:
+        self.sched = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=max(total_steps, 1),
+            pct_start=0.3, div_factor=25, final_div_factor=100, base_momentum=0.85, max_momentum=0.95)
+
+    def step(self, epoch: int) -> None:
+        pass
+
+    def step_update(self, num_updates: int) -> None:
+        while self.sched.last_epoch < min(num_updates, self.sched.total_steps - 1):
+            self.sched.step()
+
+    def state_dict(self) -> dict:
+        return self.sched.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sched.load_state_dict(state)
+
+
+def param_groups(model: torch.nn.Module, cfg: RunConfig) -> list[dict] | torch.nn.Module:
+    """mmcv-style groups when the config asks for them: no weight decay on parameters whose names hold one of
+    ``train.no_decay_keys``, the backbone's learning rate times ``train.backbone_lr_scale``; else the model
+    (timm then leaves biases and norms undecayed)."""
     t = cfg.train
+    if t.no_decay_keys is None and t.backbone_lr_scale == 1.0:
+        return model
+    groups: dict[tuple[float, float], list] = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            decay = 0.0 if any(k in name for k in t.no_decay_keys or ()) else t.weight_decay
+            scale = t.backbone_lr_scale if name.startswith("backbone.") else 1.0
+            groups.setdefault((decay, scale), []).append(p)
+    return [{"params": ps, "weight_decay": d, "lr": t.lr * s} for (d, s), ps in groups.items()]
+
+
+def create_scheduler(optimizer, cfg: RunConfig, schedule: Schedule):
+    """timm's scheduler: stepped per epoch, or per iteration for an iteration-based run; or torch's one-cycle."""
+    t = cfg.train
+    if t.scheduler == "onecycle":
+        return OneCycle(optimizer, schedule.total_steps)
     extra = {"decay_rate": t.poly_power} if t.scheduler == "poly" else {}
     if schedule.by_iteration:
         # in updates: timm's t_initial = num_epochs x updates_per_epoch
@@ -245,7 +287,7 @@ def train_one_epoch(model, task, loader: DataLoader, optimizer, scheduler, scale
     bar = tqdm(total=steps, desc=schedule.label(r), disable=not (progress and env.is_main), leave=False, unit="step")
     for step, batch in enumerate(round_batches(loader, r, steps, schedule.passes_per_round)):
         with autocast(env.device, cfg.train.amp):
-            loss = task.training_loss(model, batch, env.device)
+            loss = task.training_loss(model, batch, env.device, r * schedule.round_steps + step)
         if not math.isfinite(loss.item()):
             raise SNNetError(f"loss is {loss.item()} at {schedule.label(r)}, step {step}: lower train.lr or enable clipping")
         optimizer.zero_grad(set_to_none=True)
@@ -336,7 +378,7 @@ def fit(cfg: RunConfig, task, env: DistEnv, resume: str | None = "auto", progres
             print(f"stitching layers fitted by least squares on {n} images")
 
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = create_optimizer_v2(model, opt=cfg.train.optimizer, lr=cfg.train.lr,
+    optimizer = create_optimizer_v2(param_groups(model, cfg), opt=cfg.train.optimizer, lr=cfg.train.lr,
                                     weight_decay=cfg.train.weight_decay, momentum=cfg.train.momentum,
                                     filter_bias_and_bn=not cfg.train.weight_decay_all)
     loader = make_train_loader(task.train_set, cfg, env)
@@ -409,12 +451,13 @@ def evaluate_and_report(model: SNNet | DenseModel, task, cfg: RunConfig, env: Di
     # a subset never replaces the table of every stitch
     stem = "results" if sorted(ids) == sorted(model.stitch_ids) else "results_subset"
     files = list(write_results(run_dir, rows, stem))
-    metric = task.primary_metric
-    plot = plot_pareto(rows, run_dir / f"{stem.replace('results', 'pareto')}.png", metric,
-                       title=f"{task.name}: {metric} of {len(rows)} stitches")
+    for k, (metric, higher) in enumerate(task.plot_metrics):  # pareto.png, then pareto_<metric>.png
+        name = stem.replace("results", "pareto") + ("" if k == 0 else f"_{metric}")
+        files.append(plot_pareto(rows, run_dir / f"{name}.png", metric, higher,
+                                 title=f"{task.name}: {metric} of {len(rows)} stitches"))
     files += task.report(model, rows, run_dir, env.device)
     print(f"evaluated {len(rows)} stitches on {rows[0]['images']} images in {elapsed:.1f} s "
           f"({elapsed / len(rows):.2f} s per stitch)")
-    print("Pareto frontier:")
-    print(format_table(frontier(rows, metric), task.report_metrics))
-    return [*files, plot]
+    print(f"Pareto frontier ({task.primary_metric}, {'higher' if task.higher_is_better else 'lower'} is better):")
+    print(format_table(frontier(rows, task.primary_metric, task.higher_is_better), task.report_metrics))
+    return files

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .anchors import AnchorConfig, anchor_config_of, anchor_shape, create_anchor, order_anchors
+from .anchors import AnchorConfig, anchor_config_of, anchor_shape, create_anchor, order_anchors, resize_pos_embed
 from .errors import SNNetError
 from .flops import stitch_flops
 from .sampling import ROSSampler
@@ -199,7 +199,7 @@ class SNNet(nn.Module):
             raise SNNetError(f"images are {x.shape[-2]}x{x.shape[-1]}, not a multiple of the anchors' "
                              f"{ph}x{pw} patches")
         x = a.patch_embed(x)
-        x = a._pos_embed(x)
+        x = _pos_embed(a, x)
         x = a.patch_drop(x)
         return a.norm_pre(x)
 
@@ -273,6 +273,17 @@ class SNNet(nn.Module):
         if not idx or any(not 0 <= i < d1 for i in idx) or len(set(idx)) != len(idx):
             raise SNNetError(f"out_indices {list(out_indices)} must be distinct large-anchor blocks in 0..{d1 - 1}")
         return sorted(idx)
+
+
+def _pos_embed(a: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """timm's ``_pos_embed``, except that a DeiT-3 position embedding (no class-token slot) on another token
+    grid is resized as the reference resizes it: bicubic without antialiasing (SPEC section 10)."""
+    if not (a.dynamic_img_size and a.no_embed_class) or tuple(x.shape[1:3]) == tuple(a.patch_embed.grid_size):
+        return a._pos_embed(x)
+    b, h, w, c = x.shape  # dynamic patch embeddings keep the grid: (B, H, W, C)
+    x = x.reshape(b, h * w, c) + resize_pos_embed(a.pos_embed, (h, w), tuple(a.patch_embed.grid_size))
+    prefix = [t.expand(b, -1, -1) for t in (a.cls_token, a.reg_token) if t is not None]
+    return a.pos_drop(torch.cat([*prefix, x], dim=1))
 
 
 def _is_int(value: object) -> bool:

@@ -7,11 +7,13 @@ from ..anchors import AnchorConfig, head_classes
 from ..config import ModelSection, RunConfig
 from ..errors import SNNetError
 from ..model import SNNet
+from ..rel_pos import grid_of
 from .classification import ClassificationTask, data_classes
 from .dense import DenseModel
+from .depth import DepthModel, DepthTask
 from .segmentation import SegmentationModel, SegmentationTask
 
-TASKS = {"classification": ClassificationTask, "segmentation": SegmentationTask}
+TASKS = {"classification": ClassificationTask, "segmentation": SegmentationTask, "depth": DepthTask}
 
 
 def build_snnet(section: ModelSection, num_classes: int | None = None, load_weights: bool = True,
@@ -37,13 +39,18 @@ def build_snnet(section: ModelSection, num_classes: int | None = None, load_weig
 
 
 def model_from_section(task: str, section: ModelSection, num_classes: int | None = None, load_weights: bool = True,
-                       device: str | None = None) -> SNNet | DenseModel:
-    """The model of ``task`` over the anchors of ``section`` (classification: an SNNet)."""
+                       device: str | None = None, input_size: tuple[int, int] | None = None) -> SNNet | DenseModel:
+    """The model of ``task`` over the anchors of ``section`` (classification: an SNNet). ``input_size``: the
+    evaluation size a depth model reports FLOPs at."""
     if task == "classification":
         return build_snnet(section, num_classes, load_weights, device)
     backbone = build_snnet(section, load_weights=load_weights, device=device, dense=True)
     head = section.head
-    model = SegmentationModel(backbone, num_classes or head.num_classes, head.channels, head.aux_weight)
+    if task == "depth":
+        model = DepthModel(backbone, head.channels, head.min_depth, input_size or backbone.anchors[0].patch_embed.img_size,
+                           head.reassemble_channels)
+    else:
+        model = SegmentationModel(backbone, num_classes or head.num_classes, head.channels, head.aux_weight)
     return model.to(device) if device == "meta" else model
 
 
@@ -51,14 +58,23 @@ def build_model(cfg: RunConfig, num_classes: int | None = None, load_weights: bo
                 device: str | None = None) -> SNNet | DenseModel:
     """The model of ``cfg.task``: an ``SNNet`` for classification (heads sized by ``num_classes`` when given),
     a ``SegmentationModel`` for segmentation (classes: ``num_classes``, model.head.num_classes or the dataset's)."""
-    if cfg.task != "classification" and num_classes is None:
+    if cfg.task == "segmentation" and num_classes is None:
         from .segmentation.data import dataset_info
         num_classes = dataset_info(cfg)[0]
-    return model_from_section(cfg.task, cfg.model, num_classes, load_weights, device)
+    return model_from_section(cfg.task, cfg.model, num_classes, load_weights, device, eval_size(cfg))
 
 
-def data_defaults(cfg: RunConfig) -> tuple[int, tuple, tuple]:
-    """Input size, mean and std: the config's, else the small anchor's timm defaults."""
+def eval_size(cfg: RunConfig) -> tuple[int, int]:
+    """(height, width) of evaluation images as the config says: data.eval_size, else the input size."""
+    if cfg.data.eval_size:
+        return tuple(cfg.data.eval_size)
+    size = data_defaults(cfg)[0]
+    return tuple(size) if isinstance(size, tuple) else (size, size)
+
+
+def data_defaults(cfg: RunConfig) -> tuple[int | tuple[int, int], tuple, tuple]:
+    """Input size (one size, or (height, width) for depth), mean and std: the config's, else the small
+    anchor's timm defaults."""
     anchor = cfg.model.anchors[0]
     pre = get_pretrained_cfg(anchor.name)
     size = cfg.data.input_size or anchor.kwargs.get("img_size")
@@ -66,17 +82,24 @@ def data_defaults(cfg: RunConfig) -> tuple[int, tuple, tuple]:
         if pre is None:
             raise SNNetError("set data.input_size: the anchors' input size is unknown")
         size = pre.input_size[-1]
-    if isinstance(size, (list, tuple)):
+    if isinstance(cfg.data.input_size, list):
+        size = tuple(cfg.data.input_size)
+    elif isinstance(size, (list, tuple)):
         size = size[-1]
     mean = tuple(cfg.data.mean) if cfg.data.mean else (pre.mean if pre else (0.485, 0.456, 0.406))
     std = tuple(cfg.data.std) if cfg.data.std else (pre.std if pre else (0.229, 0.224, 0.225))
-    return int(size), mean, std
+    return (size if isinstance(size, tuple) else int(size)), mean, std
 
 
-def num_classes(cfg: RunConfig) -> int:
-    """How many classes the task's data has, read cheaply (folder names or the dataset's definition)."""
+def num_classes(cfg: RunConfig) -> int | None:
+    """How many classes the task's data has, read cheaply (folder names or the dataset's definition); depth has
+    none. The data's folders (or split files) are checked on the way."""
     if cfg.task == "classification":
         return data_classes(cfg)
+    if cfg.task == "depth":
+        from .depth.data import check_folders
+        check_folders(cfg)
+        return None
     from .segmentation.data import check_folders, dataset_info
     check_folders(cfg)
     return dataset_info(cfg)[0]
@@ -93,14 +116,17 @@ def check_config(cfg: RunConfig) -> SNNet | DenseModel:
         except SNNetError as e:
             raise SNNetError(f"config key 'eval.stitches': {e}") from None
     size = data_defaults(cfg)[0]
+    hw = size if isinstance(size, tuple) else (size, size)
     anchor = (model.backbone if isinstance(model, DenseModel) else model).anchors[0]
     grid = tuple(anchor.patch_embed.img_size)
     patch = anchor.patch_embed.patch_size[0]
-    # dense models are built for their training crop (position embeddings, relative position tables, FLOPs)
-    if (size, size) != grid and (not anchor.dynamic_img_size or cfg.task != "classification"):
+    # segmentation models are built for their training crop (relative position tables, FLOPs); depth anchors
+    # keep their pretraining size and resize position embeddings at run time, as the reference's
+    tied = not anchor.dynamic_img_size or cfg.task == "segmentation" or grid_of(anchor) is not None
+    if hw != grid and tied:
         raise SNNetError(f"data.input_size {size} differs from the anchors' {grid[0]}x{grid[1]} input: set "
                          f"model.anchors.N.kwargs.img_size={size} for both anchors (position embeddings are resized)")
-    if size % patch:
+    if hw[0] % patch or hw[1] % patch:
         raise SNNetError(f"data.input_size {size} is not a multiple of the anchors' patch size {patch}")
     return model
 
@@ -129,6 +155,6 @@ def check_heads(cfg: RunConfig, load_weights: bool) -> list[str]:
     return notes
 
 
-def build_task(cfg: RunConfig, progress: bool = True) -> ClassificationTask | SegmentationTask:
+def build_task(cfg: RunConfig, progress: bool = True) -> ClassificationTask | SegmentationTask | DepthTask:
     size, mean, std = data_defaults(cfg)
     return TASKS[cfg.task](cfg, size, mean, std, progress)

@@ -108,6 +108,8 @@ class ClassificationTask:
 
     name = "classification"
     primary_metric = "acc1"
+    higher_is_better = True
+    plot_metrics = (("acc1", True),)
     report_metrics = ("acc1", "acc5", "loss")
     num_sums = 4  # length of eval_sums
     eval_collate = None  # the default: stacked tensors
@@ -127,7 +129,7 @@ class ClassificationTask:
         else:
             self.criterion = torch.nn.CrossEntropyLoss()
 
-    def training_loss(self, model, batch, device: torch.device) -> torch.Tensor:
+    def training_loss(self, model, batch, device: torch.device, step: int = 0) -> torch.Tensor:
         images, targets = (t.to(device, non_blocking=True) for t in batch)
         if self.mixup is not None:
             if images.shape[0] % 2:  # timm's batch mixing pairs images with the flipped batch

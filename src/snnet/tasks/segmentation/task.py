@@ -16,6 +16,8 @@ class SegmentationTask:
 
     name = "segmentation"
     primary_metric = "mIoU"
+    higher_is_better = True
+    plot_metrics = (("mIoU", True),)
     report_metrics = ("mIoU", "mAcc", "aAcc")
     eval_collate = staticmethod(collate_eval)
 
@@ -26,7 +28,7 @@ class SegmentationTask:
         self.ignore_index = cfg.data.ignore_index
         self.aux_weight = cfg.model.head.aux_weight
 
-    def training_loss(self, model, batch, device: torch.device) -> torch.Tensor:
+    def training_loss(self, model, batch, device: torch.device, step: int = 0) -> torch.Tensor:
         """Cross-entropy of the decode head plus ``aux_weight`` x each auxiliary head's, on logits resized to
         the labels; averaged over all pixels, ignored ones counting zero (mmsegmentation's default)."""
         images, masks = (t.to(device, non_blocking=True) for t in batch)

@@ -1,0 +1,230 @@
+"""Depth data: NYUv2 in the BTS layout (split files), a generic images + 16-bit depth PNG folder, the built-in
+scenes; the reference's training pipeline on torchvision transforms v2, image and depth transformed jointly."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as TF
+
+from ...config import RunConfig
+from ...errors import SNNetError
+from ..segmentation.data import IMAGE_SUFFIXES, _read_image, _with_transform
+
+NYU_CROP = (45, 472, 43, 608)  # rows 45..471, columns 43..607: NYUv2's white border, cut before training
+
+
+class DepthPairs(Dataset):
+    """(image path, depth PNG path) pairs; depth PNGs hold ``depth_scale`` x metres in 16 bits (0 = no depth)."""
+
+    def __init__(self, pairs: list[tuple[Path, Path]], depth_scale: float, transform=None) -> None:
+        self.pairs, self.depth_scale, self.transform = pairs, depth_scale, transform
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def read(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        image_path, depth_path = self.pairs[index]
+        image, depth = _read_image(image_path), _read_depth(depth_path) / self.depth_scale
+        if image.shape[:2] != depth.shape:
+            raise SNNetError(f"depth {depth_path} is {depth.shape[1]}x{depth.shape[0]} but its image "
+                             f"{image_path.name} is {image.shape[1]}x{image.shape[0]}")
+        return image, depth
+
+    def __getitem__(self, index: int):
+        return _apply(self.transform, *self.read(index))
+
+
+def nyu_pairs(root: Path, split_file: str) -> list[tuple[Path, Path]]:
+    """The reference's reading of a BTS split file: "rgb depth focal" per line, paths under ``root`` (a leading
+    slash dropped), "None" depths skipped, sorted by image path; every named file must exist."""
+    path = Path(split_file) if Path(split_file).is_absolute() else root / split_file
+    if not path.is_file():
+        raise SNNetError(f"split file not found: {path}")
+    pairs = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) < 2:
+            raise SNNetError(f"{path} line {number}: expected 'rgb_path depth_path [focal]', got {line!r}")
+        if parts[1] == "None":
+            continue
+        image, depth = (root / p.lstrip("/") for p in parts[:2])
+        for f in (image, depth):
+            if not f.is_file():
+                raise SNNetError(f"{path} line {number} names a missing file: {f}")
+        pairs.append((image, depth))
+    if not pairs:
+        raise SNNetError(f"{path} lists no image with a depth map")
+    return sorted(pairs)
+
+
+def folder_pairs(root: Path, split: str) -> list[tuple[Path, Path]]:
+    """``root/images/<split>/<name>.<jpg|png|...>`` with ``root/depths/<split>/<name>.png``."""
+    image_dir, depth_dir = root / "images" / split, root / "depths" / split
+    for d in (image_dir, depth_dir):
+        if not d.is_dir():
+            raise SNNetError(f"data folder not found: {d}")
+    images = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not images:
+        raise SNNetError(f"no images in {image_dir}")
+    pairs = [(p, depth_dir / f"{p.stem}.png") for p in images]
+    for image, depth in pairs:
+        if not depth.is_file():
+            raise SNNetError(f"depth file missing for {image}: expected {depth}")
+    return pairs
+
+
+class ShapesDepth(Dataset):
+    """The built-in scenes with their depth maps (metres)."""
+
+    def __init__(self, split: str, num_images: int, config, transform=None, preload: bool = True,
+                 progress: bool = True) -> None:
+        from ...data import render_scene
+        self.split, self.num_images, self.config, self.transform = split, num_images, config, transform
+        self.scenes = None
+        if preload:
+            from tqdm.auto import tqdm
+            self.scenes = [self._pair(render_scene(config, split, i)) for i in
+                           tqdm(range(num_images), desc=f"rendering {split} scenes", leave=False, unit="img",
+                                disable=not progress)]
+
+    @staticmethod
+    def _pair(scene) -> tuple[np.ndarray, np.ndarray]:
+        return scene.image, scene.depth.astype(np.float64)
+
+    def __len__(self) -> int:
+        return self.num_images
+
+    def read(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        from ...data import render_scene
+        if not 0 <= index < self.num_images:
+            raise IndexError(index)
+        return self.scenes[index] if self.scenes is not None else self._pair(render_scene(self.config, self.split, index))
+
+    def __getitem__(self, index: int):
+        return _apply(self.transform, *self.read(index))
+
+
+def _read_depth(path: Path) -> np.ndarray:
+    try:
+        with Image.open(path) as im:
+            if im.mode not in ("I;16", "I;16B", "I"):
+                raise SNNetError(f"depth {path} is not a 16-bit single-channel PNG (mode {im.mode}): depth maps "
+                                 f"hold depth_scale x metres per pixel")
+            return np.asarray(im).astype(np.float64)
+    except SNNetError:
+        raise
+    except Exception as e:
+        raise SNNetError(f"cannot read depth {path}: {type(e).__name__}") from None
+
+
+def _apply(transform, image: np.ndarray, depth: np.ndarray):
+    img = tv_tensors.Image(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1))
+    # depth travels as a Mask: geometric transforms move it with nearest interpolation, filling 0 (no depth)
+    d = tv_tensors.Mask(torch.from_numpy(np.ascontiguousarray(depth, dtype=np.float32))[None])
+    return transform(img, d) if transform is not None else (img, d)
+
+
+# ---- the reference's pipeline on transforms v2 ------------------------------------------------------
+class Crop(v2.Transform):
+    """A fixed crop (top, bottom, left, right; ends excluded) of image and depth: NYUv2's border."""
+
+    def __init__(self, box: tuple[int, int, int, int]) -> None:
+        super().__init__()
+        self.box = box
+
+    def transform(self, inpt, params: dict):
+        top, bottom, left, right = self.box
+        return TF.crop(inpt, top, left, bottom - top, right - left)
+
+
+class ColorAug(v2.Transform):
+    """The reference's ColorAug with probability ``p``: on 0-255 values, ``x ** gamma`` (gamma 0.9-1.1), times a
+    brightness (0.75-1.25), times a colour per channel (0.9-1.1), clipped to 0-255. Images as floats in [0, 1]."""
+
+    def __init__(self, p: float = 0.5, gamma=(0.9, 1.1), brightness=(0.75, 1.25), colour=(0.9, 1.1)) -> None:
+        super().__init__()
+        self.p, self.gamma, self.brightness, self.colour = p, gamma, brightness, colour
+
+    def make_params(self, flat_inputs: list) -> dict:
+        u = lambda lo_hi, *shape: lo_hi[0] + (lo_hi[1] - lo_hi[0]) * torch.rand(shape)  # noqa: E731
+        return {"apply": torch.rand(()).item() < self.p, "gamma": u(self.gamma).item(),
+                "brightness": u(self.brightness).item(), "colour": u(self.colour, 3)}
+
+    def transform(self, inpt, params: dict):
+        if not params["apply"] or not isinstance(inpt, tv_tensors.Image):
+            return inpt
+        x = (inpt.as_subclass(torch.Tensor) * 255) ** params["gamma"] * params["brightness"]
+        x = x * params["colour"].to(x)[:, None, None]
+        return tv_tensors.wrap((x.clamp(0, 255) / 255), like=inpt)
+
+
+def build_transforms(cfg: RunConfig, crop: tuple[int, int], mean, std) -> tuple[v2.Compose, v2.Compose, v2.Compose]:
+    """(train, eval, least-squares init) pipelines; eval keeps the full image (the flip test runs in the model)."""
+    aug = cfg.augment
+    pre = [Crop(tuple(cfg.data.precrop))] if cfg.data.precrop else []
+    to_float = v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True)
+    normalize = v2.Normalize(mean, std)
+    train = v2.Compose([*pre, v2.RandomApply([v2.RandomRotation(aug.rotation, fill=0)], p=0.5),
+                        v2.RandomHorizontalFlip(aug.hflip), v2.RandomCrop(crop, pad_if_needed=True, fill=0),
+                        to_float, ColorAug(aug.color_prob), normalize])
+    init = v2.Compose([*pre, v2.CenterCrop(crop), to_float, normalize])
+    return train, v2.Compose([to_float, normalize]), init
+
+
+def build_datasets(cfg: RunConfig, crop: tuple[int, int], mean, std, progress: bool = True):
+    """(train, val, init) for the configured dataset."""
+    train_tf, val_tf, init_tf = build_transforms(cfg, crop, mean, std)
+    data = cfg.data
+    if data.dataset == "shapes":
+        s = data.shapes
+        scenes = s.scene_config()
+        train = ShapesDepth("train", s.num_train, scenes, train_tf, s.preload, progress)
+        val = ShapesDepth("val", s.num_val, scenes, val_tf, s.preload, progress)
+    else:
+        check_folders(cfg)
+        root = Path(data.root)
+        split = nyu_pairs if data.dataset == "nyuv2" else folder_pairs
+        train, val = (DepthPairs(split(root, name), data.depth_scale, tf)
+                      for name, tf in ((train_split(cfg), train_tf), (val_split(cfg), val_tf)))
+    return train, val, _with_transform(train, init_tf)
+
+
+def train_split(cfg: RunConfig) -> str:
+    default = "nyu_train.txt" if cfg.data.dataset == "nyuv2" else "train"
+    return cfg.data.train_split if "train_split" in cfg.data.model_fields_set else default
+
+
+def val_split(cfg: RunConfig) -> str:
+    default = "nyu_test.txt" if cfg.data.dataset == "nyuv2" else "val"
+    return cfg.data.val_split if "val_split" in cfg.data.model_fields_set else default
+
+
+def check_folders(cfg: RunConfig) -> None:
+    """The dataset's root and split files or folders exist, before any run directory is touched."""
+    if cfg.data.dataset == "shapes":
+        return
+    if not cfg.data.root:
+        raise SNNetError(f"config key 'data.root' is not set: point it at the {cfg.data.dataset} folder")
+    root = Path(cfg.data.root)
+    for name in (train_split(cfg), val_split(cfg)):
+        if cfg.data.dataset == "nyuv2":
+            path = Path(name) if Path(name).is_absolute() else root / name
+            if not path.is_file():
+                raise SNNetError(f"split file not found: {path}")
+        else:
+            for sub in ("images", "depths"):
+                if not (root / sub / name).is_dir():
+                    raise SNNetError(f"data folder not found: {root / sub / name}")
+
+
+def collate_eval(batch: list) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    return [b[0] for b in batch], [b[1] for b in batch]
+

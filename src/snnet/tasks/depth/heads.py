@@ -1,0 +1,129 @@
+"""DPT's head (readout "project", reassemble, fusion, depth head) as the reference's depth code runs it (SPEC 11)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ...flops import BILINEAR_FLOPS_PER_OUTPUT, conv_flops
+
+REASSEMBLE_CHANNELS = (96, 192, 384, 768)
+
+
+def _resize_layer(level: int, channels: int) -> nn.Module:
+    """x4 and x2 transposed convolutions, identity, and a stride-2 convolution, for taps 0..3."""
+    return [nn.ConvTranspose2d(channels, channels, 4, stride=4), nn.ConvTranspose2d(channels, channels, 2, stride=2),
+            nn.Identity(), nn.Conv2d(channels, channels, 3, stride=2, padding=1)][level]
+
+
+class Reassemble(nn.Module):
+    """One tap (B, C, h, w) and its class token (B, C) -> a feature map of ``out_channels`` at its level's scale."""
+
+    def __init__(self, level: int, width: int, out_channels: int) -> None:
+        super().__init__()
+        self.readout = nn.Sequential(nn.Linear(2 * width, width), nn.GELU())  # readout "project"
+        self.project = nn.Conv2d(width, out_channels, 1)
+        self.resize = _resize_layer(level, out_channels)
+
+    def forward(self, x: torch.Tensor, cls_token: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        tokens = x.flatten(2).transpose(1, 2)  # (B, hw, C)
+        tokens = self.readout(torch.cat([tokens, cls_token[:, None].expand_as(tokens)], dim=-1))
+        return self.resize(self.project(tokens.transpose(1, 2).reshape(b, c, h, w)))
+
+
+class ResidualUnit(nn.Module):
+    """ReLU -> 3x3 conv -> ReLU -> 3x3 conv (no biases), plus the input."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv2(F.relu(self.conv1(F.relu(x))))
+
+
+class FusionBlock(nn.Module):
+    """Adds ``residual_unit_1(skip)`` (skip resized to the input if needed), then ``residual_unit_2``,
+    x2 bilinear (align_corners True) and a 1x1 conv. The deepest block has no skip."""
+
+    def __init__(self, channels: int, with_skip: bool) -> None:
+        super().__init__()
+        self.residual_unit_1 = ResidualUnit(channels) if with_skip else None
+        self.residual_unit_2 = ResidualUnit(channels)
+        self.project = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
+        if skip is not None:
+            if skip.shape != x.shape:
+                skip = F.interpolate(skip, size=x.shape[-2:], mode="bilinear", align_corners=False)
+            x = x + self.residual_unit_1(skip)
+        x = self.residual_unit_2(x)
+        x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
+        return self.project(x)
+
+
+class DPTHead(nn.Module):
+    """Four taps with class tokens on an (h, w) token grid -> depth ``ReLU(x) + min_depth``, (B, 1, 16h, 16w):
+    the input size for 16-pixel patches."""
+
+    def __init__(self, width: int, channels: int = 256, min_depth: float = 1e-3,
+                 reassemble_channels: tuple[int, ...] = REASSEMBLE_CHANNELS) -> None:
+        super().__init__()
+        self.width, self.channels, self.min_depth = width, channels, min_depth
+        self.reassemble_channels = tuple(reassemble_channels)
+        self.reassemble = nn.ModuleList(Reassemble(i, width, c) for i, c in enumerate(self.reassemble_channels))
+        self.convs = nn.ModuleList(nn.Conv2d(c, channels, 3, padding=1, bias=False) for c in self.reassemble_channels)
+        self.fusion = nn.ModuleList(FusionBlock(channels, with_skip=i > 0) for i in range(len(self.reassemble_channels)))
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.depth_conv1 = nn.Conv2d(channels, channels // 2, 3, padding=1)
+        self.depth_conv2 = nn.Conv2d(channels // 2, 32, 3, padding=1)
+        self.depth_conv3 = nn.Conv2d(32, 1, 1)
+
+    def forward(self, taps: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """``taps``: (map (B, C, h, w), class token (B, C)) per level, shallow to deep -> (B, 1, H', W')."""
+        x = [conv(block(f, cls)) for block, conv, (f, cls) in zip(self.reassemble, self.convs, taps)]
+        out = self.fusion[0](x[-1])
+        for i in range(1, len(self.fusion)):
+            out = self.fusion[i](out, x[-(i + 1)])
+        out = F.relu(self.conv(out))
+        out = F.interpolate(self.depth_conv1(out), scale_factor=2, mode="bilinear", align_corners=True)
+        out = self.depth_conv3(F.relu(self.depth_conv2(out)))
+        return F.relu(out) + self.min_depth
+
+    def flops(self, grid: tuple[int, int]) -> int:
+        """At a ``grid`` of tokens, SPEC section 4's convention (a transposed conv per input position)."""
+        h, w = grid
+        c, ch = self.width, self.channels
+        flops, sizes = 0, []
+        for i, out in enumerate(self.reassemble_channels):
+            flops += h * w * 2 * c * c + conv_flops((h, w), c, out)  # readout linear, 1x1 projection
+            if i == 0:
+                flops += conv_flops((h, w), out, out, 4)
+                size = (4 * h, 4 * w)
+            elif i == 1:
+                flops += conv_flops((h, w), out, out, 2)
+                size = (2 * h, 2 * w)
+            elif i == 2:
+                size = (h, w)
+            else:
+                size = ((h - 1) // 2 + 1, (w - 1) // 2 + 1)
+                flops += conv_flops(size, out, out, 3)
+            flops += conv_flops(size, out, ch, 3)
+            sizes.append(size)
+        unit = lambda s: 2 * conv_flops(s, ch, ch, 3)  # noqa: E731  a residual unit
+        size = sizes[-1]
+        for i in range(len(sizes)):
+            if i > 0:
+                skip = sizes[-(i + 1)]
+                if skip != size:  # resized to the running map
+                    flops += BILINEAR_FLOPS_PER_OUTPUT * ch * size[0] * size[1]
+                flops += unit(size)
+            flops += unit(size)
+            size = (2 * size[0], 2 * size[1])
+            flops += BILINEAR_FLOPS_PER_OUTPUT * ch * size[0] * size[1] + conv_flops(size, ch, ch)
+        flops += conv_flops(size, ch, ch, 3) + conv_flops(size, ch, ch // 2, 3)
+        size = (2 * size[0], 2 * size[1])
+        flops += BILINEAR_FLOPS_PER_OUTPUT * (ch // 2) * size[0] * size[1]
+        return flops + conv_flops(size, ch // 2, 32, 3) + conv_flops(size, 32, 1)

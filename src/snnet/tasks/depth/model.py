@@ -1,0 +1,54 @@
+"""A stitched backbone with DPT's head: depth from any stitch, with the reference's flip test."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ...errors import SNNetError
+from ...flops import BILINEAR_FLOPS_PER_OUTPUT
+from ...model import SNNet
+from ...stitch_space import LARGE
+from ..dense import DenseModel
+from .heads import REASSEMBLE_CHANNELS, DPTHead
+
+
+class DepthModel(DenseModel):
+    """``model(images)`` returns the active stitch's depth (B, 1, H, W) at the input size, in metres.
+    FLOPs are reported at ``input_size`` (the evaluation size: NYUv2's 480x640)."""
+
+    task = "depth"
+    num_classes = None
+
+    def __init__(self, backbone: SNNet, channels: int = 256, min_depth: float = 1e-3,
+                 input_size: tuple[int, int] = (480, 640),
+                 reassemble_channels: tuple[int, ...] = REASSEMBLE_CHANNELS) -> None:
+        super().__init__(backbone, {"channels": channels, "min_depth": min_depth,
+                                    "reassemble_channels": list(reassemble_channels),
+                                    "input_size": [int(v) for v in input_size]})
+        if len(backbone.out_indices) != len(REASSEMBLE_CHANNELS):
+            raise SNNetError(f"DPT reads {len(REASSEMBLE_CHANNELS)} taps: model.out_indices has "
+                             f"{len(backbone.out_indices)} ({backbone.out_indices})")
+        self.decode_head = DPTHead(backbone.widths[LARGE], channels, min_depth, reassemble_channels)
+
+    @property
+    def img_size(self) -> tuple[int, int]:
+        return tuple(self.head_config["input_size"])
+
+    def head_flops(self, img_size: tuple[int, int]) -> int:
+        ph, pw = self.backbone.anchors[0].patch_embed.patch_size
+        # the reference resizes the prediction to the input size even when it already has it (fvcore counts it)
+        return self.decode_head.flops((img_size[0] // ph, img_size[1] // pw)) + \
+            BILINEAR_FLOPS_PER_OUTPUT * img_size[0] * img_size[1]
+
+    def inference_heads(self) -> list[torch.nn.Module]:
+        return [self.decode_head]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        taps = self.backbone.forward_features(x, return_prefix_tokens=True)
+        depth = self.decode_head([(f, prefix[:, 0]) for f, prefix in taps])  # the class token of each tap
+        return F.interpolate(depth, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+    @torch.no_grad()
+    def flip_inference(self, x: torch.Tensor) -> torch.Tensor:
+        """The reference's test: the mean of the prediction and the flipped prediction of the flipped image."""
+        return (self(x) + self(x.flip(-1)).flip(-1)) / 2

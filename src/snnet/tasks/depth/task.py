@@ -1,0 +1,73 @@
+"""Monocular depth for the shared training loop: data, loss, per-stitch metric sums, prediction grid."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ...config import RunConfig
+from .data import build_datasets, collate_eval
+from .metrics import METRICS, image_metrics, sig_loss, summarize, valid_mask
+
+
+class DepthTask:
+    """What the training loop and the per-stitch evaluation need to know about depth."""
+
+    name = "depth"
+    primary_metric = "rmse"
+    higher_is_better = False
+    plot_metrics = (("rmse", False), ("a1", True))  # a Pareto plot each
+    report_metrics = ("rmse", "a1", "abs_rel", "silog")
+    eval_collate = staticmethod(collate_eval)
+    num_classes = None
+    num_sums = len(METRICS) + 1  # per-image metric sums, then the number of images with valid pixels
+
+    def __init__(self, cfg: RunConfig, crop: int | tuple[int, int], mean, std, progress: bool = True) -> None:
+        crop = tuple(crop) if isinstance(crop, tuple) else (crop, crop)
+        self.cfg, self.crop, self.mean, self.std = cfg, crop, mean, std
+        self.train_set, self.val_set, self.init_set = build_datasets(cfg, crop, mean, std, progress)
+
+    def training_loss(self, model, batch, device: torch.device, step: int = 0) -> torch.Tensor:
+        """The scale-invariant log loss; its first ``train.loss_warmup`` iterations without the variance term."""
+        images, depth = (t.to(device, non_blocking=True).as_subclass(torch.Tensor) for t in batch)
+        pred = model(images)
+        if pred.shape[-2:] != depth.shape[-2:]:
+            pred = F.interpolate(pred, size=depth.shape[-2:], mode="bilinear", align_corners=False)
+        return sig_loss(pred.float(), depth, warm_up=step < self.cfg.train.loss_warmup)
+
+    @torch.no_grad()
+    def predict(self, model, images: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+        """Depth (H, W) per image, with the flip test when ``eval.flip``."""
+        same = all(i.shape == images[0].shape for i in images)
+        out = []
+        for x in ([torch.stack(images)] if same else [i[None] for i in images]):
+            x = x.to(device, non_blocking=True).as_subclass(torch.Tensor)
+            out.extend((model.flip_inference(x) if self.cfg.eval.flip else model(x))[:, 0].float())
+        return out
+
+    @torch.no_grad()
+    def eval_sums(self, model, batch, device: torch.device) -> torch.Tensor:
+        """Per-image metrics on valid pixels inside the evaluation crop, summed, and the count of such images."""
+        images, depths = batch
+        data = self.cfg.data
+        sums = torch.zeros(self.num_sums, dtype=torch.float64, device=device)
+        for pred, gt in zip(self.predict(model, images, device), depths):
+            gt = gt.to(device).as_subclass(torch.Tensor)[0]
+            if pred.shape != gt.shape:
+                pred = F.interpolate(pred[None, None], size=gt.shape, mode="bilinear", align_corners=False)[0, 0]
+            mask = valid_mask(gt, data.min_depth, data.max_depth, tuple(data.eval_crop) if data.eval_crop else None)
+            if mask.any():
+                sums[:-1] += image_metrics(pred[mask], gt[mask])
+                sums[-1] += 1
+        return sums
+
+    def finalize(self, sums: torch.Tensor) -> dict:
+        return {**summarize(sums), "images": int(sums[-1].item())}
+
+    def report(self, model, rows: list[dict], run_dir: Path, device: torch.device) -> list[Path]:
+        """``predictions.png``: validation images, their depth and three frontier stitches' predictions."""
+        from .visualize import prediction_grid
+        if self.cfg.eval.visualize == 0:
+            return []
+        return [prediction_grid(self, model, rows, run_dir / "predictions.png", device)]
