@@ -172,9 +172,10 @@ def build_transforms(cfg: RunConfig, crop: tuple[int, int], mean, std) -> tuple[
     pre = [Crop(tuple(cfg.data.precrop))] if cfg.data.precrop else []
     to_float = v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True)
     normalize = v2.Normalize(mean, std)
-    train = v2.Compose([*pre, v2.RandomApply([v2.RandomRotation(aug.rotation, fill=0)], p=0.5),
-                        v2.RandomHorizontalFlip(aug.hflip), v2.RandomCrop(crop, pad_if_needed=True, fill=0),
-                        to_float, ColorAug(aug.color_prob), normalize])
+    # images rotate bilinearly, depth (a Mask) by nearest neighbour, both filling 0: as mmcv.imrotate in the reference
+    rotate = v2.RandomRotation(aug.rotation, v2.InterpolationMode.BILINEAR, fill=0)
+    train = v2.Compose([*pre, v2.RandomApply([rotate], p=0.5), v2.RandomHorizontalFlip(aug.hflip),
+                        v2.RandomCrop(crop, pad_if_needed=True, fill=0), to_float, ColorAug(aug.color_prob), normalize])
     init = v2.Compose([*pre, v2.CenterCrop(crop), to_float, normalize])
     return train, v2.Compose([to_float, normalize]), init
 
