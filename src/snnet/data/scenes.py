@@ -304,6 +304,36 @@ class ShapesClassification(Dataset):
         return (self.transform(img) if self.transform is not None else img), self.targets[index]
 
 
+class ShapesMaps(Dataset):
+    """Dense view of the scenes: (image, per-pixel ``target``), "semantic" (0 = background, c + 1 = class c) or
+    "depth" (metres). ``wrap(transform, image, map)`` turns the numpy arrays into the task's tensors."""
+
+    def __init__(self, split: str, num_images: int, config: SceneConfig, target: str, wrap, transform=None,
+                 preload: bool = True, progress: bool = True):
+        self.split, self.num_images, self.config, self.target = split, num_images, config, target
+        self.wrap, self.transform = wrap, transform
+        self.scenes = None
+        if preload:
+            from tqdm.auto import tqdm
+            self.scenes = [self._pair(i) for i in tqdm(range(num_images), desc=f"rendering {split} scenes",
+                                                       leave=False, unit="img", disable=not progress)]
+
+    def _pair(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        scene = render_scene(self.config, self.split, index)
+        return scene.image, getattr(scene, self.target)
+
+    def __len__(self) -> int:
+        return self.num_images
+
+    def read(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        if not 0 <= index < self.num_images:
+            raise IndexError(index)
+        return self.scenes[index] if self.scenes is not None else self._pair(index)
+
+    def __getitem__(self, index: int):
+        return self.wrap(self.transform, *self.read(index))
+
+
 def class_folder(label: int) -> str:
     """ImageFolder directory name of a class; the numeric prefix makes ImageFolder's sorted indices equal labels."""
     return f"{label:02d}_{SHAPES[label]}"

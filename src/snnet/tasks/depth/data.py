@@ -13,10 +13,9 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from ...config import RunConfig
+from ...data import ShapesMaps
 from ...errors import SNNetError
 from ..segmentation.data import IMAGE_SUFFIXES, _read_image, _with_transform
-
-NYU_CROP = (45, 472, 43, 608)  # rows 45..471, columns 43..607: NYUv2's white border, cut before training
 
 
 class DepthPairs(Dataset):
@@ -79,37 +78,6 @@ def folder_pairs(root: Path, split: str) -> list[tuple[Path, Path]]:
         if not depth.is_file():
             raise SNNetError(f"depth file missing for {image}: expected {depth}")
     return pairs
-
-
-class ShapesDepth(Dataset):
-    """The built-in scenes with their depth maps (metres)."""
-
-    def __init__(self, split: str, num_images: int, config, transform=None, preload: bool = True,
-                 progress: bool = True) -> None:
-        from ...data import render_scene
-        self.split, self.num_images, self.config, self.transform = split, num_images, config, transform
-        self.scenes = None
-        if preload:
-            from tqdm.auto import tqdm
-            self.scenes = [self._pair(render_scene(config, split, i)) for i in
-                           tqdm(range(num_images), desc=f"rendering {split} scenes", leave=False, unit="img",
-                                disable=not progress)]
-
-    @staticmethod
-    def _pair(scene) -> tuple[np.ndarray, np.ndarray]:
-        return scene.image, scene.depth.astype(np.float64)
-
-    def __len__(self) -> int:
-        return self.num_images
-
-    def read(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        from ...data import render_scene
-        if not 0 <= index < self.num_images:
-            raise IndexError(index)
-        return self.scenes[index] if self.scenes is not None else self._pair(render_scene(self.config, self.split, index))
-
-    def __getitem__(self, index: int):
-        return _apply(self.transform, *self.read(index))
 
 
 def _read_depth(path: Path) -> np.ndarray:
@@ -187,8 +155,8 @@ def build_datasets(cfg: RunConfig, crop: tuple[int, int], mean, std, progress: b
     if data.dataset == "shapes":
         s = data.shapes
         scenes = s.scene_config()
-        train = ShapesDepth("train", s.num_train, scenes, train_tf, s.preload, progress)
-        val = ShapesDepth("val", s.num_val, scenes, val_tf, s.preload, progress)
+        train, val = (ShapesMaps(split, n, scenes, "depth", _apply, tf, s.preload, progress)
+                      for split, n, tf in (("train", s.num_train, train_tf), ("val", s.num_val, val_tf)))
     else:
         check_folders(cfg)
         root = Path(data.root)

@@ -6,7 +6,6 @@ import torch
 LOSS_EPS = 1e-3  # inside the logs of the loss, against exploding gradients
 VARIANCE_FOCUS = 0.15
 METRICS = ("a1", "a2", "a3", "abs_rel", "sq_rel", "rmse", "rmse_log", "log10", "silog")
-LOWER_IS_BETTER = {"abs_rel", "sq_rel", "rmse", "rmse_log", "log10", "silog"}
 
 
 def sig_loss(pred: torch.Tensor, gt: torch.Tensor, warm_up: bool = False) -> torch.Tensor:

@@ -13,6 +13,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from ...config import RunConfig
+from ...data import ShapesMaps
 from ...errors import SNNetError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -63,40 +64,6 @@ class SegmentationFolder(Dataset):
     def __getitem__(self, index: int):
         image, label = self.read(index)
         return _apply(self.transform, image, label)
-
-
-class ShapesSegmentation(Dataset):
-    """The built-in scenes with their per-pixel classes: 0 = background, c + 1 = shape class c."""
-
-    def __init__(self, split: str, num_images: int, config, transform=None, preload: bool = True,
-                 progress: bool = True) -> None:
-        from ...data import SHAPES, render_scene
-        self.split, self.num_images, self.config, self.transform = split, num_images, config, transform
-        self.classes = ["background", *SHAPES[:config.num_classes]]
-        self.num_classes = len(self.classes)
-        self.scenes = None
-        if preload:
-            from tqdm.auto import tqdm
-            self.scenes = [_pair(render_scene(config, split, i)) for i in
-                           tqdm(range(num_images), desc=f"rendering {split} scenes", leave=False, unit="img",
-                                disable=not progress)]
-
-    def __len__(self) -> int:
-        return self.num_images
-
-    def read(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        from ...data import render_scene
-        if not 0 <= index < self.num_images:
-            raise IndexError(index)
-        return self.scenes[index] if self.scenes is not None else _pair(render_scene(self.config, self.split, index))
-
-    def __getitem__(self, index: int):
-        image, label = self.read(index)
-        return _apply(self.transform, image, label)
-
-
-def _pair(scene) -> tuple[np.ndarray, np.ndarray]:
-    return scene.image, scene.semantic
 
 
 def _read_image(path: Path) -> np.ndarray:
@@ -302,8 +269,8 @@ def build_datasets(cfg: RunConfig, crop: int, mean, std, progress: bool = True) 
     if data.dataset == "shapes":
         s = data.shapes
         scenes = s.scene_config()
-        train = ShapesSegmentation("train", s.num_train, scenes, train_tf, s.preload, progress)
-        val = ShapesSegmentation("val", s.num_val, scenes, val_tf, s.preload, progress)
+        train, val = (ShapesMaps(split, n, scenes, "semantic", _apply, tf, s.preload, progress)
+                      for split, n, tf in (("train", s.num_train, train_tf), ("val", s.num_val, val_tf)))
     else:
         check_folders(cfg)
         train, val = (SegmentationFolder(data.root, split, suffix, classes, tf, reduce, data.ignore_index)

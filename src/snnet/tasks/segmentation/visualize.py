@@ -1,4 +1,4 @@
-"""The prediction grid of a segmentation run: input, label, and three frontier stitches per row."""
+"""The prediction grid of a segmentation run: input, label, and three mIoU-frontier stitches per row."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,8 +6,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..._atomic import atomic_path
-from ...results import frontier
+from .._grid import frontier_picks, save_grid
 
 
 def palette(num_classes: int, ignore_index: int) -> np.ndarray:
@@ -19,36 +18,18 @@ def palette(num_classes: int, ignore_index: int) -> np.ndarray:
 
 
 def prediction_grid(task, model, rows: list[dict], path: Path, device: torch.device) -> Path:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    front = frontier(rows, task.primary_metric)
-    picks = list({r["stitch_id"]: r for r in (front[0], front[len(front) // 2], front[-1])}.values())
-    n = min(task.cfg.eval.visualize, len(task.val_set))
-    samples = [task.val_set[i] for i in range(n)]
+    picks = frontier_picks(rows, task.primary_metric, task.higher_is_better)
+    samples = [task.val_set[i] for i in range(min(task.cfg.eval.visualize, len(task.val_set)))]
     colours = palette(task.num_classes, task.ignore_index)
     mean, std = torch.tensor(task.mean)[:, None, None], torch.tensor(task.std)[:, None, None]
-    preds = {}
     model.eval()
-    for r in picks:
-        model.select(r["stitch_id"])
-        preds[r["stitch_id"]] = task.predict(model, [s[0] for s in samples], [tuple(s[1].shape) for s in samples],
-                                             device)
-    cols = 2 + len(picks)
-    fig = Figure(figsize=(2.2 * cols, 2.2 * n + 0.4), dpi=100)
-    FigureCanvasAgg(fig)
+    preds = {r["stitch_id"]: task.predict(model.select(r["stitch_id"]), [s[0] for s in samples],
+                                          [tuple(s[1].shape) for s in samples], device) for r in picks}
+    nearest = {"interpolation": "nearest"}
+    panels = []
     for i, (image, label) in enumerate(samples):
         img = (image.as_subclass(torch.Tensor) * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
-        panels = [("image", img), ("label", colours[label.numpy()])]
-        panels += [(f"#{r['stitch_id']} {r['gflops']:.2f} G\nmIoU {r['mIoU']:.1f}",
-                    colours[preds[r["stitch_id"]][i].cpu().numpy()]) for r in picks]
-        for j, (title, pixels) in enumerate(panels):
-            ax = fig.add_subplot(n, cols, i * cols + j + 1)
-            ax.imshow(pixels, interpolation="nearest")
-            ax.set_axis_off()
-            if i == 0:
-                ax.set_title(title, fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    return path
+        panels.append([("image", img, nearest), ("label", colours[label.numpy()], nearest)] + [
+            (f"#{r['stitch_id']} {r['gflops']:.2f} G\nmIoU {r['mIoU']:.1f}",
+             colours[preds[r["stitch_id"]][i].cpu().numpy()], nearest) for r in picks])
+    return save_grid(path, panels)
