@@ -318,6 +318,13 @@ class ShapesMaps(Dataset):
             self.scenes = [self._pair(i) for i in tqdm(range(num_images), desc=f"rendering {split} scenes",
                                                        leave=False, unit="img", disable=not progress)]
 
+    @classmethod
+    def splits(cls, shapes, target: str, wrap, train_transform, val_transform, progress: bool = True):
+        """(train, val) views from a config's ``data.shapes`` section."""
+        scenes = shapes.scene_config()
+        return tuple(cls(split, n, scenes, target, wrap, tf, shapes.preload, progress) for split, n, tf in
+                     (("train", shapes.num_train, train_transform), ("val", shapes.num_val, val_transform)))
+
     def _pair(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         scene = render_scene(self.config, self.split, index)
         return scene.image, getattr(scene, self.target)

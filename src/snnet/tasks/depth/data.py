@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
@@ -15,7 +14,7 @@ from torchvision.transforms.v2 import functional as TF
 from ...config import RunConfig
 from ...data import ShapesMaps
 from ...errors import SNNetError
-from ..segmentation.data import IMAGE_SUFFIXES, _read_image, _with_transform
+from .._files import IMAGE_SUFFIXES, read_image, read_map, with_transform
 
 
 class DepthPairs(Dataset):
@@ -29,7 +28,9 @@ class DepthPairs(Dataset):
 
     def read(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         image_path, depth_path = self.pairs[index]
-        image, depth = _read_image(image_path), _read_depth(depth_path) / self.depth_scale
+        image = read_image(image_path)
+        depth = read_map(depth_path, "depth", ("I;16", "I;16B", "I"), "a 16-bit single-channel PNG",
+                         "depth maps hold depth_scale x metres per pixel") / self.depth_scale
         if image.shape[:2] != depth.shape:
             raise SNNetError(f"depth {depth_path} is {depth.shape[1]}x{depth.shape[0]} but its image "
                              f"{image_path.name} is {image.shape[1]}x{image.shape[0]}")
@@ -78,19 +79,6 @@ def folder_pairs(root: Path, split: str) -> list[tuple[Path, Path]]:
         if not depth.is_file():
             raise SNNetError(f"depth file missing for {image}: expected {depth}")
     return pairs
-
-
-def _read_depth(path: Path) -> np.ndarray:
-    try:
-        with Image.open(path) as im:
-            if im.mode not in ("I;16", "I;16B", "I"):
-                raise SNNetError(f"depth {path} is not a 16-bit single-channel PNG (mode {im.mode}): depth maps "
-                                 f"hold depth_scale x metres per pixel")
-            return np.asarray(im).astype(np.float64)
-    except SNNetError:
-        raise
-    except Exception as e:
-        raise SNNetError(f"cannot read depth {path}: {type(e).__name__}") from None
 
 
 def _apply(transform, image: np.ndarray, depth: np.ndarray):
@@ -153,17 +141,14 @@ def build_datasets(cfg: RunConfig, crop: tuple[int, int], mean, std, progress: b
     train_tf, val_tf, init_tf = build_transforms(cfg, crop, mean, std)
     data = cfg.data
     if data.dataset == "shapes":
-        s = data.shapes
-        scenes = s.scene_config()
-        train, val = (ShapesMaps(split, n, scenes, "depth", _apply, tf, s.preload, progress)
-                      for split, n, tf in (("train", s.num_train, train_tf), ("val", s.num_val, val_tf)))
+        train, val = ShapesMaps.splits(data.shapes, "depth", _apply, train_tf, val_tf, progress)
     else:
         check_folders(cfg)
         root = Path(data.root)
         split = nyu_pairs if data.dataset == "nyuv2" else folder_pairs
         train, val = (DepthPairs(split(root, name), data.depth_scale, tf)
                       for name, tf in ((train_split(cfg), train_tf), (val_split(cfg), val_tf)))
-    return train, val, _with_transform(train, init_tf)
+    return train, val, with_transform(train, init_tf)
 
 
 def train_split(cfg: RunConfig) -> str:

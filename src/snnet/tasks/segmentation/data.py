@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
@@ -15,8 +14,7 @@ from torchvision.transforms.v2 import functional as TF
 from ...config import RunConfig
 from ...data import ShapesMaps
 from ...errors import SNNetError
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+from .._files import IMAGE_SUFFIXES, read_image, read_map, with_transform
 
 # dataset -> (train split, val split, label file suffix, classes, reduce_zero_label), as the reference reads them
 LAYOUTS = {
@@ -53,8 +51,9 @@ class SegmentationFolder(Dataset):
 
     def read(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """(H, W, 3) uint8 image and (H, W) int64 class ids, checked."""
-        image = _read_image(self.images[index])
-        label = _read_label(self.labels[index])
+        image = read_image(self.images[index])
+        label = read_map(self.labels[index], "label", ("L", "P", "I;16", "I"),
+                         "a single-channel PNG", "labels hold one class id per pixel").astype(np.int64)
         if image.shape[:2] != label.shape:
             raise SNNetError(f"label {self.labels[index]} is {label.shape[1]}x{label.shape[0]} but its image "
                              f"{self.images[index].name} is {image.shape[1]}x{image.shape[0]}")
@@ -64,27 +63,6 @@ class SegmentationFolder(Dataset):
     def __getitem__(self, index: int):
         image, label = self.read(index)
         return _apply(self.transform, image, label)
-
-
-def _read_image(path: Path) -> np.ndarray:
-    try:
-        with Image.open(path) as im:
-            return np.array(im.convert("RGB"))
-    except Exception as e:  # a corrupt or foreign file among the images
-        raise SNNetError(f"cannot read image {path}: {type(e).__name__}") from None
-
-
-def _read_label(path: Path) -> np.ndarray:
-    try:
-        with Image.open(path) as im:
-            if im.mode not in ("L", "P", "I;16", "I"):
-                raise SNNetError(f"label {path} is not a single-channel PNG (mode {im.mode}): "
-                                 f"labels hold one class id per pixel")
-            return np.asarray(im).astype(np.int64)
-    except SNNetError:
-        raise
-    except Exception as e:
-        raise SNNetError(f"cannot read label {path}: {type(e).__name__}") from None
 
 
 def prepare_label(label: np.ndarray, num_classes: int, reduce_zero_label: bool, ignore_index: int,
@@ -267,23 +245,13 @@ def build_datasets(cfg: RunConfig, crop: int, mean, std, progress: bool = True) 
     classes, reduce, train_split, val_split, suffix = dataset_info(cfg)
     data = cfg.data
     if data.dataset == "shapes":
-        s = data.shapes
-        scenes = s.scene_config()
-        train, val = (ShapesMaps(split, n, scenes, "semantic", _apply, tf, s.preload, progress)
-                      for split, n, tf in (("train", s.num_train, train_tf), ("val", s.num_val, val_tf)))
+        train, val = ShapesMaps.splits(data.shapes, "semantic", _apply, train_tf, val_tf, progress)
     else:
         check_folders(cfg)
         train, val = (SegmentationFolder(data.root, split, suffix, classes, tf, reduce, data.ignore_index)
                       for split, tf in ((train_split, train_tf), (val_split, val_tf)))
-    init = _with_transform(train, init_tf)
+    init = with_transform(train, init_tf)
     return train, val, init, classes
-
-
-def _with_transform(dataset: Dataset, transform) -> Dataset:
-    import copy
-    other = copy.copy(dataset)
-    other.transform = transform
-    return other
 
 
 def collate_eval(batch: list) -> tuple[list[torch.Tensor], list[torch.Tensor]]:

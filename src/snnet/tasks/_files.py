@@ -1,0 +1,43 @@
+"""Reading the files of dense datasets: RGB images and single-channel PNG maps, with one-line errors."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from torch.utils.data import Dataset
+
+from ..errors import SNNetError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def read_image(path: Path) -> np.ndarray:
+    """(H, W, 3) uint8."""
+    try:
+        with Image.open(path) as im:
+            return np.array(im.convert("RGB"))
+    except Exception as e:  # a corrupt or foreign file among the images
+        raise SNNetError(f"cannot read image {path}: {type(e).__name__}") from None
+
+
+def read_map(path: Path, kind: str, modes: tuple[str, ...], expected: str, why: str) -> np.ndarray:
+    """(H, W) float64 values of a PNG whose PIL mode is one of ``modes``, else a one-line error saying what a
+    ``kind`` file must be (``expected``) and ``why``."""
+    try:
+        with Image.open(path) as im:
+            if im.mode not in modes:
+                raise SNNetError(f"{kind} {path} is not {expected} (mode {im.mode}): {why}")
+            return np.asarray(im).astype(np.float64)
+    except SNNetError:
+        raise
+    except Exception as e:
+        raise SNNetError(f"cannot read {kind} {path}: {type(e).__name__}") from None
+
+
+def with_transform(dataset: Dataset, transform) -> Dataset:
+    """The same files under another transform (the least-squares fit's)."""
+    other = copy.copy(dataset)
+    other.transform = transform
+    return other
