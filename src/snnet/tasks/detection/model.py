@@ -1,0 +1,119 @@
+"""A stitched ViTDet backbone under torchvision's Mask R-CNN (SPEC section 12): the stitch's last feature map
+through a simple feature pyramid (strides 4, 8, 16, 32 and 64), then torchvision's RPN and RoI heads."""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+import torch.nn.functional as F
+from timm.layers import LayerNorm2d
+from torch import nn
+from torchvision.models.detection import MaskRCNN
+
+from ...errors import SNNetError
+from ...flops import NORM_FLOPS_PER_ELEMENT, conv_flops
+from ...model import SNNet
+from ...stitch_space import LARGE
+from ..dense import DenseModel
+
+SCALES = (4.0, 2.0, 1.0, 0.5)  # of the stride-16 map: strides 4, 8, 16, 32
+
+
+class SimpleFeaturePyramid(nn.Module):
+    """ViTDet's pyramid from one stride-16 map (B, C, h, w): per scale a resampling (two 2x2 transposed convs
+    with LayerNorm + GELU between, one, none, or a 2x2 max pool), then a 1x1 and a 3x3 conv to ``out_channels``,
+    each without bias and followed by a LayerNorm over channels; plus a stride-64 level by max pooling."""
+
+    def __init__(self, in_channels: int, out_channels: int = 256) -> None:
+        super().__init__()
+        self.in_channels, self.out_channels = in_channels, out_channels
+        c = in_channels
+        self.stages = nn.ModuleList()
+        for scale in SCALES:
+            if scale == 4.0:
+                layers, dim = [nn.ConvTranspose2d(c, c // 2, 2, stride=2), LayerNorm2d(c // 2), nn.GELU(),
+                               nn.ConvTranspose2d(c // 2, c // 4, 2, stride=2)], c // 4
+            elif scale == 2.0:
+                layers, dim = [nn.ConvTranspose2d(c, c // 2, 2, stride=2)], c // 2
+            elif scale == 1.0:
+                layers, dim = [], c
+            else:
+                layers, dim = [nn.MaxPool2d(2, stride=2)], c
+            layers += [nn.Conv2d(dim, out_channels, 1, bias=False), LayerNorm2d(out_channels),
+                       nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False), LayerNorm2d(out_channels)]
+            self.stages.append(nn.Sequential(*layers))
+
+    def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
+        maps = OrderedDict((str(i), stage(x)) for i, stage in enumerate(self.stages))
+        maps["pool"] = F.max_pool2d(maps[str(len(SCALES) - 1)], kernel_size=1, stride=2)  # LastLevelMaxPool
+        return maps
+
+    def flops(self, grid: tuple[int, int]) -> int:
+        """Convolutions as multiply-adds (transposed ones per input position), LayerNorm 5 per element."""
+        h, w = grid
+        c, out = self.in_channels, self.out_channels
+        flops = 0
+        for scale in SCALES:
+            if scale == 4.0:
+                flops += conv_flops((h, w), c, c // 2, 2) + NORM_FLOPS_PER_ELEMENT * (c // 2) * 4 * h * w
+                flops += conv_flops((2 * h, 2 * w), c // 2, c // 4, 2)
+                size, dim = (4 * h, 4 * w), c // 4
+            elif scale == 2.0:
+                flops += conv_flops((h, w), c, c // 2, 2)
+                size, dim = (2 * h, 2 * w), c // 2
+            elif scale == 1.0:
+                size, dim = (h, w), c
+            else:
+                size, dim = (h // 2, w // 2), c
+            n = size[0] * size[1]
+            flops += conv_flops(size, dim, out) + conv_flops(size, out, out, 3) + 2 * NORM_FLOPS_PER_ELEMENT * out * n
+        return flops
+
+
+class _StitchedPyramid(nn.Module):
+    """What Mask R-CNN calls its backbone: the active stitch's last dense tap through the pyramid."""
+
+    def __init__(self, body: SNNet, pyramid: SimpleFeaturePyramid) -> None:
+        super().__init__()
+        # the SNNet is registered once, as DetectionModel.backbone; here it is only used
+        self.__dict__["body"] = body
+        self.pyramid = pyramid
+        self.out_channels = pyramid.out_channels
+
+    def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
+        return self.pyramid(self.body.forward_features(x)[-1])
+
+
+class DetectionModel(DenseModel):
+    """Mask R-CNN on a stitched backbone. Train mode: ``model(images, targets)`` returns torchvision's loss dict
+    for a ROS-sampled stitch; eval mode: ``model(images)`` returns the selected stitch's detections (boxes,
+    labels, scores, masks per image). Images are lists of (3, H, W) tensors in [0, 1]; FLOPs count the backbone
+    and the pyramid at ``image_size`` (RPN and RoI heads depend on the proposals and are left out)."""
+
+    task = "detection"
+
+    def __init__(self, backbone: SNNet, num_classes: int, channels: int = 256, image_size: int = 1024,
+                 image_mean=(0.485, 0.456, 0.406), image_std=(0.229, 0.224, 0.225)) -> None:
+        super().__init__(backbone, {"num_classes": num_classes, "channels": channels, "image_size": image_size})
+        if backbone.out_indices != [backbone.depths[LARGE] - 1]:
+            raise SNNetError(f"a ViTDet backbone taps the last block only: set model.out_indices to "
+                             f"[{backbone.depths[LARGE] - 1}], got {backbone.out_indices}")
+        self.num_classes = num_classes
+        pyramid = SimpleFeaturePyramid(backbone.widths[LARGE], channels)
+        self.detector = MaskRCNN(_StitchedPyramid(backbone, pyramid), num_classes=num_classes + 1,  # + background
+                                 min_size=image_size, max_size=image_size, image_mean=list(image_mean),
+                                 image_std=list(image_std))
+
+    @property
+    def img_size(self) -> tuple[int, int]:
+        return (self.head_config["image_size"],) * 2
+
+    def head_flops(self, img_size: tuple[int, int]) -> int:
+        ph, pw = self.backbone.anchors[0].patch_embed.patch_size
+        return self.detector.backbone.pyramid.flops((img_size[0] // ph, img_size[1] // pw))
+
+    def inference_heads(self) -> list[nn.Module]:
+        return [self.detector.backbone.pyramid, self.detector.rpn, self.detector.roi_heads]
+
+    def forward(self, images: list[torch.Tensor], targets: list[dict] | None = None):
+        return self.detector(images, targets)
