@@ -1,13 +1,18 @@
-"""Detection (a first slice of issue 9): the stitched ViTDet pyramid under torchvision's Mask R-CNN."""
+"""Detection: the stitched ViTDet pyramid under torchvision's Mask R-CNN, COCO data and evaluation, the CLI."""
 from __future__ import annotations
+
+import json
 
 import pytest
 import torch
+import yaml
 from timm.layers import LayerNorm2d
 from torch import nn
 
-from snnet import SNNet, SNNetError
+from snnet import SNNet, SNNetError, load_config
 from snnet.anchors import AnchorConfig
+from snnet.cli import main
+from snnet.data import SceneConfig, write_coco_dataset
 from snnet.tasks.detection import DetectionModel, SimpleFeaturePyramid
 
 
@@ -85,3 +90,125 @@ def test_pyramid_flops_equal_a_count_of_the_modules_that_run():
         m.register_forward_hook(hook)
     pyramid(torch.randn(1, 48, 8, 12))
     assert pyramid.flops((8, 12)) == sum(counted)
+
+
+# ---- COCO data and evaluation ---------------------------------------------------------------------------
+TINY = {
+    "task": "detection",
+    "model": {"anchors": [
+        {"name": "deit3_small_patch16_224", "kwargs": {"img_size": 64, "patch_size": 8, "embed_dim": 32, "depth": 3, "num_heads": 2}},
+        {"name": "deit3_small_patch16_224", "kwargs": {"img_size": 64, "patch_size": 8, "embed_dim": 48, "depth": 6, "num_heads": 3}},
+    ], "lora_rank": 4, "out_indices": [5], "head": {"channels": 16}},
+    "data": {"dataset": "shapes", "input_size": 64, "batch_size": 4, "workers": 0, "mean": [0.5] * 3,
+             "std": [0.5] * 3, "shapes": {"image_size": 64, "num_classes": 4, "num_train": 8, "num_val": 4}},
+    "train": {"epochs": 1, "optimizer": "adamw", "lr": 1e-3, "scheduler": "step", "warmup_epochs": 0,
+              "init_images": 8, "ros_gap": 0.0001},
+    "eval": {"visualize": 2},
+}
+
+
+@pytest.fixture
+def tiny_config(tmp_path) -> str:
+    path = tmp_path / "tiny_det.yaml"
+    path.write_text(yaml.safe_dump(TINY))
+    return str(path)
+
+
+def scenes_task(tmp_path, config: str):
+    from snnet.tasks import build_task
+    root = write_coco_dataset(tmp_path / "coco", SceneConfig(image_size=64, num_classes=4), 4, 4)
+    cfg = load_config(config, ["data.dataset=coco", f"data.root={root}", "data.train_split=train",
+                               "data.val_split=val"])
+    return build_task(cfg, progress=False)
+
+
+def perfect_predictions(task, jitter: float = 0.0) -> list[tuple]:
+    """COCO records built from the ground truth (boxes moved by ``jitter`` pixels), scored 1."""
+    coco, records = task.val_set.coco, []
+    for image_id in task.val_set.ids:
+        records.append(("image", image_id))
+        for a in coco.imgToAnns[image_id]:
+            x, y, w, h = a["bbox"]
+            common = {"image_id": image_id, "category_id": a["category_id"], "score": 1.0}
+            records.append(("bbox", {**common, "bbox": [x + jitter, y + jitter, w, h]}))
+            records.append(("segm", {**common, "segmentation": a["segmentation"]}))
+    return records
+
+
+def test_coco_evaluation_of_the_ground_truth_is_perfect_and_of_shifted_boxes_is_not(tmp_path, tiny_config):
+    task = scenes_task(tmp_path, tiny_config)
+    exact = task.finalize(perfect_predictions(task))
+    assert exact["bbox_AP"] == pytest.approx(100.0) and exact["segm_AP"] == pytest.approx(100.0)
+    assert exact["images"] == 4
+    shifted = task.finalize(perfect_predictions(task, jitter=3.0))
+    assert shifted["bbox_AP"] < 90.0 and shifted["segm_AP"] == pytest.approx(100.0)  # masks were not moved
+    assert task.finalize([("image", i) for i in task.val_set.ids])["bbox_AP"] == 0.0  # no detections
+
+
+def test_the_exported_scenes_are_a_coco_dataset(tmp_path):
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    root = write_coco_dataset(tmp_path, SceneConfig(image_size=48, num_classes=5), 3, 2)
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO(str(root / "annotations" / "instances_train.json"))
+    assert sorted(coco.getImgIds()) == [1, 2, 3] and len(coco.cats) == 5
+    from snnet.data import render_scene
+    scene = render_scene(SceneConfig(image_size=48, num_classes=5), "train", 0)
+    anns = coco.imgToAnns[1]
+    assert len(anns) == len(scene.classes)
+    for a, mask, cls in zip(anns, scene.masks, scene.classes):
+        assert (coco.annToMask(a) == mask).all() and a["category_id"] == cls + 1
+
+
+def test_dataset_items_move_boxes_and_masks_with_the_image(tmp_path, tiny_config):
+    task = scenes_task(tmp_path, tiny_config)
+    image, target = task.train_set[0]
+    assert image.shape == (3, 64, 64)
+    for box, mask in zip(target["boxes"], target["masks"]):
+        ys, xs = torch.nonzero(mask, as_tuple=True)
+        if len(ys):  # the mask lies inside its box after jitter, crop and flip
+            assert xs.min() >= box[0] - 1 and xs.max() <= box[2] + 1 and ys.min() >= box[1] - 1 and ys.max() <= box[3] + 1
+
+
+@pytest.mark.parametrize("case,message", [
+    ("json", "is not valid JSON"),
+    ("image", "the file of image 2 is missing"),
+    ("box", "annotation 1 has box [50.0, 50.0, 30.0, 30.0] outside its 64x64 image 1"),
+    ("category", "annotation 1 has unknown category id 99"),
+])
+def test_bad_annotation_files_are_one_line_errors(tmp_path, case, message):
+    from snnet.tasks.detection.data import load_coco
+    root = write_coco_dataset(tmp_path, SceneConfig(image_size=64, num_classes=4), 2, 1)
+    ann = root / "annotations" / "instances_train.json"
+    data = json.loads(ann.read_text())
+    if case == "json":
+        ann.write_text(ann.read_text()[:-20])
+    else:
+        if case == "image":
+            (root / "train" / data["images"][1]["file_name"]).unlink()
+        elif case == "box":
+            data["annotations"][0]["bbox"] = [50.0, 50.0, 30.0, 30.0]
+        else:
+            data["annotations"][0]["category_id"] = 99
+        ann.write_text(json.dumps(data))
+    with pytest.raises(SNNetError) as e:
+        load_coco(ann, root / "train")
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_train_then_eval_through_the_cli(tmp_path, capsys, tiny_config):
+    assert main(["train", "--config", tiny_config, "--output-dir", str(tmp_path / "run"), "--no-progress"]) == 0
+    assert "Pareto frontier (bbox_AP, higher is better)" in capsys.readouterr().out
+    run = tmp_path / "run"
+    rows = [json.loads(line) for line in (run / "results.jsonl").read_text().splitlines()]
+    model = DetectionModel.from_pretrained(run / "model")
+    assert [r["stitch_id"] for r in rows] == model.stitch_ids and all(r["images"] == 4 for r in rows)
+    assert all(0 <= r["bbox_AP"] <= 100 and 0 <= r["segm_AP"] <= 100 for r in rows)
+    for name in ("pareto.png", "pareto_segm_AP.png", "predictions.png"):
+        assert (run / name).stat().st_size > 1000
+    assert main(["eval", "--config", tiny_config, "--output-dir", str(tmp_path / "again"), "--checkpoint", str(run),
+                 "--no-progress", "--stitches", "0,1"]) == 0
+    again = [json.loads(line) for line in (tmp_path / "again" / "results_subset.jsonl").read_text().splitlines()]
+    assert [(r["bbox_AP"], r["segm_AP"]) for r in again] == [(r["bbox_AP"], r["segm_AP"]) for r in rows[:2]]

@@ -77,7 +77,7 @@ class HeadSection(Section):
     """The head of a dense task (segmentation: SETR-naive decode head and its auxiliary heads)."""
 
     channels: Int = Field(256, ge=1)
-    num_classes: Int | None = Field(None, ge=1)  # segmentation; default: the dataset's
+    num_classes: Int | None = Field(None, ge=1)  # segmentation, detection; default: the dataset's
     aux_weight: Float = Field(0.4, ge=0)  # segmentation: loss weight of each auxiliary head; 0 = none are built
     min_depth: Float = Field(1e-3, gt=0)  # depth: added to the head's ReLU output
     # depth: channels of DPT's four reassembled levels, shallow to deep
@@ -130,15 +130,18 @@ class ShapesSection(Section):
 CLASSIFICATION_DATASETS = ("imagefolder", "shapes")
 SEGMENTATION_DATASETS = ("ade20k", "coco_stuff10k", "segfolder", "shapes")
 DEPTH_DATASETS = ("nyuv2", "depthfolder", "shapes")
-DATASETS = {"classification": CLASSIFICATION_DATASETS, "segmentation": SEGMENTATION_DATASETS, "depth": DEPTH_DATASETS}
+DETECTION_DATASETS = ("coco", "shapes")
+DATASETS = {"classification": CLASSIFICATION_DATASETS, "segmentation": SEGMENTATION_DATASETS, "depth": DEPTH_DATASETS,
+            "detection": DETECTION_DATASETS}
 
 
 class DataSection(Section):
     # classification: root/train + root/val class folders, or the built-in scenes;
     # segmentation: ADE20K, COCO-Stuff-10K, root/images/<split> + root/annotations/<split>, or the scenes
     # depth: NYUv2 (BTS split files), root/images/<split> + root/depths/<split> (16-bit PNGs), or the scenes
-    dataset: Literal[tuple(dict.fromkeys(CLASSIFICATION_DATASETS + SEGMENTATION_DATASETS + DEPTH_DATASETS))] = \
-        "imagefolder"
+    # detection: COCO (root/<split>/ images, root/annotations/instances_<split>.json) or the scenes
+    dataset: Literal[tuple(dict.fromkeys(CLASSIFICATION_DATASETS + SEGMENTATION_DATASETS + DEPTH_DATASETS +
+                                         DETECTION_DATASETS))] = "imagefolder"
     root: str | None = None
     train_split: str = "train"  # default per dataset: ADE20K training/validation, COCO-Stuff-10K train2014/test2014
     val_split: str = "val"
@@ -181,6 +184,7 @@ class AugmentSection(Section):
     label_smoothing: Float = Field(0.0, ge=0, lt=1)
     reprob: Probability = 0.0
     eval_crop_ratio: Float = Field(0.875, gt=0, le=1)
+    # detection: large-scale jitter of the input_size square by a ratio in `ratio_range` (0.1-2.0 in ViTDet)
     # segmentation (mmsegmentation's pipeline): random resize of `scale` by a ratio in `ratio_range`,
     # random crop to data.input_size where no class covers more than `cat_max_ratio`, photometric distortion
     scale: list[Annotated[Int, Field(ge=1)]] = Field([2048, 512], min_length=2, max_length=2)
@@ -280,7 +284,7 @@ class EvalSection(Section):
 
 
 class RunConfig(Section):
-    task: Literal["classification", "segmentation", "depth"] = "classification"
+    task: Literal["classification", "segmentation", "depth", "detection"] = "classification"
     model: ModelSection
     data: DataSection = Field(default_factory=DataSection)
     augment: AugmentSection = Field(default_factory=AugmentSection)

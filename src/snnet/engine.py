@@ -154,11 +154,12 @@ class EpochLog:
 
 
 # ---- the loop -------------------------------------------------------------------------------
-def make_train_loader(dataset, cfg: RunConfig, env: DistEnv) -> DataLoader:
+def make_train_loader(dataset, cfg: RunConfig, env: DistEnv, collate=None) -> DataLoader:
     sampler = DistributedSampler(dataset, num_replicas=env.world_size, rank=env.rank, shuffle=True,
                                  seed=cfg.train.seed, drop_last=True)
     return DataLoader(dataset, batch_size=cfg.data.batch_size, sampler=sampler, num_workers=cfg.data.workers,
-                      pin_memory=env.device.type == "cuda", drop_last=True, persistent_workers=False)
+                      pin_memory=env.device.type == "cuda", drop_last=True, persistent_workers=False,
+                      collate_fn=collate)
 
 
 def make_eval_loader(dataset, batch_size: int, workers: int, env: DistEnv, max_images: int | None = None,
@@ -314,9 +315,12 @@ def train_one_epoch(model, task, loader: DataLoader, optimizer, scheduler, scale
 def evaluate_stitches(model: SNNet, task, loader: DataLoader, stitch_ids: list[int], env: DistEnv,
                       amp: bool = True, progress: bool = True) -> dict[int, dict[str, float]]:
     """Every requested stitch on every batch: each batch is loaded once and run through all stitches.
-    A stitch id of None evaluates ``model`` as it is (any classifier)."""
+    A stitch id of None evaluates ``model`` as it is (any classifier).
+
+    ``task.eval_sums`` gives a tensor of sums (summed over batches and ranks) or, for a task whose
+    ``num_sums`` is None, a list of records (gathered from every rank) for ``task.finalize``."""
     model.eval()
-    sums: dict[int, torch.Tensor] = {}
+    acc: dict[int, torch.Tensor | list] = {}
     for batch in tqdm(loader, desc=f"evaluating {len(stitch_ids)} stitches", disable=not (progress and env.is_main),
                       leave=False, unit="batch"):
         for sid in stitch_ids:
@@ -324,10 +328,13 @@ def evaluate_stitches(model: SNNet, task, loader: DataLoader, stitch_ids: list[i
                 model.select(sid)
             with autocast(env.device, amp):
                 s = task.eval_sums(model, batch, env.device)
-            sums[sid] = sums[sid] + s if sid in sums else s
+            acc[sid] = acc[sid] + s if sid in acc else s
     out = {}
     for sid in stitch_ids:
-        total = sums.get(sid)
+        if task.num_sums is None:  # records: every rank's, in rank order
+            out[sid] = task.finalize([r for part in all_gather_objects(acc.get(sid, [])) for r in part])
+            continue
+        total = acc.get(sid)
         if total is None:  # a rank with no images still joins the reduction
             total = torch.zeros(task.num_sums, dtype=torch.float64, device=env.device)
         out[sid] = task.finalize(all_reduce_sum(total))
@@ -381,7 +388,7 @@ def fit(cfg: RunConfig, task, env: DistEnv, resume: str | None = "auto", progres
     optimizer = create_optimizer_v2(param_groups(model, cfg), opt=cfg.train.optimizer, lr=cfg.train.lr,
                                     weight_decay=cfg.train.weight_decay, momentum=cfg.train.momentum,
                                     filter_bias_and_bn=not cfg.train.weight_decay_all)
-    loader = make_train_loader(task.train_set, cfg, env)
+    loader = make_train_loader(task.train_set, cfg, env, task.train_collate)
     schedule = Schedule(cfg, len(loader))
     scheduler = create_scheduler(optimizer, cfg, schedule)
     scaler = torch.amp.GradScaler(env.device.type, enabled=cfg.train.amp and env.device.type == "cuda")

@@ -11,9 +11,11 @@ from ..rel_pos import grid_of
 from .classification import ClassificationTask, data_classes
 from .dense import DenseModel
 from .depth import DepthModel, DepthTask
+from .detection import DetectionModel, DetectionTask
 from .segmentation import SegmentationModel, SegmentationTask
 
-TASKS = {"classification": ClassificationTask, "segmentation": SegmentationTask, "depth": DepthTask}
+TASKS = {"classification": ClassificationTask, "segmentation": SegmentationTask, "depth": DepthTask,
+         "detection": DetectionTask}
 
 
 def build_snnet(section: ModelSection, num_classes: int | None = None, load_weights: bool = True,
@@ -46,9 +48,11 @@ def model_from_section(task: str, section: ModelSection, num_classes: int | None
         return build_snnet(section, num_classes, load_weights, device)
     backbone = build_snnet(section, load_weights=load_weights, device=device, dense=True)
     head = section.head
+    size = input_size or tuple(backbone.anchors[0].patch_embed.img_size)
     if task == "depth":
-        model = DepthModel(backbone, head.channels, head.min_depth, input_size or backbone.anchors[0].patch_embed.img_size,
-                           head.reassemble_channels)
+        model = DepthModel(backbone, head.channels, head.min_depth, size, head.reassemble_channels)
+    elif task == "detection":
+        model = DetectionModel(backbone, num_classes or head.num_classes, head.channels, size[0])
     else:
         model = SegmentationModel(backbone, num_classes or head.num_classes, head.channels, head.aux_weight)
     return model.to(device) if device == "meta" else model
@@ -58,9 +62,8 @@ def build_model(cfg: RunConfig, num_classes: int | None = None, load_weights: bo
                 device: str | None = None) -> SNNet | DenseModel:
     """The model of ``cfg.task``: an ``SNNet`` for classification (heads sized by ``num_classes`` when given),
     a ``SegmentationModel`` for segmentation (classes: ``num_classes``, model.head.num_classes or the dataset's)."""
-    if cfg.task == "segmentation" and num_classes is None:
-        from .segmentation.data import dataset_info
-        num_classes = dataset_info(cfg)[0]
+    if cfg.task in ("segmentation", "detection") and num_classes is None:
+        num_classes = cfg.model.head.num_classes or _dataset_classes(cfg)
     return model_from_section(cfg.task, cfg.model, num_classes, load_weights, device, eval_size(cfg))
 
 
@@ -91,6 +94,14 @@ def data_defaults(cfg: RunConfig) -> tuple[int | tuple[int, int], tuple, tuple]:
     return (size if isinstance(size, tuple) else int(size)), mean, std
 
 
+def _dataset_classes(cfg: RunConfig) -> int:
+    if cfg.task == "detection":
+        from .detection.data import dataset_classes
+        return dataset_classes(cfg)
+    from .segmentation.data import dataset_info
+    return dataset_info(cfg)[0]
+
+
 def num_classes(cfg: RunConfig) -> int | None:
     """How many classes the task's data has, read cheaply (folder names or the dataset's definition); depth has
     none. The data's folders (or split files) are checked on the way."""
@@ -100,9 +111,11 @@ def num_classes(cfg: RunConfig) -> int | None:
         from .depth.data import check_folders
         check_folders(cfg)
         return None
-    from .segmentation.data import check_folders, dataset_info
+    if cfg.task == "detection":
+        return cfg.model.head.num_classes or _dataset_classes(cfg)
+    from .segmentation.data import check_folders
     check_folders(cfg)
-    return dataset_info(cfg)[0]
+    return _dataset_classes(cfg)
 
 
 def check_config(cfg: RunConfig) -> SNNet | DenseModel:
@@ -155,6 +168,6 @@ def check_heads(cfg: RunConfig, load_weights: bool) -> list[str]:
     return notes
 
 
-def build_task(cfg: RunConfig, progress: bool = True) -> ClassificationTask | SegmentationTask | DepthTask:
+def build_task(cfg: RunConfig, progress: bool = True) -> ClassificationTask | SegmentationTask | DepthTask | DetectionTask:
     size, mean, std = data_defaults(cfg)
     return TASKS[cfg.task](cfg, size, mean, std, progress)

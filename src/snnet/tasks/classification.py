@@ -113,6 +113,7 @@ class ClassificationTask:
     report_metrics = ("acc1", "acc5", "loss")
     num_sums = 4  # length of eval_sums
     eval_collate = None  # the default: stacked tensors
+    train_collate = None  # stacked tensors
 
     def __init__(self, cfg: RunConfig, input_size: int, mean, std, progress: bool = True) -> None:
         self.cfg = cfg

@@ -20,6 +20,7 @@ class DepthTask:
     plot_metrics = (("rmse", False), ("a1", True))  # a Pareto plot each
     report_metrics = ("rmse", "a1", "abs_rel", "silog")
     eval_collate = staticmethod(collate_eval)
+    train_collate = None  # stacked tensors
     num_classes = None
     num_sums = len(METRICS) + 1  # per-image metric sums, then the number of images with valid pixels
 

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from timm.layers import LayerNorm2d
 from torch import nn
 from torchvision.models.detection import MaskRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator
 
 from ...errors import SNNetError
 from ...flops import NORM_FLOPS_PER_ELEMENT, conv_flops
@@ -87,26 +88,31 @@ class _StitchedPyramid(nn.Module):
 class DetectionModel(DenseModel):
     """Mask R-CNN on a stitched backbone. Train mode: ``model(images, targets)`` returns torchvision's loss dict
     for a ROS-sampled stitch; eval mode: ``model(images)`` returns the selected stitch's detections (boxes,
-    labels, scores, masks per image). Images are lists of (3, H, W) tensors in [0, 1]; FLOPs count the backbone
-    and the pyramid at ``image_size`` (RPN and RoI heads depend on the proposals and are left out)."""
+    labels 1..num_classes, scores, masks per image). Images are lists of normalised (3, H, W) tensors, resized
+    to fit ``image_size``; FLOPs count the backbone and the pyramid at ``image_size`` (RPN and RoI heads depend
+    on the proposals and are left out)."""
 
     task = "detection"
 
-    def __init__(self, backbone: SNNet, num_classes: int, channels: int = 256, image_size: int = 1024,
-                 image_mean=(0.485, 0.456, 0.406), image_std=(0.229, 0.224, 0.225)) -> None:
-        super().__init__(backbone, {"num_classes": num_classes, "channels": channels, "image_size": image_size})
+    def __init__(self, backbone: SNNet, num_classes: int, channels: int = 256, image_size: int = 1024) -> None:
+        super().__init__(backbone, {"num_classes": num_classes, "channels": channels,
+                                    "input_size": [image_size, image_size]})
         if backbone.out_indices != [backbone.depths[LARGE] - 1]:
             raise SNNetError(f"a ViTDet backbone taps the last block only: set model.out_indices to "
                              f"[{backbone.depths[LARGE] - 1}], got {backbone.out_indices}")
         self.num_classes = num_classes
         pyramid = SimpleFeaturePyramid(backbone.widths[LARGE], channels)
+        # images arrive normalised, as for every snnet model: torchvision's transform only resizes and batches
+        # anchor boxes of image_size / 32 .. / 2 on the five levels: ViTDet's 32..512 at 1024
+        sizes = tuple((max(1, image_size * 2 ** i // 32),) for i in range(len(SCALES) + 1))
+        anchors = AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(sizes))
         self.detector = MaskRCNN(_StitchedPyramid(backbone, pyramid), num_classes=num_classes + 1,  # + background
-                                 min_size=image_size, max_size=image_size, image_mean=list(image_mean),
-                                 image_std=list(image_std))
+                                 min_size=image_size, max_size=image_size, image_mean=[0.0] * 3, image_std=[1.0] * 3,
+                                 rpn_anchor_generator=anchors)
 
     @property
     def img_size(self) -> tuple[int, int]:
-        return (self.head_config["image_size"],) * 2
+        return tuple(self.head_config["input_size"])
 
     def head_flops(self, img_size: tuple[int, int]) -> int:
         ph, pw = self.backbone.anchors[0].patch_embed.patch_size

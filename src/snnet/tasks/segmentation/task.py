@@ -20,6 +20,7 @@ class SegmentationTask:
     plot_metrics = (("mIoU", True),)
     report_metrics = ("mIoU", "mAcc", "aAcc")
     eval_collate = staticmethod(collate_eval)
+    train_collate = None  # stacked tensors
 
     def __init__(self, cfg: RunConfig, crop: int, mean, std, progress: bool = True) -> None:
         self.cfg, self.crop, self.mean, self.std = cfg, crop, mean, std

@@ -1,0 +1,183 @@
+"""Detection data: COCO-format instances (JSON + images) read with pycocotools, the built-in scenes as such a
+dataset in memory, and large-scale jitter on torchvision transforms v2 (boxes and masks move with the image)."""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from pycocotools.coco import COCO
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+from ...config import RunConfig
+from ...errors import SNNetError
+from .._files import read_image
+
+
+def load_coco(path: Path, image_dir: Path | None = None) -> COCO:
+    """A COCO instances file, checked: valid JSON with images, annotations and categories; every image file
+    present (when ``image_dir`` is given); every annotation on a known image and category, its box inside it."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SNNetError(f"annotation file not found: {path}") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise SNNetError(f"{path} is not valid JSON ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict) or not {"images", "annotations", "categories"} <= set(data):
+        raise SNNetError(f"{path} is not a COCO instances file: it needs images, annotations and categories")
+    return coco_from_dict(data, str(path), image_dir)
+
+
+def coco_from_dict(data: dict, source: str, image_dir: Path | None = None) -> COCO:
+    images = {im["id"]: im for im in data["images"]}
+    categories = {c["id"] for c in data["categories"]}
+    if image_dir is not None:
+        for im in data["images"]:
+            if not (image_dir / im["file_name"]).is_file():
+                raise SNNetError(f"{source}: the file of image {im['id']} is missing: {image_dir / im['file_name']}")
+    for a in data["annotations"]:
+        if a["category_id"] not in categories:
+            raise SNNetError(f"{source}: annotation {a['id']} has unknown category id {a['category_id']}")
+        im = images.get(a["image_id"])
+        if im is None:
+            raise SNNetError(f"{source}: annotation {a['id']} is on unknown image {a['image_id']}")
+        x, y, w, h = a["bbox"]
+        if x < -1 or y < -1 or w < 0 or h < 0 or x + w > im["width"] + 1 or y + h > im["height"] + 1:
+            raise SNNetError(f"{source}: annotation {a['id']} has box {a['bbox']} outside its "
+                             f"{im['width']}x{im['height']} image {im['id']}")
+    coco = COCO()
+    coco.dataset = data
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
+        coco.createIndex()
+    return coco
+
+
+class CocoInstances(Dataset):
+    """(image (3, H, W) uint8, target with XYXY ``boxes``, ``labels`` 1..K, ``masks`` (N, H, W), ``image_id``);
+    crowd annotations are left out, as torchvision's references train."""
+
+    def __init__(self, coco: COCO, load_image, transform=None, key: str = "file_name") -> None:
+        # load_image(info[key]): the pixels (H, W, 3) of an image
+        self.coco, self.load_image, self.transform, self.key = coco, load_image, transform, key
+        self.ids = sorted(coco.imgs)
+        self.label_of = {c: i + 1 for i, c in enumerate(sorted(coco.cats))}
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int):
+        image_id = self.ids[index]
+        info = self.coco.imgs[image_id]
+        pixels = self.load_image(info[self.key])
+        h, w = pixels.shape[:2]
+        anns = [a for a in self.coco.imgToAnns[image_id] if not a.get("iscrowd", 0)]
+        boxes = torch.tensor([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
+                              for a in anns], dtype=torch.float32).reshape(-1, 4)
+        masks = np.stack([self.coco.annToMask(a) for a in anns]) if anns else np.zeros((0, h, w), np.uint8)
+        target = {"boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(h, w)),
+                  "labels": torch.tensor([self.label_of[a["category_id"]] for a in anns], dtype=torch.int64),
+                  "masks": tv_tensors.Mask(torch.from_numpy(masks)), "image_id": image_id}
+        image = tv_tensors.Image(torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1))
+        return self.transform(image, target) if self.transform is not None else (image, target)
+
+
+class _Folder:
+    """Reads an image file of one folder by name (a class, so DataLoader workers can pickle it)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def __call__(self, name: str) -> np.ndarray:
+        return read_image(self.root / name)
+
+
+class ImagesOnly(Dataset):
+    """(image, 0) pairs of a detection dataset, for the least-squares fit."""
+
+    def __init__(self, dataset: CocoInstances) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        return self.dataset[index][0], 0
+
+
+def build_transforms(cfg: RunConfig, size: int, mean, std) -> tuple[v2.Compose, v2.Compose, v2.Compose]:
+    """(train, eval, least-squares init): large-scale jitter (a random rescale of the size x size square by
+    ``augment.ratio_range``, crop or zero-pad to it, flip), then normalisation; eval images keep their size."""
+    to_input = [v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True), v2.Normalize(mean, std)]
+    train = v2.Compose([v2.RandomHorizontalFlip(cfg.augment.hflip),
+                        v2.ScaleJitter((size, size), scale_range=tuple(cfg.augment.ratio_range), antialias=True),
+                        v2.RandomCrop(size, pad_if_needed=True, fill=0), v2.SanitizeBoundingBoxes(), *to_input])
+    init = v2.Compose([v2.Resize(size, antialias=True), v2.CenterCrop(size), *to_input])
+    return train, v2.Compose(to_input), init
+
+
+def splits(cfg: RunConfig) -> tuple[str, str]:
+    data = cfg.data
+    train = data.train_split if "train_split" in data.model_fields_set else "train2017"
+    val = data.val_split if "val_split" in data.model_fields_set else "val2017"
+    return train, val
+
+
+def annotation_file(cfg: RunConfig, split: str) -> Path:
+    return Path(cfg.data.root) / "annotations" / f"instances_{split}.json"
+
+
+def check_folders(cfg: RunConfig) -> None:
+    """The COCO root, image folders and annotation files exist, before any run directory is touched."""
+    if cfg.data.dataset == "shapes":
+        return
+    if not cfg.data.root:
+        raise SNNetError("config key 'data.root' is not set: point it at a COCO folder "
+                         "(<split>/ images and annotations/instances_<split>.json)")
+    for split in splits(cfg):
+        if not (Path(cfg.data.root) / split).is_dir():
+            raise SNNetError(f"data folder not found: {Path(cfg.data.root) / split}")
+        if not annotation_file(cfg, split).is_file():
+            raise SNNetError(f"annotation file not found: {annotation_file(cfg, split)}")
+
+
+def dataset_classes(cfg: RunConfig) -> int:
+    """Categories of the dataset (read from the validation annotations for COCO)."""
+    if cfg.data.dataset == "shapes":
+        return cfg.data.shapes.num_classes
+    check_folders(cfg)
+    try:
+        return len(json.loads(annotation_file(cfg, splits(cfg)[1]).read_text(encoding="utf-8"))["categories"])
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        raise SNNetError(f"{annotation_file(cfg, splits(cfg)[1])} is not a COCO instances file") from None
+
+
+def build_datasets(cfg: RunConfig, size: int, mean, std, progress: bool = True):
+    """(train, val, init) datasets; ``val.coco`` is the ground truth COCO evaluation reads."""
+    train_tf, val_tf, init_tf = build_transforms(cfg, size, mean, std)
+    data = cfg.data
+    if data.dataset == "shapes":
+        from ...data import scenes_coco
+        s = data.shapes
+        out = []
+        for split, n, tf in (("train", s.num_train, train_tf), ("val", s.num_val, val_tf)):
+            coco_dict, pixels = scenes_coco(s.scene_config(), split, n)
+            by_id = {im["id"]: p for im, p in zip(coco_dict["images"], pixels)}
+            out.append(CocoInstances(coco_from_dict(coco_dict, f"scenes/{split}"), by_id.__getitem__, tf, key="id"))
+        train, val = out
+    else:
+        check_folders(cfg)
+        root = Path(data.root)
+        train, val = (CocoInstances(load_coco(annotation_file(cfg, split), root / split),
+                                    _Folder(root / split), tf, key="file_name")
+                      for split, tf in zip(splits(cfg), (train_tf, val_tf)))
+    init = CocoInstances(train.coco, train.load_image, init_tf, train.key)
+    return train, val, ImagesOnly(init)
+
+
+def collate_lists(batch: list) -> tuple[list, list]:
+    return [b[0] for b in batch], [b[1] for b in batch]

@@ -1,0 +1,91 @@
+"""Detection and instance segmentation for the shared training loop: data, loss, COCO evaluation per stitch."""
+from __future__ import annotations
+
+import contextlib
+import io
+from pathlib import Path
+
+import numpy as np
+import torch
+from pycocotools import mask as mask_utils
+from pycocotools.cocoeval import COCOeval
+
+from ...config import RunConfig
+from .data import build_datasets, collate_lists
+
+STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl")  # the first six of COCOeval.stats
+MASK_THRESHOLD = 0.5
+
+
+class DetectionTask:
+    """What the training loop and the per-stitch evaluation need to know about detection."""
+
+    name = "detection"
+    primary_metric = "bbox_AP"
+    higher_is_better = True
+    plot_metrics = (("bbox_AP", True), ("segm_AP", True))
+    report_metrics = ("bbox_AP", "bbox_AP50", "segm_AP", "segm_AP50")
+    eval_collate = train_collate = staticmethod(collate_lists)
+    num_sums = None  # evaluation gathers detections, COCOeval scores them
+
+    def __init__(self, cfg: RunConfig, size: int, mean, std, progress: bool = True) -> None:
+        self.cfg, self.size, self.mean, self.std = cfg, size, mean, std
+        self.train_set, self.val_set, self.init_set = build_datasets(cfg, size, mean, std, progress)
+        self.num_classes = len(self.val_set.coco.cats)
+        self.category_of = {label: cat for cat, label in self.val_set.label_of.items()}
+
+    def training_loss(self, model, batch, device: torch.device, step: int = 0) -> torch.Tensor:
+        """The sum of Mask R-CNN's losses (RPN objectness and boxes, classifier, boxes, masks)."""
+        images, targets = batch
+        images = [i.to(device, non_blocking=True).as_subclass(torch.Tensor) for i in images]
+        targets = [{k: (v.to(device).as_subclass(torch.Tensor) if isinstance(v, torch.Tensor) else v)
+                    for k, v in t.items()} for t in targets]
+        return sum(model(images, targets).values())
+
+    @torch.no_grad()
+    def predict(self, model, images: list[torch.Tensor], device: torch.device) -> list[dict]:
+        return model([i.to(device, non_blocking=True).as_subclass(torch.Tensor) for i in images])
+
+    @torch.no_grad()
+    def eval_sums(self, model, batch, device: torch.device) -> list[tuple]:
+        """COCO results of one batch: ("image", id) for every image, ("bbox" | "segm", result) per detection."""
+        images, targets = batch
+        records = []
+        for out, target in zip(self.predict(model, images, device), targets):
+            image_id = target["image_id"]
+            records.append(("image", image_id))
+            boxes = out["boxes"].float().cpu().numpy()
+            masks = (out["masks"][:, 0] > MASK_THRESHOLD).cpu().numpy().astype(np.uint8)
+            for box, label, score, mask in zip(boxes, out["labels"].tolist(), out["scores"].tolist(), masks):
+                common = {"image_id": image_id, "category_id": self.category_of[label], "score": float(score)}
+                x0, y0, x1, y1 = (float(v) for v in box)
+                records.append(("bbox", {**common, "bbox": [x0, y0, x1 - x0, y1 - y0]}))
+                rle = mask_utils.encode(np.asfortranarray(mask))
+                rle["counts"] = rle["counts"].decode("ascii")
+                records.append(("segm", {**common, "segmentation": rle}))
+        return records
+
+    def finalize(self, records: list[tuple]) -> dict:
+        """Box and mask AP, AP50, AP75 and by size, in percent, by COCOeval on the images evaluated."""
+        image_ids = sorted({r for kind, r in records if kind == "image"})
+        out = {}
+        for kind in ("bbox", "segm"):
+            results = [r for k, r in records if k == kind]
+            stats = [0.0] * len(STATS)
+            if results:
+                with contextlib.redirect_stdout(io.StringIO()):  # COCOeval prints its tables
+                    ev = COCOeval(self.val_set.coco, self.val_set.coco.loadRes(results), kind)
+                    ev.params.imgIds = image_ids
+                    ev.evaluate()
+                    ev.accumulate()
+                    ev.summarize()
+                stats = [max(float(v), 0.0) * 100 for v in ev.stats[:len(STATS)]]  # -1 (no such objects) -> 0
+            out.update({f"{kind}_{name}": v for name, v in zip(STATS, stats)})
+        return {**out, "images": len(image_ids)}
+
+    def report(self, model, rows: list[dict], run_dir: Path, device: torch.device) -> list[Path]:
+        """``predictions.png``: validation images with their ground truth and three frontier stitches' detections."""
+        from .visualize import prediction_grid
+        if self.cfg.eval.visualize == 0:
+            return []
+        return [prediction_grid(self, model, rows, run_dir / "predictions.png", device)]

@@ -1,0 +1,41 @@
+"""The prediction grid of a detection run: ground truth and three box-AP-frontier stitches' detections."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
+
+from .._grid import frontier_picks, save_grid
+
+SCORE_THRESHOLD = 0.5
+
+
+def _draw(image: torch.Tensor, boxes, labels, masks, names: list[str]) -> object:
+    """uint8 (3, H, W) with masks and labelled boxes, as (H, W, 3) for imshow."""
+    if len(boxes):
+        image = draw_segmentation_masks(image, masks.bool(), alpha=0.45)
+        image = draw_bounding_boxes(image, boxes, [names[i] for i in labels], width=1)
+    return image.permute(1, 2, 0).numpy()
+
+
+def prediction_grid(task, model, rows: list[dict], path: Path, device: torch.device) -> Path:
+    picks = frontier_picks(rows, task.primary_metric, True)
+    samples = [task.val_set[i] for i in range(min(task.cfg.eval.visualize, len(task.val_set)))]
+    names = ["background"] + [task.val_set.coco.cats[c]["name"] for c in sorted(task.val_set.coco.cats)]
+    mean, std = torch.tensor(task.mean)[:, None, None], torch.tensor(task.std)[:, None, None]
+    model.eval()
+    preds = {r["stitch_id"]: task.predict(model.select(r["stitch_id"]), [s[0] for s in samples], device)
+             for r in picks}
+    panels = []
+    for i, (image, target) in enumerate(samples):
+        pixels = ((image.as_subclass(torch.Tensor) * std + mean).clamp(0, 1) * 255).to(torch.uint8)
+        row = [("ground truth", _draw(pixels, target["boxes"], target["labels"].tolist(), target["masks"], names), {})]
+        for r in picks:
+            p = preds[r["stitch_id"]][i]
+            keep = p["scores"].cpu() >= SCORE_THRESHOLD
+            row.append((f"#{r['stitch_id']} {r['gflops']:.2f} G\nbox AP {r['bbox_AP']:.1f}",
+                        _draw(pixels, p["boxes"].cpu()[keep], p["labels"].cpu()[keep].tolist(),
+                              p["masks"].cpu()[keep][:, 0] > 0.5, names), {}))
+        panels.append(row)
+    return save_grid(path, panels)
