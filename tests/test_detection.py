@@ -212,3 +212,36 @@ def test_train_then_eval_through_the_cli(tmp_path, capsys, tiny_config):
                  "--no-progress", "--stitches", "0,1"]) == 0
     again = [json.loads(line) for line in (tmp_path / "again" / "results_subset.jsonl").read_text().splitlines()]
     assert [(r["bbox_AP"], r["segm_AP"]) for r in again] == [(r["bbox_AP"], r["segm_AP"]) for r in rows[:2]]
+
+
+def test_torchrun_gathers_detections_to_the_same_ap(tmp_path, tiny_config):
+    from test_cli import torchrun_train
+    cfg = yaml.safe_load(open(tiny_config))
+    cfg["data"]["shapes"]["num_val"] = 5
+    cfg["output_dir"] = str(tmp_path / "run")
+    path = tmp_path / "det.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    torchrun_train(path, 29553)
+    read = lambda p: [json.loads(line) for line in p.read_text().splitlines()]  # noqa: E731
+    dist_rows = read(tmp_path / "run" / "results.jsonl")
+    assert all(r["images"] == 5 for r in dist_rows)
+    assert main(["eval", "--config", str(path), "--output-dir", str(tmp_path / "single"), "--checkpoint",
+                 str(tmp_path / "run" / "model"), "--no-progress"]) == 0
+    for a, b in zip(dist_rows, read(tmp_path / "single" / "results.jsonl")):
+        assert a["stitch_id"] == b["stitch_id"]
+        assert a["bbox_AP"] == pytest.approx(b["bbox_AP"], abs=1e-6) and a["segm_AP"] == pytest.approx(b["segm_AP"], abs=1e-6)
+
+
+def test_polygon_masks_are_read_as_well_as_rle(tmp_path):
+    from snnet.tasks.detection.data import CocoInstances, load_coco
+    root = write_coco_dataset(tmp_path, SceneConfig(image_size=64, num_classes=4), 1, 1)
+    ann = root / "annotations" / "instances_train.json"
+    data = json.loads(ann.read_text())
+    a = data["annotations"][0]
+    a["bbox"], a["segmentation"] = [10.0, 10.0, 20.0, 10.0], [[10, 10, 30, 10, 30, 20, 10, 20]]  # a rectangle
+    ann.write_text(json.dumps(data))
+    coco = load_coco(ann, root / "train")
+    from snnet.tasks.detection.data import _Folder
+    _, target = CocoInstances(coco, _Folder(root / "train"))[0]
+    mask = target["masks"][0]
+    assert mask[12:18, 12:28].all() and not mask[:8].any() and not mask[:, 32:].any()

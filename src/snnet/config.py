@@ -80,6 +80,9 @@ class HeadSection(Section):
     num_classes: Int | None = Field(None, ge=1)  # segmentation, detection; default: the dataset's
     aux_weight: Float = Field(0.4, ge=0)  # segmentation: loss weight of each auxiliary head; 0 = none are built
     min_depth: Float = Field(1e-3, gt=0)  # depth: added to the head's ReLU output
+    roi_channels: Int = Field(256, ge=1)  # detection: mask-head convs (box-head FC layers: 4x)
+    roi_samples: Int = Field(512, ge=1)  # detection: RoIs per image in the box head's loss
+    detections: Int = Field(100, ge=1)  # detection: the most detections kept per image
     # depth: channels of DPT's four reassembled levels, shallow to deep
     reassemble_channels: list[Annotated[Int, Field(ge=1)]] = Field([96, 192, 384, 768], min_length=4, max_length=4)
 
@@ -232,6 +235,7 @@ class TrainSection(Section):
     warmup_iterations: Int = Field(0, ge=0)
     checkpoint_interval: Int = Field(1000, ge=1)
     poly_power: Float = Field(0.9, gt=0)  # the poly scheduler's exponent
+    decay_milestones: list[Annotated[Int, Field(ge=1)]] | None = None  # multistep: epochs (or iterations) of x0.1
     weight_decay_all: Bool = False  # also decay biases and norms (mmsegmentation does, timm's optimizers do not)
     # parameter groups as mmcv's custom keys: names containing one of `no_decay_keys` get no weight decay,
     # the backbone's learning rate is scaled (the depth recipe: pos_embed, cls_token, norm; 0.1)

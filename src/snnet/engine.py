@@ -268,6 +268,8 @@ def create_scheduler(optimizer, cfg: RunConfig, schedule: Schedule):
     if t.scheduler == "onecycle":
         return OneCycle(optimizer, schedule.total_steps)
     extra = {"decay_rate": t.poly_power} if t.scheduler == "poly" else {}
+    if t.scheduler == "multistep" and t.decay_milestones:
+        extra = {"decay_milestones": list(t.decay_milestones), "decay_rate": 0.1}
     if schedule.by_iteration:
         # in updates: timm's t_initial = num_epochs x updates_per_epoch
         return create_scheduler_v2(optimizer, sched=t.scheduler, num_epochs=t.iterations,

@@ -52,7 +52,8 @@ def model_from_section(task: str, section: ModelSection, num_classes: int | None
     if task == "depth":
         model = DepthModel(backbone, head.channels, head.min_depth, size, head.reassemble_channels)
     elif task == "detection":
-        model = DetectionModel(backbone, num_classes or head.num_classes, head.channels, size[0])
+        model = DetectionModel(backbone, num_classes or head.num_classes, head.channels, size[0], head.roi_channels,
+                               head.roi_samples, head.detections)
     else:
         model = SegmentationModel(backbone, num_classes or head.num_classes, head.channels, head.aux_weight)
     return model.to(device) if device == "meta" else model

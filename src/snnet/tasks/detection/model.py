@@ -9,6 +9,8 @@ import torch.nn.functional as F
 from timm.layers import LayerNorm2d
 from torch import nn
 from torchvision.models.detection import MaskRCNN
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 
 from ...errors import SNNetError
@@ -94,8 +96,10 @@ class DetectionModel(DenseModel):
 
     task = "detection"
 
-    def __init__(self, backbone: SNNet, num_classes: int, channels: int = 256, image_size: int = 1024) -> None:
-        super().__init__(backbone, {"num_classes": num_classes, "channels": channels,
+    def __init__(self, backbone: SNNet, num_classes: int, channels: int = 256, image_size: int = 1024,
+                 roi_channels: int = 256, roi_samples: int = 512, detections: int = 100) -> None:
+        super().__init__(backbone, {"num_classes": num_classes, "channels": channels, "roi_channels": roi_channels,
+                                    "roi_samples": roi_samples, "detections": detections,
                                     "input_size": [image_size, image_size]})
         if backbone.out_indices != [backbone.depths[LARGE] - 1]:
             raise SNNetError(f"a ViTDet backbone taps the last block only: set model.out_indices to "
@@ -106,9 +110,16 @@ class DetectionModel(DenseModel):
         # anchor boxes of image_size / 32 .. / 2 on the five levels: ViTDet's 32..512 at 1024
         sizes = tuple((max(1, image_size * 2 ** i // 32),) for i in range(len(SCALES) + 1))
         anchors = AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(sizes))
-        self.detector = MaskRCNN(_StitchedPyramid(backbone, pyramid), num_classes=num_classes + 1,  # + background
-                                 min_size=image_size, max_size=image_size, image_mean=[0.0] * 3, image_std=[1.0] * 3,
-                                 rpn_anchor_generator=anchors)
+        # torchvision's heads (box: two FC layers of 4 x roi_channels; mask: four 3x3 convs of roi_channels), with
+        # roi_samples RoIs per image for the box head's loss (torchvision's and ViTDet's 1024 / 256 / 512 by default)
+        k = num_classes + 1  # + background
+        self.detector = MaskRCNN(
+            _StitchedPyramid(backbone, pyramid), min_size=image_size, max_size=image_size,
+            image_mean=[0.0] * 3, image_std=[1.0] * 3, rpn_anchor_generator=anchors,
+            box_head=TwoMLPHead(channels * 7 * 7, 4 * roi_channels), box_predictor=FastRCNNPredictor(4 * roi_channels, k),
+            mask_head=MaskRCNNHeads(channels, [roi_channels] * 4, 1),
+            mask_predictor=MaskRCNNPredictor(roi_channels, roi_channels, k), box_batch_size_per_image=roi_samples,
+            box_detections_per_img=detections)
 
     @property
     def img_size(self) -> tuple[int, int]:
