@@ -42,8 +42,8 @@ def build_snnet(section: ModelSection, num_classes: int | None = None, load_weig
 
 def model_from_section(task: str, section: ModelSection, num_classes: int | None = None, load_weights: bool = True,
                        device: str | None = None, input_size: tuple[int, int] | None = None) -> SNNet | DenseModel:
-    """The model of ``task`` over the anchors of ``section`` (classification: an SNNet). ``input_size``: the
-    evaluation size a depth model reports FLOPs at."""
+    """The model of ``task`` over the anchors of ``section`` (classification: an SNNet). ``input_size``: the size
+    depth and detection models report FLOPs at (detection: the square images are resized to fit)."""
     if task == "classification":
         return build_snnet(section, num_classes, load_weights, device)
     backbone = build_snnet(section, load_weights=load_weights, device=device, dense=True)
@@ -61,8 +61,9 @@ def model_from_section(task: str, section: ModelSection, num_classes: int | None
 
 def build_model(cfg: RunConfig, num_classes: int | None = None, load_weights: bool = True,
                 device: str | None = None) -> SNNet | DenseModel:
-    """The model of ``cfg.task``: an ``SNNet`` for classification (heads sized by ``num_classes`` when given),
-    a ``SegmentationModel`` for segmentation (classes: ``num_classes``, model.head.num_classes or the dataset's)."""
+    """The model of ``cfg.task``: an ``SNNet`` for classification (heads sized by ``num_classes`` when given), a
+    ``SegmentationModel``, ``DepthModel`` or ``DetectionModel`` (classes: ``num_classes``, model.head.num_classes
+    or the dataset's)."""
     if cfg.task in ("segmentation", "detection") and num_classes is None:
         num_classes = cfg.model.head.num_classes or _dataset_classes(cfg)
     return model_from_section(cfg.task, cfg.model, num_classes, load_weights, device, eval_size(cfg))
