@@ -245,3 +245,18 @@ def test_polygon_masks_are_read_as_well_as_rle(tmp_path):
     _, target = CocoInstances(coco, _Folder(root / "train"))[0]
     mask = target["masks"][0]
     assert mask[12:18, 12:28].all() and not mask[:8].any() and not mask[:, 32:].any()
+
+
+def test_the_coco_recipe_schedule_warms_up_then_steps_at_its_milestones():
+    from snnet.engine import Schedule, create_scheduler
+    cfg = load_config("coco_maskrcnn_deit3_s_l", ["train.iterations=1000", "train.warmup_iterations=10",
+                                                  "train.decay_milestones=[889, 963]"])
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1e-4)
+    sched = create_scheduler(opt, cfg, Schedule(cfg, loader_len=100))
+    lr = {}  # the learning rate of update n (1-based): set after n - 1 completed updates
+    for n in (1, 6, 11, 500, 888, 889, 962, 963, 1000):
+        sched.step_update(num_updates=n - 1)
+        lr[n] = opt.param_groups[0]["lr"]
+    assert lr[1] == pytest.approx(1e-7) and lr[1] < lr[6] < lr[11]  # linear warm-up from warmup_lr
+    assert lr[11] == lr[500] == lr[888] == pytest.approx(1e-4)
+    assert lr[889] == lr[962] == pytest.approx(1e-5) and lr[963] == lr[1000] == pytest.approx(1e-6)
