@@ -217,6 +217,17 @@ def torchrun_train(cfg: Path, port: int) -> None:
     assert "training on 2 x cpu" in done.stdout
 
 
+def torchrun_then_single(cfg: Path, port: int, out: Path) -> tuple[list[dict], list[dict]]:
+    """Train under torchrun into the config's run directory, then evaluate its model in one process into
+    ``out``: (rows of the torchrun evaluation, rows of the single-process one)."""
+    from snnet.config import load_config
+    torchrun_train(cfg, port)
+    run = Path(load_config(cfg).output_dir)
+    assert main(["eval", "--config", str(cfg), "--output-dir", str(out), "--checkpoint", str(run / "model"),
+                 "--no-progress"]) == 0
+    return read_jsonl(run / "results.jsonl"), read_jsonl(out / "results.jsonl")
+
+
 def test_torchrun_two_processes_match_single_process_eval(tmp_path):
     cfg = write_config(tmp_path, data={"shapes": {"image_size": 32, "num_train": 64, "num_val": 37}})
     torchrun_train(cfg, 29533)

@@ -215,19 +215,15 @@ def test_train_then_eval_through_the_cli(tmp_path, capsys, tiny_config):
 
 
 def test_torchrun_gathers_detections_to_the_same_ap(tmp_path, tiny_config):
-    from test_cli import torchrun_train
+    from test_cli import torchrun_then_single
     cfg = yaml.safe_load(open(tiny_config))
     cfg["data"]["shapes"]["num_val"] = 5
     cfg["output_dir"] = str(tmp_path / "run")
     path = tmp_path / "det.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    torchrun_train(path, 29553)
-    read = lambda p: [json.loads(line) for line in p.read_text().splitlines()]  # noqa: E731
-    dist_rows = read(tmp_path / "run" / "results.jsonl")
+    dist_rows, single = torchrun_then_single(path, 29553, tmp_path / "single")
     assert all(r["images"] == 5 for r in dist_rows)
-    assert main(["eval", "--config", str(path), "--output-dir", str(tmp_path / "single"), "--checkpoint",
-                 str(tmp_path / "run" / "model"), "--no-progress"]) == 0
-    for a, b in zip(dist_rows, read(tmp_path / "single" / "results.jsonl")):
+    for a, b in zip(dist_rows, single):
         assert a["stitch_id"] == b["stitch_id"]
         assert a["bbox_AP"] == pytest.approx(b["bbox_AP"], abs=1e-6) and a["segm_AP"] == pytest.approx(b["segm_AP"], abs=1e-6)
 
