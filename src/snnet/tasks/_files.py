@@ -36,6 +36,12 @@ def read_map(path: Path, kind: str, modes: tuple[str, ...], expected: str, why: 
         raise SNNetError(f"cannot read {kind} {path}: {type(e).__name__}") from None
 
 
+def split_names(data, train: str, val: str) -> tuple[str, str]:
+    """``data.train_split`` / ``data.val_split`` when the config sets them, else the dataset's own names."""
+    return (data.train_split if "train_split" in data.model_fields_set else train,
+            data.val_split if "val_split" in data.model_fields_set else val)
+
+
 def with_transform(dataset: Dataset, transform) -> Dataset:
     """The same files under another transform (the least-squares fit's)."""
     other = copy.copy(dataset)

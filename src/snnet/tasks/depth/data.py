@@ -14,7 +14,7 @@ from torchvision.transforms.v2 import functional as TF
 from ...config import RunConfig
 from ...data import ShapesMaps
 from ...errors import SNNetError
-from .._files import IMAGE_SUFFIXES, read_image, read_map, with_transform
+from .._files import IMAGE_SUFFIXES, read_image, read_map, split_names, with_transform
 
 
 class DepthPairs(Dataset):
@@ -147,18 +147,14 @@ def build_datasets(cfg: RunConfig, crop: tuple[int, int], mean, std, progress: b
         root = Path(data.root)
         split = nyu_pairs if data.dataset == "nyuv2" else folder_pairs
         train, val = (DepthPairs(split(root, name), data.depth_scale, tf)
-                      for name, tf in ((train_split(cfg), train_tf), (val_split(cfg), val_tf)))
+                      for name, tf in zip(splits(cfg), (train_tf, val_tf)))
     return train, val, with_transform(train, init_tf)
 
 
-def train_split(cfg: RunConfig) -> str:
-    default = "nyu_train.txt" if cfg.data.dataset == "nyuv2" else "train"
-    return cfg.data.train_split if "train_split" in cfg.data.model_fields_set else default
-
-
-def val_split(cfg: RunConfig) -> str:
-    default = "nyu_test.txt" if cfg.data.dataset == "nyuv2" else "val"
-    return cfg.data.val_split if "val_split" in cfg.data.model_fields_set else default
+def splits(cfg: RunConfig) -> tuple[str, str]:
+    """NYUv2's split files, or a depth folder's split names."""
+    defaults = ("nyu_train.txt", "nyu_test.txt") if cfg.data.dataset == "nyuv2" else ("train", "val")
+    return split_names(cfg.data, *defaults)
 
 
 def check_folders(cfg: RunConfig) -> None:
@@ -168,7 +164,7 @@ def check_folders(cfg: RunConfig) -> None:
     if not cfg.data.root:
         raise SNNetError(f"config key 'data.root' is not set: point it at the {cfg.data.dataset} folder")
     root = Path(cfg.data.root)
-    for name in (train_split(cfg), val_split(cfg)):
+    for name in splits(cfg):
         if cfg.data.dataset == "nyuv2":
             path = Path(name) if Path(name).is_absolute() else root / name
             if not path.is_file():

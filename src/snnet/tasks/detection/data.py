@@ -16,7 +16,7 @@ from torchvision.transforms import v2
 
 from ...config import RunConfig
 from ...errors import SNNetError
-from .._files import read_image
+from .._files import read_image, split_names
 
 
 def load_coco(path: Path, image_dir: Path | None = None) -> COCO:
@@ -121,10 +121,7 @@ def build_transforms(cfg: RunConfig, size: int, mean, std) -> tuple[v2.Compose, 
 
 
 def splits(cfg: RunConfig) -> tuple[str, str]:
-    data = cfg.data
-    train = data.train_split if "train_split" in data.model_fields_set else "train2017"
-    val = data.val_split if "val_split" in data.model_fields_set else "val2017"
-    return train, val
+    return split_names(cfg.data, "train2017", "val2017")
 
 
 def annotation_file(cfg: RunConfig, split: str) -> Path:

@@ -14,7 +14,7 @@ from torchvision.transforms.v2 import functional as TF
 from ...config import RunConfig
 from ...data import ShapesMaps
 from ...errors import SNNetError
-from .._files import IMAGE_SUFFIXES, read_image, read_map, with_transform
+from .._files import IMAGE_SUFFIXES, read_image, read_map, split_names, with_transform
 
 # dataset -> (train split, val split, label file suffix, classes, reduce_zero_label), as the reference reads them
 LAYOUTS = {
@@ -215,8 +215,7 @@ def dataset_info(cfg: RunConfig) -> tuple[int, bool, str, str, str]:
         classes, reduce, train, val, suffix = data.shapes.num_classes + 1, False, "train", "val", ""
     else:
         train, val, suffix, classes, reduce = LAYOUTS[data.dataset]
-        train = data.train_split if "train_split" in data.model_fields_set else train
-        val = data.val_split if "val_split" in data.model_fields_set else val
+        train, val = split_names(data, train, val)
     classes = head.num_classes or classes
     if classes is None:
         raise SNNetError("set model.head.num_classes: a segfolder dataset does not say how many classes it has")
