@@ -3,6 +3,9 @@ the smallest, middle and largest stitch on the frontier of the task's metric."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
+
+import torch
 
 from .._atomic import atomic_path
 from ..results import frontier
@@ -12,6 +15,21 @@ def frontier_picks(rows: list[dict], metric: str, higher_is_better: bool) -> lis
     """The smallest, middle and largest stitch of the frontier (fewer when it is shorter)."""
     front = frontier(rows, metric, higher_is_better)
     return list({r["stitch_id"]: r for r in (front[0], front[len(front) // 2], front[-1])}.values())
+
+
+def grid_inputs(task, model, rows: list[dict], predict: Callable) -> tuple[list[dict], list, dict]:
+    """(frontier picks, the first ``eval.visualize`` validation samples, ``predict(model, samples)`` of each
+    pick keyed by stitch id)."""
+    picks = frontier_picks(rows, task.primary_metric, task.higher_is_better)
+    samples = [task.val_set[i] for i in range(min(task.cfg.eval.visualize, len(task.val_set)))]
+    model.eval()
+    return picks, samples, {r["stitch_id"]: predict(model.select(r["stitch_id"]), samples) for r in picks}
+
+
+def denormalize(task, image: torch.Tensor) -> torch.Tensor:
+    """A normalised (3, H, W) input back to [0, 1] with the task's mean and std."""
+    mean, std = torch.tensor(task.mean)[:, None, None], torch.tensor(task.std)[:, None, None]
+    return (image.as_subclass(torch.Tensor) * std + mean).clamp(0, 1)
 
 
 def save_grid(path: Path, panels: list[list[tuple[str, object, dict]]]) -> Path:

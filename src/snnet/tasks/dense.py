@@ -16,6 +16,13 @@ from ..selection import best_under_budget, pareto_frontier
 from ..stitch_space import SMALL, Stitch, route_taps
 
 
+def image_batches(images: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Evaluation images as model inputs: one stacked batch when all share a size, else a batch per image."""
+    if all(i.shape == images[0].shape for i in images):
+        return [torch.stack(images)]
+    return [i[None] for i in images]
+
+
 class DenseModel(nn.Module):
     """``backbone`` (an SNNet whose taps are ``out_indices``) plus heads defined by a subclass."""
 

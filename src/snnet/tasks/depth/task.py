@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from ...config import RunConfig
+from ..dense import image_batches
 from .data import build_datasets, collate_eval
 from .metrics import METRICS, image_metrics, sig_loss, summarize, valid_mask
 
@@ -40,9 +41,8 @@ class DepthTask:
     @torch.no_grad()
     def predict(self, model, images: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
         """Depth (H, W) per image, with the flip test when ``eval.flip``."""
-        same = all(i.shape == images[0].shape for i in images)
         out = []
-        for x in ([torch.stack(images)] if same else [i[None] for i in images]):
+        for x in image_batches(images):
             x = x.to(device, non_blocking=True).as_subclass(torch.Tensor)
             out.extend((model.flip_inference(x) if self.cfg.eval.flip else model(x))[:, 0].float())
         return out

@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
-from .._grid import frontier_picks, save_grid
+from .._grid import denormalize, grid_inputs, save_grid
 
 SCORE_THRESHOLD = 0.5
 
@@ -20,16 +20,12 @@ def _draw(image: torch.Tensor, boxes, labels, masks, names: list[str]) -> object
 
 
 def prediction_grid(task, model, rows: list[dict], path: Path, device: torch.device) -> Path:
-    picks = frontier_picks(rows, task.primary_metric, True)
-    samples = [task.val_set[i] for i in range(min(task.cfg.eval.visualize, len(task.val_set)))]
+    picks, samples, preds = grid_inputs(task, model, rows,
+                                        lambda m, samples: task.predict(m, [s[0] for s in samples], device))
     names = ["background"] + [task.val_set.coco.cats[c]["name"] for c in sorted(task.val_set.coco.cats)]
-    mean, std = torch.tensor(task.mean)[:, None, None], torch.tensor(task.std)[:, None, None]
-    model.eval()
-    preds = {r["stitch_id"]: task.predict(model.select(r["stitch_id"]), [s[0] for s in samples], device)
-             for r in picks}
     panels = []
     for i, (image, target) in enumerate(samples):
-        pixels = ((image.as_subclass(torch.Tensor) * std + mean).clamp(0, 1) * 255).to(torch.uint8)
+        pixels = (denormalize(task, image) * 255).to(torch.uint8)
         row = [("ground truth", _draw(pixels, target["boxes"], target["labels"].tolist(), target["masks"], names), {})]
         for r in picks:
             p = preds[r["stitch_id"]][i]

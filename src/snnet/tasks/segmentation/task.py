@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from ...config import RunConfig
+from ..dense import image_batches
 from .data import build_datasets, collate_eval
 from .metrics import area_sums, summarize
 
@@ -46,10 +47,8 @@ class SegmentationTask:
                 device: torch.device) -> list[torch.Tensor]:
         """Class maps at ``sizes`` (the labels'): whole-image or sliding-window logits, bilinearly resized."""
         ev = self.cfg.eval
-        same = all(i.shape == images[0].shape for i in images)
-        groups = [torch.stack(images)] if same else [i[None] for i in images]
         logits = []
-        for x in groups:
+        for x in image_batches(images):
             x = x.to(device, non_blocking=True).as_subclass(torch.Tensor)
             out = model.slide_inference(x, self.crop, ev.stride) if ev.mode == "slide" else model(x)
             logits.extend(out.float())

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .._grid import frontier_picks, save_grid
+from .._grid import denormalize, grid_inputs, save_grid
 
 
 def palette(num_classes: int, ignore_index: int) -> np.ndarray:
@@ -18,17 +18,13 @@ def palette(num_classes: int, ignore_index: int) -> np.ndarray:
 
 
 def prediction_grid(task, model, rows: list[dict], path: Path, device: torch.device) -> Path:
-    picks = frontier_picks(rows, task.primary_metric, task.higher_is_better)
-    samples = [task.val_set[i] for i in range(min(task.cfg.eval.visualize, len(task.val_set)))]
+    picks, samples, preds = grid_inputs(task, model, rows, lambda m, samples: task.predict(
+        m, [s[0] for s in samples], [tuple(s[1].shape) for s in samples], device))
     colours = palette(task.num_classes, task.ignore_index)
-    mean, std = torch.tensor(task.mean)[:, None, None], torch.tensor(task.std)[:, None, None]
-    model.eval()
-    preds = {r["stitch_id"]: task.predict(model.select(r["stitch_id"]), [s[0] for s in samples],
-                                          [tuple(s[1].shape) for s in samples], device) for r in picks}
     nearest = {"interpolation": "nearest"}
     panels = []
     for i, (image, label) in enumerate(samples):
-        img = (image.as_subclass(torch.Tensor) * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
+        img = denormalize(task, image).permute(1, 2, 0).numpy()
         panels.append([("image", img, nearest), ("label", colours[label.numpy()], nearest)] + [
             (f"#{r['stitch_id']} {r['gflops']:.2f} G\nmIoU {r['mIoU']:.1f}",
              colours[preds[r["stitch_id"]][i].cpu().numpy()], nearest) for r in picks])
