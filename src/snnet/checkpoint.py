@@ -98,7 +98,7 @@ def official_filter_fn(state: dict[str, torch.Tensor], model: "SNNet") -> dict[s
     timm's, stitching layers ``stitch_layers.{0,1}.{k}.transform`` (v1: ``stitch_layers.{k}.transform``) to
     ``sl_layers.{k}`` / ``ls_layers.{k}``, position embeddings resampled to the model's grid. A saved
     relative position index must equal the one the model derives from its grid; it is not kept."""
-    out = {}
+    out, buffers = {}, dict(model.named_buffers())
     for key, value in state.items():
         m = _OFFICIAL_LAYER.match(key)
         if m:
@@ -111,14 +111,13 @@ def official_filter_fn(state: dict[str, torch.Tensor], model: "SNNet") -> dict[s
             if key.endswith(".pos_embed"):
                 value = _fit_pos_embed(value, model.anchors[int(key.split(".")[1])])
             if key.endswith(".relative_position_index"):
-                _check_index(key, value, model)
+                _check_index(key, value, buffers.get(key))
                 continue
         out[key] = value
     return out
 
 
-def _check_index(key: str, value: torch.Tensor, model: "SNNet") -> None:
-    own = dict(model.named_buffers()).get(key)
+def _check_index(key: str, value: torch.Tensor, own: torch.Tensor | None) -> None:
     if own is None:
         raise SNNetError(f"the checkpoint has {key} but the model's anchors have no relative position bias "
                          f"(set model.anchors.N.rel_pos_bias=true)")

@@ -75,24 +75,23 @@ def cmd_train(args) -> int:
 
 
 def read_trained(path: str | None, cfg):
-    """What ``--checkpoint`` names, read before any data so a bad file fails fast: an SNNet or a state dict.
+    """What ``--checkpoint`` names, read before any data so a bad file fails fast: a saved model or a state dict.
 
     A run directory, a saved model, a training checkpoint or a released .pth.
     """
-    from .checkpoint import CONFIG_NAME, load_torch_checkpoint
+    from .checkpoint import CONFIG_NAME, load_pretrained, load_torch_checkpoint
     from .engine import CHECKPOINT_NAME
-    from .model import SNNet
 
-    load = SNNet.from_pretrained
     target = Path(path) if path else Path(cfg.output_dir) / "model"
     if not target.exists():
         raise SNNetError(f"nothing to evaluate at {target}: pass --checkpoint (a run or model directory, "
                          f"a checkpoint.pt or a released snnetv2_*.pth)")
     if target.is_dir():
+        # a saved model of any task: config.json says which
         if (target / CONFIG_NAME).is_file():
-            return load(target)
+            return load_pretrained(target)
         if (target / "model" / CONFIG_NAME).is_file():
-            return load(target / "model")
+            return load_pretrained(target / "model")
         if (target / CHECKPOINT_NAME).is_file():
             target = target / CHECKPOINT_NAME
         else:

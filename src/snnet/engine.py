@@ -30,6 +30,9 @@ from .least_squares import init_stitching_layers
 from .model import SNNet
 from .tasks.dense import DenseModel
 
+CHECKPOINT_NAME = "checkpoint.pt"
+LOG_NAME = "log.jsonl"
+
 
 def is_stitchable(model: torch.nn.Module) -> bool:
     """An SNNet, or a task model over one (the loop then does the least-squares start and ROS)."""
@@ -38,9 +41,6 @@ def is_stitchable(model: torch.nn.Module) -> bool:
 
 def backbone_of(model: torch.nn.Module) -> SNNet:
     return model.backbone if isinstance(model, DenseModel) else model
-
-CHECKPOINT_NAME = "checkpoint.pt"
-LOG_NAME = "log.jsonl"
 
 
 def autocast(device: torch.device, enabled: bool):
@@ -347,9 +347,9 @@ def result_rows(model: SNNet | DenseModel, metrics: dict[int, dict[str, float]])
     rows = []
     for sid, m in metrics.items():
         s = model.stitch(sid)
-        flops = model.flops(sid)
+        flops, params = model.flops(sid), model.params(sid)
         rows.append({"stitch_id": sid, "kind": s.kind, "route": s.describe(), "flops": flops,
-                     "gflops": flops / 1e9, "params": model.params(sid), "params_m": model.params(sid) / 1e6, **m})
+                     "gflops": flops / 1e9, "params": params, "params_m": params / 1e6, **m})
     return rows
 
 
