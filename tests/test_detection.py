@@ -256,3 +256,12 @@ def test_the_coco_recipe_schedule_warms_up_then_steps_at_its_milestones():
     assert lr[1] == pytest.approx(1e-7) and lr[1] < lr[6] < lr[11]  # linear warm-up from warmup_lr
     assert lr[11] == lr[500] == lr[888] == pytest.approx(1e-4)
     assert lr[889] == lr[962] == pytest.approx(1e-5) and lr[963] == lr[1000] == pytest.approx(1e-6)
+
+
+def test_missing_coco_folders_fail_before_the_run_directory_even_with_num_classes_set(tmp_path, capsys, tiny_config):
+    out = tmp_path / "run"
+    assert main(["train", "--config", tiny_config, "--output-dir", str(out), "--no-progress", "data.dataset=coco",
+                 "data.root=/nonexistent", "model.head.num_classes=4"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "data folder not found: /nonexistent/train2017" in err, err
+    assert not out.exists()

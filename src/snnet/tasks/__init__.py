@@ -109,15 +109,11 @@ def num_classes(cfg: RunConfig) -> int | None:
     none. The data's folders (or split files) are checked on the way."""
     if cfg.task == "classification":
         return data_classes(cfg)
-    if cfg.task == "depth":
-        from .depth.data import check_folders
-        check_folders(cfg)
-        return None
-    if cfg.task == "detection":
-        return cfg.model.head.num_classes or _dataset_classes(cfg)
-    from .segmentation.data import check_folders
-    check_folders(cfg)
-    return _dataset_classes(cfg)
+    from .depth.data import check_folders as depth_folders
+    from .detection.data import check_folders as detection_folders
+    from .segmentation.data import check_folders as segmentation_folders
+    {"segmentation": segmentation_folders, "depth": depth_folders, "detection": detection_folders}[cfg.task](cfg)
+    return None if cfg.task == "depth" else cfg.model.head.num_classes or _dataset_classes(cfg)
 
 
 def check_config(cfg: RunConfig) -> SNNet | DenseModel:
