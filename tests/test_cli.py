@@ -218,24 +218,25 @@ def torchrun_train(cfg: Path, port: int) -> None:
 
 
 def torchrun_then_single(cfg: Path, port: int, out: Path) -> tuple[list[dict], list[dict]]:
-    """Train under torchrun into the config's run directory, then evaluate its model in one process into
-    ``out``: (rows of the torchrun evaluation, rows of the single-process one)."""
+    """Train under torchrun into the config's run directory (its evaluation shares route prefixes), then
+    evaluate its model in one process one stitch at a time into ``out``, and once more sharing prefixes:
+    the two single-process tables must be equal to the last digit. (rows of torchrun, rows of one process)."""
     from snnet.config import load_config
     torchrun_train(cfg, port)
     run = Path(load_config(cfg).output_dir)
-    assert main(["eval", "--config", str(cfg), "--output-dir", str(out), "--checkpoint", str(run / "model"),
-                 "--no-progress"]) == 0
-    return read_jsonl(run / "results.jsonl"), read_jsonl(out / "results.jsonl")
+    tables = []
+    for where, flags in ((out, ["--no-share-prefixes"]), (out.with_name(out.name + "_shared"), [])):
+        assert main(["eval", "--config", str(cfg), "--output-dir", str(where), "--checkpoint", str(run / "model"),
+                     "--no-progress", *flags]) == 0
+        tables.append(read_jsonl(where / "results.jsonl"))
+    assert tables[0] == tables[1]
+    return read_jsonl(run / "results.jsonl"), tables[0]
 
 
 def test_torchrun_two_processes_match_single_process_eval(tmp_path):
     cfg = write_config(tmp_path, data={"shapes": {"image_size": 32, "num_train": 64, "num_val": 37}})
-    torchrun_train(cfg, 29533)
-    dist_rows = read_jsonl(tmp_path / "run" / "results.jsonl")
+    dist_rows, single = torchrun_then_single(cfg, 29533, tmp_path / "single")
     assert all(r["images"] == 37 for r in dist_rows)  # odd count: no padding, no duplicates
-    assert main(["eval", "--config", str(cfg), "--output-dir", str(tmp_path / "single"), "--checkpoint",
-                 str(tmp_path / "run" / "model"), "--no-progress"]) == 0
-    single = read_jsonl(tmp_path / "single" / "results.jsonl")
     for a, b in zip(dist_rows, single):
         assert (a["stitch_id"], a["acc1"], a["acc5"]) == (b["stitch_id"], b["acc1"], b["acc5"])
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)

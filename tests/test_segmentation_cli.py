@@ -94,6 +94,10 @@ def test_eval_of_a_released_format_checkpoint_on_an_ade20k_folder(tmp_path):
     assert main(["eval", "--config", str(cfg), "--checkpoint", str(ckpt), "--no-progress"]) == 0
     rows = read_jsonl(tmp_path / "run" / "results.jsonl")
     assert len(rows) == 8 and all(r["images"] == 3 for r in rows)
+    # windows of 40x56 images: sharing route prefixes across stitches gives the same table to the last digit
+    assert main(["eval", "--config", str(cfg), "--checkpoint", str(ckpt), "--no-progress", "--no-share-prefixes",
+                 "--output-dir", str(tmp_path / "plain")]) == 0
+    assert read_jsonl(tmp_path / "plain" / "results.jsonl") == rows
     # the same numbers from the model loaded in Python and metrics computed here
     from snnet import load_official_checkpoint
     from snnet.tasks import build_model, build_task

@@ -20,11 +20,18 @@ def _add_config(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--output-dir", help="run directory (default: the config's output_dir)")
 
 
+def _add_share_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-share-prefixes", action="store_true",
+                   help="evaluate one stitch at a time (same results as sharing route prefixes, slower)")
+
+
 def _load(args):
     from .config import load_config
     cfg = load_config(args.config, args.overrides)
     if getattr(args, "output_dir", None):
         cfg.output_dir = args.output_dir
+    if getattr(args, "no_share_prefixes", False):
+        cfg.eval.share_prefixes = False
     return cfg
 
 
@@ -246,6 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-resume", action="store_true", help="start fresh even if the run directory has a checkpoint")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_share_flag(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate stitches of a trained model or a released checkpoint")
@@ -255,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stitches", help="comma-separated stitch ids (default: all); a subset writes results_subset.*")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--no-progress", action="store_true")
+    _add_share_flag(p)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("flops", help="per-stitch FLOPs, parameters and routes of a config (no data needed)")

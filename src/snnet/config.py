@@ -278,6 +278,7 @@ class EvalSection(Section):
     stride: Int | None = Field(None, ge=1)  # sliding-window stride; default 2/3 of the window (341 for 512)
     visualize: Int = Field(4, ge=0)  # dense tasks: validation images in the prediction grid
     flip: Bool = True  # depth: average with the flipped prediction of the flipped image
+    share_prefixes: Bool = True  # run stitches as a route tree, sharing common prefixes (same results, faster)
 
     @field_validator("stitches")
     @classmethod

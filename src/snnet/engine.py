@@ -315,22 +315,29 @@ def train_one_epoch(model, task, loader: DataLoader, optimizer, scheduler, scale
 
 @torch.no_grad()
 def evaluate_stitches(model: SNNet, task, loader: DataLoader, stitch_ids: list[int], env: DistEnv,
-                      amp: bool = True, progress: bool = True) -> dict[int, dict[str, float]]:
-    """Every requested stitch on every batch: each batch is loaded once and run through all stitches.
+                      amp: bool = True, progress: bool = True, share_prefixes: bool = True) -> dict[int, dict[str, float]]:
+    """Every requested stitch on every batch: each batch is loaded once and run through all stitches,
+    by default in depth-first order of their route tree, each route resuming from the deepest activation
+    it shares with those before it (``snnet.route_tree``; the same arithmetic as one stitch at a time).
     A stitch id of None evaluates ``model`` as it is (any classifier).
 
     ``task.eval_sums`` gives a tensor of sums (summed over batches and ranks) or, for a task whose
     ``num_sums`` is None, a list of records (gathered from every rank) for ``task.finalize``."""
     model.eval()
+    share = share_prefixes and is_stitchable(model) and None not in stitch_ids
+    order = backbone_of(model).depth_first(stitch_ids) if share else stitch_ids
     acc: dict[int, torch.Tensor | list] = {}
-    for batch in tqdm(loader, desc=f"evaluating {len(stitch_ids)} stitches", disable=not (progress and env.is_main),
-                      leave=False, unit="batch"):
-        for sid in stitch_ids:
-            if sid is not None:
-                model.select(sid)
-            with autocast(env.device, amp):
-                s = task.eval_sums(model, batch, env.device)
-            acc[sid] = acc[sid] + s if sid in acc else s
+    with backbone_of(model).sharing_prefixes(stitch_ids) if share else nullcontext() as cache:
+        for batch in tqdm(loader, desc=f"evaluating {len(stitch_ids)} stitches",
+                          disable=not (progress and env.is_main), leave=False, unit="batch"):
+            for sid in order:
+                if sid is not None:
+                    model.select(sid)
+                with autocast(env.device, amp):
+                    s = task.eval_sums(model, batch, env.device)
+                acc[sid] = acc[sid] + s if sid in acc else s
+            if cache is not None:
+                cache.clear()
     out = {}
     for sid in stitch_ids:
         if task.num_sums is None:  # records: every rank's, in rank order
@@ -452,7 +459,7 @@ def evaluate_and_report(model: SNNet | DenseModel, task, cfg: RunConfig, env: Di
     loader = make_eval_loader(task.val_set, cfg.data.eval_batch_size or int(1.5 * cfg.data.batch_size),
                               cfg.data.workers, env, cfg.eval.max_images, task.eval_collate)
     start = time.perf_counter()
-    metrics = evaluate_stitches(model, task, loader, list(ids), env, cfg.train.amp, progress)
+    metrics = evaluate_stitches(model, task, loader, list(ids), env, cfg.train.amp, progress, cfg.eval.share_prefixes)
     elapsed = time.perf_counter() - start
     if not env.is_main:
         return None

@@ -6,10 +6,12 @@ layer scale are free. The final norm runs on every token, the classifier head on
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
 from .errors import SNNetError
-from .stitch_space import LARGE, SMALL, Stitch, route_taps
+from .route_tree import tree_nodes
+from .stitch_space import LARGE, SMALL, Step, Stitch, route_steps, route_taps
 
 NORM_FLOPS_PER_ELEMENT = 5
 # operators of dense heads, as fvcore counts them (SPEC section 4)
@@ -97,6 +99,17 @@ def anchor_flops(shape: AnchorShape, img_size: tuple[int, int] | None = None) ->
     return embed_flops(shape, img_size) + shape.depth * block_flops(shape, n) + head_flops(shape, n)
 
 
+def step_flops(step: Step, shapes: tuple[AnchorShape, AnchorShape], img_size: tuple[int, int] | None = None) -> int:
+    """One operation of a route (``snnet.stitch_space.route_steps``): embedding, block or stitching layer."""
+    if step.kind == "embed":
+        return embed_flops(shapes[step.part], img_size)
+    n = num_tokens(shapes[SMALL], img_size)
+    if step.kind == "block":
+        return block_flops(shapes[step.part], n)
+    src = SMALL if step.part == "SL" else LARGE
+    return linear_flops(n, shapes[src].embed_dim, shapes[1 - src].embed_dim)
+
+
 def stitch_flops(
     stitch: Stitch,
     shapes: tuple[AnchorShape, AnchorShape],
@@ -109,19 +122,32 @@ def stitch_flops(
     With ``out_indices``: the dense backbone, ending at the last block, plus the SL projections that
     bring small-anchor taps to the large width (no norm, no head).
     """
+    flops = sum(step_flops(step, shapes, img_size) for step in route_steps(stitch))
+    return flops + _ending_flops(stitch, shapes, img_size, out_indices)
+
+
+def prefix_shared_flops(
+    stitches: Iterable[Stitch],
+    shapes: tuple[AnchorShape, AnchorShape],
+    img_size: tuple[int, int] | None = None,
+    out_indices: tuple[int, ...] | None = None,
+) -> int:
+    """FLOPs of running every stitch once by a prefix-shared walk (``snnet.route_tree``): each distinct route
+    prefix once, the endings (head, or tap projections) once per stitch."""
+    stitches = list(stitches)
+    flops = sum(step_flops(node[-1], shapes, img_size) for node in tree_nodes(stitches))
+    return flops + sum(_ending_flops(s, shapes, img_size, out_indices) for s in stitches)
+
+
+def _ending_flops(stitch: Stitch, shapes: tuple[AnchorShape, AnchorShape], img_size: tuple[int, int] | None,
+                  out_indices: tuple[int, ...] | None) -> int:
+    """What follows the last block: the norm and head, or the projections of small-anchor taps."""
     n = num_tokens(shapes[SMALL], img_size)
-    width = {SMALL: shapes[SMALL].embed_dim, LARGE: shapes[LARGE].embed_dim}
-    flops = embed_flops(shapes[stitch.first_anchor], img_size)
-    for seg in stitch.segments:
-        flops += (seg.last - seg.first + 1) * block_flops(shapes[seg.anchor], n)
-    for layer in stitch.layers:
-        src = SMALL if layer.direction == "SL" else LARGE
-        flops += linear_flops(n, width[src], width[1 - src])
     if out_indices is None:
-        return flops + head_flops(shapes[stitch.last_anchor], n)
+        return head_flops(shapes[stitch.last_anchor], n)
     depths = shapes[SMALL].depth, shapes[LARGE].depth
     small_taps = sum(1 for anchor, _ in route_taps(stitch, out_indices, *depths) if anchor == SMALL)
-    return flops + small_taps * linear_flops(n, width[SMALL], width[LARGE])
+    return small_taps * linear_flops(n, shapes[SMALL].embed_dim, shapes[LARGE].embed_dim)
 
 
 def conv_flops(out_hw: tuple[int, int], in_channels: int, out_channels: int, kernel: int = 1) -> int:

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from numbers import Integral
 from pathlib import Path
@@ -15,7 +16,9 @@ from .errors import SNNetError
 from .flops import stitch_flops
 from .sampling import ROSSampler
 from .selection import best_under_budget, is_number, pareto_frontier
-from .stitch_space import LARGE, SMALL, LayerRef, Stitch, num_stitching_layers, route_taps, stitch_space
+from .route_tree import PrefixCache, depth_first
+from .stitch_space import (LARGE, SMALL, LayerRef, Step, Stitch, num_stitching_layers, route_steps, route_taps,
+                           stitch_space)
 from .stitching_layers import StitchingLayer
 
 DEFAULT_ROS_GAP_GFLOPS = 1.0  # the reference's gap for ImageNet at 224
@@ -107,6 +110,7 @@ class SNNet(nn.Module):
         self._by_id = {s.id: s for s in self.stitches}
         self.selected: Stitch = self.stitches[0]
         self.last_stitch: Stitch | None = None  # the stitch the latest train-mode call ran
+        self.prefix_cache: PrefixCache | None = None  # set by sharing_prefixes
         self.configure_sampling()
 
     # ---- stitches -------------------------------------------------------------------------
@@ -204,21 +208,48 @@ class SNNet(nn.Module):
         return a.norm_pre(x)
 
     def run_route(self, x: torch.Tensor, stitch: Stitch, with_taps: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Run a stitch from image to its last block: (final tokens (B, N, C_last), tap tokens (B, N, C1) each)."""
+        """Run a stitch from image to its last block: (final tokens (B, N, C_last), tap tokens (B, N, C1) each).
+
+        Inside ``sharing_prefixes`` (eval mode), the route resumes from the deepest activation it shares
+        with the routes run before it on the same input."""
         taps = Counter(route_taps(stitch, tuple(self.out_indices), *self.depths)) if with_taps else Counter()
-        feats: list[torch.Tensor] = []
-        x = self.embed(x, stitch.first_anchor)
-        for k, seg in enumerate(stitch.segments):
-            blocks = self.anchors[seg.anchor].blocks
-            for b in range(seg.first, seg.last + 1):
-                x = blocks[b](x)
-                if (seg.anchor, b) in taps:
-                    # small-anchor taps reach the large width through SL layer b
-                    f = self.sl_layers[b](x) if seg.anchor == SMALL else x
-                    feats.extend([f] * taps[(seg.anchor, b)])
-            if k < len(stitch.layers):
-                x = self.stitching_layer(stitch.layers[k])(x)
-        return x, feats
+        steps = route_steps(stitch)
+        walk, start, h, feats = None, 0, x, []
+        if self.prefix_cache is not None and not self.training:
+            context = (with_taps, torch.is_autocast_enabled(x.device.type))
+            walk, start, h, feats = self.prefix_cache.resume(x, steps, context)
+        for k in range(start, len(steps)):
+            step = steps[k]
+            h = self.run_step(step, h)
+            if step.kind == "block" and (step.part, step.index) in taps:
+                # small-anchor taps reach the large width through SL layer b
+                f = self.sl_layers[step.index](h) if step.part == SMALL else h
+                feats.extend([f] * taps[(step.part, step.index)])
+            if walk is not None:
+                self.prefix_cache.keep(walk, k, h, feats)
+        return h, feats
+
+    def run_step(self, step: Step, x: torch.Tensor) -> torch.Tensor:
+        """One operation of a route: the embedding (of images), a block or a stitching layer (of tokens)."""
+        if step.kind == "embed":
+            return self.embed(x, step.part)
+        if step.kind == "block":
+            return self.anchors[step.part].blocks[step.index](x)
+        return self.stitching_layer(LayerRef(step.part, step.index))(x)
+
+    @contextmanager
+    def sharing_prefixes(self, stitch_ids: Sequence[int]) -> Iterator[PrefixCache]:
+        """Within the block, eval-mode routes of ``stitch_ids`` share their common prefixes: call the stitches
+        in :meth:`depth_first` order and each computes only what the ones before it did not."""
+        self.prefix_cache = PrefixCache(self.stitch(i) for i in stitch_ids)
+        try:
+            yield self.prefix_cache
+        finally:
+            self.prefix_cache = None
+
+    def depth_first(self, stitch_ids: Sequence[int]) -> list[int]:
+        """``stitch_ids`` in depth-first order of their route tree."""
+        return [s.id for s in depth_first(self.stitch(i) for i in stitch_ids)]
 
     def forward_head(self, x: torch.Tensor, stitch: Stitch) -> torch.Tensor:
         """Final norm and classifier of the stitch's last anchor: (B, N, C) -> (B, num_classes)."""

@@ -6,6 +6,7 @@ Pure functions on block counts, no torch. Ids and order follow the reference imp
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 SMALL, LARGE = 0, 1
 _ANCHOR_LETTER = {SMALL: "S", LARGE: "L"}
@@ -67,6 +68,24 @@ class Stitch:
             "layers": [[l.direction, l.index] for l in self.layers],
             "route": self.describe(),
         }
+
+
+class Step(NamedTuple):
+    """One operation of a route: ``("embed", anchor, 0)``, ``("block", anchor, b)`` or ``("layer", "SL"|"LS", i)``."""
+
+    kind: str
+    part: int | str  # the anchor, or a stitching layer's direction
+    index: int
+
+
+def route_steps(stitch: Stitch) -> tuple[Step, ...]:
+    """The operations a stitch's route runs, in order: embedding, blocks, and a stitching layer at each switch."""
+    steps = [Step("embed", stitch.first_anchor, 0)]
+    for k, seg in enumerate(stitch.segments):
+        steps += [Step("block", seg.anchor, b) for b in range(seg.first, seg.last + 1)]
+        if k < len(stitch.layers):
+            steps.append(Step("layer", stitch.layers[k].direction, stitch.layers[k].index))
+    return tuple(steps)
 
 
 def small_block(j: int, d0: int, d1: int) -> int:
