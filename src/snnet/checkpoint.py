@@ -194,9 +194,6 @@ def save_pretrained(model: "SNNet | DenseModel", directory: str | Path) -> Path:
 
 def load_pretrained(directory: str | Path) -> "SNNet | DenseModel":
     """Rebuild anchors (no download), stitch space and heads from ``config.json``, then load the weights."""
-    from .config import ModelSection, RunConfig, validate
-    from .tasks import model_from_section
-
     directory = Path(directory)
     config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
     if not config_path.is_file() or not weights_path.is_file():
@@ -205,21 +202,35 @@ def load_pretrained(directory: str | Path) -> "SNNet | DenseModel":
         raw = json.loads(config_path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as e:
         raise SNNetError(f"{config_path} is not a valid snnet config ({type(e).__name__}: {e})") from None
+    model = model_from_config(raw, str(config_path))
+    load_state_checked(model, read_safetensors(weights_path), str(weights_path))
+    return model
+
+
+def model_from_config(raw: object, source: str, device: str | None = None) -> "SNNet | DenseModel":
+    """The model a saved ``config.json`` describes (``source`` names it in errors), with untrained weights."""
+    from .config import ModelSection, RunConfig, validate
+    from .tasks import model_from_section
+
     if not isinstance(raw, dict):
-        raise SNNetError(f"{config_path} is not a valid snnet config (a {type(raw).__name__}, not a mapping)")
+        raise SNNetError(f"{source} is not a valid snnet config (a {type(raw).__name__}, not a mapping)")
+    raw = dict(raw)
     raw.pop("format_version", None)
     task = raw.pop("task", "classification")
     tasks = typing.get_args(RunConfig.model_fields["task"].annotation)
     if task not in tasks:
-        raise SNNetError(f"{config_path}: unknown task {task!r} (snnet knows {', '.join(tasks)})")
-    head = raw.get("head")
+        raise SNNetError(f"{source}: unknown task {task!r} (snnet knows {', '.join(tasks)})")
+    head = dict(raw["head"]) if isinstance(raw.get("head"), dict) else raw.get("head")
     input_size = head.pop("input_size", None) if isinstance(head, dict) else None  # a depth model's FLOPs size
-    section = validate(ModelSection, raw, f"{config_path}: ")  # the run config's schema for these keys
-    model = model_from_section(task, section, section.head.num_classes, load_weights=False,
-                               input_size=tuple(input_size) if input_size else None)
+    if head is not None:
+        raw["head"] = head
+    section = validate(ModelSection, raw, f"{source}: ")  # the run config's schema for these keys
+    return model_from_section(task, section, section.head.num_classes, load_weights=False, device=device,
+                              input_size=tuple(input_size) if input_size else None)
+
+
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     try:
-        state = load_file(str(weights_path))
+        return load_file(str(path))
     except Exception as e:  # safetensors raises its own error types for a damaged header
-        raise SNNetError(f"cannot read {weights_path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
-    load_state_checked(model, state, str(weights_path))
-    return model
+        raise SNNetError(f"cannot read {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None

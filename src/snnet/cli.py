@@ -215,24 +215,142 @@ def cmd_flops(args) -> int:
 
 def cmd_select(args) -> int:
     from .results import format_table, frontier, read_results
-    from .selection import best_under_budget
+    from .selection import choose_stitch
 
     metric = args.metric
     rows = read_results(args.results, metric)
     higher = not args.lower_is_better
-    by_id = {r["stitch_id"]: r for r in rows}
-    best = best_under_budget({i: r["flops"] for i, r in by_id.items()}, {i: r[metric] for i, r in by_id.items()},
-                             args.max_gflops * 1e9, higher)
-    if best is None:
-        cheapest = min(r["gflops"] for r in rows)
-        raise SNNetError(f"no stitch fits {args.max_gflops} GFLOPs (the cheapest needs {cheapest:.3f})")
-    metrics = tuple(k for k in ("acc1", "acc5", "loss", metric) if k in by_id[best])
-    metrics = tuple(dict.fromkeys(metrics))
-    print(f"best stitch under {args.max_gflops} GFLOPs by {metric}:")
-    print(format_table([by_id[best]], metrics))
+    best = choose_stitch(rows, metric, higher, args.max_gflops, args.max_latency_ms)
+    metrics = tuple(dict.fromkeys(k for k in ("acc1", "acc5", "loss", metric, "latency_ms") if k in best))
+    budget = f"{args.max_gflops} GFLOPs" if args.max_gflops is not None else f"{args.max_latency_ms} ms"
+    print(f"best stitch under {budget} by {metric}:")
+    print(format_table([best], metrics))
     if args.frontier:
+        cost, key, limit = (("flops", "gflops", args.max_gflops) if args.max_gflops is not None
+                            else ("latency_ms", "latency_ms", args.max_latency_ms))
         print("frontier within the budget:")
-        print(format_table([r for r in frontier(rows, metric, higher) if r["gflops"] <= args.max_gflops], metrics))
+        print(format_table([r for r in frontier(rows, metric, higher, cost) if r[key] <= limit], metrics))
+    return 0
+
+
+def run_of(path: str) -> tuple[Path, Path | None]:
+    """(saved model directory, run directory or None) of ``--checkpoint``/``--run``: a run or a model directory."""
+    from .checkpoint import CONFIG_NAME
+
+    p = Path(path)
+    if (p / CONFIG_NAME).is_file():
+        run = p.parent if (p.parent / "results.jsonl").is_file() or (p.parent / "config.yaml").is_file() else None
+        return p, run
+    if (p / "model" / CONFIG_NAME).is_file():
+        return p / "model", p
+    raise SNNetError(f"no saved model at {p}: give a run directory (with model/) or a saved model directory")
+
+
+def run_info(run: Path | None, model) -> dict:
+    """Normalisation and class names for an exported stitch: the run's config, else the anchors' timm defaults."""
+    from timm.models import get_pretrained_cfg
+
+    from .config import load_config
+    from .tasks import class_names, data_defaults
+
+    if run is not None and (run / "config.yaml").is_file():
+        cfg = load_config(str(run / "config.yaml"))
+        _, mean, std = data_defaults(cfg)
+        return {"mean": list(mean), "std": list(std), "class_names": class_names(cfg)}
+    pre = get_pretrained_cfg(model.config.to_dict()["anchors"][0]["name"])
+    mean, std = (pre.mean, pre.std) if pre else ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    return {"mean": list(mean), "std": list(std), "class_names": None}
+
+
+def pick_stitch(args, model, run: Path | None) -> int:
+    """``--stitch``, or the best stitch of the run's results under ``--max-gflops`` / ``--max-latency-ms``."""
+    from .results import read_results
+    from .selection import choose_stitch
+    from .tasks import TASKS
+
+    if args.stitch is not None:
+        return model.stitch(args.stitch).id
+    if run is None or not (run / "results.jsonl").is_file():
+        raise SNNetError("a budget needs the run's results.jsonl: give a run directory, or --stitch")
+    task = TASKS[getattr(model, "task", "classification")]
+    metric = args.metric or task.primary_metric
+    higher = task.higher_is_better if args.metric is None else not args.lower_is_better
+    return choose_stitch(read_results(run, metric), metric, higher, args.max_gflops, args.max_latency_ms)["stitch_id"]
+
+
+def model_img_size(model, img_size: list[int] | None) -> tuple[int, int]:
+    from .model import SNNet
+
+    if img_size:
+        return tuple(img_size)
+    return tuple(model.anchors[0].patch_embed.img_size) if isinstance(model, SNNet) else tuple(model.img_size)
+
+
+def cmd_export(args) -> int:
+    from .checkpoint import load_pretrained
+    from .export import export_stitch
+
+    model_dir, run = run_of(args.checkpoint)
+    model = load_pretrained(model_dir)
+    sid = pick_stitch(args, model, run)
+    size = model_img_size(model, args.img_size)
+    if args.batch < 1:
+        raise SNNetError(f"--batch must be >= 1, got {args.batch}")
+    written = export_stitch(model, sid, args.format, args.output, size, args.batch, run_info(run, model))
+    print(f"stitch {sid} ({model.describe(sid)}, {model.flops(sid, size) / 1e9:.3f} GFLOPs at {size[0]}x{size[1]}) "
+          f"exported as {args.format}: {', '.join(map(str, written))}")
+    return 0
+
+
+def cmd_profile(args) -> int:
+    import torch
+
+    from .checkpoint import load_pretrained
+    from .latency import onnx_latency, stitch_latency
+    from .results import read_results, plot_pareto, write_results
+    from .tasks import TASKS
+
+    model_dir, run = run_of(args.run)
+    if run is None or not (run / "results.jsonl").is_file():
+        raise SNNetError(f"no results.jsonl beside {model_dir}: evaluate the run first (snnet eval)")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = load_pretrained(model_dir).to(device)
+    rows = read_results(run / "results.jsonl")
+    ids = parse_stitch_ids(args.stitches) or [r["stitch_id"] for r in rows]
+    for sid in ids:
+        model.stitch(sid)
+    size = model_img_size(model, args.img_size)
+    timed = stitch_latency(model, ids, size, args.batch, args.repeats, args.warmup, progress=not args.no_progress)
+    where = f"{device.type}" + (f", {torch.get_num_threads()} threads" if device.type == "cpu" else "")
+    extra = {}
+    if args.onnx:
+        import tempfile
+
+        from .export import export_stitch
+        with tempfile.TemporaryDirectory() as tmp:
+            for sid in ids:
+                path = export_stitch(model.cpu(), sid, "onnx", Path(tmp) / f"{sid}.onnx", size, args.batch)[0]
+                extra[sid] = onnx_latency(str(path), args.batch, size, torch.get_num_threads(), args.repeats, args.warmup)
+    for r in rows:
+        if r["stitch_id"] in timed:
+            r["latency_ms"], r["latency_iqr_ms"] = timed[r["stitch_id"]]
+            r["latency_setting"] = f"batch {args.batch}, {size[0]}x{size[1]}, {where}"
+            if r["stitch_id"] in extra:
+                r["latency_onnx_ms"], r["latency_onnx_iqr_ms"] = extra[r["stitch_id"]]
+    write_results(run, rows)
+    task = TASKS[getattr(model, "task", "classification")]
+    profiled = [r for r in rows if "latency_ms" in r]
+    plot = plot_pareto(profiled, run / "pareto_latency.png", task.primary_metric, task.higher_is_better,
+                       title=f"{task.primary_metric} vs latency ({profiled[0]['latency_setting']})", cost="latency_ms")
+    print(f"{'id':>4} {'GFLOPs':>9} {'ms':>9} {'IQR':>7}" + (f" {'onnx ms':>9}" if extra else "") + "  route")
+    for sid in ids:
+        r = next(r for r in rows if r["stitch_id"] == sid)
+        onnx = f" {r['latency_onnx_ms']:9.2f}" if extra else ""
+        print(f"{sid:>4} {r['gflops']:9.3f} {r['latency_ms']:9.2f} {r['latency_iqr_ms']:7.2f}{onnx}  {r.get('route', '')}")
+    print(f"latency of {len(ids)} stitches ({profiled[0]['latency_setting']}) written to {run / 'results.jsonl'}; "
+          f"plot {plot}")
     return 0
 
 
@@ -273,13 +391,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_flops)
 
-    p = sub.add_parser("select", help="the best stitch under a GFLOPs budget, from a results file")
+    p = sub.add_parser("select", help="the best stitch under a GFLOPs or latency budget, from a results file")
     p.add_argument("--results", required=True, help="results.jsonl or a run directory")
-    p.add_argument("--max-gflops", type=float, required=True)
+    budget = p.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--max-gflops", type=float)
+    budget.add_argument("--max-latency-ms", type=float, help="needs latency_ms in the results (snnet profile)")
     p.add_argument("--metric", default="acc1")
     p.add_argument("--lower-is-better", action="store_true")
     p.add_argument("--frontier", action="store_true", help="also list the frontier within the budget")
     p.set_defaults(func=cmd_select)
+
+    p = sub.add_parser("export", help="one stitch as a standalone ONNX, TorchScript or safetensors model")
+    p.add_argument("--checkpoint", required=True, help="a run directory (with model/ and results) or a saved model")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--stitch", type=int, help="stitch id")
+    which.add_argument("--max-gflops", type=float, help="the best stitch of the run's results under this budget")
+    which.add_argument("--max-latency-ms", type=float, help="the same by measured latency (snnet profile)")
+    p.add_argument("--metric", help="metric for a budget (default: the task's: acc1, mIoU, rmse, bbox_AP)")
+    p.add_argument("--lower-is-better", action="store_true", help="with --metric")
+    p.add_argument("--format", required=True, choices=["onnx", "torchscript", "safetensors"])
+    p.add_argument("--output", required=True, help="file to write; a JSON sidecar goes beside it (<output>.json)")
+    p.add_argument("--img-size", type=int, nargs=2, metavar=("H", "W"), help="input size (default: the anchors')")
+    p.add_argument("--batch", type=int, default=1, help="example batch for tracing (ONNX keeps the batch dynamic)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("profile", help="measure every stitch's latency on this device into the run's results")
+    p.add_argument("--run", default="runs/quickstart", help="run directory (default: runs/quickstart)")
+    p.add_argument("--stitches", help="comma-separated stitch ids (default: every stitch in the results)")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--img-size", type=int, nargs=2, metavar=("H", "W"), help="input size (default: the anchors')")
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
+    p.add_argument("--repeats", type=int, default=10, help="timed forwards per stitch (median and IQR)")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--onnx", action="store_true", help="also time each stitch exported to ONNX Runtime (CPU)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_profile)
     return parser
 
 

@@ -256,12 +256,15 @@ class TrainSection(Section):
 
     @model_validator(mode="after")
     def _one_schedule(self) -> "TrainSection":
+        # by value, not by presence: a run's own config.yaml lists every key with its default
+        changed = {k for k in ("epochs", "warmup_epochs", "warmup_iterations")
+                   if k in self.model_fields_set and getattr(self, k) != type(self).model_fields[k].default}
         if self.iterations is not None:
-            both = sorted({"epochs", "warmup_epochs"} & self.model_fields_set)
+            both = sorted({"epochs", "warmup_epochs"} & changed)
             if both:
                 raise ValueError(f"sets iterations and {' and '.join(both)}: an iteration-based run takes "
                                  f"train.iterations and train.warmup_iterations only")
-        elif "warmup_iterations" in self.model_fields_set:
+        elif "warmup_iterations" in changed:
             raise ValueError("sets warmup_iterations without iterations: use warmup_epochs for an epoch-based run")
         return self
 
@@ -303,7 +306,7 @@ class RunConfig(Section):
         if self.data.dataset not in datasets:
             raise ValueError(f"data.dataset {self.data.dataset!r} is not a {self.task} dataset "
                              f"(choose {', '.join(datasets)})")
-        if self.task == "classification" and "head" in self.model.model_fields_set:
+        if self.task == "classification" and self.model.head != HeadSection():  # a run's config.yaml has the defaults
             raise ValueError("model.head configures dense tasks; classification uses the anchors' heads")
         if self.task != "depth" and isinstance(self.data.input_size, list):
             raise ValueError(f"data.input_size takes one size for {self.task}, got {self.data.input_size}")

@@ -186,26 +186,7 @@ class SNNet(nn.Module):
 
     def embed(self, x: torch.Tensor, anchor: int) -> torch.Tensor:
         """Patch embedding, position embedding and prefix tokens of one anchor: (B, 3, H, W) -> (B, N, C)."""
-        a = self.anchors[anchor]
-        if not isinstance(x, torch.Tensor):
-            raise SNNetError(f"expected an image tensor (B, {a.in_chans}, H, W), got {type(x).__name__}")
-        if x.ndim != 4 or x.shape[1] != a.in_chans:
-            raise SNNetError(f"expected images of shape (B, {a.in_chans}, H, W), got {tuple(x.shape)}")
-        if not x.is_floating_point():
-            raise SNNetError(f"expected float images (normalised as the anchors were trained), got {x.dtype}")
-        x = x.to(a.patch_embed.proj.weight.dtype)  # float16/bfloat16/float64 in, the weights' precision out
-        if not a.dynamic_img_size and tuple(x.shape[-2:]) != tuple(a.patch_embed.img_size):
-            h, w = a.patch_embed.img_size
-            raise SNNetError(f"images are {x.shape[-2]}x{x.shape[-1]}, the anchors take {h}x{w} "
-                             f"(build them with dynamic_img_size=True for other sizes)")
-        ph, pw = a.patch_embed.patch_size
-        if x.shape[-2] % ph or x.shape[-1] % pw:
-            raise SNNetError(f"images are {x.shape[-2]}x{x.shape[-1]}, not a multiple of the anchors' "
-                             f"{ph}x{pw} patches")
-        x = a.patch_embed(x)
-        x = _pos_embed(a, x)
-        x = a.patch_drop(x)
-        return a.norm_pre(x)
+        return embed_tokens(self.anchors[anchor], x)
 
     def run_route(self, x: torch.Tensor, stitch: Stitch, with_taps: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Run a stitch from image to its last block: (final tokens (B, N, C_last), tap tokens (B, N, C1) each).
@@ -269,12 +250,7 @@ class SNNet(nn.Module):
         """
         stitch = self._active_stitch()
         _, feats = self.run_route(x, stitch, with_taps=True)
-        gh, gw = self.anchors[SMALL].patch_embed.dynamic_feat_size(x.shape[-2:])
-        prefix = self.anchors[SMALL].num_prefix_tokens
-        maps = [f[:, prefix:].reshape(f.shape[0], gh, gw, f.shape[-1]).permute(0, 3, 1, 2) for f in feats]
-        if return_prefix_tokens:
-            return [(m, f[:, :prefix]) for m, f in zip(maps, feats)]
-        return maps
+        return tap_maps(feats, self.anchors[SMALL], x, return_prefix_tokens)
 
     # ---- weights --------------------------------------------------------------------------
     @torch.no_grad()
@@ -304,6 +280,40 @@ class SNNet(nn.Module):
         if not idx or any(not 0 <= i < d1 for i in idx) or len(set(idx)) != len(idx):
             raise SNNetError(f"out_indices {list(out_indices)} must be distinct large-anchor blocks in 0..{d1 - 1}")
         return sorted(idx)
+
+
+def embed_tokens(a: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """An anchor's patch embedding, position embedding and prefix tokens: (B, 3, H, W) -> (B, N, C)."""
+    if not isinstance(x, torch.Tensor):
+        raise SNNetError(f"expected an image tensor (B, {a.in_chans}, H, W), got {type(x).__name__}")
+    if x.ndim != 4 or x.shape[1] != a.in_chans:
+        raise SNNetError(f"expected images of shape (B, {a.in_chans}, H, W), got {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise SNNetError(f"expected float images (normalised as the anchors were trained), got {x.dtype}")
+    x = x.to(a.patch_embed.proj.weight.dtype)  # float16/bfloat16/float64 in, the weights' precision out
+    if not a.dynamic_img_size and tuple(x.shape[-2:]) != tuple(a.patch_embed.img_size):
+        h, w = a.patch_embed.img_size
+        raise SNNetError(f"images are {x.shape[-2]}x{x.shape[-1]}, the anchors take {h}x{w} "
+                         f"(build them with dynamic_img_size=True for other sizes)")
+    ph, pw = a.patch_embed.patch_size
+    if x.shape[-2] % ph or x.shape[-1] % pw:
+        raise SNNetError(f"images are {x.shape[-2]}x{x.shape[-1]}, not a multiple of the anchors' "
+                         f"{ph}x{pw} patches")
+    x = a.patch_embed(x)
+    x = _pos_embed(a, x)
+    x = a.patch_drop(x)
+    return a.norm_pre(x)
+
+
+def tap_maps(feats: list[torch.Tensor], a: nn.Module, x: torch.Tensor, return_prefix_tokens: bool = False) -> list:
+    """Tap tokens (B, N, C) as maps (B, C, H/p, W/p) on the token grid of anchor ``a`` for images ``x``;
+    with ``return_prefix_tokens``, ``(map, prefix tokens (B, P, C))`` pairs."""
+    gh, gw = a.patch_embed.dynamic_feat_size(x.shape[-2:])
+    prefix = a.num_prefix_tokens
+    maps = [f[:, prefix:].reshape(f.shape[0], gh, gw, f.shape[-1]).permute(0, 3, 1, 2) for f in feats]
+    if return_prefix_tokens:
+        return [(m, f[:, :prefix]) for m, f in zip(maps, feats)]
+    return maps
 
 
 def _pos_embed(a: nn.Module, x: torch.Tensor) -> torch.Tensor:

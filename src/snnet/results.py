@@ -63,12 +63,13 @@ def read_results(path: str | Path, metric: str | None = None) -> list[dict]:
     return rows
 
 
-def frontier(rows: list[dict], metric: str, higher_is_better: bool = True) -> list[dict]:
-    """The rows on the metric-vs-FLOPs Pareto frontier, by ascending FLOPs."""
-    if any(metric not in r for r in rows):
-        raise SNNetError(f"metric {metric!r} is not in the results (columns: {', '.join(rows[0])})")
+def frontier(rows: list[dict], metric: str, higher_is_better: bool = True, cost: str = "flops") -> list[dict]:
+    """The rows on the metric-vs-cost Pareto frontier (cost: ``flops`` or ``latency_ms``), by ascending cost."""
+    for key in (metric, cost):
+        if any(key not in r for r in rows):
+            raise SNNetError(f"{key!r} is not in the results (columns: {', '.join(rows[0])})")
     by_id = {r["stitch_id"]: r for r in rows}
-    ids = pareto_frontier({i: r["flops"] for i, r in by_id.items()}, {i: r[metric] for i, r in by_id.items()},
+    ids = pareto_frontier({i: r[cost] for i, r in by_id.items()}, {i: r[metric] for i, r in by_id.items()},
                           higher_is_better)
     return [by_id[i] for i in ids]
 
@@ -85,9 +86,13 @@ def format_table(rows: list[dict], metrics: tuple[str, ...]) -> str:
     return "\n".join(lines)
 
 
+COST_LABELS = {"gflops": "GFLOPs", "latency_ms": "latency (ms)"}
+
+
 def plot_pareto(rows: list[dict], path: str | Path, metric: str, higher_is_better: bool = True,
-                title: str = "") -> Path:
-    """Every stitch as a point (coloured by kind), the frontier as a line, the anchors marked."""
+                title: str = "", cost: str = "gflops") -> Path:
+    """Every stitch as a point (coloured by kind) at its ``cost`` (gflops or latency_ms), the frontier as a
+    line, the anchors marked."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -97,17 +102,18 @@ def plot_pareto(rows: list[dict], path: str | Path, metric: str, higher_is_bette
     for kind, color in KIND_COLORS.items():
         pts = [r for r in rows if r["kind"] == kind and r["stitch_id"] > 1]
         if pts:
-            ax.scatter([r["gflops"] for r in pts], [r[metric] for r in pts], s=14, color=color, alpha=0.7, label=kind)
-    front = frontier(rows, metric, higher_is_better)
-    ax.plot([r["gflops"] for r in front], [r[metric] for r in front], color="gray", lw=1.2, label="Pareto frontier")
+            ax.scatter([r[cost] for r in pts], [r[metric] for r in pts], s=14, color=color, alpha=0.7, label=kind)
+    front = frontier(rows, metric, higher_is_better, "flops" if cost == "gflops" else cost)
+    ax.plot([r[cost] for r in front], [r[metric] for r in front], color="gray", lw=1.2, label="Pareto frontier")
     for r in rows:
         if r["kind"] == "anchor":
-            ax.scatter([r["gflops"]], [r[metric]], marker="*", s=160, color="gold", edgecolor="black", zorder=5)
-            ax.annotate("small anchor" if r["stitch_id"] == 0 else "large anchor", (r["gflops"], r[metric]),
+            ax.scatter([r[cost]], [r[metric]], marker="*", s=160, color="gold", edgecolor="black", zorder=5)
+            ax.annotate("small anchor" if r["stitch_id"] == 0 else "large anchor", (r[cost], r[metric]),
                         textcoords="offset points", xytext=(6, -12 if r["stitch_id"] == 0 else 6), fontsize=8)
-    ax.set_xlabel("GFLOPs")
+    label = COST_LABELS.get(cost, cost)
+    ax.set_xlabel(label)
     ax.set_ylabel(metric)
-    ax.set_title(title or f"{metric} vs GFLOPs, {len(rows)} stitches")
+    ax.set_title(title or f"{metric} vs {label}, {len(rows)} stitches")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     fig.tight_layout()

@@ -51,3 +51,24 @@ def best_under_budget(flops: dict[int, int], metric: dict[int, float], max_flops
     if not fits:
         return None
     return min(fits, key=lambda i: (-sign * metric[i], flops[i], i))
+
+
+def choose_stitch(rows: list[dict], metric: str, higher_is_better: bool = True, max_gflops: float | None = None,
+                  max_latency_ms: float | None = None) -> dict:
+    """The results row with the best ``metric`` under a GFLOPs or a latency budget (exactly one is given)."""
+    if (max_gflops is None) == (max_latency_ms is None):
+        raise SNNetError("give one budget: a GFLOPs or a latency budget")
+    by_id = {r["stitch_id"]: r for r in rows}
+    if max_gflops is not None:
+        cost, budget, unit, key = {i: r["flops"] for i, r in by_id.items()}, max_gflops * 1e9, "GFLOPs", "gflops"
+    else:
+        timed = {i: r["latency_ms"] for i, r in by_id.items() if "latency_ms" in r}
+        if not timed:
+            raise SNNetError("the results have no latency_ms: run `snnet profile` on the run first")
+        cost, budget, unit, key = timed, max_latency_ms, "ms", "latency_ms"
+    best = best_under_budget(cost, {i: r[metric] for i, r in by_id.items()}, budget, higher_is_better)
+    if best is None:
+        cheapest = min(by_id[i][key] for i in cost)
+        raise SNNetError(f"no stitch fits {budget if unit == 'ms' else max_gflops} {unit} "
+                         f"(the cheapest needs {cheapest:.3f})")
+    return by_id[best]

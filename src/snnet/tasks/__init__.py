@@ -1,6 +1,9 @@
 """One module per task; each gives the shared training loop its data, loss and per-batch metric sums."""
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from timm.models import get_pretrained_cfg
 
 from ..anchors import AnchorConfig, head_classes
@@ -114,6 +117,21 @@ def num_classes(cfg: RunConfig) -> int | None:
     from .segmentation.data import check_folders as segmentation_folders
     {"segmentation": segmentation_folders, "depth": depth_folders, "detection": detection_folders}[cfg.task](cfg)
     return None if cfg.task == "depth" else cfg.model.head.num_classes or _dataset_classes(cfg)
+
+
+def class_names(cfg: RunConfig) -> list[str] | None:
+    """Names of the classes the heads predict, where the data names them without being read: the built-in
+    scenes' shapes (segmentation: background first), or an ImageFolder's class folders when they are on disk."""
+    from ..data.scenes import SHAPES
+
+    shapes = list(SHAPES[:cfg.data.shapes.num_classes])
+    if cfg.data.dataset == "shapes" and cfg.task in ("classification", "detection"):
+        return shapes
+    if cfg.data.dataset == "shapes" and cfg.task == "segmentation":
+        return ["background", *shapes]
+    if cfg.task == "classification" and cfg.data.root and (Path(cfg.data.root) / cfg.data.train_split).is_dir():
+        return sorted(e.name for e in os.scandir(Path(cfg.data.root) / cfg.data.train_split) if e.is_dir())
+    return None
 
 
 def check_config(cfg: RunConfig) -> SNNet | DenseModel:

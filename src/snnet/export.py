@@ -1,0 +1,196 @@
+"""One stitch as a standalone network, and its files: ONNX, TorchScript, or safetensors + ``load_exported``.
+
+``StitchNet`` keeps only what the stitch runs: the first anchor's embedding, the route's blocks with its
+stitching layers (LoRA merged) between them, the projections of small-anchor taps, and the last anchor's
+norm and head. A dense model keeps its inference heads over a ``StitchNet`` backbone. Every exported file
+has a JSON sidecar (``<output>.json``): stitch, route, FLOPs, input size, normalisation, class names.
+"""
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import warnings
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from ._atomic import atomic_path, atomic_write_text
+from .errors import SNNetError
+from .model import SNNet, embed_tokens, tap_maps
+from .stitch_space import SMALL, LayerRef, route_steps, route_taps
+from .tasks.dense import DenseModel
+
+FORMATS = ("onnx", "torchscript", "safetensors")
+EXPORT_FORMAT = "snnet-export"
+
+
+def _copy_with(module: nn.Module, **replace: Any) -> nn.Module:
+    """A deep copy of ``module`` with some attributes replaced (the originals are never copied)."""
+    saved = {name: getattr(module, name) for name in replace if hasattr(module, name)}
+    try:
+        for name, value in replace.items():
+            setattr(module, name, value)
+        return copy.deepcopy(module)
+    finally:
+        for name in replace:
+            if name in saved:
+                setattr(module, name, saved[name])
+            else:
+                delattr(module, name)
+
+
+def _linear(layer: nn.Module) -> nn.Linear:
+    """A stitching layer as a plain linear layer, its low-rank update merged."""
+    with torch.no_grad():
+        weight = layer.effective_weight().detach().clone()
+        out = nn.Linear(layer.in_features, layer.out_features, device=weight.device, dtype=weight.dtype)
+        out.weight.copy_(weight)
+        out.bias.copy_(layer.bias)
+    return out
+
+
+class StitchNet(nn.Module):
+    """One stitch of an SNNet as a plain network: ``forward`` gives its logits (``dense=False``: the last
+    anchor's norm and head are kept) or ``forward_features`` its dense taps (``dense=True``: the tap
+    projections are kept), equal to the SNNet's for that stitch."""
+
+    def __init__(self, net: SNNet, stitch_id: int, dense: bool = False) -> None:
+        super().__init__()
+        s = net.stitch(stitch_id)
+        self.stitch_id = s.id
+        first, last = net.anchors[s.first_anchor], net.anchors[s.last_anchor]
+        empty = nn.Sequential()
+        # the first anchor's embedding alone, and the last anchor's norm and head alone
+        self.embed = _copy_with(first, blocks=empty, norm=nn.Identity(), fc_norm=nn.Identity(), head=nn.Identity(),
+                                attn_pool=None)
+        self.tail = None if dense else _copy_with(last, blocks=empty, patch_embed=nn.Identity(), pos_embed=None,
+                                                  cls_token=None, reg_token=None, norm_pre=nn.Identity())
+        steps = route_steps(s)[1:]
+        self.steps = nn.ModuleList(
+            copy.deepcopy(net.anchors[st.part].blocks[st.index]) if st.kind == "block"
+            else _linear(net.stitching_layer(LayerRef(st.part, st.index))) for st in steps)
+        # dense taps: after which step, how many times, through which projection (small taps reach the large width)
+        taps = Counter(route_taps(s, tuple(net.out_indices), *net.depths)) if dense else Counter()
+        self.taps: list[tuple[int, int, int]] = []
+        projections = []
+        for k, st in enumerate(steps):
+            if st.kind == "block" and (st.part, st.index) in taps:
+                proj = -1
+                if st.part == SMALL:
+                    proj = len(projections)
+                    projections.append(_linear(net.sl_layers[st.index]))
+                self.taps.append((k, taps[(st.part, st.index)], proj))
+        self.projections = nn.ModuleList(projections)
+
+    def forward_tokens(self, x: torch.Tensor, with_taps: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(final tokens, tap tokens): the same operations as ``SNNet.run_route``."""
+        x = embed_tokens(self.embed, x)
+        at = {k: (n, p) for k, n, p in self.taps} if with_taps else {}
+        feats = []
+        for k, step in enumerate(self.steps):
+            x = step(x)
+            if k in at:
+                n, p = at[k]
+                feats.extend([self.projections[p](x) if p >= 0 else x] * n)
+        return x, feats
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits: (B, 3, H, W) -> (B, num_classes)."""
+        tokens, _ = self.forward_tokens(x)
+        return self.tail.forward_head(self.tail.norm(tokens))
+
+    def forward_features(self, x: torch.Tensor, return_prefix_tokens: bool = False) -> list:
+        """Dense taps, as ``SNNet.forward_features``."""
+        _, feats = self.forward_tokens(x, with_taps=True)
+        return tap_maps(feats, self.embed, x, return_prefix_tokens)
+
+
+def deployable(model: SNNet | DenseModel, stitch_id: int) -> nn.Module:
+    """The stitch as a standalone eval-mode network; a dense model keeps its inference heads over it."""
+    if isinstance(model, DenseModel):
+        if model.task == "detection":
+            raise SNNetError("export takes classification, segmentation and depth models; a detection model's "
+                             "Mask R-CNN heads are not exported yet")
+        heads = model.inference_heads()
+        unused = {name: nn.ModuleList() for name, child in model.named_children()
+                  if name != "backbone" and not any(child is h for h in heads)}  # e.g. auxiliary training heads
+        return _copy_with(model, backbone=StitchNet(model.backbone, stitch_id, dense=True), **unused).eval()
+    return StitchNet(model, stitch_id).eval()
+
+
+def sidecar_path(path: str | Path) -> Path:
+    path = Path(path)
+    return path.with_name(path.name + ".json")
+
+
+def export_stitch(model: SNNet | DenseModel, stitch_id: int, fmt: str, output: str | Path,
+                  img_size: tuple[int, int], batch: int = 1, info: dict | None = None) -> list[Path]:
+    """Write the stitch as ``fmt`` (onnx, torchscript or safetensors) to ``output`` with its JSON sidecar;
+    ``info`` adds entries to the sidecar (normalisation, class names). Both files are written atomically."""
+    if fmt not in FORMATS:
+        raise SNNetError(f"unknown export format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    output = Path(output)
+    if output.is_dir():
+        raise SNNetError(f"--output {output} is a directory: give a file name")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    device = next(model.parameters()).device
+    net = deployable(model.eval(), stitch_id)
+    example = torch.randn(batch, 3, *img_size, device=device)
+    with atomic_path(output) as tmp, torch.no_grad():
+        if fmt == "safetensors":
+            save_file({k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}, str(tmp),
+                      metadata={"format": EXPORT_FORMAT})
+        elif fmt == "torchscript":
+            with warnings.catch_warnings():  # the input checks are Python conditions: traced as constants
+                warnings.simplefilter("ignore", torch.jit.TracerWarning)
+                warnings.simplefilter("ignore", FutureWarning)
+                torch.jit.trace(net, example, check_trace=False).save(str(tmp))
+        else:
+            _onnx(net, example, tmp)
+    s = model.stitch(stitch_id)
+    flops = model.flops(stitch_id, img_size)
+    sidecar = {"format": EXPORT_FORMAT, "file": output.name, "export_format": fmt,
+               "task": getattr(model, "task", "classification"), "stitch_id": s.id, "kind": s.kind,
+               "route": s.describe(), "flops": flops, "gflops": flops / 1e9, "params": model.params(s.id),
+               "input_size": list(img_size), "batch": "dynamic" if fmt == "onnx" else batch,
+               "input": "images (B, 3, H, W), float32, normalised with mean and std",
+               **(info or {}), "model": model.config.to_dict()}
+    side = sidecar_path(output)
+    atomic_write_text(side, json.dumps(sidecar, indent=1) + "\n")
+    return [output, side]
+
+
+def _onnx(net: nn.Module, example: torch.Tensor, path: Path) -> None:
+    """ONNX with a dynamic batch axis (torch.export-based exporter)."""
+    if importlib.util.find_spec("onnxscript") is None:  # torch's exporter needs it
+        raise SNNetError("ONNX export needs the onnx and onnxscript packages: pip install 'snnet[export]'")
+    batch = torch.export.Dim("batch", min=1)
+    program = torch.onnx.export(net, (example,), dynamic_shapes=({0: batch},), input_names=["images"],
+                                output_names=["output"], dynamo=True, verbose=False)
+    program.save(str(path))
+
+
+def load_exported(path: str | Path) -> nn.Module:
+    """The plain ``nn.Module`` of a stitch exported as safetensors (its sidecar says how to rebuild it)."""
+    from .checkpoint import load_state_checked, model_from_config, read_safetensors
+
+    path = Path(path)
+    side = sidecar_path(path)
+    if not path.is_file() or not side.is_file():
+        raise SNNetError(f"{path} is not an exported stitch: expected it and its sidecar {side.name}")
+    try:
+        info = json.loads(side.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise SNNetError(f"{side} is not a valid sidecar ({type(e).__name__})") from None
+    if not isinstance(info, dict) or info.get("format") != EXPORT_FORMAT or "model" not in info:
+        raise SNNetError(f"{side} is not an snnet export sidecar")
+    if info.get("export_format") != "safetensors":
+        raise SNNetError(f"{path} is {info.get('export_format')}: load it with onnxruntime or torch.jit.load")
+    net = deployable(model_from_config(info["model"], str(side)), info["stitch_id"])
+    load_state_checked(net, read_safetensors(path), str(path))
+    return net.eval()

@@ -1,0 +1,169 @@
+"""Deployment: one stitch as a standalone network and its files, latency profiles, choosing by milliseconds."""
+import json
+import subprocess
+import sys
+
+import onnxruntime as ort
+import pytest
+import torch
+import yaml
+
+from conftest import tiny_vit
+from snnet import SNNet, build_model, load_config
+from snnet.cli import main
+from snnet.errors import SNNetError
+from snnet.export import StitchNet, deployable, export_stitch, load_exported
+from test_cli import ENV, read_jsonl, write_config
+
+FORMATS = ("safetensors", "torchscript", "onnx")
+
+
+@pytest.fixture
+def lora_model(pair_s_l):
+    model = SNNet(list(pair_s_l), lora_rank=4).eval()
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "layers" in name:  # a trained-looking low-rank update on every stitching layer
+                p.normal_(0, 0.1)
+    return model
+
+
+def run_file(path, fmt: str, x: torch.Tensor) -> torch.Tensor:
+    """The exported file run the way a user would: snnet.load_exported, torch.jit.load, or ONNX Runtime."""
+    if fmt == "safetensors":
+        with torch.no_grad():
+            return load_exported(path)(x)
+    if fmt == "torchscript":
+        with torch.no_grad():
+            return torch.jit.load(str(path))(x)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
+
+
+def one_of_each_kind(model) -> list[int]:
+    return [next(s.id for s in model.stitches if s.kind == k) for k in ("anchor", "SL", "LS", "LSL", "SLS")] + [1]
+
+
+def test_stitchnet_keeps_only_its_stitch_and_equals_it(lora_model, images):
+    for s in lora_model.stitches:
+        net = StitchNet(lora_model, s.id).eval()
+        dense = StitchNet(lora_model, s.id, dense=True).eval()
+        with torch.no_grad():
+            assert torch.equal(net(images), lora_model.select(s.id)(images)), s.id
+            for a, b in zip(dense.forward_features(images), lora_model.forward_features(images)):
+                assert torch.equal(a, b), s.id
+        assert sum(p.numel() for p in net.parameters()) == lora_model.params(s.id), s.id
+        assert not any("lora" in k for k in net.state_dict())  # merged
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_exported_files_equal_the_stitch(lora_model, images, tmp_path, fmt):
+    x = torch.cat([images, images.flip(0)])  # batch 6; exported with batch 2
+    for sid in one_of_each_kind(lora_model):
+        path = tmp_path / f"{sid}.{fmt}"
+        written = export_stitch(lora_model, sid, fmt, path, (32, 32), batch=2,
+                                info={"mean": [0.5] * 3, "std": [0.5] * 3, "class_names": list("abcdefghij")})
+        assert written == [path, tmp_path / f"{sid}.{fmt}.json"]
+        with torch.no_grad():
+            expected = lora_model.select(sid)(x)
+        got = run_file(path, fmt, x)
+        assert got.shape == expected.shape
+        assert (got - expected).abs().max().item() <= 1e-5, (sid, fmt)
+        side = json.loads(written[1].read_text())
+        s = lora_model.stitch(sid)
+        assert (side["stitch_id"], side["route"], side["kind"], side["input_size"]) == (sid, s.describe(), s.kind, [32, 32])
+        assert side["flops"] == lora_model.flops(sid) and side["class_names"] == list("abcdefghij")
+        assert side["batch"] == ("dynamic" if fmt == "onnx" else 2)
+
+
+def test_the_onnx_and_torchscript_files_run_without_snnet(lora_model, tmp_path):
+    export_stitch(lora_model, 5, "onnx", tmp_path / "s.onnx", (32, 32))
+    export_stitch(lora_model, 5, "torchscript", tmp_path / "s.pt", (32, 32))
+    code = ("import sys, numpy as np, torch, onnxruntime as ort\n"
+            "sys.modules['snnet'] = None; sys.modules['timm'] = None  # importing either would fail\n"
+            f"x = np.ones((3, 3, 32, 32), np.float32)\n"
+            f"s = ort.InferenceSession('{tmp_path / 's.onnx'}')\n"
+            "a = s.run(None, {s.get_inputs()[0].name: x})[0]\n"
+            f"b = torch.jit.load('{tmp_path / 's.pt'}')(torch.from_numpy(x)).detach().numpy()\n"
+            "print(a.shape, float(np.abs(a - b).max()))\n")
+    done = subprocess.run([sys.executable, "-c", code], env=ENV, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    shape, diff = done.stdout.rsplit(" ", 1)
+    assert shape == "(3, 10)" and float(diff) <= 1e-5
+
+
+@pytest.mark.parametrize("config", ["quickstart_segmentation", "quickstart_depth"])
+def test_dense_models_export_with_their_inference_heads(config, tmp_path):
+    model = build_model(load_config(config), load_weights=False).eval()
+    x = torch.randn(3, 3, 32, 32)
+    full = sum(p.numel() for p in model.parameters())
+    for sid in (0, 1, 20):
+        net = deployable(model, sid)
+        assert sum(p.numel() for p in net.parameters()) < full
+        assert not any(k.startswith("auxiliary_head") for k in net.state_dict())
+        for fmt in FORMATS:
+            path = tmp_path / f"{sid}.{fmt}"
+            export_stitch(model, sid, fmt, path, (32, 32), batch=2)
+            with torch.no_grad():
+                expected = model.select(sid)(x)
+            assert (run_file(path, fmt, x) - expected).abs().max().item() <= 1e-5, (config, sid, fmt)
+
+
+def test_export_errors_are_one_line(lora_model, tmp_path):
+    export_stitch(lora_model, 3, "onnx", tmp_path / "s.onnx", (32, 32))
+    with pytest.raises(SNNetError, match="s.onnx is onnx: load it with onnxruntime or torch.jit.load"):
+        load_exported(tmp_path / "s.onnx")
+    with pytest.raises(SNNetError, match="is not an exported stitch: expected it and its sidecar"):
+        load_exported(tmp_path / "missing.safetensors")
+    with pytest.raises(SNNetError, match="unknown stitch id 40"):
+        export_stitch(lora_model, 40, "onnx", tmp_path / "x.onnx", (32, 32))
+    with pytest.raises(SNNetError, match="unknown export format 'tflite'"):
+        export_stitch(lora_model, 3, "tflite", tmp_path / "x.tflite", (32, 32))
+    det = build_model(load_config("quickstart_detection"), load_weights=False, device="meta")
+    with pytest.raises(SNNetError, match="detection model's Mask R-CNN heads are not exported yet"):
+        deployable(det, 0)
+
+
+def test_profile_then_select_and_export_by_milliseconds(tmp_path, capsys):
+    """A run trained for zero epochs (least squares only) is profiled, then chosen from by budget."""
+    cfg = write_config(tmp_path, train={"epochs": 0, "init_images": 16})
+    run = tmp_path / "run"
+    assert main(["train", "--config", str(cfg), "--no-progress"]) == 0
+    assert main(["profile", "--run", str(run), "--batch", "8", "--repeats", "15", "--no-progress"]) == 0
+    rows = {r["stitch_id"]: r for r in read_jsonl(run / "results.jsonl")}
+    assert all(r["latency_ms"] > 0 and r["latency_iqr_ms"] >= 0 for r in rows.values())
+    assert rows[0]["latency_ms"] < rows[1]["latency_ms"]  # the small anchor is faster than the large one
+    assert rows[0]["latency_setting"].startswith("batch 8, 32x32, cpu")
+    assert (run / "pareto_latency.png").stat().st_size > 0
+    capsys.readouterr()
+    budget_ms = sorted(r["latency_ms"] for r in rows.values())[len(rows) // 2]
+    for flag, value in (("--max-latency-ms", budget_ms), ("--max-gflops", rows[1]["gflops"] * 0.7)):
+        assert main(["select", "--results", str(run), flag, str(value)]) == 0
+        chosen = int(capsys.readouterr().out.splitlines()[2].split()[0])
+        out = tmp_path / f"chosen{flag}.safetensors"
+        assert main(["export", "--checkpoint", str(run), flag, str(value), "--format", "safetensors",
+                     "--output", str(out)]) == 0
+        capsys.readouterr()
+        side = json.loads((tmp_path / f"chosen{flag}.safetensors.json").read_text())
+        assert side["stitch_id"] == chosen
+        assert side["mean"] == [0.5] * 3 and side["class_names"][:2] == ["circle", "square"]
+        assert (rows[chosen]["latency_ms"] <= value) if flag == "--max-latency-ms" else (rows[chosen]["gflops"] <= value)
+
+
+def test_select_by_milliseconds_needs_a_profile(tmp_path, capsys):
+    rows = [{"stitch_id": 0, "flops": 1e9, "gflops": 1.0, "acc1": 50.0}, {"stitch_id": 1, "flops": 2e9, "gflops": 2.0, "acc1": 60.0}]
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["select", "--results", str(tmp_path), "--max-latency-ms", "5"]) == 2
+    assert "the results have no latency_ms: run `snnet profile` on the run first" in capsys.readouterr().err
+
+
+def test_a_runs_own_config_reloads(tmp_path):
+    """config.yaml lists every key with its default; loading it back must not read those as settings."""
+    for name in ("quickstart", "quickstart_segmentation"):
+        cfg = load_config(name)
+        path = tmp_path / f"{name}.yaml"
+        from snnet.config import dump_config
+        path.write_text(dump_config(cfg))
+        assert load_config(path) == cfg
+        assert yaml.safe_load(path.read_text())["train"]["warmup_iterations"] == 0
