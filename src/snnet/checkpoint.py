@@ -179,8 +179,12 @@ def load_official_checkpoint(model: "SNNet | DenseModel", path: str | Path, obj:
     return model
 
 
-def save_pretrained(model: "SNNet | DenseModel", directory: str | Path) -> Path:
-    """Write ``model.safetensors`` and ``config.json`` (the SNNetConfig) atomically."""
+def save_pretrained(model: "SNNet | DenseModel", directory: str | Path, results: list[dict] | None = None,
+                    plot: str | Path | None = None) -> Path:
+    """Write ``model.safetensors``, ``config.json`` (the SNNetConfig) and the model card ``README.md`` (with
+    per-stitch ``results`` and the Pareto ``plot`` when given), each atomically."""
+    from .hub import write_model_card
+
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise SNNetError(f"cannot save the model into {directory}: it is a file, not a directory")
@@ -189,12 +193,16 @@ def save_pretrained(model: "SNNet | DenseModel", directory: str | Path) -> Path:
         save_file(state, str(tmp), metadata={"format": "snnet", "format_version": str(FORMAT_VERSION)})
     config = {"format_version": FORMAT_VERSION, **model.config.to_dict()}
     atomic_write_text(directory / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
+    write_model_card(directory, model, results, plot)
     return directory
 
 
-def load_pretrained(directory: str | Path) -> "SNNet | DenseModel":
-    """Rebuild anchors (no download), stitch space and heads from ``config.json``, then load the weights."""
-    directory = Path(directory)
+def load_pretrained(directory: str | Path, revision: str | None = None) -> "SNNet | DenseModel":
+    """Rebuild anchors (no download), stitch space and heads from ``config.json``, then load the weights.
+    ``directory`` may be a Hugging Face Hub repo id (``org/name``), read through the Hugging Face cache."""
+    from .hub import resolve
+
+    directory = resolve(directory, revision)
     config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
     if not config_path.is_file() or not weights_path.is_file():
         raise SNNetError(f"{directory} is not a saved snnet model: expected {CONFIG_NAME} and {WEIGHTS_NAME}")

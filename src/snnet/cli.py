@@ -73,6 +73,10 @@ def cmd_train(args) -> int:
         if env.is_main:
             model.save_pretrained(run_dir / "model")
         written = evaluate_and_report(model, task, cfg, env, run_dir, progress=not args.no_progress)
+    if env.is_main and run_dir / "results.jsonl" in written:  # the model card gets the evaluated table
+        from .hub import write_model_card
+        from .results import read_results
+        write_model_card(run_dir / "model", model, read_results(run_dir / "results.jsonl"), run_dir / "pareto.png")
     if env.is_main:
         names = [p.name for p in [*written, run_dir / LOG_NAME, run_dir / CHECKPOINT_NAME] if p.exists()]
         print(f"done in {time.perf_counter() - start:.0f} s. In {run_dir}/: "

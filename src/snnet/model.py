@@ -261,16 +261,24 @@ class SNNet(nn.Module):
         self.config.lora_rank = 0
         return self
 
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """``model.safetensors`` and ``config.json`` in ``directory``, each written atomically."""
+    def save_pretrained(self, directory: str | Path, results: list[dict] | None = None,
+                        plot: str | Path | None = None) -> Path:
+        """``model.safetensors``, ``config.json`` and a model card (``README.md``, with per-stitch ``results``
+        and the Pareto ``plot`` when given) in ``directory``, each written atomically."""
         from .checkpoint import save_pretrained
-        return save_pretrained(self, directory)
+        return save_pretrained(self, directory, results, plot)
+
+    def push_to_hub(self, repo_id: str, results: list[dict] | None = None, plot: str | Path | None = None,
+                    private: bool = False, token: str | None = None) -> str:
+        """Upload weights, config and model card to a Hugging Face Hub repo; returns the commit URL."""
+        from .hub import push_to_hub
+        return push_to_hub(self, repo_id, results, plot, private, token)
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path) -> "SNNet":
-        """Rebuild a model saved by ``save_pretrained``, offline."""
+    def from_pretrained(cls, directory: str | Path, revision: str | None = None) -> "SNNet":
+        """Rebuild a model saved by ``save_pretrained``, from a directory or a Hub repo id (``org/name``)."""
         from .checkpoint import load_pretrained
-        return load_pretrained(directory)
+        return load_pretrained(directory, revision)
 
     def _check_out_indices(self, out_indices: Sequence[int] | None) -> list[int]:
         d1 = self.depths[LARGE]
