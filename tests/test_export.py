@@ -8,7 +8,6 @@ import pytest
 import torch
 import yaml
 
-from conftest import tiny_vit
 from snnet import SNNet, build_model, load_config
 from snnet.cli import main
 from snnet.errors import SNNetError

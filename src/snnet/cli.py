@@ -358,6 +358,13 @@ def cmd_profile(args) -> int:
     return 0
 
 
+def cmd_demo(args) -> int:
+    from .demo import launch
+
+    launch(args.run, args.port, args.host, args.device or "cpu")
+    return 0
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors (argparse prints its usage lines first)."""
 
@@ -431,6 +438,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--onnx", action="store_true", help="also time each stitch exported to ONNX Runtime (CPU)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_profile)
+
+    p = sub.add_parser("demo", help="a Gradio page: upload an image, set a budget, see the best stitch answer")
+    p.add_argument("--run", default="runs/quickstart", help="an evaluated run directory (default: runs/quickstart)")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0: every interface)")
+    p.add_argument("--device", help="cpu or cuda (default: cpu)")
+    p.set_defaults(func=cmd_demo)
     return parser
 
 

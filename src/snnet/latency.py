@@ -60,7 +60,10 @@ def onnx_latency(path: str, batch: int, img_size: tuple[int, int], threads: int,
                  warmup: int = 3) -> tuple[float, float]:
     """(median ms, IQR ms) of an exported ONNX model under ONNX Runtime on the CPU."""
     import numpy as np
-    import onnxruntime as ort
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise SNNetError("timing ONNX models needs onnxruntime: pip install 'snnet[export]'") from None
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads

@@ -1,0 +1,107 @@
+"""The Gradio demo in a real browser: headless Debian Chromium driven by Playwright (nothing downloaded).
+
+Screenshots go to ``artifacts/demo/`` at the repository root (or ``$SNNET_ARTIFACTS``)."""
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from snnet.cli import main
+from snnet.data.scenes import SceneConfig, render_scene
+from test_cli import ENV, write_config
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+ARTIFACTS = Path(os.environ.get("SNNET_ARTIFACTS", Path(__file__).resolve().parents[1] / "artifacts")) / "demo"
+BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                "--disable-sync", "--no-first-run", "--disable-quic"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def demo_url(tmp_path):
+    """A run trained for zero epochs (least squares, then every stitch evaluated), served by `snnet demo`. Its
+    accuracies are all at chance, so the results get hand-made ones that rise with FLOPs: the best stitch under
+    a budget is then the costliest that fits."""
+    cfg = write_config(tmp_path, train={"epochs": 0, "init_images": 16})
+    assert main(["train", "--config", str(cfg), "--no-progress"]) == 0
+    results = tmp_path / "run" / "results.jsonl"
+    rows = sorted(map(json.loads, results.read_text().splitlines()), key=lambda r: r["flops"])
+    results.write_text("".join(json.dumps({**r, "acc1": 10.0 + k}) + "\n" for k, r in enumerate(rows)))
+    port = free_port()
+    log = open(tmp_path / "demo.log", "w")
+    server = subprocess.Popen([sys.executable, "-m", "snnet.cli", "demo", "--run", str(tmp_path / "run"),
+                               "--port", str(port)], env=ENV, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(url, timeout=1)
+                break
+            except OSError:
+                assert server.poll() is None, (tmp_path / "demo.log").read_text()
+                time.sleep(0.5)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        log.close()
+
+
+def test_missing_run_names_the_quickstart_command(tmp_path, capsys):
+    assert main(["demo", "--run", str(tmp_path / "nothing")]) == 2
+    assert "train one first with `snnet train --config quickstart`" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(CHROMIUM is None and not os.environ.get("SNNET_REQUIRE_BROWSER"),
+                    reason="needs Debian's chromium (.ci/run installs it)")
+def test_demo_in_a_browser(demo_url, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    scene = tmp_path / "scene.png"
+    Image.fromarray(render_scene(SceneConfig(image_size=64), "val", 3).image).save(scene)
+    not_image = tmp_path / "notes.png"
+    not_image.write_text("not pixels")
+    caption = "(document.querySelector('#caption') || {innerText: ''}).innerText"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+        page = browser.new_page(viewport={"width": 1300, "height": 1000})
+        page.goto(demo_url)
+        page.wait_for_function(f"{caption}.includes('Stitch 1 ')")  # the full budget: the large anchor
+        page.set_input_files("input[type=file]", str(scene))
+        page.wait_for_function("(document.querySelector('#prediction') || {innerText: ''}).innerText.includes('%')")
+        before = (page.inner_text("#caption"), page.inner_text("#prediction"))
+        page.screenshot(path=str(ARTIFACTS / "1_full_budget.png"))
+
+        page.locator("input[type=range]").fill("0.001")  # the slider to its lowest budget: the small anchor
+        page.wait_for_function(f"{caption}.includes('Stitch 0 ')")
+        page.wait_for_function(f"document.querySelector('#prediction').innerText != {before[1]!r}")
+        after = (page.inner_text("#caption"), page.inner_text("#prediction"))
+        page.screenshot(path=str(ARTIFACTS / "2_lowest_budget.png"))
+        assert after[0] != before[0] and after[1] != before[1]
+        assert "route S[0-2]" in after[0] and "route L[0-5]" in before[0]
+        assert len([line for line in after[1].splitlines() if line.endswith("%")]) == 5  # top-5 classes
+
+        page.reload()
+        page.wait_for_function(f"{caption}.includes('Stitch')")
+        page.set_input_files("input[type=file]", str(not_image))
+        page.wait_for_function(f"{caption}.includes('is not an image')")
+        body = page.inner_text("body")
+        page.screenshot(path=str(ARTIFACTS / "3_not_an_image.png"))
+        assert "notes.png is not an image: upload a PNG, JPEG or another image file." in body
+        assert "Traceback" not in body
+        browser.close()
+    assert all((ARTIFACTS / n).stat().st_size > 10_000 for n in ("1_full_budget.png", "2_lowest_budget.png"))
