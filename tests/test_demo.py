@@ -105,3 +105,40 @@ def test_demo_in_a_browser(demo_url, tmp_path):
         assert "Traceback" not in body
         browser.close()
     assert all((ARTIFACTS / n).stat().st_size > 10_000 for n in ("1_full_budget.png", "2_lowest_budget.png"))
+
+
+@pytest.mark.parametrize("config", ["quickstart_segmentation", "quickstart_depth"])
+def test_dense_runs_show_an_overlay_or_a_depth_map(config, tmp_path):
+    """What the page shows for dense runs, without the browser: the model's own prediction, coloured."""
+    import numpy as np
+    import torch
+
+    from snnet import build_model, load_config
+    from snnet.config import dump_config
+    from snnet.demo import DemoRun
+
+    cfg = load_config(config)
+    model = build_model(cfg, load_weights=False).eval()
+    model.save_pretrained(tmp_path / "model")
+    (tmp_path / "config.yaml").write_text(dump_config(cfg))
+    metric = "mIoU" if config.endswith("segmentation") else "rmse"
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(
+        {"stitch_id": s.id, "kind": s.kind, "route": s.describe(), "flops": model.flops(s.id),
+         "gflops": model.flops(s.id) / 1e9, "params_m": 1.0, metric: float(s.id)}) + "\n" for s in model.stitches))
+    run = DemoRun(tmp_path)
+    image = Image.fromarray(render_scene(SceneConfig(image_size=64), "val", 1).image)
+    assert run.choose(1e9, None) == (max(run.by_id) if metric == "mIoU" else 0)  # rmse: lower is better
+    shown = run.predict(image, 20)
+    assert shown.shape == (32, 32, 3) and 0 <= shown.min() and shown.max() <= 1
+    x = run.transform(image)[None]
+    with torch.no_grad():
+        out = model.select(20)(x)
+    if metric == "mIoU":
+        from snnet.tasks.segmentation.visualize import palette
+        pixels = np.asarray(image.resize((32, 32)), dtype=np.float32) / 255
+        expected = 0.5 * pixels + 0.5 * palette(out.shape[1], 255)[out[0].argmax(0).numpy()] / 255
+        np.testing.assert_allclose(shown, expected, atol=1e-6)
+    else:  # the nearest pixel is the brightest in magma_r: its darkest colour marks the farthest
+        depth = out[0, 0].numpy()
+        near, far = np.unravel_index(depth.argmin(), depth.shape), np.unravel_index(depth.argmax(), depth.shape)
+        assert shown[near].sum() > shown[far].sum()
