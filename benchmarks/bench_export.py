@@ -12,6 +12,7 @@ import os
 import statistics
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,7 @@ parser.add_argument("--batches", type=int, nargs="*", default=[1, 8])
 parser.add_argument("--ids", type=int, nargs="*", help="stitch ids (default: anchors + the median of each kind)")
 parser.add_argument("--threads", type=int, default=os.cpu_count())
 args = parser.parse_args()
+warnings.filterwarnings("ignore", message="`torch.jit.load` is deprecated", category=FutureWarning)
 torch.set_num_threads(args.threads)
 torch.manual_seed(0)
 model = SNNet([timm.create_model("deit3_small_patch16_224"), timm.create_model("deit3_large_patch16_224")]).eval()
