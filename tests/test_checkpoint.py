@@ -128,7 +128,7 @@ def test_lora_rank_mismatch_is_explained(tmp_path, trained, pair_s_l):
 def test_save_and_from_pretrained_round_trip(tmp_path, trained, images):
     trained.select(7)
     out = trained.save_pretrained(tmp_path / "m")
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors"]
     config = json.loads((out / "config.json").read_text())
     assert config["version"] == "v2" and config["lora_rank"] == 3
     assert config["anchors"][0]["name"] == "deit3_small_patch16_224"
@@ -164,4 +164,4 @@ def test_failed_save_keeps_the_previous_file(tmp_path, trained, monkeypatch):
     with pytest.raises(SNNetError, match=f"^cannot write {out / 'model.safetensors'}: disk full$"):
         trained.save_pretrained(out)
     assert (out / "model.safetensors").read_bytes() == before
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]  # no temp left
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors"]  # no temp left

@@ -118,6 +118,7 @@ def test_dense_runs_show_an_overlay_or_a_depth_map(config, tmp_path):
     from snnet.demo import DemoRun
 
     cfg = load_config(config)
+    torch.manual_seed(0)
     model = build_model(cfg, load_weights=False).eval()
     model.save_pretrained(tmp_path / "model")
     (tmp_path / "config.yaml").write_text(dump_config(cfg))
@@ -138,7 +139,10 @@ def test_dense_runs_show_an_overlay_or_a_depth_map(config, tmp_path):
         pixels = np.asarray(image.resize((32, 32)), dtype=np.float32) / 255
         expected = 0.5 * pixels + 0.5 * palette(out.shape[1], 255)[out[0].argmax(0).numpy()] / 255
         np.testing.assert_allclose(shown, expected, atol=1e-6)
-    else:  # the nearest pixel is the brightest in magma_r: its darkest colour marks the farthest
+    else:  # depth scaled to 0..1 over the image, magma_r: the nearest pixel brightest, the farthest darkest
+        from matplotlib import colormaps
         depth = out[0, 0].numpy()
+        assert np.ptp(depth) > 1e-3
+        np.testing.assert_allclose(shown, colormaps["magma_r"]((depth - depth.min()) / np.ptp(depth))[..., :3], atol=1e-6)
         near, far = np.unravel_index(depth.argmin(), depth.shape), np.unravel_index(depth.argmax(), depth.shape)
         assert shown[near].sum() > shown[far].sum()
