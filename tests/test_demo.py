@@ -79,6 +79,8 @@ def test_demo_in_a_browser(demo_url, tmp_path):
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
         page = browser.new_page(viewport={"width": 1300, "height": 1000})
+        requested = []
+        page.on("request", lambda request: requested.append(request.url))
         page.goto(demo_url)
         page.wait_for_function(f"{caption}.includes('Stitch 1 ')")  # the full budget: the large anchor
         page.set_input_files("input[type=file]", str(scene))
@@ -104,6 +106,9 @@ def test_demo_in_a_browser(demo_url, tmp_path):
         assert "notes.png is not an image: upload a PNG, JPEG or another image file." in body
         assert "Traceback" not in body
         browser.close()
+    # fully offline: every request the page made went to the demo itself (no fonts, labels or assets fetched)
+    assert requested and all(u.startswith((demo_url, "data:", "blob:")) for u in requested), \
+        [u for u in requested if not u.startswith((demo_url, "data:", "blob:"))]
     assert all((ARTIFACTS / n).stat().st_size > 10_000 for n in ("1_full_budget.png", "2_lowest_budget.png"))
 
 

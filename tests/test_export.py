@@ -135,6 +135,11 @@ def test_profile_then_select_and_export_by_milliseconds(tmp_path, capsys):
     assert rows[0]["latency_ms"] < rows[1]["latency_ms"]  # the small anchor is faster than the large one
     assert rows[0]["latency_setting"].startswith("batch 8, 32x32, cpu")
     assert (run / "pareto_latency.png").stat().st_size > 0
+    assert main(["profile", "--run", str(run), "--stitches", "0,1", "--batch", "8", "--repeats", "3", "--onnx",
+                 "--no-progress"]) == 0
+    timed = {r["stitch_id"]: r for r in read_jsonl(run / "results.jsonl") if "latency_onnx_ms" in r}
+    assert sorted(timed) == [0, 1] and all(r["latency_onnx_ms"] > 0 for r in timed.values())
+    rows = {r["stitch_id"]: r for r in read_jsonl(run / "results.jsonl")}
     capsys.readouterr()
     budget_ms = sorted(r["latency_ms"] for r in rows.values())[len(rows) // 2]
     for flag, value in (("--max-latency-ms", budget_ms), ("--max-gflops", rows[1]["gflops"] * 0.7)):

@@ -337,23 +337,31 @@ def cmd_profile(args) -> int:
             for sid in ids:
                 path = export_stitch(model.cpu(), sid, "onnx", Path(tmp) / f"{sid}.onnx", size, args.batch)[0]
                 extra[sid] = onnx_latency(str(path), args.batch, size, torch.get_num_threads(), args.repeats, args.warmup)
+    setting = f"batch {args.batch}, {size[0]}x{size[1]}, {where}"
+    stale = 0
     for r in rows:
         if r["stitch_id"] in timed:
             r["latency_ms"], r["latency_iqr_ms"] = timed[r["stitch_id"]]
-            r["latency_setting"] = f"batch {args.batch}, {size[0]}x{size[1]}, {where}"
+            r["latency_setting"] = setting
             if r["stitch_id"] in extra:
                 r["latency_onnx_ms"], r["latency_onnx_iqr_ms"] = extra[r["stitch_id"]]
+        elif r.get("latency_setting", setting) != setting:  # one table, one setting: older figures go
+            stale += 1
+            for key in [k for k in r if k.startswith("latency_")]:
+                del r[key]
+    if stale:
+        print(f"dropped the latency of {stale} stitches measured in another setting")
     write_results(run, rows)
     task = TASKS[getattr(model, "task", "classification")]
     profiled = [r for r in rows if "latency_ms" in r]
     plot = plot_pareto(profiled, run / "pareto_latency.png", task.primary_metric, task.higher_is_better,
-                       title=f"{task.primary_metric} vs latency ({profiled[0]['latency_setting']})", cost="latency_ms")
+                       title=f"{task.primary_metric} vs latency ({setting})", cost="latency_ms")
     print(f"{'id':>4} {'GFLOPs':>9} {'ms':>9} {'IQR':>7}" + (f" {'onnx ms':>9}" if extra else "") + "  route")
     for sid in ids:
         r = next(r for r in rows if r["stitch_id"] == sid)
         onnx = f" {r['latency_onnx_ms']:9.2f}" if extra else ""
         print(f"{sid:>4} {r['gflops']:9.3f} {r['latency_ms']:9.2f} {r['latency_iqr_ms']:7.2f}{onnx}  {r.get('route', '')}")
-    print(f"latency of {len(ids)} stitches ({profiled[0]['latency_setting']}) written to {run / 'results.jsonl'}; "
+    print(f"latency of {len(ids)} stitches ({setting}) written to {run / 'results.jsonl'}; "
           f"plot {plot}")
     return 0
 
