@@ -206,11 +206,7 @@ def load_pretrained(directory: str | Path, revision: str | None = None) -> "SNNe
     config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
     if not config_path.is_file() or not weights_path.is_file():
         raise SNNetError(f"{directory} is not a saved snnet model: expected {CONFIG_NAME} and {WEIGHTS_NAME}")
-    try:
-        raw = json.loads(config_path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise SNNetError(f"{config_path} is not a valid snnet config ({type(e).__name__}: {e})") from None
-    model = model_from_config(raw, str(config_path))
+    model = model_from_config(read_json(config_path, "snnet config"), str(config_path))
     load_state_checked(model, read_safetensors(weights_path), str(weights_path))
     return model
 
@@ -235,6 +231,14 @@ def model_from_config(raw: object, source: str, device: str | None = None) -> "S
     section = validate(ModelSection, raw, f"{source}: ")  # the run config's schema for these keys
     return model_from_section(task, section, section.head.num_classes, load_weights=False, device=device,
                               input_size=tuple(input_size) if input_size else None)
+
+
+def read_json(path: Path, what: str) -> object:
+    """A JSON file, or a one-line error naming it as ``what``."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise SNNetError(f"{path} is not a valid {what} ({type(e).__name__}: {e})") from None
 
 
 def read_safetensors(path: Path) -> dict[str, torch.Tensor]:

@@ -177,16 +177,13 @@ def _onnx(net: nn.Module, example: torch.Tensor, path: Path) -> None:
 
 def load_exported(path: str | Path) -> nn.Module:
     """The plain ``nn.Module`` of a stitch exported as safetensors (its sidecar says how to rebuild it)."""
-    from .checkpoint import load_state_checked, model_from_config, read_safetensors
+    from .checkpoint import load_state_checked, model_from_config, read_json, read_safetensors
 
     path = Path(path)
     side = sidecar_path(path)
     if not path.is_file() or not side.is_file():
         raise SNNetError(f"{path} is not an exported stitch: expected it and its sidecar {side.name}")
-    try:
-        info = json.loads(side.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise SNNetError(f"{side} is not a valid sidecar ({type(e).__name__})") from None
+    info = read_json(side, "export sidecar")
     if not isinstance(info, dict) or info.get("format") != EXPORT_FORMAT or "model" not in info:
         raise SNNetError(f"{side} is not an snnet export sidecar")
     if info.get("export_format") != "safetensors":

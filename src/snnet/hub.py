@@ -16,6 +16,28 @@ PIPELINES = {"classification": "image-classification", "segmentation": "image-se
              "depth": "depth-estimation", "detection": "object-detection"}
 
 
+class Pretrained:
+    """``save_pretrained``, ``from_pretrained`` and ``push_to_hub`` for SNNet and the task models."""
+
+    def save_pretrained(self, directory: str | Path, results: list[dict] | None = None,
+                        plot: str | Path | None = None) -> Path:
+        """``model.safetensors``, ``config.json`` and a model card (``README.md``, with per-stitch ``results``
+        and the Pareto ``plot`` when given) in ``directory``, each written atomically."""
+        from .checkpoint import save_pretrained
+        return save_pretrained(self, directory, results, plot)
+
+    def push_to_hub(self, repo_id: str, results: list[dict] | None = None, plot: str | Path | None = None,
+                    private: bool = False, token: str | None = None) -> str:
+        """Upload weights, config and model card to a Hugging Face Hub repo; returns the commit URL."""
+        return push_to_hub(self, repo_id, results, plot, private, token)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, revision: str | None = None):
+        """Rebuild a saved model (of any task) from a directory or a Hub repo id (``org/name``), offline."""
+        from .checkpoint import load_pretrained
+        return load_pretrained(directory, revision)
+
+
 def model_card(model, results: list[dict] | None = None, with_plot: bool = False) -> str:
     """The card's text: metadata (``library_name: snnet``), what the model is, how to load it, and per stitch
     its FLOPs and parameters (and metrics, when ``results`` are given) with the frontier marked."""

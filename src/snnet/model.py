@@ -6,7 +6,6 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from numbers import Integral
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -14,9 +13,10 @@ from torch import nn
 from .anchors import AnchorConfig, anchor_config_of, anchor_shape, create_anchor, order_anchors, resize_pos_embed
 from .errors import SNNetError
 from .flops import stitch_flops
+from .hub import Pretrained
+from .route_tree import PrefixCache, depth_first
 from .sampling import ROSSampler
 from .selection import best_under_budget, is_number, pareto_frontier
-from .route_tree import PrefixCache, depth_first
 from .stitch_space import (LARGE, SMALL, LayerRef, Step, Stitch, num_stitching_layers, route_steps, route_taps,
                            stitch_space)
 from .stitching_layers import StitchingLayer
@@ -49,7 +49,7 @@ def _default_out_indices(d1: int) -> list[int]:
     return sorted({max(0, (k + 1) * d1 // 4 - 1) for k in range(4)})
 
 
-class SNNet(nn.Module):
+class SNNet(Pretrained, nn.Module):
     """SN-Netv2 (or the v1 baseline) over two timm ViT anchors.
 
     ``select(id)`` picks the stitch that eval-mode calls run; in train mode every call runs a
@@ -261,24 +261,6 @@ class SNNet(nn.Module):
         self.config.lora_rank = 0
         return self
 
-    def save_pretrained(self, directory: str | Path, results: list[dict] | None = None,
-                        plot: str | Path | None = None) -> Path:
-        """``model.safetensors``, ``config.json`` and a model card (``README.md``, with per-stitch ``results``
-        and the Pareto ``plot`` when given) in ``directory``, each written atomically."""
-        from .checkpoint import save_pretrained
-        return save_pretrained(self, directory, results, plot)
-
-    def push_to_hub(self, repo_id: str, results: list[dict] | None = None, plot: str | Path | None = None,
-                    private: bool = False, token: str | None = None) -> str:
-        """Upload weights, config and model card to a Hugging Face Hub repo; returns the commit URL."""
-        from .hub import push_to_hub
-        return push_to_hub(self, repo_id, results, plot, private, token)
-
-    @classmethod
-    def from_pretrained(cls, directory: str | Path, revision: str | None = None) -> "SNNet":
-        """Rebuild a model saved by ``save_pretrained``, from a directory or a Hub repo id (``org/name``)."""
-        from .checkpoint import load_pretrained
-        return load_pretrained(directory, revision)
 
     def _check_out_indices(self, out_indices: Sequence[int] | None) -> list[int]:
         d1 = self.depths[LARGE]

@@ -5,12 +5,12 @@ stitch runs through the backbone's one route runner (``SNNet.forward_features``)
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+from ..hub import Pretrained
 from ..model import SNNet
 from ..selection import best_under_budget, pareto_frontier
 from ..stitch_space import SMALL, Stitch, route_taps
@@ -23,7 +23,7 @@ def image_batches(images: list[torch.Tensor]) -> list[torch.Tensor]:
     return [i[None] for i in images]
 
 
-class DenseModel(nn.Module):
+class DenseModel(Pretrained, nn.Module):
     """``backbone`` (an SNNet whose taps are ``out_indices``) plus heads defined by a subclass."""
 
     task: ClassVar[str]
@@ -122,24 +122,6 @@ class DenseModel(nn.Module):
         self.backbone.merge_lora()
         return self
 
-    def save_pretrained(self, directory: str | Path, results: list[dict] | None = None,
-                        plot: str | Path | None = None) -> Path:
-        """``model.safetensors``, ``config.json`` and a model card (``README.md``, with per-stitch ``results``
-        and the Pareto ``plot`` when given) in ``directory``, each written atomically."""
-        from ..checkpoint import save_pretrained
-        return save_pretrained(self, directory, results, plot)
-
-    def push_to_hub(self, repo_id: str, results: list[dict] | None = None, plot: str | Path | None = None,
-                    private: bool = False, token: str | None = None) -> str:
-        """Upload weights, config and model card to a Hugging Face Hub repo; returns the commit URL."""
-        from ..hub import push_to_hub
-        return push_to_hub(self, repo_id, results, plot, private, token)
-
-    @classmethod
-    def from_pretrained(cls, directory: str | Path, revision: str | None = None) -> "DenseModel":
-        """Rebuild a model saved by ``save_pretrained``, from a directory or a Hub repo id (``org/name``)."""
-        from ..checkpoint import load_pretrained
-        return load_pretrained(directory, revision)
 
 
 class DenseConfig:
