@@ -47,7 +47,8 @@ def model_card(model, results: list[dict] | None = None, with_plot: bool = False
 
     task = getattr(model, "task", "classification")
     cfg = model.config.to_dict()
-    names = [a["name"] for a in cfg["anchors"]]
+    net = getattr(model, "backbone", model)
+    names = [f"`{a['name']}` (depth {d}, width {w})" for a, d, w in zip(cfg["anchors"], net.depths, net.widths)]
     data = ModelCardData(library_name="snnet", pipeline_tag=PIPELINES[task],
                          tags=["snnet", "sn-netv2", "stitchable-neural-networks", "vision-transformer", "timm"])
     spec = TASKS[task]
@@ -62,7 +63,7 @@ def model_card(model, results: list[dict] | None = None, with_plot: bool = False
         on_frontier = {r["stitch_id"] for r in frontier(rows, metric, spec.higher_is_better)}
     lines = [
         "---", data.to_yaml(), "---", "",
-        f"# SN-Net{cfg['version']} ({task}) over `{names[0]}` and `{names[1]}`", "",
+        f"# SN-Net{cfg['version']} ({task}) over {names[0]} and {names[1]}", "",
         f"One stitchable network: {len(rows)} stitches between the two anchors, each a route through blocks of "
         f"both with stitching layers between them (LoRA rank {cfg['lora_rank']}). Pick a stitch at run time by "
         f"FLOPs, measured latency or accuracy. Made with snnet, an implementation of SN-Netv2 "
