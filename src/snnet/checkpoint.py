@@ -211,25 +211,25 @@ def load_pretrained(directory: str | Path, revision: str | None = None) -> "SNNe
     return model
 
 
-def model_from_config(raw: object, source: str, device: str | None = None) -> "SNNet | DenseModel":
+def model_from_config(raw: object, source: str) -> "SNNet | DenseModel":
     """The model a saved ``config.json`` describes (``source`` names it in errors), with untrained weights."""
     from .config import ModelSection, RunConfig, validate
     from .tasks import model_from_section
 
     if not isinstance(raw, dict):
         raise SNNetError(f"{source} is not a valid snnet config (a {type(raw).__name__}, not a mapping)")
-    raw = dict(raw)
+    raw = dict(raw)  # the caller's dict stays as it is
     raw.pop("format_version", None)
     task = raw.pop("task", "classification")
     tasks = typing.get_args(RunConfig.model_fields["task"].annotation)
     if task not in tasks:
         raise SNNetError(f"{source}: unknown task {task!r} (snnet knows {', '.join(tasks)})")
-    head = dict(raw["head"]) if isinstance(raw.get("head"), dict) else raw.get("head")
-    input_size = head.pop("input_size", None) if isinstance(head, dict) else None  # a depth model's FLOPs size
-    if head is not None:
-        raw["head"] = head
+    input_size = None  # a depth model's FLOPs size, kept beside the head's keys
+    if isinstance(raw.get("head"), dict):
+        raw["head"] = dict(raw["head"])
+        input_size = raw["head"].pop("input_size", None)
     section = validate(ModelSection, raw, f"{source}: ")  # the run config's schema for these keys
-    return model_from_section(task, section, section.head.num_classes, load_weights=False, device=device,
+    return model_from_section(task, section, section.head.num_classes, load_weights=False,
                               input_size=tuple(input_size) if input_size else None)
 
 

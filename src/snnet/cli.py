@@ -90,19 +90,18 @@ def read_trained(path: str | None, cfg):
 
     A run directory, a saved model, a training checkpoint or a released .pth.
     """
-    from .checkpoint import CONFIG_NAME, load_pretrained, load_torch_checkpoint
+    from .checkpoint import load_pretrained, load_torch_checkpoint
     from .engine import CHECKPOINT_NAME
+    from .rundir import saved_model_dir
 
     target = Path(path) if path else Path(cfg.output_dir) / "model"
     if not target.exists():
         raise SNNetError(f"nothing to evaluate at {target}: pass --checkpoint (a run or model directory, "
                          f"a checkpoint.pt or a released snnetv2_*.pth)")
     if target.is_dir():
-        # a saved model of any task: config.json says which
-        if (target / CONFIG_NAME).is_file():
-            return load_pretrained(target)
-        if (target / "model" / CONFIG_NAME).is_file():
-            return load_pretrained(target / "model")
+        saved = saved_model_dir(target)  # a saved model of any task: config.json says which
+        if saved is not None:
+            return load_pretrained(saved)
         if (target / CHECKPOINT_NAME).is_file():
             target = target / CHECKPOINT_NAME
         else:
@@ -237,35 +236,6 @@ def cmd_select(args) -> int:
     return 0
 
 
-def run_of(path: str) -> tuple[Path, Path | None]:
-    """(saved model directory, run directory or None) of ``--checkpoint``/``--run``: a run or a model directory."""
-    from .checkpoint import CONFIG_NAME
-
-    p = Path(path)
-    if (p / CONFIG_NAME).is_file():
-        run = p.parent if (p.parent / "results.jsonl").is_file() or (p.parent / "config.yaml").is_file() else None
-        return p, run
-    if (p / "model" / CONFIG_NAME).is_file():
-        return p / "model", p
-    raise SNNetError(f"no saved model at {p}: give a run directory (with model/) or a saved model directory")
-
-
-def run_info(run: Path | None, model) -> dict:
-    """Normalisation and class names for an exported stitch: the run's config, else the anchors' timm defaults."""
-    from timm.models import get_pretrained_cfg
-
-    from .config import load_config
-    from .tasks import class_names, data_defaults
-
-    if run is not None and (run / "config.yaml").is_file():
-        cfg = load_config(str(run / "config.yaml"))
-        _, mean, std = data_defaults(cfg)
-        return {"mean": list(mean), "std": list(std), "class_names": class_names(cfg)}
-    pre = get_pretrained_cfg(model.config.to_dict()["anchors"][0]["name"])
-    mean, std = (pre.mean, pre.std) if pre else ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-    return {"mean": list(mean), "std": list(std), "class_names": None}
-
-
 def pick_stitch(args, model, run: Path | None) -> int:
     """``--stitch``, or the best stitch of the run's results under ``--max-gflops`` / ``--max-latency-ms``."""
     from .results import read_results
@@ -282,22 +252,15 @@ def pick_stitch(args, model, run: Path | None) -> int:
     return choose_stitch(read_results(run, metric), metric, higher, args.max_gflops, args.max_latency_ms)["stitch_id"]
 
 
-def model_img_size(model, img_size: list[int] | None) -> tuple[int, int]:
-    from .model import SNNet
-
-    if img_size:
-        return tuple(img_size)
-    return tuple(model.anchors[0].patch_embed.img_size) if isinstance(model, SNNet) else tuple(model.img_size)
-
-
 def cmd_export(args) -> int:
     from .checkpoint import load_pretrained
     from .export import export_stitch
+    from .rundir import run_info, run_of
 
     model_dir, run = run_of(args.checkpoint)
     model = load_pretrained(model_dir)
     sid = pick_stitch(args, model, run)
-    size = model_img_size(model, args.img_size)
+    size = tuple(args.img_size) if args.img_size else model.img_size
     if args.batch < 1:
         raise SNNetError(f"--batch must be >= 1, got {args.batch}")
     written = export_stitch(model, sid, args.format, args.output, size, args.batch, run_info(run, model))
@@ -312,6 +275,7 @@ def cmd_profile(args) -> int:
     from .checkpoint import load_pretrained
     from .latency import onnx_latency, stitch_latency
     from .results import read_results, plot_pareto, write_results
+    from .rundir import run_of
     from .tasks import TASKS
 
     model_dir, run = run_of(args.run)
@@ -325,7 +289,7 @@ def cmd_profile(args) -> int:
     ids = parse_stitch_ids(args.stitches) or [r["stitch_id"] for r in rows]
     for sid in ids:
         model.stitch(sid)
-    size = model_img_size(model, args.img_size)
+    size = tuple(args.img_size) if args.img_size else model.img_size
     timed = stitch_latency(model, ids, size, args.batch, args.repeats, args.warmup, progress=not args.no_progress)
     where = f"{device.type}" + (f", {torch.get_num_threads()} threads" if device.type == "cpu" else "")
     extra = {}
@@ -333,9 +297,10 @@ def cmd_profile(args) -> int:
         import tempfile
 
         from .export import export_stitch
+        model = model.cpu()  # ONNX Runtime runs on the CPU
         with tempfile.TemporaryDirectory() as tmp:
             for sid in ids:
-                path = export_stitch(model.cpu(), sid, "onnx", Path(tmp) / f"{sid}.onnx", size, args.batch)[0]
+                path = export_stitch(model, sid, "onnx", Path(tmp) / f"{sid}.onnx", size, args.batch)[0]
                 extra[sid] = onnx_latency(str(path), args.batch, size, torch.get_num_threads(), args.repeats, args.warmup)
     setting = f"batch {args.batch}, {size[0]}x{size[1]}, {where}"
     stale = 0

@@ -23,8 +23,8 @@ class DemoRun:
 
     def __init__(self, run: str | Path, device: str = "cpu") -> None:
         from .checkpoint import load_pretrained
-        from .cli import run_info, run_of
-        from .results import read_results
+        from .results import frontier, read_results
+        from .rundir import run_info, run_of
         from .tasks import TASKS
 
         model_dir, run_dir = run_of(str(run))
@@ -39,6 +39,8 @@ class DemoRun:
         self.rows = read_results(run_dir, self.metric)
         self.by_id = {r["stitch_id"]: r for r in self.rows}
         self.cost = "latency_ms" if all("latency_ms" in r for r in self.rows) else "gflops"
+        self.frontier = {r["stitch_id"] for r in frontier(self.rows, self.metric, self.higher,
+                                                          "flops" if self.cost == "gflops" else self.cost)}
         info = run_info(run_dir, self.model)
         self.mean, self.std, self.classes = info["mean"], info["std"], info["class_names"]
         self.transform = self._transform(run_dir)
@@ -53,10 +55,8 @@ class DemoRun:
 
         if self.task == "classification" and (run_dir / "config.yaml").is_file():
             cfg = load_config(str(run_dir / "config.yaml"))
-            size = self.model.anchors[0].patch_embed.img_size[-1]
-            return build_transform(cfg, False, size, tuple(self.mean), tuple(self.std))
-        size = tuple(self.model.img_size) if self.task != "classification" else tuple(self.model.anchors[0].patch_embed.img_size)
-        return T.Compose([T.Resize(size), T.ToTensor(), T.Normalize(self.mean, self.std)])
+            return build_transform(cfg, False, self.model.img_size[-1], tuple(self.mean), tuple(self.std))
+        return T.Compose([T.Resize(self.model.img_size), T.ToTensor(), T.Normalize(self.mean, self.std)])
 
     def choose(self, budget: float, explicit: str | None) -> int:
         """The explicit stitch, else the best stitch under ``budget`` (the cheapest when nothing fits)."""
@@ -101,10 +101,8 @@ class DemoRun:
         """Every stitch at (cost, metric): the frontier and the current stitch in their own colours."""
         import pandas as pd
 
-        from .results import frontier
-        front = {r["stitch_id"] for r in frontier(self.rows, self.metric, self.higher,
-                                                  "flops" if self.cost == "gflops" else self.cost)}
-        role = lambda i: "current stitch" if i == stitch_id else ("Pareto frontier" if i in front else "other stitches")
+        role = lambda i: "current stitch" if i == stitch_id else ("Pareto frontier" if i in self.frontier
+                                                                   else "other stitches")
         return pd.DataFrame({self.cost: [r[self.cost] for r in self.rows], self.metric: [r[self.metric] for r in self.rows],
                              "stitch": [f"{r['stitch_id']} {r['kind']}" for r in self.rows],
                              "role": [role(r["stitch_id"]) for r in self.rows]})

@@ -350,16 +350,6 @@ def evaluate_stitches(model: SNNet, task, loader: DataLoader, stitch_ids: list[i
     return out
 
 
-def result_rows(model: SNNet | DenseModel, metrics: dict[int, dict[str, float]]) -> list[dict]:
-    rows = []
-    for sid, m in metrics.items():
-        s = model.stitch(sid)
-        flops, params = model.flops(sid), model.params(sid)
-        rows.append({"stitch_id": sid, "kind": s.kind, "route": s.describe(), "flops": flops,
-                     "gflops": flops / 1e9, "params": params, "params_m": params / 1e6, **m})
-    return rows
-
-
 def fit(cfg: RunConfig, task, env: DistEnv, resume: str | None = "auto", progress: bool = True,
         model: torch.nn.Module | None = None) -> torch.nn.Module:
     """Train for ``cfg.train.epochs`` epochs (or ``cfg.train.iterations`` steps), checkpointing after each
@@ -451,7 +441,7 @@ def evaluate_and_report(model: SNNet | DenseModel, task, cfg: RunConfig, env: Di
                         stitch_ids: list[int] | None = None, progress: bool = True) -> list[Path] | None:
     """Evaluate stitches, then on rank 0 write results.jsonl/.csv and pareto.png (``results_subset.*`` and
     ``pareto_subset.png`` for a subset of the stitches), print the frontier and return the files written."""
-    from .results import format_table, frontier, plot_pareto, write_results
+    from .results import format_table, frontier, plot_pareto, result_rows, write_results
 
     ids = stitch_ids or cfg.eval.stitches or model.stitch_ids
     for sid in ids:

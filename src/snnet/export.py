@@ -74,9 +74,9 @@ class StitchNet(nn.Module):
         self.steps = nn.ModuleList(
             copy.deepcopy(net.anchors[st.part].blocks[st.index]) if st.kind == "block"
             else _linear(net.stitching_layer(LayerRef(st.part, st.index))) for st in steps)
-        # dense taps: after which step, how many times, through which projection (small taps reach the large width)
+        # dense taps: step -> (how many times, projection index or -1); small taps reach the large width
         taps = Counter(route_taps(s, tuple(net.out_indices), *net.depths)) if dense else Counter()
-        self.taps: list[tuple[int, int, int]] = []
+        self.taps: dict[int, tuple[int, int]] = {}
         projections = []
         for k, st in enumerate(steps):
             if st.kind == "block" and (st.part, st.index) in taps:
@@ -84,18 +84,17 @@ class StitchNet(nn.Module):
                 if st.part == SMALL:
                     proj = len(projections)
                     projections.append(_linear(net.sl_layers[st.index]))
-                self.taps.append((k, taps[(st.part, st.index)], proj))
+                self.taps[k] = (taps[(st.part, st.index)], proj)
         self.projections = nn.ModuleList(projections)
 
     def forward_tokens(self, x: torch.Tensor, with_taps: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """(final tokens, tap tokens): the same operations as ``SNNet.run_route``."""
         x = embed_tokens(self.embed, x)
-        at = {k: (n, p) for k, n, p in self.taps} if with_taps else {}
         feats = []
         for k, step in enumerate(self.steps):
             x = step(x)
-            if k in at:
-                n, p = at[k]
+            if with_taps and k in self.taps:
+                n, p = self.taps[k]
                 feats.extend([self.projections[p](x) if p >= 0 else x] * n)
         return x, feats
 

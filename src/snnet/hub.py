@@ -43,6 +43,7 @@ def model_card(model, results: list[dict] | None = None, with_plot: bool = False
     its FLOPs and parameters (and metrics, when ``results`` are given) with the frontier marked."""
     from huggingface_hub import ModelCardData
 
+    from .results import frontier, result_rows
     from .tasks import TASKS
 
     task = getattr(model, "task", "classification")
@@ -53,13 +54,10 @@ def model_card(model, results: list[dict] | None = None, with_plot: bool = False
                          tags=["snnet", "sn-netv2", "stitchable-neural-networks", "vision-transformer", "timm"])
     spec = TASKS[task]
     metric = spec.primary_metric
-    rows = results or [{"stitch_id": s.id, "kind": s.kind, "route": s.describe(), "flops": model.flops(s.id),
-                        "gflops": model.flops(s.id) / 1e9, "params_m": model.params(s.id) / 1e6}
-                       for s in model.stitches]
+    rows = results or result_rows(model, {s.id: {} for s in model.stitches})
     has_metric = all(metric in r for r in rows)
     on_frontier = set()
     if has_metric:
-        from .results import frontier
         on_frontier = {r["stitch_id"] for r in frontier(rows, metric, spec.higher_is_better)}
     lines = [
         "---", data.to_yaml(), "---", "",

@@ -135,6 +135,11 @@ class SNNet(Pretrained, nn.Module):
     def describe(self, stitch_id: int) -> str:
         return self.stitch(stitch_id).describe()
 
+    @property
+    def img_size(self) -> tuple[int, int]:
+        """The input size the anchors are built for."""
+        return tuple(self.anchors[SMALL].patch_embed.img_size)
+
     def flops(self, stitch_id: int, img_size: tuple[int, int] | None = None, dense: bool = False) -> int:
         """FLOPs of one stitch at ``img_size`` (default: the anchors' input size), SPEC section 4.
         ``dense`` counts the backbone of ``forward_features`` (with tap projections, no head)."""
@@ -260,7 +265,6 @@ class SNNet(Pretrained, nn.Module):
             layer.merge_()
         self.config.lora_rank = 0
         return self
-
 
     def _check_out_indices(self, out_indices: Sequence[int] | None) -> list[int]:
         d1 = self.depths[LARGE]

@@ -14,6 +14,18 @@ BASE_COLUMNS = ("stitch_id", "kind", "route", "gflops", "params_m")
 KIND_COLORS = {"anchor": "black", "SL": "tab:blue", "LS": "tab:orange", "LSL": "tab:green", "SLS": "tab:red"}
 
 
+def result_rows(model, metrics: dict[int, dict[str, float]]) -> list[dict]:
+    """A row per stitch of ``model`` (an SNNet or a task model): id, kind, route, FLOPs, deployed parameters,
+    then its ``metrics``."""
+    rows = []
+    for sid, m in metrics.items():
+        s = model.stitch(sid)
+        flops, params = model.flops(sid), model.params(sid)
+        rows.append({"stitch_id": sid, "kind": s.kind, "route": s.describe(), "flops": flops,
+                     "gflops": flops / 1e9, "params": params, "params_m": params / 1e6, **m})
+    return rows
+
+
 def write_results(run_dir: str | Path, rows: list[dict], stem: str = "results") -> tuple[Path, Path]:
     """``<stem>.jsonl`` (a line per stitch) and ``<stem>.csv``, both written atomically."""
     run_dir = Path(run_dir)

@@ -1,4 +1,5 @@
-"""Run directories: checked before any work, and held by one process at a time through a lock file."""
+"""Run directories: checked before any work, held by one process at a time through a lock file, and read
+back (the saved model, its normalisation and class names)."""
 from __future__ import annotations
 
 import os
@@ -9,6 +10,41 @@ from pathlib import Path
 from .errors import SNNetError
 
 LOCK_NAME = ".snnet.lock"
+
+
+def saved_model_dir(path: Path) -> Path | None:
+    """The saved model in ``path``: ``path`` itself or its ``model/`` (a run directory), if either has one."""
+    from .checkpoint import CONFIG_NAME
+
+    return next((d for d in (path, path / "model") if (d / CONFIG_NAME).is_file()), None)
+
+
+def run_of(path: str) -> tuple[Path, Path | None]:
+    """(saved model directory, run directory or None) of ``--checkpoint``/``--run``: a run or a model directory."""
+    p = Path(path)
+    saved = saved_model_dir(p)
+    if saved is None:
+        raise SNNetError(f"no saved model at {p}: give a run directory (with model/) or a saved model directory")
+    if saved != p:
+        return saved, p
+    parent = p.parent  # a saved model directory: its parent is the run when it holds one
+    return p, parent if (parent / "results.jsonl").is_file() or (parent / "config.yaml").is_file() else None
+
+
+def run_info(run: Path | None, model) -> dict:
+    """Normalisation and class names for an exported stitch: the run's config, else the anchors' timm defaults."""
+    from timm.models import get_pretrained_cfg
+
+    from .config import load_config
+    from .tasks import class_names, data_defaults
+
+    if run is not None and (run / "config.yaml").is_file():
+        cfg = load_config(str(run / "config.yaml"))
+        _, mean, std = data_defaults(cfg)
+        return {"mean": list(mean), "std": list(std), "class_names": class_names(cfg)}
+    pre = get_pretrained_cfg(model.config.to_dict()["anchors"][0]["name"])
+    mean, std = (pre.mean, pre.std) if pre else ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    return {"mean": list(mean), "std": list(std), "class_names": None}
 
 
 def check_run_dir(path: str | Path) -> Path:

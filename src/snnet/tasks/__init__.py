@@ -1,7 +1,6 @@
 """One module per task; each gives the shared training loop its data, loss and per-batch metric sums."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from timm.models import get_pretrained_cfg
@@ -11,7 +10,7 @@ from ..config import ModelSection, RunConfig
 from ..errors import SNNetError
 from ..model import SNNet
 from ..rel_pos import grid_of
-from .classification import ClassificationTask, data_classes
+from .classification import ClassificationTask, class_folders, data_classes
 from .dense import DenseModel
 from .depth import DepthModel, DepthTask
 from .detection import DetectionModel, DetectionTask
@@ -51,7 +50,7 @@ def model_from_section(task: str, section: ModelSection, num_classes: int | None
         return build_snnet(section, num_classes, load_weights, device)
     backbone = build_snnet(section, load_weights=load_weights, device=device, dense=True)
     head = section.head
-    size = input_size or tuple(backbone.anchors[0].patch_embed.img_size)
+    size = input_size or backbone.img_size
     if task == "depth":
         model = DepthModel(backbone, head.channels, head.min_depth, size, head.reassemble_channels)
     elif task == "detection":
@@ -130,7 +129,7 @@ def class_names(cfg: RunConfig) -> list[str] | None:
     if cfg.data.dataset == "shapes" and cfg.task == "segmentation":
         return ["background", *shapes]
     if cfg.task == "classification" and cfg.data.root and (Path(cfg.data.root) / cfg.data.train_split).is_dir():
-        return sorted(e.name for e in os.scandir(Path(cfg.data.root) / cfg.data.train_split) if e.is_dir())
+        return class_folders(Path(cfg.data.root) / cfg.data.train_split)
     return None
 
 

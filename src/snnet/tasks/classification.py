@@ -83,12 +83,17 @@ def image_folder_roots(cfg: RunConfig) -> list[Path]:
     return roots
 
 
+def class_folders(root: Path) -> list[str]:
+    """The class folders of one ImageFolder split, sorted (torchvision's class order)."""
+    return sorted(e.name for e in os.scandir(root) if e.is_dir())
+
+
 def data_classes(cfg: RunConfig) -> int:
     """How many classes the data has, read cheaply (folder names, not images) before any data is loaded."""
     if cfg.data.dataset == "shapes":
         return cfg.data.shapes.num_classes
     roots = image_folder_roots(cfg)
-    train, val = (sorted(e.name for e in os.scandir(r) if e.is_dir()) for r in roots)
+    train, val = (class_folders(r) for r in roots)
     if not train:
         raise SNNetError(f"no class folders in {roots[0]}")
     if train != val:

@@ -75,7 +75,7 @@ class DenseModel(Pretrained, nn.Module):
     @property
     def img_size(self) -> tuple[int, int]:
         """The input size the anchors are built for (the training crop)."""
-        return tuple(self.backbone.anchors[SMALL].patch_embed.img_size)
+        return self.backbone.img_size
 
     def flops(self, stitch_id: int, img_size: tuple[int, int] | None = None) -> int:
         """Backbone (with the projections of small-anchor taps) and inference heads at ``img_size``
