@@ -305,15 +305,16 @@ def cmd_profile(args) -> int:
     setting = f"batch {args.batch}, {size[0]}x{size[1]}, {where}"
     stale = 0
     for r in rows:
-        if r["stitch_id"] in timed:
+        retimed = r["stitch_id"] in timed
+        if retimed or r.get("latency_setting", setting) != setting:  # one table, one setting: older figures go
+            stale += not retimed
+            for key in [k for k in r if k.startswith("latency_")]:
+                del r[key]
+        if retimed:
             r["latency_ms"], r["latency_iqr_ms"] = timed[r["stitch_id"]]
             r["latency_setting"] = setting
             if r["stitch_id"] in extra:
                 r["latency_onnx_ms"], r["latency_onnx_iqr_ms"] = extra[r["stitch_id"]]
-        elif r.get("latency_setting", setting) != setting:  # one table, one setting: older figures go
-            stale += 1
-            for key in [k for k in r if k.startswith("latency_")]:
-                del r[key]
     if stale:
         print(f"dropped the latency of {stale} stitches measured in another setting")
     write_results(run, rows)
