@@ -1,3 +1,4 @@
+import os
 from pathlib import Path
 
 import numpy as np
@@ -8,7 +9,7 @@ from torchvision import transforms
 from torchvision.datasets import ImageFolder
 
 from snnet.data import SHAPES, Scene, SceneConfig, ShapesClassification, render_scene, write_image_folder
-from snnet.data.scenes import _visible
+from snnet.data.scenes import _visible, render_all
 
 CFG = SceneConfig()
 FIELDS = ("image", "semantic", "depth", "boxes", "classes", "masks", "depths")
@@ -117,6 +118,22 @@ def test_classification_dataset():
     assert isinstance(x, torch.Tensor) and x.shape == (3, 32, 32) and x.dtype == torch.float32
     xb, yb = next(iter(torch.utils.data.DataLoader(tds, batch_size=4)))
     assert xb.shape == (4, 3, 32, 32) and yb.tolist() == tds.targets[:4]
+
+
+def test_preloading_in_worker_processes_renders_the_same_scenes(monkeypatch):
+    import multiprocessing
+    pools, get_context = [], multiprocessing.get_context
+    monkeypatch.setattr(multiprocessing, "get_context", lambda m: pools.append(m) or get_context(m))
+    cfg = SceneConfig(image_size=16)
+    n = 2000  # the smallest set rendered by a pool of worker processes
+    serial = [render_scene(cfg, "train", i) for i in range(n)]
+    maps = render_all(cfg, "train", n, ("image", "depth"), progress=False)
+    assert len(maps) == n and pools == (["fork"] if len(os.sched_getaffinity(0)) > 1 else [])
+    for s, (img, depth) in zip(serial, maps):
+        np.testing.assert_array_equal(img, s.image)
+        np.testing.assert_array_equal(depth, s.depth)
+    ds = ShapesClassification("train", n, cfg, preload=True, progress=False)
+    assert all(np.array_equal(np.asarray(ds[i][0]), serial[i].image) for i in range(n))
 
 
 def test_write_image_folder(tmp_path):

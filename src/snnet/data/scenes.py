@@ -6,10 +6,11 @@ other classes, textured independently of class and composited far-to-near over a
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import zlib
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 
 import numpy as np
@@ -274,6 +275,25 @@ def render_scene(config: SceneConfig, split: str, index: int) -> Scene:
                  depths=np.array([o.depth for o in objs], np.float32))
 
 
+def _render_fields(config: SceneConfig, split: str, fields: tuple[str, ...], index: int) -> tuple:
+    scene = render_scene(config, split, index)
+    return tuple(getattr(scene, f) for f in fields)
+
+
+def render_all(config: SceneConfig, split: str, num_images: int, fields: tuple[str, ...],
+               progress: bool = True) -> list[tuple]:
+    """``fields`` of scenes 0..num_images-1, rendered in forked worker processes (one per core) when there
+    are enough of them to pay for the fork; identical to rendering them one by one."""
+    from tqdm.auto import tqdm
+    render = partial(_render_fields, config, split, fields)
+    workers = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1, 8)
+    bar = dict(total=num_images, desc=f"rendering {split} scenes", leave=False, unit="img", disable=not progress)
+    if workers < 2 or num_images < 2000 or "fork" not in multiprocessing.get_all_start_methods():
+        return [render(i) for i in tqdm(range(num_images), **bar)]
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        return list(tqdm(pool.imap(render, range(num_images), chunksize=250), **bar))
+
+
 class ShapesClassification(Dataset):
     """Classification view of the scenes: (PIL image or transform(image), class of the main object).
 
@@ -285,12 +305,7 @@ class ShapesClassification(Dataset):
         self.split, self.num_images, self.config, self.transform = split, num_images, config, transform
         self.classes = list(SHAPES[:config.num_classes])
         self.targets = [_label(config, i) for i in range(num_images)]
-        self.images = None
-        if preload:
-            from tqdm.auto import tqdm
-            self.images = [render_scene(config, split, i).image
-                           for i in tqdm(range(num_images), desc=f"rendering {split} scenes", leave=False, unit="img",
-                                        disable=not progress)]
+        self.images = [img for img, in render_all(config, split, num_images, ("image",), progress)] if preload else None
 
     def __len__(self) -> int:
         return self.num_images
@@ -312,11 +327,7 @@ class ShapesMaps(Dataset):
                  preload: bool = True, progress: bool = True):
         self.split, self.num_images, self.config, self.target = split, num_images, config, target
         self.wrap, self.transform = wrap, transform
-        self.scenes = None
-        if preload:
-            from tqdm.auto import tqdm
-            self.scenes = [self._pair(i) for i in tqdm(range(num_images), desc=f"rendering {split} scenes",
-                                                       leave=False, unit="img", disable=not progress)]
+        self.scenes = render_all(config, split, num_images, ("image", target), progress) if preload else None
 
     @classmethod
     def splits(cls, shapes, target: str, wrap, train_transform, val_transform, progress: bool = True):
@@ -325,17 +336,15 @@ class ShapesMaps(Dataset):
         return tuple(cls(split, n, scenes, target, wrap, tf, shapes.preload, progress) for split, n, tf in
                      (("train", shapes.num_train, train_transform), ("val", shapes.num_val, val_transform)))
 
-    def _pair(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        scene = render_scene(self.config, self.split, index)
-        return scene.image, getattr(scene, self.target)
-
     def __len__(self) -> int:
         return self.num_images
 
     def read(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         if not 0 <= index < self.num_images:
             raise IndexError(index)
-        return self.scenes[index] if self.scenes is not None else self._pair(index)
+        if self.scenes is not None:
+            return self.scenes[index]
+        return _render_fields(self.config, self.split, ("image", self.target), index)
 
     def __getitem__(self, index: int):
         return self.wrap(self.transform, *self.read(index))
