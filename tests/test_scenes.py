@@ -150,3 +150,29 @@ def test_write_image_folder(tmp_path):
             index = int(Path(path).stem)
             assert target == ds.targets[index]
             np.testing.assert_array_equal(np.asarray(Image.open(path).convert("RGB")), np.asarray(ds[index][0]))
+
+
+@pytest.mark.parametrize("config", ["quickstart", "quickstart_segmentation", "quickstart_depth", "quickstart_detection"])
+def test_an_evaluation_task_leaves_the_training_split_unread(monkeypatch, config):
+    """`snnet eval` builds its task with train=False: no training scene is rendered, the validation set is
+    the same as a training run's."""
+    from snnet.config import load_config
+    from snnet.data import coco, scenes
+    from snnet.tasks import build_task
+    rendered = []
+
+    def spy(config, split, index):
+        rendered.append(split)
+        return render_scene(config, split, index)
+    for module in (scenes, coco):
+        monkeypatch.setattr(module, "render_scene", spy)
+    cfg = load_config(config, ["data.shapes.num_train=3", "data.shapes.num_val=2"])
+    full = build_task(cfg, progress=False)
+    assert rendered.count("train") == 3 and rendered.count("val") == 2
+    rendered.clear()
+    task = build_task(cfg, progress=False, train=False)
+    assert rendered == ["val", "val"] and task.train_set is None and task.init_set is None
+    assert len(task.val_set) == 2 and getattr(task, "num_classes", None) == getattr(full, "num_classes", None)
+    for a, b in zip(full.val_set[1], task.val_set[1]):
+        for x, y in zip(*((v.values() if isinstance(v, dict) else [v]) for v in (a, b))):
+            assert torch.equal(torch.as_tensor(x), torch.as_tensor(y))

@@ -180,7 +180,7 @@ def cmd_eval(args) -> int:
         raise SNNetError(f"the data has {classes} classes but the trained heads have {heads}")
     run_dir = Path(cfg.output_dir)
     with run_dir_lock(run_dir, env):
-        task = build_task(cfg, progress=not args.no_progress and env.is_main)
+        task = build_task(cfg, progress=not args.no_progress and env.is_main, train=False)
         check_data(task, cfg, env, train=False)
         model = model_for_eval(found, cfg, task.num_classes).to(env.device)
         written = evaluate_and_report(model, task, cfg, env, run_dir, ids, progress=not args.no_progress)

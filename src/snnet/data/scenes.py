@@ -330,11 +330,13 @@ class ShapesMaps(Dataset):
         self.scenes = render_all(config, split, num_images, ("image", target), progress) if preload else None
 
     @classmethod
-    def splits(cls, shapes, target: str, wrap, train_transform, val_transform, progress: bool = True):
-        """(train, val) views from a config's ``data.shapes`` section."""
+    def splits(cls, shapes, target: str, wrap, train_transform, val_transform, progress: bool = True,
+               train: bool = True):
+        """(train, val) views from a config's ``data.shapes`` section; train is None without ``train``."""
         scenes = shapes.scene_config()
-        return tuple(cls(split, n, scenes, target, wrap, tf, shapes.preload, progress) for split, n, tf in
-                     (("train", shapes.num_train, train_transform), ("val", shapes.num_val, val_transform)))
+        return tuple(cls(split, n, scenes, target, wrap, tf, shapes.preload, progress) if use else None
+                     for split, n, tf, use in (("train", shapes.num_train, train_transform, train),
+                                               ("val", shapes.num_val, val_transform, True)))
 
     def __len__(self) -> int:
         return self.num_images

@@ -183,6 +183,9 @@ def check_heads(cfg: RunConfig, load_weights: bool) -> list[str]:
     return notes
 
 
-def build_task(cfg: RunConfig, progress: bool = True) -> ClassificationTask | SegmentationTask | DepthTask | DetectionTask:
+def build_task(cfg: RunConfig, progress: bool = True,
+               train: bool = True) -> ClassificationTask | SegmentationTask | DepthTask | DetectionTask:
+    """The task of ``cfg`` with its datasets; ``train=False`` (evaluation) leaves the training split unread:
+    ``train_set`` and ``init_set`` are None."""
     size, mean, std = data_defaults(cfg)
-    return TASKS[cfg.task](cfg, size, mean, std, progress)
+    return TASKS[cfg.task](cfg, size, mean, std, progress, train)

@@ -45,9 +45,10 @@ def build_transform(cfg: RunConfig, train: bool, input_size: int, mean, std):
     return T.Compose([primary, secondary, final])
 
 
-def build_datasets(cfg: RunConfig, input_size: int, mean, std,
-                   progress: bool = True) -> tuple[Dataset, Dataset, Dataset, list[str]]:
-    """(train, val, init, class names) from an ImageFolder tree or the built-in shapes scenes.
+def build_datasets(cfg: RunConfig, input_size: int, mean, std, progress: bool = True,
+                   train: bool = True) -> tuple[Dataset | None, Dataset, Dataset | None, list[str]]:
+    """(train, val, init, class names) from an ImageFolder tree or the built-in shapes scenes; without
+    ``train``, train and init are None.
 
     ``init`` holds the training images under the deterministic eval pipeline, for the least-squares fit.
     """
@@ -58,17 +59,19 @@ def build_datasets(cfg: RunConfig, input_size: int, mean, std,
         from ..data import ShapesClassification
         s = data.shapes
         scenes = s.scene_config()
-        train = ShapesClassification("train", s.num_train, scenes, train_tf, preload=s.preload, progress=progress)
+        train_set = (ShapesClassification("train", s.num_train, scenes, train_tf, preload=s.preload, progress=progress)
+                     if train else None)
         val = ShapesClassification("val", s.num_val, scenes, val_tf, preload=s.preload, progress=progress)
-        return train, val, _retransformed(train, val_tf), list(train.classes)
-    data_classes(cfg)  # class folders present and the same in both splits
-    roots = image_folder_roots(cfg)
-    try:
-        train, val = (datasets.ImageFolder(str(root), transform=tf, loader=_read_rgb)
-                      for root, tf in ((roots[0], train_tf), (roots[1], val_tf)))
-    except FileNotFoundError as e:  # no class folders, or no images in them
-        raise SNNetError(f"no images under {data.root}: {str(e).splitlines()[0]}") from None
-    return train, val, _retransformed(train, val_tf), train.classes
+    else:
+        data_classes(cfg)  # class folders present and the same in both splits
+        roots = image_folder_roots(cfg)
+        try:
+            train_set, val = (datasets.ImageFolder(str(root), transform=tf, loader=_read_rgb) if use else None
+                              for root, tf, use in ((roots[0], train_tf, train), (roots[1], val_tf, True)))
+        except FileNotFoundError as e:  # no class folders, or no images in them
+            raise SNNetError(f"no images under {data.root}: {str(e).splitlines()[0]}") from None
+    init = _retransformed(train_set, val_tf) if train else None
+    return train_set, val, init, list(val.classes)
 
 
 def image_folder_roots(cfg: RunConfig) -> list[Path]:
@@ -120,9 +123,10 @@ class ClassificationTask:
     eval_collate = None  # the default: stacked tensors
     train_collate = None  # stacked tensors
 
-    def __init__(self, cfg: RunConfig, input_size: int, mean, std, progress: bool = True) -> None:
+    def __init__(self, cfg: RunConfig, input_size: int, mean, std, progress: bool = True, train: bool = True) -> None:
         self.cfg = cfg
-        self.train_set, self.val_set, self.init_set, self.classes = build_datasets(cfg, input_size, mean, std, progress)
+        self.train_set, self.val_set, self.init_set, self.classes = build_datasets(cfg, input_size, mean, std, progress,
+                                                                                   train)
         self.num_classes = len(self.classes)
         aug = cfg.augment
         self.mixup = None

@@ -136,19 +136,19 @@ def build_transforms(cfg: RunConfig, crop: tuple[int, int], mean, std) -> tuple[
     return train, v2.Compose([to_float, normalize]), init
 
 
-def build_datasets(cfg: RunConfig, crop: tuple[int, int], mean, std, progress: bool = True):
-    """(train, val, init) for the configured dataset."""
+def build_datasets(cfg: RunConfig, crop: tuple[int, int], mean, std, progress: bool = True, train: bool = True):
+    """(train, val, init) for the configured dataset; without ``train``, train and init are None."""
     train_tf, val_tf, init_tf = build_transforms(cfg, crop, mean, std)
     data = cfg.data
     if data.dataset == "shapes":
-        train, val = ShapesMaps.splits(data.shapes, "depth", _apply, train_tf, val_tf, progress)
+        train_set, val = ShapesMaps.splits(data.shapes, "depth", _apply, train_tf, val_tf, progress, train)
     else:
         check_folders(cfg)
         root = Path(data.root)
         split = nyu_pairs if data.dataset == "nyuv2" else folder_pairs
-        train, val = (DepthPairs(split(root, name), data.depth_scale, tf)
-                      for name, tf in zip(splits(cfg), (train_tf, val_tf)))
-    return train, val, with_transform(train, init_tf)
+        train_set, val = (DepthPairs(split(root, name), data.depth_scale, tf) if use else None
+                          for name, tf, use in zip(splits(cfg), (train_tf, val_tf), (train, True)))
+    return train_set, val, with_transform(train_set, init_tf) if train else None
 
 
 def splits(cfg: RunConfig) -> tuple[str, str]:

@@ -25,10 +25,11 @@ class DepthTask:
     num_classes = None
     num_sums = len(METRICS) + 1  # per-image metric sums, then the number of images with valid pixels
 
-    def __init__(self, cfg: RunConfig, crop: int | tuple[int, int], mean, std, progress: bool = True) -> None:
+    def __init__(self, cfg: RunConfig, crop: int | tuple[int, int], mean, std, progress: bool = True,
+                 train: bool = True) -> None:
         crop = tuple(crop) if isinstance(crop, tuple) else (crop, crop)
         self.cfg, self.crop, self.mean, self.std = cfg, crop, mean, std
-        self.train_set, self.val_set, self.init_set = build_datasets(cfg, crop, mean, std, progress)
+        self.train_set, self.val_set, self.init_set = build_datasets(cfg, crop, mean, std, progress, train)
 
     def training_loss(self, model, batch, device: torch.device, step: int = 0) -> torch.Tensor:
         """The scale-invariant log loss; its first ``train.loss_warmup`` iterations without the variance term."""

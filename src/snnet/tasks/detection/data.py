@@ -153,27 +153,33 @@ def dataset_classes(cfg: RunConfig) -> int:
         raise SNNetError(f"{annotation_file(cfg, splits(cfg)[1])} is not a COCO instances file") from None
 
 
-def build_datasets(cfg: RunConfig, size: int, mean, std, progress: bool = True):
-    """(train, val, init) datasets; ``val.coco`` is the ground truth COCO evaluation reads."""
+def build_datasets(cfg: RunConfig, size: int, mean, std, progress: bool = True, train: bool = True):
+    """(train, val, init) datasets; ``val.coco`` is the ground truth COCO evaluation reads. Without ``train``,
+    train and init are None."""
     train_tf, val_tf, init_tf = build_transforms(cfg, size, mean, std)
     data = cfg.data
     if data.dataset == "shapes":
         from ...data import scenes_coco
         s = data.shapes
         out = []
-        for split, n, tf in (("train", s.num_train, train_tf), ("val", s.num_val, val_tf)):
+        for split, n, tf, use in (("train", s.num_train, train_tf, train), ("val", s.num_val, val_tf, True)):
+            if not use:
+                out.append(None)
+                continue
             coco_dict, pixels = scenes_coco(s.scene_config(), split, n)
             by_id = {im["id"]: p for im, p in zip(coco_dict["images"], pixels)}
             out.append(CocoInstances(coco_from_dict(coco_dict, f"scenes/{split}"), by_id.__getitem__, tf, key="id"))
-        train, val = out
+        train_set, val = out
     else:
         check_folders(cfg)
         root = Path(data.root)
-        train, val = (CocoInstances(load_coco(annotation_file(cfg, split), root / split),
-                                    _Folder(root / split), tf, key="file_name")
-                      for split, tf in zip(splits(cfg), (train_tf, val_tf)))
-    init = CocoInstances(train.coco, train.load_image, init_tf, train.key)
-    return train, val, ImagesOnly(init)
+        train_set, val = (CocoInstances(load_coco(annotation_file(cfg, split), root / split),
+                                        _Folder(root / split), tf, key="file_name") if use else None
+                          for split, tf, use in zip(splits(cfg), (train_tf, val_tf), (train, True)))
+    if not train:
+        return None, val, None
+    init = CocoInstances(train_set.coco, train_set.load_image, init_tf, train_set.key)
+    return train_set, val, ImagesOnly(init)
 
 
 def collate_lists(batch: list) -> tuple[list, list]:

@@ -28,9 +28,9 @@ class DetectionTask:
     eval_collate = train_collate = staticmethod(collate_lists)
     num_sums = None  # evaluation gathers detections, COCOeval scores them
 
-    def __init__(self, cfg: RunConfig, size: int, mean, std, progress: bool = True) -> None:
+    def __init__(self, cfg: RunConfig, size: int, mean, std, progress: bool = True, train: bool = True) -> None:
         self.cfg, self.size, self.mean, self.std = cfg, size, mean, std
-        self.train_set, self.val_set, self.init_set = build_datasets(cfg, size, mean, std, progress)
+        self.train_set, self.val_set, self.init_set = build_datasets(cfg, size, mean, std, progress, train)
         self.num_classes = len(self.val_set.coco.cats)
         self.category_of = {label: cat for cat, label in self.val_set.label_of.items()}
 

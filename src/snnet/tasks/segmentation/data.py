@@ -238,19 +238,22 @@ def check_folders(cfg: RunConfig) -> None:
                 raise SNNetError(f"data folder not found: {Path(cfg.data.root) / sub / split}")
 
 
-def build_datasets(cfg: RunConfig, crop: int, mean, std, progress: bool = True) -> tuple[Dataset, Dataset, Dataset, int]:
-    """(train, val, init, classes): ``init`` holds training images centre-cropped, for the least-squares fit."""
+def build_datasets(cfg: RunConfig, crop: int, mean, std, progress: bool = True,
+                   train: bool = True) -> tuple[Dataset | None, Dataset, Dataset | None, int]:
+    """(train, val, init, classes): ``init`` holds training images centre-cropped, for the least-squares fit;
+    without ``train``, train and init are None."""
     train_tf, val_tf, init_tf = build_transforms(cfg, crop, mean, std)
     classes, reduce, train_split, val_split, suffix = dataset_info(cfg)
     data = cfg.data
     if data.dataset == "shapes":
-        train, val = ShapesMaps.splits(data.shapes, "semantic", _apply, train_tf, val_tf, progress)
+        train_set, val = ShapesMaps.splits(data.shapes, "semantic", _apply, train_tf, val_tf, progress, train)
     else:
         check_folders(cfg)
-        train, val = (SegmentationFolder(data.root, split, suffix, classes, tf, reduce, data.ignore_index)
-                      for split, tf in ((train_split, train_tf), (val_split, val_tf)))
-    init = with_transform(train, init_tf)
-    return train, val, init, classes
+        train_set, val = (SegmentationFolder(data.root, split, suffix, classes, tf, reduce, data.ignore_index)
+                          if use else None
+                          for split, tf, use in ((train_split, train_tf, train), (val_split, val_tf, True)))
+    init = with_transform(train_set, init_tf) if train else None
+    return train_set, val, init, classes
 
 
 def collate_eval(batch: list) -> tuple[list[torch.Tensor], list[torch.Tensor]]:

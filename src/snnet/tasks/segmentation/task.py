@@ -23,9 +23,10 @@ class SegmentationTask:
     eval_collate = staticmethod(collate_eval)
     train_collate = None  # stacked tensors
 
-    def __init__(self, cfg: RunConfig, crop: int, mean, std, progress: bool = True) -> None:
+    def __init__(self, cfg: RunConfig, crop: int, mean, std, progress: bool = True, train: bool = True) -> None:
         self.cfg, self.crop, self.mean, self.std = cfg, crop, mean, std
-        self.train_set, self.val_set, self.init_set, self.num_classes = build_datasets(cfg, crop, mean, std, progress)
+        self.train_set, self.val_set, self.init_set, self.num_classes = build_datasets(cfg, crop, mean, std, progress,
+                                                                                       train)
         self.num_sums = 4 * self.num_classes + 1  # per-class areas, then the image count
         self.ignore_index = cfg.data.ignore_index
         self.aux_weight = cfg.model.head.aux_weight
