@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .scenes import SHAPES, SceneConfig, render_scene
+from .scenes import SHAPES, SceneConfig, render_all
 
 
 def scenes_coco(config: SceneConfig, split: str, num_images: int) -> tuple[dict, list[np.ndarray]]:
@@ -17,12 +17,12 @@ def scenes_coco(config: SceneConfig, split: str, num_images: int) -> tuple[dict,
     from pycocotools import mask as mask_utils
 
     images, annotations, pixels = [], [], []
-    for i in range(num_images):
-        scene = render_scene(config, split, i)
-        h, w = scene.semantic.shape
+    scenes = render_all(config, split, num_images, ("image", "boxes", "classes", "masks"), progress=False)
+    for i, (image, boxes, classes, masks) in enumerate(scenes):
+        h, w = image.shape[:2]
         images.append({"id": i + 1, "file_name": f"{i:06d}.png", "height": h, "width": w})
-        pixels.append(scene.image)
-        for box, cls, mask in zip(scene.boxes, scene.classes, scene.masks):
+        pixels.append(image)
+        for box, cls, mask in zip(boxes, classes, masks):
             rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
             rle["counts"] = rle["counts"].decode("ascii")
             x0, y0, x1, y1 = (float(v) for v in box)
