@@ -333,10 +333,10 @@ class ShapesMaps(Dataset):
     def splits(cls, shapes, target: str, wrap, train_transform, val_transform, progress: bool = True,
                train: bool = True):
         """(train, val) views from a config's ``data.shapes`` section; train is None without ``train``."""
-        scenes = shapes.scene_config()
-        return tuple(cls(split, n, scenes, target, wrap, tf, shapes.preload, progress) if use else None
-                     for split, n, tf, use in (("train", shapes.num_train, train_transform, train),
-                                               ("val", shapes.num_val, val_transform, True)))
+        view = partial(cls, config=shapes.scene_config(), target=target, wrap=wrap, preload=shapes.preload,
+                       progress=progress)
+        return (view("train", shapes.num_train, transform=train_transform) if train else None,
+                view("val", shapes.num_val, transform=val_transform))
 
     def __len__(self) -> int:
         return self.num_images

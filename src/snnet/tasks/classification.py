@@ -65,9 +65,9 @@ def build_datasets(cfg: RunConfig, input_size: int, mean, std, progress: bool = 
     else:
         data_classes(cfg)  # class folders present and the same in both splits
         roots = image_folder_roots(cfg)
+        folder = lambda root, tf: datasets.ImageFolder(str(root), transform=tf, loader=_read_rgb)
         try:
-            train_set, val = (datasets.ImageFolder(str(root), transform=tf, loader=_read_rgb) if use else None
-                              for root, tf, use in ((roots[0], train_tf, train), (roots[1], val_tf, True)))
+            train_set, val = folder(roots[0], train_tf) if train else None, folder(roots[1], val_tf)
         except FileNotFoundError as e:  # no class folders, or no images in them
             raise SNNetError(f"no images under {data.root}: {str(e).splitlines()[0]}") from None
     init = _retransformed(train_set, val_tf) if train else None

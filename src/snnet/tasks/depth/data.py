@@ -145,9 +145,10 @@ def build_datasets(cfg: RunConfig, crop: tuple[int, int], mean, std, progress: b
     else:
         check_folders(cfg)
         root = Path(data.root)
-        split = nyu_pairs if data.dataset == "nyuv2" else folder_pairs
-        train_set, val = (DepthPairs(split(root, name), data.depth_scale, tf) if use else None
-                          for name, tf, use in zip(splits(cfg), (train_tf, val_tf), (train, True)))
+        pairs = nyu_pairs if data.dataset == "nyuv2" else folder_pairs
+        train_name, val_name = splits(cfg)
+        read = lambda name, tf: DepthPairs(pairs(root, name), data.depth_scale, tf)
+        train_set, val = read(train_name, train_tf) if train else None, read(val_name, val_tf)
     return train_set, val, with_transform(train_set, init_tf) if train else None
 
 

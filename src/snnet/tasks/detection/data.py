@@ -161,21 +161,20 @@ def build_datasets(cfg: RunConfig, size: int, mean, std, progress: bool = True, 
     if data.dataset == "shapes":
         from ...data import scenes_coco
         s = data.shapes
-        out = []
-        for split, n, tf, use in (("train", s.num_train, train_tf, train), ("val", s.num_val, val_tf, True)):
-            if not use:
-                out.append(None)
-                continue
+
+        def instances(split: str, n: int, tf) -> CocoInstances:
             coco_dict, pixels = scenes_coco(s.scene_config(), split, n)
             by_id = {im["id"]: p for im, p in zip(coco_dict["images"], pixels)}
-            out.append(CocoInstances(coco_from_dict(coco_dict, f"scenes/{split}"), by_id.__getitem__, tf, key="id"))
-        train_set, val = out
+            return CocoInstances(coco_from_dict(coco_dict, f"scenes/{split}"), by_id.__getitem__, tf, key="id")
+        train_set = instances("train", s.num_train, train_tf) if train else None
+        val = instances("val", s.num_val, val_tf)
     else:
         check_folders(cfg)
         root = Path(data.root)
-        train_set, val = (CocoInstances(load_coco(annotation_file(cfg, split), root / split),
-                                        _Folder(root / split), tf, key="file_name") if use else None
-                          for split, tf, use in zip(splits(cfg), (train_tf, val_tf), (train, True)))
+        train_name, val_name = splits(cfg)
+        instances = lambda split, tf: CocoInstances(load_coco(annotation_file(cfg, split), root / split),
+                                                    _Folder(root / split), tf, key="file_name")
+        train_set, val = instances(train_name, train_tf) if train else None, instances(val_name, val_tf)
     if not train:
         return None, val, None
     init = CocoInstances(train_set.coco, train_set.load_image, init_tf, train_set.key)

@@ -249,9 +249,8 @@ def build_datasets(cfg: RunConfig, crop: int, mean, std, progress: bool = True,
         train_set, val = ShapesMaps.splits(data.shapes, "semantic", _apply, train_tf, val_tf, progress, train)
     else:
         check_folders(cfg)
-        train_set, val = (SegmentationFolder(data.root, split, suffix, classes, tf, reduce, data.ignore_index)
-                          if use else None
-                          for split, tf, use in ((train_split, train_tf, train), (val_split, val_tf, True)))
+        folder = lambda split, tf: SegmentationFolder(data.root, split, suffix, classes, tf, reduce, data.ignore_index)
+        train_set, val = folder(train_split, train_tf) if train else None, folder(val_split, val_tf)
     init = with_transform(train_set, init_tf) if train else None
     return train_set, val, init, classes
 
