@@ -1,16 +1,17 @@
-"""Train the quickstart's two anchors from scratch and ship them with the package.
+"""Train a pair of quickstart anchors from scratch and ship them with the package.
 
 Both anchors are plain timm ViTs trained with snnet's own loop (``snnet.engine.fit``) on the built-in
 shapes scenes; the recipe is ``configs/quickstart_anchors.yaml``. The weights go to
-``src/snnet/assets/quickstart/{small,large}.safetensors`` (float16), their validation accuracy to
-``anchors.json`` beside them. About an hour on a 2-core CPU; each anchor resumes if interrupted.
+``src/snnet/assets/quickstart/{small,large}_p{patch}.safetensors`` (float16), their validation accuracy to
+``anchors.json`` beside them. Each anchor resumes if interrupted.
 
-    python scripts/train_quickstart_anchors.py [section.key=value ...]
+    python scripts/train_quickstart_anchors.py                  # 4x4 patches: the dense quickstarts' pair
+    python scripts/train_quickstart_anchors.py --patch-size 8   # 8x8 patches: the classification quickstart's
 """
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -26,27 +27,34 @@ from snnet.tasks import build_task
 ASSETS = PACKAGE_DIR / "assets" / "quickstart"
 
 
-def main(overrides: list[str]) -> None:
-    cfg = load_config("quickstart_anchors", overrides)
+def main(patch_size: int, overrides: list[str]) -> None:
+    cfg = load_config("quickstart_anchors", [f"model.anchors.{i}.kwargs.patch_size={patch_size}" for i in (0, 1)]
+                      + overrides)
     env = init_distributed("cpu")
     task = build_task(cfg)
     run_root = Path(cfg.output_dir)
-    report = {}
+    report_path = ASSETS / "anchors.json"
+    report = json.loads(report_path.read_text()) if report_path.exists() else {}
     for role, anchor in zip(("small", "large"), cfg.model.anchors):
-        cfg.output_dir = str(run_root / role)
+        name = f"{role}_p{patch_size}"
+        cfg.output_dir = str(run_root / name)
         model = timm.create_model(anchor.name, **anchor.kwargs)
         start = time.perf_counter()
         model = fit(cfg, task, env, resume="auto", model=model)
         loader = make_eval_loader(task.val_set, 256, cfg.data.workers, env)
         metrics = evaluate_stitches(model, task, loader, [None], env, progress=False)[None]
-        print(f"{role}: top-1 {metrics['acc1']:.2f} %, {time.perf_counter() - start:.0f} s")
+        print(f"{name}: top-1 {metrics['acc1']:.2f} %, {time.perf_counter() - start:.0f} s")
         state = {k: v.detach().half().contiguous() for k, v in model.state_dict().items()}
-        with atomic_path(ASSETS / f"{role}.safetensors") as tmp:
+        with atomic_path(ASSETS / f"{name}.safetensors") as tmp:
             save_file(state, str(tmp))
-        report[role] = {"name": anchor.name, "kwargs": anchor.kwargs, "val_acc1": round(metrics["acc1"], 2),
+        report[name] = {"name": anchor.name, "kwargs": anchor.kwargs, "val_acc1": round(metrics["acc1"], 2),
                         "val_images": metrics["images"], "epochs": cfg.train.epochs}
-    atomic_write_text(ASSETS / "anchors.json", json.dumps(report, indent=2) + "\n")
+        atomic_write_text(report_path, json.dumps(report, indent=2) + "\n")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--patch-size", type=int, default=4, help="both anchors' patch size (default 4)")
+    parser.add_argument("overrides", nargs="*", help="config overrides, section.key=value")
+    args = parser.parse_args()
+    main(args.patch_size, args.overrides)

@@ -97,7 +97,7 @@ def _files(tmp: Path, run_dir: Path) -> dict[str, Path]:
         (target / "config.json").write_text(json.dumps(config))
     return {"corrupt": corrupt, "evil": evil, "evil_zip": tmp / "evil_zip.pth", "list": not_dict, "bad_st": bad_st, "afile": afile,
             "bad_yaml": bad_yaml, "list_yaml": list_yaml, "empty": empty_dir, "small": Path(__file__).parent.parent
-            / "src/snnet/assets/quickstart/small.safetensors", **results,
+            / "src/snnet/assets/quickstart/small_p4.safetensors", **results,
             **{f"saved_{n}": tmp / f"saved_{n}" for n in ("wrongtype", "badkwarg")}}
 
 

@@ -1,4 +1,5 @@
 """The classification task: metric sums on a hand-computed case, and timm's training pipelines."""
+import copy
 import math
 
 import pytest
@@ -47,3 +48,26 @@ def test_training_transforms(crop, auto_augment):
 def test_unknown_crop_is_a_one_line_error():
     with pytest.raises(SNNetError, match=r"^config key 'augment.crop' must be 'rrc', 'simple' or 'none', got 'center'$"):
         build_task(tiny_config("augment.crop=center"), progress=False)
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw"])
+def test_adam_optimizers_run_torchs_fused_kernel_with_the_same_updates(name):
+    from timm.optim import create_optimizer_v2
+
+    from snnet.engine import create_optimizer
+    cfg = tiny_config(f"train.optimizer={name}", "train.weight_decay=0.05")
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.LayerNorm(16), torch.nn.Linear(16, 3))
+    twin = copy.deepcopy(model)
+    fused = create_optimizer(model, cfg, torch.device("cpu"))
+    loop = create_optimizer_v2(twin, opt=name, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, foreach=False)
+    assert fused.defaults["fused"] and not loop.defaults["fused"]
+    for _ in range(5):
+        x = torch.randn(4, 8)
+        for m, opt in ((model, fused), (twin, loop)):
+            opt.zero_grad()
+            m(x).square().sum().backward()
+            opt.step()
+    for p, q in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+    assert not create_optimizer(model, tiny_config("train.optimizer=lamb"), torch.device("cpu")).defaults.get("fused")

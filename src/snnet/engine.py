@@ -262,6 +262,15 @@ def param_groups(model: torch.nn.Module, cfg: RunConfig) -> list[dict] | torch.n
     return [{"params": ps, "weight_decay": d, "lr": t.lr * s} for (d, s), ps in groups.items()]
 
 
+def create_optimizer(model: torch.nn.Module, cfg: RunConfig, device: torch.device) -> torch.optim.Optimizer:
+    """timm's optimizer of ``train.optimizer``; Adam and AdamW use torch's fused kernels on CPU and CUDA (one
+    kernel over all parameters instead of about ten ops per tensor: a third of the optimizer step's time)."""
+    t = cfg.train
+    fused = {"fused": True} if t.optimizer in ("adam", "adamw") and device.type in ("cpu", "cuda") else {}
+    return create_optimizer_v2(param_groups(model, cfg), opt=t.optimizer, lr=t.lr, weight_decay=t.weight_decay,
+                               momentum=t.momentum, filter_bias_and_bn=not t.weight_decay_all, **fused)
+
+
 def create_scheduler(optimizer, cfg: RunConfig, schedule: Schedule):
     """timm's scheduler: stepped per epoch, or per iteration for an iteration-based run; or torch's one-cycle."""
     t = cfg.train
@@ -384,9 +393,7 @@ def fit(cfg: RunConfig, task, env: DistEnv, resume: str | None = "auto", progres
             print(f"stitching layers fitted by least squares on {n} images")
 
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = create_optimizer_v2(param_groups(model, cfg), opt=cfg.train.optimizer, lr=cfg.train.lr,
-                                    weight_decay=cfg.train.weight_decay, momentum=cfg.train.momentum,
-                                    filter_bias_and_bn=not cfg.train.weight_decay_all)
+    optimizer = create_optimizer(model, cfg, env.device)
     loader = make_train_loader(task.train_set, cfg, env, task.train_collate)
     schedule = Schedule(cfg, len(loader))
     scheduler = create_scheduler(optimizer, cfg, schedule)
