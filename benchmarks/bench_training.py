@@ -1,9 +1,10 @@
 """Training throughput and per-stitch evaluation time of SN-Netv2 on small anchors (CPU).
 
-Builds the quickstart's anchor shapes (random weights unless the shipped ones are present; speed does
-not depend on them) and measures, on the same synthetic batches:
-  - training images/s of SN-Netv2 steps (ROS draws a stitch per step, LoRA rank 8, AdamW),
-    beside plain training steps of each anchor alone, for scale;
+Builds the quickstart's anchor shapes (random weights; speed does not depend on them) and measures, on the
+same synthetic batches:
+  - training images/s of SN-Netv2 steps (ROS draws a stitch per step, LoRA rank 8) with AdamW's per-tensor
+    loop and with its fused kernel (what ``snnet train`` uses), for the quickstart's 8x8-patch anchors and
+    the dense quickstarts' 4x4-patch pair, beside plain training steps of each anchor alone, for scale;
   - evaluation time per stitch: ms per image for every stitch, and for the whole table.
 The quickstart's own wall time is measured by running it: ``time snnet train --config quickstart``.
 
@@ -32,17 +33,21 @@ torch.set_num_threads(os.cpu_count())
 torch.manual_seed(0)
 
 cfg = load_config("quickstart")
-anchors = [timm.create_model(a.name, **a.kwargs) for a in cfg.model.anchors]
-model = snnet.SNNet(anchors, lora_rank=cfg.model.lora_rank)
-model.configure_sampling(cfg.train.ros_gap, seed=0)
 size = cfg.model.anchors[0].kwargs["img_size"]
 x = torch.randn(args.batch_size, 3, size, size)
 y = torch.randint(0, 10, (args.batch_size,))
 
 
-def train_speed(net: torch.nn.Module) -> float:
+def build(patch_size: int) -> snnet.SNNet:
+    anchors = [timm.create_model(a.name, **{**a.kwargs, "patch_size": patch_size}) for a in cfg.model.anchors]
+    model = snnet.SNNet(anchors, lora_rank=cfg.model.lora_rank)
+    model.configure_sampling(cfg.train.ros_gap, seed=0)
+    return model
+
+
+def train_speed(net: torch.nn.Module, fused: bool) -> float:
     """Images per second of forward + backward + AdamW step, after two warm-up steps."""
-    opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-4)
+    opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-4, fused=fused, foreach=False)
     net.train()
     for i in range(args.steps + 2):
         if i == 2:
@@ -54,11 +59,15 @@ def train_speed(net: torch.nn.Module) -> float:
     return args.steps * args.batch_size / (time.perf_counter() - start)
 
 
+model = build(cfg.model.anchors[0].kwargs["patch_size"])
 print(f"{len(model.stitch_ids)} stitches; anchors {model.describe(0)} (width {model.widths[0]}) and "
       f"{model.describe(1)} (width {model.widths[1]}); batch {args.batch_size} at {size}x{size}; "
       f"{torch.get_num_threads()} threads")
-print(f"training, img/s: SN-Netv2 (ROS) {train_speed(model):.0f} | small anchor alone "
-      f"{train_speed(anchors[0]):.0f} | large anchor alone {train_speed(anchors[1]):.0f}")
+for patch in (8, 4):
+    net = model if patch == cfg.model.anchors[0].kwargs["patch_size"] else build(patch)
+    print(f"training, img/s, {patch}x{patch} patches: SN-Netv2 (ROS) with AdamW's per-tensor loop "
+          f"{train_speed(net, False):.0f}, fused {train_speed(net, True):.0f} | small anchor alone "
+          f"{train_speed(net.anchors[0], True):.0f} | large anchor alone {train_speed(net.anchors[1], True):.0f}")
 
 model.eval()
 images = torch.randn(args.eval_images, 3, size, size)
