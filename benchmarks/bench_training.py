@@ -16,13 +16,11 @@ import argparse
 import os
 import time
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see docs/benchmarks.md: shared machines
+import timm
+import torch
 
-import timm  # noqa: E402
-import torch  # noqa: E402
-
-import snnet  # noqa: E402
-from snnet.config import load_config  # noqa: E402
+import snnet
+from snnet.config import load_config
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--batch-size", type=int, default=64)
