@@ -57,12 +57,12 @@ def train_speed(net: torch.nn.Module, fused: bool) -> float:
     return args.steps * args.batch_size / (time.perf_counter() - start)
 
 
-model = build(cfg.model.anchors[0].kwargs["patch_size"])
+nets = {patch: build(patch) for patch in (8, 4)}  # the quickstart's pair, then the dense quickstarts'
+model = nets[cfg.model.anchors[0].kwargs["patch_size"]]
 print(f"{len(model.stitch_ids)} stitches; anchors {model.describe(0)} (width {model.widths[0]}) and "
       f"{model.describe(1)} (width {model.widths[1]}); batch {args.batch_size} at {size}x{size}; "
       f"{torch.get_num_threads()} threads")
-for patch in (8, 4):
-    net = model if patch == cfg.model.anchors[0].kwargs["patch_size"] else build(patch)
+for patch, net in nets.items():
     print(f"training, img/s, {patch}x{patch} patches: SN-Netv2 (ROS) with AdamW's per-tensor loop "
           f"{train_speed(net, False):.0f}, fused {train_speed(net, True):.0f} | small anchor alone "
           f"{train_speed(net.anchors[0], True):.0f} | large anchor alone {train_speed(net.anchors[1], True):.0f}")
