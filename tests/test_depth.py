@@ -263,30 +263,49 @@ def test_train_then_eval_through_the_cli(tmp_path, capsys):
     assert f"{best['rmse']:8.2f}" in capsys.readouterr().out
 
 
-def test_parameter_groups_and_one_cycle_follow_the_recipe(tmp_path):
-    from snnet.engine import OneCycle, param_groups
+def test_parameter_groups_and_one_cycle_are_what_the_reference_ran(tmp_path):
+    """mmcv 1.x ran the NYUv2 config with one learning rate for every group (the one-cycle hook overrides the
+    backbone's lr_mult 0.1) and weight decay 0 only on names holding pos_embed or cls_token (norms decayed)."""
+    from snnet.engine import OneCycle, create_optimizer
     cfg = load_config("nyuv2_dpt_deit3_s_l", ["data.root=/x"])
     model = tiny_depth()
-    groups = param_groups(model, cfg)
-    by_param = {id(p): g for g in groups for p in g["params"]}
+    opt = create_optimizer(model, cfg, torch.device("cpu"))
+    by_param = {id(p): g for g in opt.param_groups for p in g["params"]}
     frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
     assert frozen and all("_layers." in n and n.endswith(".weight") for n in frozen)  # stitching layers' W
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert any(".norm1." in n for n in names) and any(n.endswith(".bias") for n in names)
     for name, p in model.named_parameters():
         if not p.requires_grad:  # the least-squares weights under LoRA
             continue
         g = by_param[id(p)]
-        assert g["lr"] == pytest.approx(2e-6 if name.startswith("backbone.") else 2e-5), name
-        no_decay = any(k in name for k in ("pos_embed", "cls_token", "norm"))
+        assert g["lr"] == pytest.approx(2e-5), name
+        no_decay = "pos_embed" in name or "cls_token" in name
         assert g["weight_decay"] == (0.0 if no_decay else 0.01), name
-    opt = torch.optim.AdamW(groups)
     sched = OneCycle(opt, total_steps=100)
-    head = next(g for g in opt.param_groups if g["max_lr"] == pytest.approx(2e-5) and g["weight_decay"] > 0)
-    assert head["lr"] == pytest.approx(2e-5 / 25) and head["betas"][0] == pytest.approx(0.95)
+    assert all(g["lr"] == pytest.approx(2e-5 / 25) for g in opt.param_groups)
+    assert all(g["betas"][0] == pytest.approx(0.95) for g in opt.param_groups)
     opt.step()  # (no gradients: nothing changes) as training calls it, before the schedule moves
     sched.step_update(29)  # the peak: 30 % of the steps
-    assert head["lr"] == pytest.approx(2e-5) and head["betas"][0] == pytest.approx(0.85)
+    assert all(g["lr"] == pytest.approx(2e-5) and g["betas"][0] == pytest.approx(0.85) for g in opt.param_groups)
     sched.step_update(99)
-    assert head["lr"] == pytest.approx(2e-5 / 2500, rel=1e-3)
+    assert all(g["lr"] == pytest.approx(2e-5 / 2500, rel=1e-3) for g in opt.param_groups)
+
+
+def test_test_predictions_are_clamped_before_the_flip_average():
+    model = tiny_depth().eval()
+    with torch.no_grad():
+        model.decode_head.depth_conv3.bias.fill_(50.0)  # far beyond max_depth everywhere
+        x = torch.randn(2, 3, 32, 48)
+        assert model(x).max().item() == pytest.approx(10.0)
+        assert model.flip_inference(x).max().item() == pytest.approx(10.0)
+        model.decode_head.depth_conv3.bias.fill_(-50.0)  # ReLU + min_depth: the lower bound holds by itself
+        assert model(x).min().item() == pytest.approx(1e-3)
+        model.decode_head.depth_conv3.bias.fill_(50.0)
+        model.train()
+        assert model(x).min().item() > 10.0  # training sees the raw prediction, as the reference's loss
+    with pytest.raises(SNNetError, match="min_depth 20.0 must be below max_depth 10.0"):
+        load_config("nyuv2_dpt_deit3_s_l", ["model.head.min_depth=20"])
 
 
 @pytest.mark.parametrize("overrides,message", [

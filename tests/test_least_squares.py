@@ -89,3 +89,52 @@ def test_image_budget_and_empty_input(pair_s_l):
     assert init_stitching_layers(model, batches, num_images=12, progress=False) == 12
     with pytest.raises(SNNetError, match="no images"):
         init_stitching_layers(model, [], progress=False)
+
+
+def reference_pinv(x: torch.Tensor, y: torch.Tensor):
+    """The reference's ``ps_inv``: float32 ``torch.linalg.pinv([X 1]) Y`` at pinv's default cutoff."""
+    x1 = torch.ones(x.shape[0], x.shape[1] + 1)
+    x1[:, :-1] = x
+    sol = (torch.linalg.pinv(x1) @ y.float()).T
+    return sol[..., :-1], sol[..., -1]
+
+
+def test_cutoff_is_pinvs_default_on_the_reference_rows():
+    """Directions of [X 1] weaker than max(rows, in + 1) x float32 eps of the strongest are dropped, as the
+    reference's float32 pinv drops them; a fixed (in + 1) x eps cutoff would keep them and fit their noise."""
+    g = torch.Generator().manual_seed(3)
+    rows, d = 20000, 12
+    q, _ = torch.linalg.qr(torch.randn(rows, d, generator=g, dtype=torch.float64))
+    q = q - q.mean(0)  # columns orthogonal to the constant column of [X 1]
+    s = torch.tensor([4000, 3000, 2000, 1500, 1000, 800, 600, 400, 300, 200, 0.5, 0.2], dtype=torch.float64)
+    x = (q * s) @ torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))[0]
+    y = x @ torch.randn(d, 5, generator=g, dtype=torch.float64) + torch.randn(rows, 5, generator=g, dtype=torch.float64)
+    cutoff = rows * torch.finfo(torch.float32).eps * s.max()  # 9.5: drops the 0.5 and 0.2 directions only
+    assert 0.5 < cutoff < 200
+    eq = NormalEquations(d, 5, torch.device("cpu"))
+    for xc, yc in zip(x.float().split(3000), y.float().split(3000)):
+        eq.add(xc, yc)
+    assert eq.rows == rows
+    w, b = eq.solve()
+    w_ref, b_ref = reference_pinv(x.float(), y.float())
+    assert rel_err(w.float(), w_ref) <= 1e-3 and rel_err(b.float(), b_ref) <= 1e-3
+    w_fine, _ = eq.solve(rtol=(d + 1) * torch.finfo(torch.float32).eps)  # snnet's earlier cutoff
+    assert rel_err(w_fine.float(), w_ref) > 0.1
+
+
+def test_model_layers_equal_the_reference_pinv_on_real_activations(pair_s_l):
+    """Every layer of a model fitted on 12 images (rows = 12 x 17 tokens) against the reference's float32 pinv."""
+    S, L = pair_s_l
+    model = SNNet([S, L], lora_rank=4)
+    torch.manual_seed(5)
+    data = torch.randn(12, 3, IMG, IMG)
+    init_stitching_layers(model, [data[:7], data[7:]], progress=False)
+    with torch.no_grad():
+        small, large = _block_outputs(S, data), _block_outputs(L, data)
+    c0, c1 = model.widths
+    for i, layer in enumerate(model.sl_layers):
+        w, b = reference_pinv(small[i].reshape(-1, c0), large[2 * i + 1].reshape(-1, c1))
+        assert rel_err(layer.effective_weight(), w) <= 2e-3 and rel_err(layer.bias, b) <= 2e-3
+    for k, layer in enumerate(model.ls_layers):
+        w, b = reference_pinv(large[2 * k + 1].reshape(-1, c1), small[k].reshape(-1, c0))
+        assert rel_err(layer.effective_weight(), w) <= 2e-3 and rel_err(layer.bias, b) <= 2e-3

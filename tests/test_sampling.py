@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from snnet import ROSSampler, ros_groups, best_under_budget, pareto_frontier
+from snnet.config import load_config
 from snnet.sampling import group_probabilities
 
 TABLE = {r["stitch_id"]: r for r in map(json.loads, (Path(__file__).parent / "data" / "imagenet_deit3_s_l.jsonl").read_text().splitlines())}
@@ -87,3 +88,27 @@ def test_best_under_budget():
     assert best_under_budget(flops, acc, 25) == 1  # tie on accuracy and FLOPs: lower id
     assert best_under_budget(flops, acc, 30) == 3
     assert best_under_budget(flops, acc, 9) is None
+
+
+@pytest.mark.parametrize("same", [True, False])
+def test_torchrun_ranks_draw_one_stitch_or_their_own(tmp_path, same):
+    """train.ros_same_on_all_ranks (the segmentation recipes: mmengine seeded every rank alike) trains one stitch
+    per step on all ranks; otherwise each rank draws its own (seed + rank)."""
+    import subprocess
+    import sys
+    from test_cli import ENV, write_config
+    cfg = write_config(tmp_path, train={"ros_same_on_all_ranks": same, "init_images": 8},
+                       data={"batch_size": 4, "shapes": {"image_size": 32, "num_train": 96, "num_val": 4}})
+    script = Path(__file__).with_name("record_ros_draws.py")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+           str(29541 + same), str(script), str(tmp_path), "train", "--config", str(cfg), "--no-progress"]
+    done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    a, b = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert len(a) == len(b) == 12  # 96 images, 2 ranks of batch 4
+    assert len(set(a)) > 1
+    assert (a == b) == same
+    for name in ("ade20k_setr_deit3_s_l", "coco_stuff10k_setr_deit3_b_l"):
+        assert load_config(name).train.ros_same_on_all_ranks
+    assert not load_config("imagenet_deit3_s_l").train.ros_same_on_all_ranks
+    assert not load_config("nyuv2_dpt_deit3_s_l").train.ros_same_on_all_ranks

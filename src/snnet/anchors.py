@@ -10,7 +10,7 @@ from typing import Any
 import timm
 import torch
 import torch.nn.functional as F
-from timm.layers import LayerScale
+from timm.layers import DropPath, LayerScale
 from timm.models import get_pretrained_cfg, split_model_name_tag
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 from torch import nn
@@ -31,10 +31,13 @@ class AnchorConfig:
     checkpoint_path: str | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
     rel_pos_bias: bool = False  # a learned relative position bias in every attention (SPEC section 10)
+    # how kwargs["drop_path_rate"] spreads over the blocks: timm's "linear" ramp from 0, or DeiT-3's
+    # "constant" (every block the same rate, the reference's ImageNet models)
+    drop_path: str = "linear"
 
     def to_dict(self) -> dict:
         return {"name": self.name, "pretrained": self.pretrained, "checkpoint_path": self.checkpoint_path,
-                "kwargs": dict(self.kwargs), "rel_pos_bias": self.rel_pos_bias}
+                "kwargs": dict(self.kwargs), "rel_pos_bias": self.rel_pos_bias, "drop_path": self.drop_path}
 
 
 def check_model_name(name: str) -> None:
@@ -48,6 +51,8 @@ def create_anchor(config: AnchorConfig | str) -> VisionTransformer:
     if isinstance(config, str):
         config = AnchorConfig(config)
     check_model_name(config.name)
+    if config.drop_path not in DROP_PATH_RULES:
+        raise SNNetError(f"unknown drop-path rule {config.drop_path!r}: expected one of {', '.join(DROP_PATH_RULES)}")
     if config.checkpoint_path is not None:
         model = _create(config, pretrained=False)
         load_anchor_weights(model, config.checkpoint_path)
@@ -69,7 +74,10 @@ def _create(config: AnchorConfig, pretrained: bool) -> VisionTransformer:
     if config.rel_pos_bias:
         kwargs["attn_layer"] = rel_pos_attention(_grid_size(config))
     try:
-        return timm.create_model(config.name, pretrained=pretrained, **kwargs)
+        model = timm.create_model(config.name, pretrained=pretrained, **kwargs)
+        if config.drop_path == "constant":
+            set_drop_path(model, [kwargs.get("drop_path_rate", 0.0)] * len(model.blocks))
+        return model
     except (TypeError, AssertionError, ValueError) as e:  # raised by the constructor: the kwargs are wrong
         raise SNNetError(f"timm cannot build anchor {config.name!r} with kwargs {config.kwargs}: "
                          f"{_first_line(e)}") from None
@@ -78,6 +86,21 @@ def _create(config: AnchorConfig, pretrained: bool) -> VisionTransformer:
             raise SNNetError(f"timm cannot build anchor {config.name!r}: {_first_line(e)}") from None
         raise SNNetError(f"cannot load pretrained weights for {config.name!r} ({_first_line(e)}); "
                          f"download them or pass a local checkpoint_path") from None
+
+
+DROP_PATH_RULES = ("linear", "constant")
+
+
+def set_drop_path(model: VisionTransformer, rates: list[float]) -> None:
+    """Stochastic depth of each block (both residual branches), e.g. DeiT-3's constant rate."""
+    for blk, rate in zip(model.blocks, rates, strict=True):
+        blk.drop_path1 = DropPath(rate) if rate > 0 else nn.Identity()
+        blk.drop_path2 = DropPath(rate) if rate > 0 else nn.Identity()
+
+
+def drop_path_rates(model: VisionTransformer) -> list[float]:
+    """Each block's stochastic-depth rate (0 where it has none)."""
+    return [getattr(blk.drop_path1, "drop_prob", 0.0) for blk in model.blocks]
 
 
 def resize_pos_embed(pos: torch.Tensor, grid: tuple[int, int], old_grid: tuple[int, int] | None = None) -> torch.Tensor:

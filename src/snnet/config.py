@@ -59,6 +59,9 @@ class AnchorSection(Section):
     checkpoint_path: str | None = None  # "{package}" points into the installed snnet (the quickstart's anchors)
     kwargs: dict[str, Any] = Field(default_factory=dict)  # timm.create_model overrides, e.g. drop_path_rate
     rel_pos_bias: Bool = False  # a learned relative position bias in every attention (the reference's dense anchors)
+    # how kwargs.drop_path_rate spreads over the blocks: timm's (and mmseg's) linear ramp from 0, or DeiT-3's
+    # constant rate in every block (the reference's ImageNet models)
+    drop_path: Literal["linear", "constant"] = "linear"
 
     @field_validator("name")
     @classmethod
@@ -80,11 +83,18 @@ class HeadSection(Section):
     num_classes: Int | None = Field(None, ge=1)  # segmentation, detection; default: the dataset's
     aux_weight: Float = Field(0.4, ge=0)  # segmentation: loss weight of each auxiliary head; 0 = none are built
     min_depth: Float = Field(1e-3, gt=0)  # depth: added to the head's ReLU output
+    max_depth: Float = Field(10.0, gt=0)  # depth: test predictions are clamped to [min_depth, max_depth]
     roi_channels: Int = Field(256, ge=1)  # detection: mask-head convs (box-head FC layers: 4x)
     roi_samples: Int = Field(512, ge=1)  # detection: RoIs per image in the box head's loss
     detections: Int = Field(100, ge=1)  # detection: the most detections kept per image
     # depth: channels of DPT's four reassembled levels, shallow to deep
     reassemble_channels: list[Annotated[Int, Field(ge=1)]] = Field([96, 192, 384, 768], min_length=4, max_length=4)
+
+    @model_validator(mode="after")
+    def _depth_range(self) -> "HeadSection":
+        if self.min_depth >= self.max_depth:
+            raise ValueError(f"min_depth {self.min_depth} must be below max_depth {self.max_depth}")
+        return self
 
 
 class ModelSection(Section):
@@ -215,10 +225,15 @@ class TrainSection(Section):
     epochs: Int = Field(50, ge=0)
     optimizer: str = "lamb"
     lr: Float = Field(3e-5, gt=0)
+    opt_eps: Float | None = Field(None, gt=0)  # None: timm's default for the optimizer (LAMB 1e-6; the reference 1e-8)
+    opt_betas: list[Annotated[Float, Field(ge=0, lt=1)]] | None = Field(None, min_length=2, max_length=2)
     weight_decay: Float = Field(0.02, ge=0)
     momentum: Float = Field(0.9, ge=0, lt=1)
     scheduler: Literal[SCHEDULERS] = "cosine"
     warmup_epochs: Int = Field(5, ge=0)
+    # epochs the schedule trails: 0 = epoch e trains at lr(e) (timm's convention); 1 = at lr(e - 1), epochs 0 and 1
+    # both at lr(0) (DeiT's main.py steps lr_scheduler.step(epoch) after epoch `epoch`: the reference's runs)
+    scheduler_lag: Literal[0, 1] = 0
     warmup_lr: Float = Field(1e-7, ge=0)
     min_lr: Float = Field(1e-5, ge=0)
     clip_grad: Float | None = Field(None, gt=0)
@@ -227,6 +242,9 @@ class TrainSection(Section):
     init_batch_size: Int = Field(25, ge=1)
     ros_gap: Float = Field(1.0, ge=0)  # GFLOPs between ROS groups
     ros_k: Float | None = Field(None, gt=0)
+    # every rank trains the same stitch each step (one ROS generator seeded alike on all ranks: the reference's
+    # segmentation runs under mmengine); false: each rank draws its own (seed + rank: classification, depth)
+    ros_same_on_all_ranks: Bool = False
     seed: Int = Field(0, ge=0)
     steps_per_epoch: Int | None = Field(None, ge=1)  # cap for quick runs; None = the whole training set
     # iteration-based schedule (mmsegmentation's): `iterations` steps, the LR stepped every iteration,

@@ -266,9 +266,13 @@ def create_optimizer(model: torch.nn.Module, cfg: RunConfig, device: torch.devic
     """timm's optimizer of ``train.optimizer``; Adam and AdamW use torch's fused kernels on CPU and CUDA (one
     kernel over all parameters instead of about ten ops per tensor: a third of the optimizer step's time)."""
     t = cfg.train
-    fused = {"fused": True} if t.optimizer in ("adam", "adamw") and device.type in ("cpu", "cuda") else {}
+    extra = {"fused": True} if t.optimizer in ("adam", "adamw") and device.type in ("cpu", "cuda") else {}
+    if t.opt_eps is not None:
+        extra["eps"] = t.opt_eps
+    if t.opt_betas is not None:
+        extra["betas"] = tuple(t.opt_betas)
     return create_optimizer_v2(param_groups(model, cfg), opt=t.optimizer, lr=t.lr, weight_decay=t.weight_decay,
-                               momentum=t.momentum, filter_bias_and_bn=not t.weight_decay_all, **fused)
+                               momentum=t.momentum, filter_bias_and_bn=not t.weight_decay_all, **extra)
 
 
 def create_scheduler(optimizer, cfg: RunConfig, schedule: Schedule):
@@ -376,7 +380,8 @@ def fit(cfg: RunConfig, task, env: DistEnv, resume: str | None = "auto", progres
     stitchable = is_stitchable(model)
     model.to(env.device)
     if stitchable:
-        model.configure_sampling(cfg.train.ros_gap, cfg.train.ros_k, seed=cfg.train.seed + env.rank)
+        ros_seed = cfg.train.seed + (0 if cfg.train.ros_same_on_all_ranks else env.rank)
+        model.configure_sampling(cfg.train.ros_gap, cfg.train.ros_k, seed=ros_seed)
 
     state = None
     if ckpt_path is not None:
@@ -408,7 +413,8 @@ def fit(cfg: RunConfig, task, env: DistEnv, resume: str | None = "auto", progres
             set_rng_state(model, state["rng"][env.rank])
         if env.is_main:
             print(f"resumed from {ckpt_path} after {schedule.label(start - 1)}")
-    scheduler.step(start)
+    lag = cfg.train.scheduler_lag  # epoch r trains at lr(r - lag)
+    scheduler.step(max(start - lag, 0))
     scheduler.step_update(num_updates=min(start * schedule.round_steps, schedule.total_steps))
     if env.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -430,7 +436,7 @@ def fit(cfg: RunConfig, task, env: DistEnv, resume: str | None = "auto", progres
     for r in range(start, schedule.rounds):
         lr = optimizer.param_groups[0]["lr"]
         stats = train_one_epoch(net, task, loader, optimizer, scheduler, scaler, cfg, env, schedule, r, progress)
-        scheduler.step(r + 1)
+        scheduler.step(max(r + 1 - lag, 0))
         if log is not None:
             extra = {"iteration": r * schedule.round_steps + schedule.steps_in(r)} if schedule.by_iteration else {}
             log.write({"epoch": r, **extra, "lr": lr, **stats})

@@ -85,7 +85,8 @@ class SNNet(Pretrained, nn.Module):
                 cfg = AnchorConfig(a, pretrained=pretrained) if isinstance(a, str) else a
                 modules.append(create_anchor(cfg))
                 # weights travel separately
-                configs.append(AnchorConfig(cfg.name, kwargs=dict(cfg.kwargs), rel_pos_bias=cfg.rel_pos_bias))
+                configs.append(AnchorConfig(cfg.name, kwargs=dict(cfg.kwargs), rel_pos_bias=cfg.rel_pos_bias,
+                                            drop_path=cfg.drop_path))
             else:
                 raise SNNetError(f"an anchor must be a timm ViT module, a model name or an AnchorConfig, "
                                  f"got {type(a).__name__}")

@@ -37,7 +37,7 @@ def build_snnet(section: ModelSection, num_classes: int | None = None, load_weig
             kwargs["device"] = device
         anchors.append(AnchorConfig(a.name, pretrained=a.pretrained and load_weights,
                                     checkpoint_path=a.checkpoint_path if load_weights else None, kwargs=kwargs,
-                                    rel_pos_bias=a.rel_pos_bias))
+                                    rel_pos_bias=a.rel_pos_bias, drop_path=a.drop_path))
     return SNNet(anchors, version=section.version, lora_rank=section.lora_rank, lora_alpha=section.lora_alpha,
                  out_indices=section.out_indices)
 
@@ -52,7 +52,7 @@ def model_from_section(task: str, section: ModelSection, num_classes: int | None
     head = section.head
     size = input_size or backbone.img_size
     if task == "depth":
-        model = DepthModel(backbone, head.channels, head.min_depth, size, head.reassemble_channels)
+        model = DepthModel(backbone, head.channels, head.min_depth, size, head.reassemble_channels, head.max_depth)
     elif task == "detection":
         model = DetectionModel(backbone, num_classes or head.num_classes, head.channels, size[0], head.roi_channels,
                                head.roi_samples, head.detections)

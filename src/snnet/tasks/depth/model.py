@@ -13,22 +13,24 @@ from .heads import REASSEMBLE_CHANNELS, DPTHead
 
 
 class DepthModel(DenseModel):
-    """``model(images)`` returns the active stitch's depth (B, 1, H, W) at the input size, in metres.
-    FLOPs are reported at ``input_size`` (the evaluation size: NYUv2's 480x640)."""
+    """``model(images)`` returns the active stitch's depth (B, 1, H, W) at the input size, in metres; in eval mode
+    clamped to [min_depth, max_depth] before the resize, as the reference's ``encode_decode``. FLOPs are reported
+    at ``input_size`` (the evaluation size: NYUv2's 480x640)."""
 
     task = "depth"
     num_classes = None
 
     def __init__(self, backbone: SNNet, channels: int = 256, min_depth: float = 1e-3,
                  input_size: tuple[int, int] = (480, 640),
-                 reassemble_channels: tuple[int, ...] = REASSEMBLE_CHANNELS) -> None:
-        super().__init__(backbone, {"channels": channels, "min_depth": min_depth,
+                 reassemble_channels: tuple[int, ...] = REASSEMBLE_CHANNELS, max_depth: float = 10.0) -> None:
+        super().__init__(backbone, {"channels": channels, "min_depth": min_depth, "max_depth": max_depth,
                                     "reassemble_channels": list(reassemble_channels),
                                     "input_size": [int(v) for v in input_size]})
         if len(backbone.out_indices) != len(REASSEMBLE_CHANNELS):
             raise SNNetError(f"DPT reads {len(REASSEMBLE_CHANNELS)} taps: model.out_indices has "
                              f"{len(backbone.out_indices)} ({backbone.out_indices})")
         self.decode_head = DPTHead(backbone.widths[LARGE], channels, min_depth, reassemble_channels)
+        self.min_depth, self.max_depth = min_depth, max_depth
 
     @property
     def img_size(self) -> tuple[int, int]:
@@ -46,6 +48,8 @@ class DepthModel(DenseModel):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         taps = self.backbone.forward_features(x, return_prefix_tokens=True)
         depth = self.decode_head([(f, prefix[:, 0]) for f, prefix in taps])  # the class token of each tap
+        if not self.training:  # the reference clamps test predictions (so before the flip average too)
+            depth = depth.clamp(self.min_depth, self.max_depth)
         return F.interpolate(depth, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
     @torch.no_grad()

@@ -111,11 +111,12 @@ class ImagesOnly(Dataset):
 
 def build_transforms(cfg: RunConfig, size: int, mean, std) -> tuple[v2.Compose, v2.Compose, v2.Compose]:
     """(train, eval, least-squares init): large-scale jitter (a random rescale of the size x size square by
-    ``augment.ratio_range``, crop or zero-pad to it, flip), then normalisation; eval images keep their size."""
+    ``augment.ratio_range``, flip), normalisation, then a crop to the square or a pad with 0 after normalisation
+    (the mean, as ViTDet pads); eval images keep their size (the model fits and pads them)."""
     to_input = [v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True), v2.Normalize(mean, std)]
     train = v2.Compose([v2.RandomHorizontalFlip(cfg.augment.hflip),
                         v2.ScaleJitter((size, size), scale_range=tuple(cfg.augment.ratio_range), antialias=True),
-                        v2.RandomCrop(size, pad_if_needed=True, fill=0), v2.SanitizeBoundingBoxes(), *to_input])
+                        *to_input, v2.RandomCrop(size, pad_if_needed=True, fill=0), v2.SanitizeBoundingBoxes()])
     init = v2.Compose([v2.Resize(size, antialias=True), v2.CenterCrop(size), *to_input])
     return train, v2.Compose(to_input), init
 

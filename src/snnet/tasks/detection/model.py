@@ -91,7 +91,7 @@ class DetectionModel(DenseModel):
     """Mask R-CNN on a stitched backbone. Train mode: ``model(images, targets)`` returns torchvision's loss dict
     for a ROS-sampled stitch; eval mode: ``model(images)`` returns the selected stitch's detections (boxes,
     labels 1..num_classes, scores, masks per image). Images are lists of normalised (3, H, W) tensors, resized
-    to fit ``image_size``; FLOPs count the backbone and the pyramid at ``image_size`` (RPN and RoI heads depend
+    to fit ``image_size`` and padded to that square; FLOPs count the backbone and the pyramid at ``image_size`` (RPN and RoI heads depend
     on the proposals and are left out)."""
 
     task = "detection"
@@ -106,7 +106,8 @@ class DetectionModel(DenseModel):
                              f"[{backbone.depths[LARGE] - 1}], got {backbone.out_indices}")
         self.num_classes = num_classes
         pyramid = SimpleFeaturePyramid(backbone.widths[LARGE], channels)
-        # images arrive normalised, as for every snnet model: torchvision's transform only resizes and batches
+        # images arrive normalised, as for every snnet model: torchvision's transform only resizes them to fit
+        # image_size and pads them to the image_size square with 0 (the normalised mean), as ViTDet pads
         # anchor boxes of image_size / 32 .. / 2 on the five levels: ViTDet's 32..512 at 1024
         sizes = tuple((max(1, image_size * 2 ** i // 32),) for i in range(len(SCALES) + 1))
         anchors = AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(sizes))
@@ -115,7 +116,7 @@ class DetectionModel(DenseModel):
         k = num_classes + 1  # + background
         self.detector = MaskRCNN(
             _StitchedPyramid(backbone, pyramid), min_size=image_size, max_size=image_size,
-            image_mean=[0.0] * 3, image_std=[1.0] * 3, rpn_anchor_generator=anchors,
+            image_mean=[0.0] * 3, image_std=[1.0] * 3, size_divisible=image_size, rpn_anchor_generator=anchors,
             box_head=TwoMLPHead(channels * 7 * 7, 4 * roi_channels), box_predictor=FastRCNNPredictor(4 * roi_channels, k),
             mask_head=MaskRCNNHeads(channels, [roi_channels] * 4, 1),
             mask_predictor=MaskRCNNPredictor(roi_channels, roi_channels, k), box_batch_size_per_image=roi_samples,

@@ -1,0 +1,107 @@
+"""The packaged recipes do what the reference's runs did (issue 18; SPEC sections 8, 10-12), asserted on the
+effective values the frameworks produced, not on the wording of the reference's config files."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from timm.layers import DropPath
+
+from snnet.anchors import drop_path_rates
+from snnet.cli import main
+from snnet.config import load_config
+from snnet.engine import create_optimizer
+from snnet.tasks import build_model
+from test_cli import read_jsonl, write_config
+
+IMAGENET = {"imagenet_deit3_s_l": (0.05, 0.4), "imagenet_deit3_s_b": (0.05, 0.15), "imagenet_deit3_b_l": (0.15, 0.4)}
+SEGMENTATION = ("ade20k_setr_deit3_s_l", "ade20k_setr_deit3_b_l", "coco_stuff10k_setr_deit3_s_l",
+                "coco_stuff10k_setr_deit3_b_l")
+
+
+def meta_model(name: str, *overrides: str):
+    cfg = load_config(name, ["data.root=/x", *overrides])
+    classes = None if cfg.task in ("classification", "depth") else 150
+    return cfg, build_model(cfg, num_classes=classes, load_weights=False, device="meta")
+
+
+def anchors_of(model):
+    return getattr(model, "backbone", model).anchors
+
+
+@pytest.mark.parametrize("name", IMAGENET)
+def test_imagenet_drop_path_is_the_same_in_every_block(name):
+    """DeiT-3's models_v2.py: dpr = [drop_path_rate for i in range(depth)]; timm would ramp from 0."""
+    _, model = meta_model(name)
+    for anchor, rate in zip(anchors_of(model), IMAGENET[name]):
+        assert drop_path_rates(anchor) == [rate] * len(anchor.blocks)
+    layers = [*model.sl_layers, *model.ls_layers]
+    assert layers and not any(isinstance(m, DropPath) for layer in layers for m in layer.modules())
+
+
+@pytest.mark.parametrize("name,rates", [*((n, (0.1, 0.1)) for n in SEGMENTATION),
+                                        ("coco_maskrcnn_deit3_s_l", (0.1, 0.4))])
+def test_dense_recipes_ramp_drop_path_linearly_from_zero(name, rates):
+    """mmseg's (and ViTDet's) rule: block i of d gets rate x i / (d - 1)."""
+    _, model = meta_model(name)
+    for anchor, rate in zip(anchors_of(model), rates):
+        d = len(anchor.blocks)
+        assert drop_path_rates(anchor) == pytest.approx([rate * i / (d - 1) for i in range(d)])
+
+
+@pytest.mark.parametrize("name", IMAGENET)
+def test_imagenet_lamb_as_apex_fusedlamb_ran(name):
+    """eps 1e-8 (--opt-eps), betas (0.9, 0.999), decay 0.02 except on 1-D parameters and biases (timm 0.6.12's
+    filter: the reference model defines no no_weight_decay, so position embeddings and class tokens decay)."""
+    cfg, _ = meta_model(name)
+    _, model = meta_model("imagenet_deit3_s_l", "model.anchors.0.kwargs.depth=2", "model.anchors.1.kwargs.depth=4",
+                          "model.anchors.0.kwargs.embed_dim=60", "model.anchors.1.kwargs.embed_dim=128")
+    model = model.to_empty(device="cpu")
+    opt = create_optimizer(model, cfg, torch.device("cpu"))
+    assert type(opt).__name__ == "Lamb"
+    decay = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+    for g in opt.param_groups:
+        assert g["eps"] == 1e-8 and g["betas"] == (0.9, 0.999) and g["lr"] == pytest.approx(3e-5)
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            assert decay[id(p)] == (0.0 if p.ndim <= 1 or n.endswith(".bias") else 0.02), n
+    assert {n.split(".")[-1] for n, p in model.named_parameters() if decay.get(id(p)) == 0.02} >= {"pos_embed",
+                                                                                                   "cls_token"}
+
+
+def expected_cosine_lr(t: int, epochs: int, warmup: int, lr: float, warmup_lr: float, min_lr: float) -> float:
+    """timm's CosineLRScheduler at epoch t, written out by hand (warm-up not a prefix)."""
+    if t < warmup:
+        return warmup_lr + t * (lr - warmup_lr) / warmup
+    return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * t / epochs))
+
+
+@pytest.mark.parametrize("lag", [0, 1])
+def test_epoch_learning_rates_with_the_reference_lag(tmp_path, monkeypatch, lag):
+    """main.py calls lr_scheduler.step(epoch) after epoch `epoch`: epoch e >= 1 trains at lr(e - 1), epochs 0 and
+    1 both at the warm-up start; timm's convention (lag 0) steps to e + 1. A run stopped and resumed keeps it."""
+    import snnet.engine as engine
+    train = {"epochs": 4, "warmup_epochs": 2, "lr": 1e-3, "warmup_lr": 1e-5, "min_lr": 1e-5, "scheduler_lag": lag}
+    cfg = write_config(tmp_path, train=train, data={"shapes": {"image_size": 32, "num_train": 32, "num_val": 8}})
+    assert main(["train", "--config", str(cfg), "--no-progress"]) == 0
+    got = [line["lr"] for line in read_jsonl(tmp_path / "run" / "log.jsonl")]
+    want = [expected_cosine_lr(max(e - lag, 0), 4, 2, 1e-3, 1e-5, 1e-5) for e in range(4)]
+    assert got == pytest.approx(want, rel=1e-9)
+
+    save = engine.save_checkpoint
+
+    def stop_after_epoch_1(path, model, optimizer, scheduler, scaler, epoch, *args):
+        save(path, model, optimizer, scheduler, scaler, epoch, *args)
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    resumed = tmp_path / "resumed"
+    monkeypatch.setattr(engine, "save_checkpoint", stop_after_epoch_1)
+    assert main(["train", "--config", str(cfg), "--no-progress", f"output_dir={resumed}"]) == 130  # interrupted
+    monkeypatch.setattr(engine, "save_checkpoint", save)
+    assert main(["train", "--config", str(cfg), "--no-progress", f"output_dir={resumed}"]) == 0
+    assert [line["lr"] for line in read_jsonl(resumed / "log.jsonl")] == pytest.approx(want, rel=1e-9)
+    assert {n: load_config(n).train.scheduler_lag for n in IMAGENET} == dict.fromkeys(IMAGENET, 1)
