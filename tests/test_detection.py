@@ -265,3 +265,29 @@ def test_missing_coco_folders_fail_before_the_run_directory_even_with_num_classe
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "data folder not found: /nonexistent/train2017" in err, err
     assert not out.exists()
+
+
+def test_images_are_fitted_and_padded_to_the_square_with_the_normalised_mean():
+    """SPEC 12: evaluation images resized to fit image_size and padded to the square with 0 after normalisation."""
+    model = tiny_detector().eval().select(0)
+    seen = []
+    model.detector.backbone.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    model([torch.rand(3, 32, 48) + 1])  # positive everywhere
+    x = seen[0]
+    assert x.shape == (1, 3, 64, 64)  # 32x48 -> 42x64, then padded
+    assert (x[:, :, 42:] == 0).all() and (x[:, :, :42] > 0).all()
+
+
+def test_training_crops_are_padded_with_the_normalised_mean():
+    from torchvision import tv_tensors
+    from snnet.tasks.detection.data import build_transforms
+    cfg = load_config("quickstart_detection", ["augment.ratio_range=[0.25,0.25]", "augment.hflip=0"])
+    train, _, _ = build_transforms(cfg, 64, (0.5, 0.4, 0.3), (0.2, 0.2, 0.2))
+    image = tv_tensors.Image(torch.full((3, 64, 64), 255, dtype=torch.uint8))
+    boxes = tv_tensors.BoundingBoxes(torch.tensor([[0.0, 0, 64, 64]]), format="XYXY", canvas_size=(64, 64))
+    out, target = train(image, {"boxes": boxes, "labels": torch.tensor([1])})
+    assert out.shape == (3, 64, 64)
+    inside = out[:, int(target["boxes"][0, 1]):int(target["boxes"][0, 3]), int(target["boxes"][0, 0]):int(target["boxes"][0, 2])]
+    assert inside.shape[1:] == (16, 16)
+    torch.testing.assert_close(inside, ((1 - torch.tensor([0.5, 0.4, 0.3])) / 0.2)[:, None, None].expand(3, 16, 16))
+    assert (out == 0).sum() == 3 * (64 * 64 - 16 * 16)  # the padding: the mean, not black (which is -mean/std)

@@ -105,3 +105,58 @@ def test_epoch_learning_rates_with_the_reference_lag(tmp_path, monkeypatch, lag)
     assert main(["train", "--config", str(cfg), "--no-progress", f"output_dir={resumed}"]) == 0
     assert [line["lr"] for line in read_jsonl(resumed / "log.jsonl")] == pytest.approx(want, rel=1e-9)
     assert {n: load_config(n).train.scheduler_lag for n in IMAGENET} == dict.fromkeys(IMAGENET, 1)
+
+
+def kaiming_fan_out_std(w: torch.Tensor) -> float:
+    return math.sqrt(2.0 / (w.shape[0] * w[0, 0].numel()))
+
+
+def assert_mmcv_conv_module(conv, name):
+    """Kaiming normal, fan_out, ReLU gain (std sqrt(2 / fan_out), mean 0); bias 0."""
+    w = conv.weight.detach()
+    assert w.std().item() == pytest.approx(kaiming_fan_out_std(w), rel=0.05), name
+    assert abs(w.mean().item()) < 0.05 * kaiming_fan_out_std(w), name
+    assert conv.bias is None or (conv.bias == 0).all(), name
+
+
+def assert_torch_default(layer, name):
+    """PyTorch's own: uniform within 1/sqrt(fan_in), non-zero biases."""
+    w = layer.weight.detach()
+    bound = 1 / math.sqrt(w[0].numel())  # torch's fan_in: dimension 1 times the kernel (transposed convs too)
+    assert w.abs().max().item() <= bound and w.abs().max().item() > 0.9 * bound, name
+    assert (layer.bias != 0).all(), name
+
+
+def test_setr_heads_are_initialised_as_mmseg_does():
+    from snnet.tasks.segmentation.heads import SETRUpHead
+    torch.manual_seed(0)
+    for num_convs in (1, 2):  # the decode head, an auxiliary head
+        head = SETRUpHead(1024, 256, 150, num_convs)
+        w = head.conv_seg.weight.detach()
+        assert w.std().item() == pytest.approx(0.01, rel=0.05) and (head.conv_seg.bias == 0).all()
+        assert (head.norm.weight == 1).all() and (head.norm.bias == 0).all()
+        for k, stage in enumerate(head.up_convs):
+            assert_mmcv_conv_module(stage[0].conv, f"up_convs.{k}")
+            assert (stage[0].bn.weight == 1).all() and (stage[0].bn.bias == 0).all()
+
+
+def test_dpt_head_is_initialised_as_the_depth_toolbox_does():
+    """ConvModules (Kaiming at construction) where the reference builds them, PyTorch's defaults elsewhere."""
+    from snnet.tasks.depth.heads import DPTHead
+    torch.manual_seed(0)
+    head = DPTHead(1024, 256)
+    modules = {}
+    for name, m in head.named_modules():
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d, torch.nn.Linear)):
+            modules[name] = m
+    conv_modules = {n for n in modules if n.endswith((".project", ".conv1", ".conv2")) or n.startswith("convs.")
+                    or n == "conv"}
+    assert len(conv_modules) == 4 + 4 + 2 * 7 + 4 + 1  # projections, level convs, residual units, fusions, final
+    for name, m in modules.items():
+        if name in conv_modules:
+            assert_mmcv_conv_module(m, name)
+        else:
+            assert_torch_default(m, name)
+    assert {n for n in modules if n not in conv_modules} == {
+        *(f"reassemble.{i}.readout.0" for i in range(4)), "reassemble.0.resize", "reassemble.1.resize",
+        "reassemble.3.resize", "depth_conv1", "depth_conv2", "depth_conv3"}

@@ -16,6 +16,15 @@ from ..selection import best_under_budget, pareto_frontier
 from ..stitch_space import SMALL, Stitch, route_taps
 
 
+def init_conv_module(conv: nn.Module) -> nn.Module:
+    """mmcv's ``ConvModule.init_weights``, which the reference's heads ran at construction: Kaiming normal
+    (fan_out, ReLU gain) weights, zero bias."""
+    nn.init.kaiming_normal_(conv.weight, a=0, mode="fan_out", nonlinearity="relu")
+    if conv.bias is not None:
+        nn.init.zeros_(conv.bias)
+    return conv
+
+
 def image_batches(images: list[torch.Tensor]) -> list[torch.Tensor]:
     """Evaluation images as model inputs: one stacked batch when all share a size, else a batch per image."""
     if all(i.shape == images[0].shape for i in images):

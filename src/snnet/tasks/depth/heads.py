@@ -1,4 +1,8 @@
-"""DPT's head (readout "project", reassemble, fusion, depth head) as the reference's depth code runs it (SPEC 11)."""
+"""DPT's head (readout "project", reassemble, fusion, depth head) as the reference's depth code runs it (SPEC 11).
+
+Initialised as there: the layers the reference builds as mmcv ConvModules (the 1x1 projections, the per-level
+3x3 convs, the residual units, the fusion projections, the final 3x3 conv) by mmcv's rule; the readout linears,
+the resize layers and the depth head's plain ``nn.Conv2d`` keep PyTorch's default initialisation."""
 from __future__ import annotations
 
 import torch
@@ -6,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...flops import BILINEAR_FLOPS_PER_OUTPUT, conv_flops
+from ..dense import init_conv_module
 
 REASSEMBLE_CHANNELS = (96, 192, 384, 768)
 
@@ -22,7 +27,7 @@ class Reassemble(nn.Module):
     def __init__(self, level: int, width: int, out_channels: int) -> None:
         super().__init__()
         self.readout = nn.Sequential(nn.Linear(2 * width, width), nn.GELU())  # readout "project"
-        self.project = nn.Conv2d(width, out_channels, 1)
+        self.project = init_conv_module(nn.Conv2d(width, out_channels, 1))
         self.resize = _resize_layer(level, out_channels)
 
     def forward(self, x: torch.Tensor, cls_token: torch.Tensor) -> torch.Tensor:
@@ -37,8 +42,8 @@ class ResidualUnit(nn.Module):
 
     def __init__(self, channels: int) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
-        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.conv1 = init_conv_module(nn.Conv2d(channels, channels, 3, padding=1, bias=False))
+        self.conv2 = init_conv_module(nn.Conv2d(channels, channels, 3, padding=1, bias=False))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.conv2(F.relu(self.conv1(F.relu(x))))
@@ -52,7 +57,7 @@ class FusionBlock(nn.Module):
         super().__init__()
         self.residual_unit_1 = ResidualUnit(channels) if with_skip else None
         self.residual_unit_2 = ResidualUnit(channels)
-        self.project = nn.Conv2d(channels, channels, 1)
+        self.project = init_conv_module(nn.Conv2d(channels, channels, 1))
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
         if skip is not None:
@@ -74,9 +79,10 @@ class DPTHead(nn.Module):
         self.width, self.channels, self.min_depth = width, channels, min_depth
         self.reassemble_channels = tuple(reassemble_channels)
         self.reassemble = nn.ModuleList(Reassemble(i, width, c) for i, c in enumerate(self.reassemble_channels))
-        self.convs = nn.ModuleList(nn.Conv2d(c, channels, 3, padding=1, bias=False) for c in self.reassemble_channels)
+        self.convs = nn.ModuleList(init_conv_module(nn.Conv2d(c, channels, 3, padding=1, bias=False))
+                                   for c in self.reassemble_channels)
         self.fusion = nn.ModuleList(FusionBlock(channels, with_skip=i > 0) for i in range(len(self.reassemble_channels)))
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv = init_conv_module(nn.Conv2d(channels, channels, 3, padding=1))
         self.depth_conv1 = nn.Conv2d(channels, channels // 2, 3, padding=1)
         self.depth_conv2 = nn.Conv2d(channels // 2, 32, 3, padding=1)
         self.depth_conv3 = nn.Conv2d(32, 1, 1)

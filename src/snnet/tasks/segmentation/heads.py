@@ -6,16 +6,18 @@ from torch import nn
 
 from ...flops import (BATCHNORM_FLOPS_PER_ELEMENT, BILINEAR_FLOPS_PER_OUTPUT, NORM_FLOPS_PER_ELEMENT,
                       conv_flops)
+from ..dense import init_conv_module
 
 UP_SCALE = 4  # each conv stage is followed by a x4 bilinear upsampling
 
 
 class ConvBNReLU(nn.Module):
-    """mmcv's ConvModule with a norm: 1x1 conv without bias, BatchNorm, ReLU (``conv``, ``bn``)."""
+    """mmcv's ConvModule with a norm: 1x1 conv without bias, BatchNorm, ReLU (``conv``, ``bn``), initialised as
+    it: Kaiming normal conv, BatchNorm weight 1 and bias 0."""
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, 1, bias=False)
+        self.conv = init_conv_module(nn.Conv2d(in_channels, out_channels, 1, bias=False))
         self.bn = nn.BatchNorm2d(out_channels)  # SyncBatchNorm under torchrun (engine.fit converts it)
         self.activate = nn.ReLU(inplace=True)
 
@@ -25,7 +27,8 @@ class ConvBNReLU(nn.Module):
 
 class SETRUpHead(nn.Module):
     """A feature map -> LayerNorm over channels -> ``num_convs`` x (conv/BN/ReLU, x4 bilinear) -> 1x1
-    classifier. ``num_convs=1`` is SETR-naive's decode head, 2 its auxiliary heads (SPEC section 10)."""
+    classifier. ``num_convs=1`` is SETR-naive's decode head, 2 its auxiliary heads (SPEC section 10). Initialised
+    as mmseg does: ``conv_seg`` N(0, 0.01) with bias 0, LayerNorm 1 / 0, the ConvModules by mmcv's rule."""
 
     def __init__(self, in_channels: int, channels: int, num_classes: int, num_convs: int = 1) -> None:
         super().__init__()
@@ -36,6 +39,8 @@ class SETRUpHead(nn.Module):
                           nn.Upsample(scale_factor=UP_SCALE, mode="bilinear", align_corners=False))
             for k in range(num_convs))
         self.conv_seg = nn.Conv2d(channels, num_classes, 1)
+        nn.init.normal_(self.conv_seg.weight, 0.0, 0.01)
+        nn.init.zeros_(self.conv_seg.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, h, w) -> (B, K, 4^n h, 4^n w)
         x = self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
