@@ -160,3 +160,55 @@ def test_dpt_head_is_initialised_as_the_depth_toolbox_does():
     assert {n for n in modules if n not in conv_modules} == {
         *(f"reassemble.{i}.readout.0" for i in range(4)), "reassemble.0.resize", "reassemble.1.resize",
         "reassemble.3.resize", "depth_conv1", "depth_conv2", "depth_conv3"}
+
+
+def pixel(rgb):
+    return torch.tensor(rgb, dtype=torch.uint8).reshape(3, 1, 1)
+
+
+@pytest.mark.parametrize("draw,want", [
+    # brightness +10.6 truncates to uint8 after the clip: (210.6, 110.6, 60.6) -> (210, 110, 60)
+    (dict(brightness=10.6), (210, 110, 60)),
+    # then contrast x1.5 after saturation/hue (mode 0): 315 clips to 255
+    (dict(brightness=10.6, contrast=1.5), (255, 165, 90)),
+    # (210, 110, 60) is OpenCV's H 10, S 182, V 210; S x0.5 -> 91; back: (210, 210(1 - 91/255 (1 - 1/3)),
+    # 210 (1 - 91/255)) = (210, 160.04, 135.06)
+    (dict(brightness=10.6, saturation=0.5), (210, 160, 135)),
+    # H 10 + 17 = 27 (sector 0, f 0.9): (210, 210 (1 - 182/255 x 0.1), 210 (1 - 182/255)) = (210, 195.01, 60.12)
+    (dict(brightness=10.6, hue=17), (210, 195, 60)),
+    # H 10 - 17 wraps to 173 (sector 5, f 0.7667): (210, 60.12, 210 (1 - 182/255 x 0.7667)) = (210, 60.12, 95.09)
+    (dict(brightness=10.6, hue=-17), (210, 60, 95)),
+    # contrast first (mode 1): (300, 150, 75) -> (255, 150, 75), H = (75 x 683 + 2048) >> 12 = 13 (OpenCV's fixed
+    # point for 60 x 75 / 180 / 2 = 12.5), S 180; + 5 -> 18 (sector 0, f 0.6): g = 255 (1 - 180/255 x 0.4) = 183.0
+    (dict(contrast=1.5, contrast_first=True, hue=5), (255, 183, 75)),
+])
+def test_photometric_distortion_on_hand_computed_pixels(draw, want):
+    """mmseg's PhotoMetricDistortion: uint8 after every step, OpenCV's 8-bit HSV for saturation and hue."""
+    from snnet.tasks.segmentation.photometric import Distortion, distort
+    out = distort(pixel((200, 100, 50)), Distortion(**draw))
+    assert out.dtype == torch.uint8 and out.flatten().tolist() == list(want)
+
+
+def test_opencv_hsv_round_trip_and_the_transform_draws():
+    from torchvision import tv_tensors
+    from snnet.tasks.segmentation.photometric import PhotoMetricDistortion, hsv_to_rgb, rgb_to_hsv
+    assert rgb_to_hsv(pixel((210, 110, 60))).flatten().tolist() == [10, 182, 210]
+    assert rgb_to_hsv(pixel((0, 0, 0))).flatten().tolist() == [0, 0, 0]
+    assert rgb_to_hsv(pixel((60, 110, 210))).flatten().tolist() == [110, 182, 210]  # 220 degrees / 2
+    assert hsv_to_rgb(torch.tensor([77, 0, 128]).reshape(3, 1, 1)).flatten().tolist() == [128] * 3  # grey
+    # (0, 1, 1) is v (1 - s) = 254/255/255 x 255 = 0.996 in green and blue: OpenCV's vectorised loop truncates it
+    # (32 pixels at a time), its scalar loop over the rest of a row rounds it
+    row = hsv_to_rgb(torch.tensor([0, 1, 1]).reshape(3, 1, 1).expand(3, 1, 33))
+    assert row[:, 0, :32].T.tolist() == [[1, 0, 0]] * 32 and row[:, 0, 32].tolist() == [1, 1, 1]
+    torch.manual_seed(0)
+    img = torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8)
+    t = PhotoMetricDistortion()
+    draws = [t.make_params([])["d"] for _ in range(4000)]
+    for field in ("brightness", "contrast", "saturation", "hue"):
+        values = [getattr(d, field) for d in draws if getattr(d, field) is not None]
+        assert 0.45 < len(values) / len(draws) < 0.55, field
+    assert min(d.brightness for d in draws if d.brightness is not None) >= -32
+    assert {d.hue for d in draws if d.hue is not None} == set(range(-18, 18))
+    mask = tv_tensors.Mask(torch.zeros(64, 64, dtype=torch.int64))
+    out, same = t(tv_tensors.Image(img), mask)
+    assert out.dtype == torch.uint8 and same is mask

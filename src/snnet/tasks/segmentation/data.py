@@ -15,6 +15,7 @@ from ...config import RunConfig
 from ...data import ShapesMaps
 from ...errors import SNNetError
 from .._files import IMAGE_SUFFIXES, read_image, read_map, split_names, with_transform
+from .photometric import PhotoMetricDistortion
 
 # dataset -> (train split, val split, label file suffix, classes, reduce_zero_label), as the reference reads them
 LAYOUTS = {
@@ -180,15 +181,6 @@ class PadTo(v2.Transform):
         return TF.pad(inpt, params["pad"], fill=fill)
 
 
-def photometric_distortion() -> v2.Compose:
-    """mmsegmentation's PhotoMetricDistortion, each part with probability 0.5: brightness +-32 of 255 (here
-    a factor of 1 +- 0.125), contrast and saturation 0.5-1.5, hue +-18 of OpenCV's 180 (0.1 of the circle)."""
-    return v2.Compose([v2.RandomApply([v2.ColorJitter(brightness=0.125)], p=0.5),
-                       v2.RandomApply([v2.ColorJitter(contrast=0.5)], p=0.5),
-                       v2.RandomApply([v2.ColorJitter(saturation=0.5)], p=0.5),
-                       v2.RandomApply([v2.ColorJitter(hue=0.1)], p=0.5)])
-
-
 def _to_model_input(mean, std) -> list:
     return [v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True),
             v2.Normalize(mean, std), v2.ToDtype({tv_tensors.Mask: torch.int64, "others": None})]
@@ -200,7 +192,7 @@ def build_transforms(cfg: RunConfig, crop: int, mean, std) -> tuple[v2.Compose, 
     train = [RandomRescale(tuple(aug.scale), tuple(aug.ratio_range)), CatMaxRandomCrop(crop, aug.cat_max_ratio, ignore),
              v2.RandomHorizontalFlip(aug.hflip)]
     if aug.photometric:
-        train.append(photometric_distortion())
+        train.append(PhotoMetricDistortion())
     train += [*_to_model_input(mean, std), PadTo(crop, ignore)]
     val = [KeepRatioResize(tuple(cfg.data.test_resize))] if cfg.data.test_resize else []
     init = [v2.Resize(crop, antialias=False), v2.CenterCrop(crop)]
