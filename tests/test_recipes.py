@@ -212,3 +212,35 @@ def test_opencv_hsv_round_trip_and_the_transform_draws():
     mask = tv_tensors.Mask(torch.zeros(64, 64, dtype=torch.int64))
     out, same = t(tv_tensors.Image(img), mask)
     assert out.dtype == torch.uint8 and same is mask
+
+
+def init_images(*overrides: str):
+    from snnet.distributed import DistEnv
+    from snnet.engine import init_batches
+    from snnet.tasks import build_task
+    cfg = load_config("quickstart", ["data.shapes.num_train=40", "data.shapes.num_val=4", "train.init_images=7",
+                                     "train.init_batch_size=7", *overrides])
+    torch.manual_seed(0)
+    task = build_task(cfg, progress=False)
+    images = torch.cat(list(init_batches(task, cfg, DistEnv(0, 1, 0, torch.device("cpu")))))
+    g = torch.Generator().manual_seed(cfg.train.seed)
+    chosen = torch.randperm(len(task.train_set), generator=g)[:7].tolist()
+    return images, torch.stack([task.init_set[i][0] for i in chosen])
+
+
+def test_least_squares_images_come_through_the_training_pipeline_or_the_eval_transform():
+    fitted, clean = init_images("train.init_transform=eval")
+    assert torch.equal(fitted, clean)
+    fitted, clean = init_images("train.init_transform=train", "augment.hflip=1.0")  # a deterministic pipeline
+    assert torch.equal(fitted, clean.flip(-1))
+    assert load_config("imagenet_deit3_s_l").train.init_transform == "train"
+
+
+def test_least_squares_images_are_cutmixed_as_the_reference_fit_them():
+    """The reference passes its init batch through mixup_fn (CutMix 1.0): image i takes a box of image n-1-i;
+    an odd last image stays as it is."""
+    fitted, clean = init_images("train.init_transform=train", "augment.hflip=0", "augment.cutmix=1.0")
+    other = clean[:6].flip(0)
+    assert ((fitted[:6] == clean[:6]) | (fitted[:6] == other)).all()
+    assert (fitted[:6] == other).any() and not torch.equal(fitted[:6], clean[:6])
+    assert torch.equal(fitted[6], clean[6])

@@ -239,6 +239,9 @@ class TrainSection(Section):
     clip_grad: Float | None = Field(None, gt=0)
     amp: Bool = True  # autocast + grad scaling on CUDA; ignored on CPU
     init_images: Int = Field(100, ge=1)  # least-squares initialisation on a fresh run
+    # the images it fits on: training images through the training pipeline (augmentations and CutMix, as the
+    # reference's runs fitted), or through the deterministic evaluation transform
+    init_transform: Literal["train", "eval"] = "train"
     init_batch_size: Int = Field(25, ge=1)
     ros_gap: Float = Field(1.0, ge=0)  # GFLOPs between ROS groups
     ros_k: Float | None = Field(None, gt=0)

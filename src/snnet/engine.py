@@ -197,6 +197,26 @@ def check_data(task, cfg: RunConfig, env: DistEnv, train: bool) -> None:
         raise SNNetError("the evaluation set has no images")
 
 
+def init_batches(task, cfg: RunConfig, env: DistEnv):
+    """The least-squares fit's images: a seeded random sample of training images (an ImageFolder is sorted by
+    class), split across ranks, under the training pipeline (with the task's batch mixing, e.g. CutMix) or the
+    evaluation transform (``train.init_transform``)."""
+    train = cfg.train.init_transform == "train"
+    source = task.train_set if train else task.init_set
+    g = torch.Generator().manual_seed(cfg.train.seed)
+    chosen = torch.randperm(len(source), generator=g)[:cfg.train.init_images].tolist()
+    loader = DataLoader(Subset(source, chosen[env.rank::env.world_size]), batch_size=cfg.train.init_batch_size,
+                        shuffle=False, num_workers=cfg.data.workers, collate_fn=task.train_collate if train else None)
+    mix = getattr(task, "mixup", None) if train else None  # classification's CutMix / Mixup, as its training steps
+    for images, targets, *_ in loader:
+        if not isinstance(images, torch.Tensor):  # lists of equal-size training crops (detection)
+            images = torch.stack(images)
+        if mix is not None:
+            n = len(images) - len(images) % 2  # timm's batch mixing pairs image i with image n - 1 - i
+            images = torch.cat([mix(images[:n], targets[:n])[0], images[n:]])
+        yield images
+
+
 class Schedule:
     """Rounds of training steps: epochs, or for ``train.iterations`` rounds of ``checkpoint_interval`` steps
     (a checkpoint and a log line after each round either way)."""
@@ -388,14 +408,10 @@ def fit(cfg: RunConfig, task, env: DistEnv, resume: str | None = "auto", progres
         state = load_checkpoint(ckpt_path)
         load_state_checked(model, state["model"], f"{ckpt_path} (to start afresh: --no-resume or another --output-dir)")
     elif stitchable:
-        # a seeded random sample of training images (an ImageFolder is sorted by class), split across ranks
-        g = torch.Generator().manual_seed(cfg.train.seed)
-        chosen = torch.randperm(len(task.init_set), generator=g)[:cfg.train.init_images].tolist()
-        init_loader = DataLoader(Subset(task.init_set, chosen[env.rank::env.world_size]),
-                                 batch_size=cfg.train.init_batch_size, shuffle=False, num_workers=cfg.data.workers)
-        n = init_stitching_layers(backbone_of(model), init_loader, progress=progress and env.is_main)
+        n = init_stitching_layers(backbone_of(model), init_batches(task, cfg, env), progress=progress and env.is_main)
         if env.is_main:
-            print(f"stitching layers fitted by least squares on {n} images")
+            how = "training pipeline" if cfg.train.init_transform == "train" else "evaluation transform"
+            print(f"stitching layers fitted by least squares on {n} images ({how})")
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = create_optimizer(model, cfg, env.device)
