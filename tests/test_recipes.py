@@ -10,6 +10,7 @@ import pytest
 import torch
 from timm.layers import DropPath
 
+from snnet import AnchorConfig, SNNetError, create_anchor
 from snnet.anchors import drop_path_rates
 from snnet.cli import main
 from snnet.config import load_config
@@ -40,6 +41,8 @@ def test_imagenet_drop_path_is_the_same_in_every_block(name):
         assert drop_path_rates(anchor) == [rate] * len(anchor.blocks)
     layers = [*model.sl_layers, *model.ls_layers]
     assert layers and not any(isinstance(m, DropPath) for layer in layers for m in layer.modules())
+    with pytest.raises(SNNetError, match="unknown drop-path rule 'ramp': expected one of linear, constant"):
+        create_anchor(AnchorConfig("deit3_small_patch16_224", kwargs={"device": "meta"}, drop_path="ramp"))
 
 
 @pytest.mark.parametrize("name,rates", [*((n, (0.1, 0.1)) for n in SEGMENTATION),

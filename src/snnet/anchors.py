@@ -75,9 +75,6 @@ def _create(config: AnchorConfig, pretrained: bool) -> VisionTransformer:
         kwargs["attn_layer"] = rel_pos_attention(_grid_size(config))
     try:
         model = timm.create_model(config.name, pretrained=pretrained, **kwargs)
-        if config.drop_path == "constant":
-            set_drop_path(model, [kwargs.get("drop_path_rate", 0.0)] * len(model.blocks))
-        return model
     except (TypeError, AssertionError, ValueError) as e:  # raised by the constructor: the kwargs are wrong
         raise SNNetError(f"timm cannot build anchor {config.name!r} with kwargs {config.kwargs}: "
                          f"{_first_line(e)}") from None
@@ -86,6 +83,9 @@ def _create(config: AnchorConfig, pretrained: bool) -> VisionTransformer:
             raise SNNetError(f"timm cannot build anchor {config.name!r}: {_first_line(e)}") from None
         raise SNNetError(f"cannot load pretrained weights for {config.name!r} ({_first_line(e)}); "
                          f"download them or pass a local checkpoint_path") from None
+    if config.drop_path == "constant":
+        set_drop_path(model, [kwargs.get("drop_path_rate", 0.0)] * len(model.blocks))
+    return model
 
 
 DROP_PATH_RULES = ("linear", "constant")

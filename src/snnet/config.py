@@ -281,6 +281,8 @@ class TrainSection(Section):
         changed = {k for k in ("epochs", "warmup_epochs", "warmup_iterations")
                    if k in self.model_fields_set and getattr(self, k) != type(self).model_fields[k].default}
         if self.iterations is not None:
+            if self.scheduler_lag:
+                raise ValueError("sets iterations and scheduler_lag: the lag applies to epoch-based schedules")
             both = sorted({"epochs", "warmup_epochs"} & changed)
             if both:
                 raise ValueError(f"sets iterations and {' and '.join(both)}: an iteration-based run takes "
