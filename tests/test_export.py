@@ -173,3 +173,85 @@ def test_a_runs_own_config_reloads(tmp_path):
         path.write_text(dump_config(cfg))
         assert load_config(path) == cfg
         assert yaml.safe_load(path.read_text())["train"]["warmup_iterations"] == 0
+
+
+def _dataset_splits(cfg) -> tuple[str, str]:
+    """The split names the task's data code reads for ``cfg``."""
+    from snnet.tasks.depth.data import splits as depth_splits
+    from snnet.tasks.detection.data import splits as detection_splits
+    from snnet.tasks.segmentation.data import dataset_info
+    if cfg.task == "segmentation":
+        return dataset_info(cfg)[2:4]
+    if cfg.task == "classification":
+        from snnet.tasks.classification import image_folder_roots
+        return tuple(p.name for p in image_folder_roots(cfg))
+    return (depth_splits if cfg.task == "depth" else detection_splits)(cfg)
+
+
+@pytest.mark.parametrize("name,splits", [
+    ("ade20k_setr_deit3_s_l", ("training", "validation")), ("coco_stuff10k_setr_deit3_s_l", ("train2014", "test2014")),
+    ("nyuv2_dpt_deit3_s_l", ("nyu_train.txt", "nyu_test.txt")), ("coco_maskrcnn_deit3_s_l", ("train2017", "val2017")),
+    ("imagenet_deit3_s_l", ("train", "val"))])
+def test_a_runs_own_config_keeps_the_datasets_split_names(tmp_path, name, splits):
+    """The saved defaults were once read as user-set split names (train/val over ADE20K's training/validation)."""
+    from snnet.config import dump_config
+    for split in splits:
+        (tmp_path / split).mkdir()  # ImageFolder roots are checked on disk
+    cfg = load_config(name, [f"data.root={tmp_path}"])
+    path = tmp_path / "config.yaml"
+    path.write_text(dump_config(cfg))
+    again = load_config(path)
+    assert again == cfg and _dataset_splits(again) == splits
+    (tmp_path / "mine").mkdir()
+    assert _dataset_splits(load_config(path, ["data.train_split=mine"])) == ("mine", splits[1])
+
+
+DEPTH_ROWS = [{"stitch_id": 0, "flops": 1e9, "gflops": 1.0, "rmse": 0.9, "a1": 0.70, "my_score": 5.0},
+              {"stitch_id": 1, "flops": 2e9, "gflops": 2.0, "rmse": 0.5, "a1": 0.80, "my_score": 1.0},
+              {"stitch_id": 2, "flops": 3e9, "gflops": 3.0, "rmse": 0.7, "a1": 0.95, "my_score": 3.0}]
+
+
+@pytest.mark.parametrize("config,extra,chosen", [
+    ("depth", [], 1),  # the task's metric, rmse, lower is better
+    ("depth", ["--metric", "a1"], 2),  # threshold accuracy: higher is better
+    ("depth", ["--metric", "rmse", "--lower-is-better"], 1),
+    ("depth", ["--metric", "my_score", "--lower-is-better"], 1),
+    ("depth", ["--metric", "my_score", "--higher-is-better"], 0),
+    (None, [], 1),  # no config.yaml: the columns say depth (rmse)
+])
+def test_select_knows_each_metrics_direction(tmp_path, capsys, config, extra, chosen):
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in DEPTH_ROWS))
+    if config:
+        (tmp_path / "config.yaml").write_text(yaml.safe_dump({"task": config}))
+    assert main(["select", "--results", str(tmp_path), "--max-gflops", "3", *extra]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[2].split()[0] == str(chosen), out
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--metric", "rmse", "--higher-is-better"], "--metric rmse is lower-is-better: drop --higher-is-better"),
+    (["--metric", "a1", "--lower-is-better"], "--metric a1 is higher-is-better: drop --lower-is-better"),
+    (["--metric", "my_score"], "--metric my_score is no metric snnet writes: say --higher-is-better or --lower-is-better"),
+    (["--metric", "acc1"], "results.jsonl line 1: no 'acc1'"),
+    (["--higher-is-better", "--lower-is-better"], "not allowed with argument"),
+])
+def test_select_metric_errors_are_one_line(tmp_path, capsys, extra, message):
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in DEPTH_ROWS))
+    assert main(["select", "--results", str(tmp_path), "--max-gflops", "3", *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_export_and_select_choose_by_one_rule(tmp_path):
+    """A depth model's budget export picks the stitch select prints (rmse, lower is better)."""
+    import argparse
+    from snnet.cli import budget_rows, pick_stitch
+
+    class DepthLike:
+        task = "depth"
+
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in DEPTH_ROWS))
+    args = argparse.Namespace(stitch=None, metric=None, higher_is_better=False, lower_is_better=False,
+                              max_gflops=3.0, max_latency_ms=None)
+    assert pick_stitch(args, DepthLike(), tmp_path) == 1
+    assert budget_rows(args, tmp_path, "depth")[1:] == ("rmse", False)

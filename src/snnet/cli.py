@@ -219,14 +219,14 @@ def cmd_flops(args) -> int:
 def cmd_select(args) -> int:
     from .results import format_table, frontier, read_results
     from .selection import choose_stitch
+    from .tasks import TASKS
 
-    metric = args.metric
-    rows = read_results(args.results, metric)
-    higher = not args.lower_is_better
+    task = results_task(Path(args.results), read_results(args.results))
+    rows, metric, higher = budget_rows(args, args.results, task)
     best = choose_stitch(rows, metric, higher, args.max_gflops, args.max_latency_ms)
-    metrics = tuple(dict.fromkeys(k for k in ("acc1", "acc5", "loss", metric, "latency_ms") if k in best))
+    metrics = tuple(dict.fromkeys(k for k in (*TASKS[task].report_metrics, metric, "latency_ms") if k in best))
     budget = f"{args.max_gflops} GFLOPs" if args.max_gflops is not None else f"{args.max_latency_ms} ms"
-    print(f"best stitch under {budget} by {metric}:")
+    print(f"best stitch under {budget} by {metric} ({'higher' if higher else 'lower'} is better):")
     print(format_table([best], metrics))
     if args.frontier:
         cost, key, limit = (("flops", "gflops", args.max_gflops) if args.max_gflops is not None
@@ -236,20 +236,50 @@ def cmd_select(args) -> int:
     return 0
 
 
+def results_task(path: Path, rows: list[dict]) -> str:
+    """The task a results table belongs to: its run's config.yaml says, else the first task whose primary metric
+    is a column."""
+    import yaml
+
+    from .tasks import TASKS
+
+    run = path if path.is_dir() else path.parent
+    if (run / "config.yaml").is_file():
+        saved = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")) or {}
+        if isinstance(saved, dict) and saved.get("task", "classification") in TASKS:
+            return saved.get("task", "classification")
+    return next((name for name, t in TASKS.items() if t.primary_metric in rows[0]), "classification")
+
+
+def budget_rows(args, results: str | Path, task: str) -> tuple[list[dict], str, bool]:
+    """(results rows, metric, higher is better) a budget chooses by, the one rule of select and export:
+    ``--metric`` (a column of the results; its direction known for every metric a task writes, or given by
+    --higher-is-better / --lower-is-better for any other column), else the task's primary metric."""
+    from .results import read_results
+    from .tasks import TASKS, metric_direction
+
+    metric = args.metric or TASKS[task].primary_metric
+    rows = read_results(results, metric)
+    known = metric_direction(metric)
+    flag = True if args.higher_is_better else False if args.lower_is_better else None
+    if known is None and flag is None:
+        raise SNNetError(f"--metric {metric} is no metric snnet writes: say --higher-is-better or --lower-is-better")
+    if known is not None and flag not in (None, known):
+        raise SNNetError(f"--metric {metric} is {'higher' if known else 'lower'}-is-better: drop "
+                         f"--{'lower' if known else 'higher'}-is-better")
+    return rows, metric, known if known is not None else flag
+
+
 def pick_stitch(args, model, run: Path | None) -> int:
     """``--stitch``, or the best stitch of the run's results under ``--max-gflops`` / ``--max-latency-ms``."""
-    from .results import read_results
     from .selection import choose_stitch
-    from .tasks import TASKS
 
     if args.stitch is not None:
         return model.stitch(args.stitch).id
     if run is None or not (run / "results.jsonl").is_file():
         raise SNNetError("a budget needs the run's results.jsonl: give a run directory, or --stitch")
-    task = TASKS[getattr(model, "task", "classification")]
-    metric = args.metric or task.primary_metric
-    higher = task.higher_is_better if args.metric is None else not args.lower_is_better
-    return choose_stitch(read_results(run, metric), metric, higher, args.max_gflops, args.max_latency_ms)["stitch_id"]
+    rows, metric, higher = budget_rows(args, run, getattr(model, "task", "classification"))
+    return choose_stitch(rows, metric, higher, args.max_gflops, args.max_latency_ms)["stitch_id"]
 
 
 def cmd_export(args) -> int:
@@ -346,6 +376,13 @@ class _Parser(argparse.ArgumentParser):
         raise SNNetError(message)
 
 
+def add_metric_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--metric", help="metric a budget chooses by (default: the task's: acc1, mIoU, rmse, bbox_AP)")
+    direction = p.add_mutually_exclusive_group()
+    direction.add_argument("--higher-is-better", action="store_true", help="for a --metric column snnet does not write")
+    direction.add_argument("--lower-is-better", action="store_true", help="for a --metric column snnet does not write")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="snnet", description="Stitchable ViTs (SN-Netv2): train once, deploy any stitch.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -381,8 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
     budget = p.add_mutually_exclusive_group(required=True)
     budget.add_argument("--max-gflops", type=float)
     budget.add_argument("--max-latency-ms", type=float, help="needs latency_ms in the results (snnet profile)")
-    p.add_argument("--metric", default="acc1")
-    p.add_argument("--lower-is-better", action="store_true")
+    add_metric_options(p)
     p.add_argument("--frontier", action="store_true", help="also list the frontier within the budget")
     p.set_defaults(func=cmd_select)
 
@@ -392,8 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--stitch", type=int, help="stitch id")
     which.add_argument("--max-gflops", type=float, help="the best stitch of the run's results under this budget")
     which.add_argument("--max-latency-ms", type=float, help="the same by measured latency (snnet profile)")
-    p.add_argument("--metric", help="metric for a budget (default: the task's: acc1, mIoU, rmse, bbox_AP)")
-    p.add_argument("--lower-is-better", action="store_true", help="with --metric")
+    add_metric_options(p)
     p.add_argument("--format", required=True, choices=["onnx", "torchscript", "safetensors"])
     p.add_argument("--output", required=True, help="file to write; a JSON sidecar goes beside it (<output>.json)")
     p.add_argument("--img-size", type=int, nargs=2, metavar=("H", "W"), help="input size (default: the anchors')")

@@ -156,8 +156,11 @@ class DataSection(Section):
     dataset: Literal[tuple(dict.fromkeys(CLASSIFICATION_DATASETS + SEGMENTATION_DATASETS + DEPTH_DATASETS +
                                          DETECTION_DATASETS))] = "imagefolder"
     root: str | None = None
-    train_split: str = "train"  # default per dataset: ADE20K training/validation, COCO-Stuff-10K train2014/test2014
-    val_split: str = "val"
+    # None: the dataset's own split names (ImageFolder train/val, ADE20K training/validation, COCO-Stuff-10K
+    # train2014/test2014, NYUv2 nyu_train.txt/nyu_test.txt, COCO train2017/val2017), so a run's config.yaml,
+    # which lists every key, reloads with the same splits
+    train_split: str | None = None
+    val_split: str | None = None
     reduce_zero_label: Bool | None = None  # label 0 -> ignored, others - 1; default per dataset (ADE20K, COCO-Stuff)
     ignore_index: Int = Field(255, ge=0, le=255)
     test_resize: list[Int] | None = Field(None, min_length=2, max_length=2)  # [long, short] bound, aspect kept

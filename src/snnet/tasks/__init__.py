@@ -20,6 +20,11 @@ TASKS = {"classification": ClassificationTask, "segmentation": SegmentationTask,
          "detection": DetectionTask}
 
 
+def metric_direction(metric: str) -> bool | None:
+    """Whether a higher ``metric`` is better, for every metric a task writes; None for a column no task writes."""
+    return next((t.metric_directions[metric] for t in TASKS.values() if metric in t.metric_directions), None)
+
+
 def build_snnet(section: ModelSection, num_classes: int | None = None, load_weights: bool = True,
                 device: str | None = None, dense: bool = False) -> SNNet:
     """SNNet from the config's anchors; ``load_weights=False`` skips hub and local weights (they come later).
@@ -128,8 +133,9 @@ def class_names(cfg: RunConfig) -> list[str] | None:
         return shapes
     if cfg.data.dataset == "shapes" and cfg.task == "segmentation":
         return ["background", *shapes]
-    if cfg.task == "classification" and cfg.data.root and (Path(cfg.data.root) / cfg.data.train_split).is_dir():
-        return class_folders(Path(cfg.data.root) / cfg.data.train_split)
+    train_dir = Path(cfg.data.root or ".") / (cfg.data.train_split or "train")
+    if cfg.task == "classification" and cfg.data.root and train_dir.is_dir():
+        return class_folders(train_dir)
     return None
 
 

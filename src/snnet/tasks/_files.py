@@ -38,8 +38,7 @@ def read_map(path: Path, kind: str, modes: tuple[str, ...], expected: str, why: 
 
 def split_names(data, train: str, val: str) -> tuple[str, str]:
     """``data.train_split`` / ``data.val_split`` when the config sets them, else the dataset's own names."""
-    return (data.train_split if "train_split" in data.model_fields_set else train,
-            data.val_split if "val_split" in data.model_fields_set else val)
+    return data.train_split or train, data.val_split or val
 
 
 def with_transform(dataset: Dataset, transform) -> Dataset:

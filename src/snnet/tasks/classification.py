@@ -1,7 +1,6 @@
 """Image classification: data, augmentation, loss and per-stitch metrics (top-1, top-5, loss)."""
 from __future__ import annotations
 
-import copy
 import os
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from torchvision import transforms as T
 
 from ..config import RunConfig
 from ..errors import SNNetError
+from ._files import split_names, with_transform
 
 
 def _read_rgb(path: str) -> Image.Image:
@@ -70,7 +70,7 @@ def build_datasets(cfg: RunConfig, input_size: int, mean, std, progress: bool = 
             train_set, val = folder(roots[0], train_tf) if train else None, folder(roots[1], val_tf)
         except FileNotFoundError as e:  # no class folders, or no images in them
             raise SNNetError(f"no images under {data.root}: {str(e).splitlines()[0]}") from None
-    init = _retransformed(train_set, val_tf) if train else None
+    init = with_transform(train_set, val_tf) if train else None
     return train_set, val, init, list(val.classes)
 
 
@@ -79,7 +79,7 @@ def image_folder_roots(cfg: RunConfig) -> list[Path]:
     data = cfg.data
     if not data.root:
         raise SNNetError("config key 'data.root' is not set: point it at a folder with train/ and val/ image folders")
-    roots = [Path(data.root) / data.train_split, Path(data.root) / data.val_split]
+    roots = [Path(data.root) / split for split in split_names(data, "train", "val")]
     for root in roots:
         if not root.is_dir():
             raise SNNetError(f"data folder not found: {root}")
@@ -104,13 +104,6 @@ def data_classes(cfg: RunConfig) -> int:
     return len(train)
 
 
-def _retransformed(dataset: Dataset, transform) -> Dataset:
-    """The same images (file list, rendered pixels) under another transform."""
-    other = copy.copy(dataset)
-    other.transform = transform
-    return other
-
-
 class ClassificationTask:
     """What the training loop and the per-stitch evaluation need to know about classification."""
 
@@ -119,6 +112,7 @@ class ClassificationTask:
     higher_is_better = True
     plot_metrics = (("acc1", True),)
     report_metrics = ("acc1", "acc5", "loss")
+    metric_directions = {"acc1": True, "acc5": True, "loss": False}  # every metric it writes: higher is better?
     num_sums = 4  # length of eval_sums
     eval_collate = None  # the default: stacked tensors
     train_collate = None  # stacked tensors

@@ -20,6 +20,7 @@ class DepthTask:
     higher_is_better = False
     plot_metrics = (("rmse", False), ("a1", True))  # a Pareto plot each
     report_metrics = ("rmse", "a1", "abs_rel", "silog")
+    metric_directions = {m: m in ("a1", "a2", "a3") for m in METRICS}  # errors fall, threshold accuracies rise
     eval_collate = staticmethod(collate_eval)
     train_collate = None  # stacked tensors
     num_classes = None

@@ -20,6 +20,7 @@ class SegmentationTask:
     higher_is_better = True
     plot_metrics = (("mIoU", True),)
     report_metrics = ("mIoU", "mAcc", "aAcc")
+    metric_directions = {"mIoU": True, "mAcc": True, "aAcc": True}  # every metric it writes: higher is better?
     eval_collate = staticmethod(collate_eval)
     train_collate = None  # stacked tensors
 
