@@ -218,7 +218,7 @@ CASES = [  # (command, extra args, text the one error line must hold)
     (None, ["train"], "the following arguments are required: --config"),
     (None, ["frobnicate"], "argument command: invalid choice: 'frobnicate'"),
     (None, ["flops", "--config", "{cfg}", "--img-size", "33"], "image size 33x33 is not a positive multiple of the patch size 8x8"),
-    (None, ["flops", "--config", "{cfg}", "--img-size", "x"], "argument --img-size: invalid int value: 'x'"),
+    (None, ["flops", "--config", "{cfg}", "--img-size", "x"], "argument --img-size: must be an integer, got 'x'"),
     (None, ["select", "--results", "{nonutf8}", "--max-gflops", "1"], "{nonutf8} line 2: not UTF-8 text"),
     (None, ["select", "--results", "{nofield}", "--max-gflops", "1"], "{nofield} line 2: no 'flops'"),
     (None, ["select", "--results", "{textmetric}", "--max-gflops", "1"], "{textmetric} line 3: acc1 is 'high', not a number"),
@@ -229,9 +229,30 @@ CASES = [  # (command, extra args, text the one error line must hold)
     (None, ["select", "--results", "{run}", "--max-gflops", "-1"], "no stitch fits -1.0 GFLOPs"),
     (None, ["select", "--results", "/nonexistent/results.jsonl", "--max-gflops", "1"], "results file not found: /nonexistent/results.jsonl"),
     (None, ["select", "--results", "{run}", "--max-gflops", "1", "stray"], "unrecognized arguments: stray"),
+    # profile, export and demo options: one line before any work
+    (None, ["profile", "--run", "{run}", "--threads", "0"], "argument --threads: must be an integer >= 1, got 0"),
+    (None, ["profile", "--run", "{run}", "--threads", "two"], "argument --threads: must be an integer, got 'two'"),
+    (None, ["profile", "--run", "{run}", "--batch", "0"], "argument --batch: must be an integer >= 1, got 0"),
+    (None, ["profile", "--run", "{run}", "--batch", "-1"], "argument --batch: must be an integer >= 1, got -1"),
+    (None, ["profile", "--run", "{run}", "--img-size", "-4", "-4"], "argument --img-size: must be an integer >= 1, got -4"),
+    (None, ["profile", "--run", "{run}", "--repeats", "0"], "argument --repeats: must be an integer >= 1, got 0"),
+    (None, ["profile", "--run", "{run}", "--warmup", "-1"], "argument --warmup: must be an integer >= 0, got -1"),
+    (None, ["profile", "--run", "{run}", "--device", "tpu"], "--device must be cpu or cuda"),
+    (None, ["export", "--checkpoint", "{run}", "--stitch", "0", "--format", "onnx", "--output", "{run}/x.onnx",
+            "--batch", "0"], "argument --batch: must be an integer >= 1, got 0"),
+    (None, ["export", "--checkpoint", "{run}", "--stitch", "0", "--format", "onnx", "--output", "{run}/x.onnx",
+            "--img-size", "0", "32"], "argument --img-size: must be an integer >= 1, got 0"),
+    (None, ["demo", "--run", "{run}", "--port", "0"], "argument --port: must be an integer >= 1, got 0"),
+    (None, ["demo", "--run", "{run}", "--port", "-1"], "argument --port: must be an integer >= 1, got -1"),
+    (None, ["demo", "--run", "{run}", "--port", "70000"], "argument --port: must be a TCP port 1..65535, got 70000"),
+    (None, ["demo", "--run", "{run}", "--host", "300.1.1.1"], "argument --host: must be an IP address or a host name, got '300.1.1.1'"),
+    (None, ["demo", "--run", "{run}", "--host", "no-such-host.invalid"], "--host no-such-host.invalid: not an address of this machine"),
+    (None, ["demo", "--run", "{run}", "--device", "tpu"], "--device must be cpu or cuda"),
 ]
 if not torch.cuda.is_available():
     CASES.append((T, ["--device", "cuda"], "--device cuda: no CUDA device is available to this process"))
+    CASES.append((None, ["profile", "--run", "{run}", "--device", "cuda"], "--device cuda: no CUDA device is available"))
+    CASES.append((None, ["demo", "--run", "{run}", "--device", "cuda"], "--device cuda: no CUDA device is available"))
 
 
 @pytest.mark.parametrize("command,extra,message", CASES, ids=[f"{c}:{' '.join(a)}"[:60] for c, a, _ in CASES])
@@ -448,3 +469,32 @@ def test_other_float_inputs_are_cast_to_the_weights(model, dtype):
     expected = model(images.to(dtype).float())
     torch.testing.assert_close(model(images.to(dtype)), expected, rtol=0, atol=0)
     assert np.isfinite(expected.detach().numpy()).all()
+
+
+def test_demo_on_a_port_in_use_is_one_line(run, capsys):
+    import socket
+    run_dir, _ = run
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["demo", "--run", str(run_dir), "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"snnet: error: cannot serve on 127.0.0.1:{port}: ") and err.count("\n") == 1, err
+
+
+def test_profile_refuses_a_run_another_process_holds(run, capsys):
+    """profile rewrites results.*: not beside a training, an evaluation or another profile of the run."""
+    import subprocess
+    import sys
+    run_dir, _ = run
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        (run_dir / ".snnet.lock").write_text(f"{holder.pid} {__import__('socket').gethostname()}\n")
+        before = snapshot(run_dir)
+        assert main(["profile", "--run", str(run_dir), "--repeats", "1", "--warmup", "0", "--no-progress"]) == 2
+        assert f"is in use by process {holder.pid}" in capsys.readouterr().err
+        assert snapshot(run_dir) == before
+    finally:
+        holder.kill()
+        (run_dir / ".snnet.lock").unlink()

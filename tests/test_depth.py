@@ -310,6 +310,9 @@ def test_test_predictions_are_clamped_before_the_flip_average():
 
 @pytest.mark.parametrize("overrides,message", [
     (["data.depth_scale=-1"], "config key 'data.depth_scale' must be greater than 0"),
+    (["data.min_depth=30"], "config key 'data': min_depth 30.0 must be below max_depth 25.0"),
+    (["data.eval_crop=[10,5,0,8]"], "eval_crop [10, 5, 0, 8] must be [top, bottom, left, right] with top < bottom"),
+    (["data.precrop=[0,8,9,9]"], "precrop [0, 8, 9, 9] must be [top, bottom, left, right]"),
     (["data.dataset=ade20k"], "data.dataset 'ade20k' is not a depth dataset"),
     (["data.dataset=nyuv2", "data.root=/nonexistent"], "split file not found: /nonexistent/nyu_train.txt"),
 ])
@@ -322,6 +325,20 @@ def test_depth_config_errors_are_one_line(tmp_path, capsys, overrides, message):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("overrides,message", [
+    (["data.eval_crop=[0,40,0,40]"], "data.eval_crop [0, 40, 0, 40] reaches outside a 32x32 depth map"),
+    (["data.precrop=[0,40,0,30]", "data.input_size=[16,16]"], "data.precrop [0, 40, 0, 30] reaches outside a 32x32 image"),
+])
+def test_crops_beyond_the_images_fail_before_training(tmp_path, capsys, overrides, message):
+    """Once a crop outside the maps trained and reported rmse 0.0 (no valid pixel) with exit 0."""
+    path = tmp_path / "tiny_depth.yaml"
+    path.write_text(yaml.safe_dump(dict(TINY, output_dir=str(tmp_path / "run"))))
+    assert main(["train", "--config", str(path), "--no-progress", *overrides]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "run" / "checkpoint.pt").exists() and not (tmp_path / "run" / "results.jsonl").exists()
+
+
 def test_torchrun_two_processes_match_one(tmp_path):
     from test_cli import torchrun_then_single
     path = tmp_path / "tiny_depth.yaml"
@@ -332,3 +349,14 @@ def test_torchrun_two_processes_match_one(tmp_path):
         assert a["stitch_id"] == b["stitch_id"]
         for m in ("a1", "a2", "a3", "abs_rel", "sq_rel", "rmse", "rmse_log", "log10", "silog"):
             assert a[m] == pytest.approx(b[m], rel=1e-6), m  # float32 forwards in other batch shapes
+
+
+@pytest.mark.parametrize("config", ["quickstart_segmentation", "quickstart"])
+def test_a_depth_model_evaluated_with_another_tasks_config_says_both(tmp_path, capsys, config):
+    tiny_depth().save_pretrained(tmp_path / "model")
+    assert main(["eval", "--config", config, "--checkpoint", str(tmp_path / "model"), "--no-progress",
+                 f"output_dir={tmp_path / 'out'}"]) == 2
+    err = capsys.readouterr().err
+    task = load_config(config).task
+    assert err.count("\n") == 1 and f"holds a depth model but the config's task is {task}" in err, err
+    assert not (tmp_path / "out").exists()

@@ -95,7 +95,6 @@ def test_the_onnx_and_torchscript_files_run_without_snnet(lora_model, tmp_path):
 @pytest.mark.parametrize("config", ["quickstart_segmentation", "quickstart_depth"])
 def test_dense_models_export_with_their_inference_heads(config, tmp_path):
     model = build_model(load_config(config), load_weights=False).eval()
-    x = torch.randn(3, 3, 32, 32)
     full = sum(p.numel() for p in model.parameters())
     for sid in (1, 20):  # the large anchor (large taps only) and an LSL stitch (small taps projected)
         net = deployable(model, sid)
@@ -103,10 +102,12 @@ def test_dense_models_export_with_their_inference_heads(config, tmp_path):
         assert not any(k.startswith("auxiliary_head") for k in net.state_dict())
         for fmt in FORMATS:
             path = tmp_path / f"{sid}.{fmt}"
-            export_stitch(model, sid, fmt, path, (32, 32), batch=2)
-            with torch.no_grad():
-                expected = model.select(sid)(x)
-            assert (run_file(path, fmt, x) - expected).abs().max().item() <= 1e-5, (config, sid, fmt)
+            export_stitch(model, sid, fmt, path, (32, 32), batch=1 if fmt == "onnx" else 3)
+            # the ONNX batch is dynamic whatever the example's (a batch of 1 was once baked in)
+            for x in ((torch.randn(1, 3, 32, 32), torch.randn(3, 3, 32, 32)) if fmt == "onnx" else (torch.randn(3, 3, 32, 32),)):
+                with torch.no_grad():
+                    expected = model.select(sid)(x)
+                assert (run_file(path, fmt, x) - expected).abs().max().item() <= 1e-5, (config, sid, fmt, len(x))
 
 
 def test_export_errors_are_one_line(lora_model, tmp_path):
@@ -255,3 +256,59 @@ def test_export_and_select_choose_by_one_rule(tmp_path):
                               max_gflops=3.0, max_latency_ms=None)
     assert pick_stitch(args, DepthLike(), tmp_path) == 1
     assert budget_rows(args, tmp_path, "depth")[1:] == ("rmse", False)
+
+
+def _hashes(paths) -> dict:
+    import hashlib
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in paths}
+
+
+def test_a_failed_export_keeps_the_earlier_pair(lora_model, tmp_path):
+    """A size the patches do not tile, or one the anchors refuse, fails before anything is written."""
+    out = tmp_path / "s.onnx"
+    pair = export_stitch(lora_model, 3, "onnx", out, (32, 32))
+    before = _hashes(pair)
+    with pytest.raises(SNNetError, match="33x33 is not a positive multiple of the patch size"):
+        export_stitch(lora_model, 5, "onnx", out, (33, 33))
+    with pytest.raises(SNNetError, match="images are 64x64, the anchors take 32x32"):  # fixed-size anchors
+        export_stitch(lora_model, 5, "onnx", out, (64, 64))
+    assert _hashes(pair) == before and sorted(p.name for p in tmp_path.iterdir()) == ["s.onnx", "s.onnx.json"]
+
+
+def test_an_export_killed_mid_write_keeps_the_earlier_pair(tmp_path):
+    cfg = write_config(tmp_path, train={"epochs": 0, "init_images": 16})
+    run = tmp_path / "run"
+    assert main(["train", "--config", str(cfg), "--no-progress"]) == 0
+    out = tmp_path / "s.onnx"
+    argv = ["export", "--checkpoint", str(run), "--stitch", "3", "--format", "onnx", "--output", str(out)]
+    assert main(argv) == 0
+    before = _hashes([out, tmp_path / "s.onnx.json"])
+    argv[4] = "5"
+    proc = subprocess.Popen([sys.executable, "-m", "snnet.cli", *argv], env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = __import__("time").time() + 120
+    while not list(tmp_path.glob(".s.onnx.*.tmp")) and proc.poll() is None and __import__("time").time() < deadline:
+        __import__("time").sleep(0.005)
+    assert proc.poll() is None, "the export ended before it was killed"
+    proc.kill()
+    proc.wait()
+    assert _hashes([out, tmp_path / "s.onnx.json"]) == before
+
+
+def test_export_refuses_to_overwrite_the_runs_own_files(tmp_path, capsys):
+    import hashlib
+    cfg = write_config(tmp_path, train={"epochs": 0, "init_images": 16})
+    run = tmp_path / "run"
+    assert main(["train", "--config", str(cfg), "--no-progress"]) == 0
+    for name in ("model/model.safetensors", "model/config.json", "results.jsonl", "results.csv", "config.yaml",
+                 "checkpoint.pt", "pareto.png"):
+        target = run / name  # checkpoint.pt: a run of zero epochs has none yet, the name is refused all the same
+        before = hashlib.sha256(target.read_bytes()).hexdigest() if target.exists() else None
+        capsys.readouterr()
+        assert main(["export", "--checkpoint", str(run), "--stitch", "0", "--format", "safetensors",
+                     "--output", str(target)]) == 2
+        err = capsys.readouterr().err
+        assert f"would overwrite the run's own {target.name}" in err and err.count("\n") == 1, err
+        assert (hashlib.sha256(target.read_bytes()).hexdigest() if target.exists() else None) == before
+    assert main(["export", "--checkpoint", str(run), "--stitch", "0", "--format", "safetensors",
+                 "--output", str(run / "exports" / "s0.safetensors")]) == 0  # elsewhere in the run: fine

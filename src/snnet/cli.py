@@ -110,6 +110,15 @@ def read_trained(path: str | None, cfg):
     return {"path": target, "obj": load_torch_checkpoint(target, logging_state=cfg.task != "classification")}
 
 
+def trained_task(found) -> str | None:
+    """The task a trained model or snnet training checkpoint was made for (None for a released file)."""
+    if not isinstance(found, dict):
+        return getattr(found, "task", "classification")
+    obj = found["obj"]
+    saved = obj.get("config") if isinstance(obj, dict) else None
+    return saved.get("task", "classification") if isinstance(saved, dict) else None
+
+
 def trained_classes(found) -> int | None:
     """Classes of the trained heads in :func:`read_trained`'s result, when it has them."""
     import torch
@@ -171,6 +180,10 @@ def cmd_eval(args) -> int:
     ids = parse_stitch_ids(args.stitches)
     env = init_distributed(args.device)
     found = read_trained(args.checkpoint, cfg)
+    held = trained_task(found)
+    if held is not None and held != cfg.task:
+        raise SNNetError(f"{args.checkpoint or cfg.output_dir} holds a {held} model but the config's task is "
+                         f"{cfg.task}: evaluate it with a {held} config")
     meta = check_config(cfg)
     trained = found if isinstance(found, (SNNet, DenseModel)) else meta
     for sid in ids or ():
@@ -283,37 +296,48 @@ def pick_stitch(args, model, run: Path | None) -> int:
 
 
 def cmd_export(args) -> int:
+    from contextlib import nullcontext
+
     from .checkpoint import load_pretrained
-    from .export import export_stitch
-    from .rundir import run_info, run_of
+    from .export import export_stitch, sidecar_path
+    from .rundir import RunLock, check_output, run_info, run_of
 
     model_dir, run = run_of(args.checkpoint)
+    output = Path(args.output)
+    check_output([output, sidecar_path(output)], model_dir, run)
     model = load_pretrained(model_dir)
     sid = pick_stitch(args, model, run)
     size = tuple(args.img_size) if args.img_size else model.img_size
-    if args.batch < 1:
-        raise SNNetError(f"--batch must be >= 1, got {args.batch}")
-    written = export_stitch(model, sid, args.format, args.output, size, args.batch, run_info(run, model))
+    into_run = run is not None and run.resolve() in output.resolve().parents
+    with RunLock(run) if into_run else nullcontext():  # a writer into the run holds it, as training does
+        written = export_stitch(model, sid, args.format, output, size, args.batch, run_info(run, model))
     print(f"stitch {sid} ({model.describe(sid)}, {model.flops(sid, size) / 1e9:.3f} GFLOPs at {size[0]}x{size[1]}) "
           f"exported as {args.format}: {', '.join(map(str, written))}")
     return 0
 
 
 def cmd_profile(args) -> int:
+    from .distributed import local_device
+    from .rundir import RunLock, run_of
+
+    model_dir, run = run_of(args.run)
+    if run is None or not (run / "results.jsonl").is_file():
+        raise SNNetError(f"no results.jsonl beside {model_dir}: evaluate the run first (snnet eval)")
+    device = local_device(args.device, "auto")
+    with RunLock(run):  # it rewrites the run's results: no training, evaluation or other profile beside it
+        return _profile(args, run, model_dir, device)
+
+
+def _profile(args, run: Path, model_dir: Path, device) -> int:
     import torch
 
     from .checkpoint import load_pretrained
     from .latency import onnx_latency, stitch_latency
     from .results import read_results, plot_pareto, write_results
-    from .rundir import run_of
     from .tasks import TASKS
 
-    model_dir, run = run_of(args.run)
-    if run is None or not (run / "results.jsonl").is_file():
-        raise SNNetError(f"no results.jsonl beside {model_dir}: evaluate the run first (snnet eval)")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = load_pretrained(model_dir).to(device)
     rows = read_results(run / "results.jsonl")
     ids = parse_stitch_ids(args.stitches) or [r["stitch_id"] for r in rows]
@@ -364,9 +388,42 @@ def cmd_profile(args) -> int:
 
 def cmd_demo(args) -> int:
     from .demo import launch
+    from .distributed import local_device
 
-    launch(args.run, args.port, args.host, args.device or "cpu")
+    launch(args.run, args.port, args.host, str(local_device(args.device)))
     return 0
+
+
+def _at_least(low: int):
+    """An argparse type: an integer >= ``low``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {value}")
+        return value
+    return parse
+
+
+def _port(text: str) -> int:
+    value = _at_least(1)(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"must be a TCP port 1..65535, got {value}")
+    return value
+
+
+def _host(text: str) -> str:
+    import ipaddress
+    import re
+
+    if re.fullmatch(r"[0-9.]+", text):  # dotted numbers must be an IPv4 address
+        try:
+            ipaddress.IPv4Address(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an IP address or a host name, got {text!r}") from None
+    return text
 
 
 class _Parser(argparse.ArgumentParser):
@@ -408,7 +465,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("flops", help="per-stitch FLOPs, parameters and routes of a config (no data needed)")
     _add_config(p)
-    p.add_argument("--img-size", type=int, help="input size (default: the anchors')")
+    p.add_argument("--img-size", type=_at_least(1), help="input size (default: the anchors')")
     p.add_argument("--dense", action="store_true", help="count the dense backbone (taps, no head)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_flops)
@@ -431,27 +488,27 @@ def build_parser() -> argparse.ArgumentParser:
     add_metric_options(p)
     p.add_argument("--format", required=True, choices=["onnx", "torchscript", "safetensors"])
     p.add_argument("--output", required=True, help="file to write; a JSON sidecar goes beside it (<output>.json)")
-    p.add_argument("--img-size", type=int, nargs=2, metavar=("H", "W"), help="input size (default: the anchors')")
-    p.add_argument("--batch", type=int, default=1, help="example batch for tracing (ONNX keeps the batch dynamic)")
+    p.add_argument("--img-size", type=_at_least(1), nargs=2, metavar=("H", "W"), help="input size (default: the anchors')")
+    p.add_argument("--batch", type=_at_least(1), default=1, help="example batch for tracing (ONNX keeps the batch dynamic)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("profile", help="measure every stitch's latency on this device into the run's results")
     p.add_argument("--run", default="runs/quickstart", help="run directory (default: runs/quickstart)")
     p.add_argument("--stitches", help="comma-separated stitch ids (default: every stitch in the results)")
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--img-size", type=int, nargs=2, metavar=("H", "W"), help="input size (default: the anchors')")
+    p.add_argument("--batch", type=_at_least(1), default=1)
+    p.add_argument("--img-size", type=_at_least(1), nargs=2, metavar=("H", "W"), help="input size (default: the anchors')")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
-    p.add_argument("--repeats", type=int, default=10, help="timed forwards per stitch (median and IQR)")
-    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--threads", type=_at_least(1), help="CPU threads (default: torch's)")
+    p.add_argument("--repeats", type=_at_least(1), default=10, help="timed forwards per stitch (median and IQR)")
+    p.add_argument("--warmup", type=_at_least(0), default=3)
     p.add_argument("--onnx", action="store_true", help="also time each stitch exported to ONNX Runtime (CPU)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_profile)
 
     p = sub.add_parser("demo", help="a Gradio page: upload an image, set a budget, see the best stitch answer")
     p.add_argument("--run", default="runs/quickstart", help="an evaluated run directory (default: runs/quickstart)")
-    p.add_argument("--port", type=int, default=7860)
-    p.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0: every interface)")
+    p.add_argument("--port", type=_port, default=7860)
+    p.add_argument("--host", type=_host, default="127.0.0.1", help="address to serve on (0.0.0.0: every interface)")
     p.add_argument("--device", help="cpu or cuda (default: cpu)")
     p.set_defaults(func=cmd_demo)
     return parser

@@ -189,6 +189,16 @@ class DataSection(Section):
     interpolation: Literal[INTERPOLATIONS] = "bicubic"
     shapes: ShapesSection = Field(default_factory=ShapesSection)
 
+    @model_validator(mode="after")
+    def _ranges(self) -> "DataSection":
+        if self.min_depth >= self.max_depth:
+            raise ValueError(f"min_depth {self.min_depth} must be below max_depth {self.max_depth}")
+        for key in ("precrop", "eval_crop"):
+            box = getattr(self, key)
+            if box is not None and not (box[0] < box[1] and box[2] < box[3]):
+                raise ValueError(f"{key} {box} must be [top, bottom, left, right] with top < bottom and left < right")
+        return self
+
 
 class AugmentSection(Section):
     crop: Literal["rrc", "simple", "none"] = "rrc"  # random resized crop; DeiT-3's resize + pad-4 crop; none

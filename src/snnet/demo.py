@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
+import socket
 import tempfile
 from pathlib import Path
 
@@ -176,6 +177,19 @@ def build_demo(run: DemoRun, examples_dir: Path):
     return demo
 
 
+def check_address(host: str, port: int) -> None:
+    """One line, before any model is loaded, when ``host:port`` cannot be served (unknown host, port in use)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror:
+        raise SNNetError(f"--host {host}: not an address of this machine") from None
+    try:
+        with socket.socket(family, kind, proto) as probe:
+            probe.bind(address)
+    except OSError as e:
+        raise SNNetError(f"cannot serve on {host}:{port}: {e.strerror or e}") from None
+
+
 def launch(run_path: str | Path, port: int = 7860, host: str = "127.0.0.1", device: str = "cpu") -> None:
     """Serve the demo until interrupted."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -183,6 +197,7 @@ def launch(run_path: str | Path, port: int = 7860, host: str = "127.0.0.1", devi
         raise SNNetError("the demo needs gradio: pip install 'snnet[demo]'")
     if not Path(run_path).exists():
         raise SNNetError(f"no run at {run_path}: train one first with `snnet train --config quickstart`")
+    check_address(host, port)
     run = DemoRun(run_path, device)
     with tempfile.TemporaryDirectory() as tmp:
         demo = build_demo(run, Path(tmp))

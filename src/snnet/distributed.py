@@ -32,14 +32,28 @@ class DistEnv:
 DEVICES = ("cpu", "cuda")
 
 
-def init_distributed(device: str | None = None) -> DistEnv:
-    """Join the torchrun process group if there is one; pick this process's device."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+def check_device(device: str | None) -> None:
+    """``--device``: cpu, or cuda where this process has CUDA; None picks later."""
     if device is not None and device not in DEVICES:
         raise SNNetError(f"--device must be {' or '.join(DEVICES)} (torchrun picks the GPU of each process), got {device!r}")
     if device == "cuda" and not torch.cuda.is_available():
         raise SNNetError("--device cuda: no CUDA device is available to this process")
+
+
+def local_device(device: str | None, default: str = "cpu") -> torch.device:
+    """The device of a one-process command (profile, export, demo): ``device``, checked, else ``default``
+    ("auto": CUDA when available)."""
+    check_device(device)
+    if device is None:
+        device = ("cuda" if torch.cuda.is_available() else "cpu") if default == "auto" else default
+    return torch.device(device)
+
+
+def init_distributed(device: str | None = None) -> DistEnv:
+    """Join the torchrun process group if there is one; pick this process's device."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    check_device(device)
     if device == "cuda" and local >= torch.cuda.device_count():
         raise SNNetError(f"--device cuda: process {local} of this node has no GPU "
                          f"(this node has {torch.cuda.device_count()}; lower --nproc_per_node)")

@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from ._atomic import atomic_path, atomic_write_text
+from ._atomic import atomic_path
 from .errors import SNNetError
 from .model import SNNet, embed_tokens, tap_maps
 from .stitch_space import SMALL, LayerRef, route_steps, route_taps
@@ -136,11 +136,29 @@ def export_stitch(model: SNNet | DenseModel, stitch_id: int, fmt: str, output: s
     output = Path(output)
     if output.is_dir():
         raise SNNetError(f"--output {output} is a directory: give a file name")
-    output.parent.mkdir(parents=True, exist_ok=True)
     device = next(model.parameters()).device
     net = deployable(model.eval(), stitch_id)
+    s = model.stitch(stitch_id)
+    flops = model.flops(stitch_id, img_size)  # a size the patches do not tile fails here, before any write
     example = torch.randn(batch, 3, *img_size, device=device)
-    with atomic_path(output) as tmp, torch.no_grad():
+    try:  # what the anchors refuse (a fixed grid, a relative position table) fails before any write too
+        with torch.no_grad():
+            net(example)
+    except SNNetError:
+        raise
+    except (RuntimeError, AssertionError, ValueError) as e:
+        raise SNNetError(f"stitch {stitch_id} does not run at {img_size[0]}x{img_size[1]}: "
+                         f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from None
+    sidecar = {"format": EXPORT_FORMAT, "file": output.name, "export_format": fmt,
+               "task": getattr(model, "task", "classification"), "stitch_id": s.id, "kind": s.kind,
+               "route": s.describe(), "flops": flops, "gflops": flops / 1e9, "params": model.params(s.id),
+               "input_size": list(img_size), "batch": "dynamic" if fmt == "onnx" else batch,
+               "input": "images (B, 3, H, W), float32, normalised with mean and std",
+               **(info or {}), "model": model.config.to_dict()}
+    side = sidecar_path(output)
+    # both files go to temp files first; the model replaces the old one only once both are written, and the
+    # sidecar follows at once: a failed or killed export leaves the earlier pair as it was
+    with atomic_path(side) as side_tmp, atomic_path(output) as tmp, torch.no_grad():
         if fmt == "safetensors":
             save_file({k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}, str(tmp),
                       metadata={"format": EXPORT_FORMAT})
@@ -151,16 +169,7 @@ def export_stitch(model: SNNet | DenseModel, stitch_id: int, fmt: str, output: s
                 torch.jit.trace(net, example, check_trace=False).save(str(tmp))
         else:
             _onnx(net, example, tmp)
-    s = model.stitch(stitch_id)
-    flops = model.flops(stitch_id, img_size)
-    sidecar = {"format": EXPORT_FORMAT, "file": output.name, "export_format": fmt,
-               "task": getattr(model, "task", "classification"), "stitch_id": s.id, "kind": s.kind,
-               "route": s.describe(), "flops": flops, "gflops": flops / 1e9, "params": model.params(s.id),
-               "input_size": list(img_size), "batch": "dynamic" if fmt == "onnx" else batch,
-               "input": "images (B, 3, H, W), float32, normalised with mean and std",
-               **(info or {}), "model": model.config.to_dict()}
-    side = sidecar_path(output)
-    atomic_write_text(side, json.dumps(sidecar, indent=1) + "\n")
+        side_tmp.write_text(json.dumps(sidecar, indent=1) + "\n", encoding="utf-8")
     return [output, side]
 
 
@@ -169,6 +178,8 @@ def _onnx(net: nn.Module, example: torch.Tensor, path: Path) -> None:
     if importlib.util.find_spec("onnxscript") is None:  # torch's exporter needs it
         raise SNNetError("ONNX export needs the onnx and onnxscript packages: pip install 'snnet[export]'")
     batch = torch.export.Dim("batch", min=1)
+    if example.shape[0] == 1:  # torch.export specialises a size-1 dimension: trace a batch of two
+        example = example.repeat(2, 1, 1, 1)
     program = torch.onnx.export(net, (example,), dynamic_shapes=({0: batch},), input_names=["images"],
                                 output_names=["output"], dynamo=True, verbose=False)
     program.save(str(path))

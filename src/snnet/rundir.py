@@ -47,6 +47,26 @@ def run_info(run: Path | None, model) -> dict:
     return {"mean": list(mean), "std": list(std), "class_names": None}
 
 
+# what training, evaluation and profiling write into a run directory (besides model/ and tensorboard/)
+RUN_FILES = ("results.jsonl", "results.csv", "results_subset.jsonl", "results_subset.csv", "config.yaml",
+             "log.jsonl", "checkpoint.pt", LOCK_NAME)
+
+
+def check_output(paths: list[Path], model_dir: Path, run: Path | None) -> None:
+    """An export may go anywhere but over the saved model or one of its run's own files (one line naming it)."""
+    model_dir = model_dir.resolve()
+    for path in paths:
+        target = path.resolve()
+        own = model_dir in target.parents
+        if run is not None and target.parent == run.resolve():
+            own = own or target.name in RUN_FILES or (target.suffix == ".png" and target.stem.startswith(
+                ("pareto", "predictions")))
+        if run is not None and run.resolve() / "tensorboard" in target.parents:
+            own = True
+        if own:
+            raise SNNetError(f"--output {path} would overwrite the run's own {target.name}: choose another file")
+
+
 def check_run_dir(path: str | Path) -> Path:
     """Create ``path`` if needed and prove it writable, or a one-line error (a file, no permission, read-only)."""
     path = Path(path)
@@ -114,6 +134,12 @@ class RunLock:
     @property
     def notes(self) -> list[str]:
         return [f"took over the lock of {self.stale_owner}, which is no longer running"] if self.stale_owner else []
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
     def release(self) -> None:
         try:

@@ -98,6 +98,10 @@ class Crop(v2.Transform):
 
     def transform(self, inpt, params: dict):
         top, bottom, left, right = self.box
+        h, w = inpt.shape[-2:]
+        if bottom > h or right > w:
+            raise SNNetError(f"data.precrop {list(self.box)} reaches outside a {h}x{w} image "
+                             f"(top, bottom, left, right; bottom <= {h}, right <= {w})")
         return TF.crop(inpt, top, left, bottom - top, right - left)
 
 

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch
 
+from ...errors import SNNetError
+
 LOSS_EPS = 1e-3  # inside the logs of the loss, against exploding gradients
 VARIANCE_FOCUS = 0.15
 METRICS = ("a1", "a2", "a3", "abs_rel", "sq_rel", "rmse", "rmse_log", "log10", "silog")
@@ -20,11 +22,16 @@ def sig_loss(pred: torch.Tensor, gt: torch.Tensor, warm_up: bool = False) -> tor
 
 def valid_mask(gt: torch.Tensor, min_depth: float, max_depth: float,
                crop: tuple[int, int, int, int] | None = None) -> torch.Tensor:
-    """Pixels with ``min_depth < gt < max_depth`` inside ``crop`` (top, bottom, left, right; ends excluded)."""
+    """Pixels with ``min_depth < gt < max_depth`` inside ``crop`` (top, bottom, left, right; ends excluded), which
+    must lie inside the map (a crop beyond it would leave no pixel and report perfect metrics)."""
     mask = (gt > min_depth) & (gt < max_depth)
     if crop is not None:
         inside = torch.zeros_like(mask)
         top, bottom, left, right = crop
+        h, w = gt.shape[-2:]
+        if bottom > h or right > w:
+            raise SNNetError(f"data.eval_crop {list(crop)} reaches outside a {h}x{w} depth map "
+                             f"(top, bottom, left, right; bottom <= {h}, right <= {w})")
         inside[..., top:bottom, left:right] = True
         mask &= inside
     return mask

@@ -31,6 +31,11 @@ class DepthTask:
         crop = tuple(crop) if isinstance(crop, tuple) else (crop, crop)
         self.cfg, self.crop, self.mean, self.std = cfg, crop, mean, std
         self.train_set, self.val_set, self.init_set = build_datasets(cfg, crop, mean, std, progress, train)
+        # crops beyond the maps fail on the first image, before any training (they would score an empty mask)
+        if cfg.data.eval_crop and len(self.val_set):
+            valid_mask(self.val_set[0][1][0], cfg.data.min_depth, cfg.data.max_depth, tuple(cfg.data.eval_crop))
+        if train and cfg.data.precrop and len(self.train_set):
+            self.train_set[0]  # reading one item applies the precrop
 
     def training_loss(self, model, batch, device: torch.device, step: int = 0) -> torch.Tensor:
         """The scale-invariant log loss; its first ``train.loss_warmup`` iterations without the variance term."""
