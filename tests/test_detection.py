@@ -177,6 +177,13 @@ def test_dataset_items_move_boxes_and_masks_with_the_image(tmp_path, tiny_config
     ("image", "the file of image 2 is missing"),
     ("box", "annotation 1 has box [50.0, 50.0, 30.0, 30.0] outside its 64x64 image 1"),
     ("category", "annotation 1 has unknown category id 99"),
+    ("no_bbox", "annotation 1 has 'bbox' None: expected [x, y, width, height] numbers"),
+    ("bbox_text", "annotation 1 has 'bbox' '1 2 3 4': expected [x, y, width, height] numbers"),
+    ("no_width", "image 1 has no integer 'width'"),
+    ("no_segmentation", "annotation 1 has 'segmentation' 'None': expected polygons or an RLE"),
+    ("no_area", "annotation 1 has no numeric 'area'"),
+    ("no_categories", "no categories"),
+    ("images_mapping", "'images' must be a list, got dict"),
 ])
 def test_bad_annotation_files_are_one_line_errors(tmp_path, case, message):
     from snnet.tasks.detection.data import load_coco
@@ -190,8 +197,22 @@ def test_bad_annotation_files_are_one_line_errors(tmp_path, case, message):
             (root / "train" / data["images"][1]["file_name"]).unlink()
         elif case == "box":
             data["annotations"][0]["bbox"] = [50.0, 50.0, 30.0, 30.0]
-        else:
+        elif case == "category":
             data["annotations"][0]["category_id"] = 99
+        elif case == "no_bbox":
+            del data["annotations"][0]["bbox"]
+        elif case == "bbox_text":
+            data["annotations"][0]["bbox"] = "1 2 3 4"
+        elif case == "no_width":
+            del data["images"][0]["width"]
+        elif case == "no_segmentation":
+            del data["annotations"][0]["segmentation"]
+        elif case == "no_area":
+            del data["annotations"][0]["area"]
+        elif case == "no_categories":
+            data["categories"] = []
+        else:
+            data["images"] = {str(im["id"]): im for im in data["images"]}
         ann.write_text(json.dumps(data))
     with pytest.raises(SNNetError) as e:
         load_coco(ann, root / "train")
