@@ -97,6 +97,22 @@ def test_demo_in_a_browser(demo_url, tmp_path):
         assert "route S[0-2]" in after[0] and "route L[0-5]" in before[0]
         assert len([line for line in after[1].splitlines() if line.endswith("%")]) == 5  # top-5 classes
 
+        # a typed budget outside the slider's range is clamped, not answered with error badges
+        box = page.locator("#budget input[type=number]")
+        box.fill("99")
+        box.press("Enter")
+        page.wait_for_function(f"{caption}.includes('Stitch 1 ')")
+        box.fill("-5")
+        box.press("Enter")
+        page.wait_for_function(f"{caption}.includes('Stitch 0 ')")
+        page.wait_for_function("Number(document.querySelector('#budget input[type=number]').value) > 0")
+        page.wait_for_function("(document.querySelector('#prediction') || {innerText: ''}).innerText.includes('%')")
+        page.wait_for_timeout(500)  # the clamped value's second update settles
+        page.screenshot(path=str(ARTIFACTS / "2b_clamped_budget.png"))
+        assert "Error" not in page.inner_text("body")
+        budget_shown = float(page.inner_text("#caption").split(" under ")[1].split()[0])
+        assert budget_shown > 0  # the caption's budget is the clamped one, never below the stitch it picks
+
         page.reload()
         page.wait_for_function(f"{caption}.includes('Stitch')")
         page.set_input_files("input[type=file]", str(not_image))
@@ -110,6 +126,7 @@ def test_demo_in_a_browser(demo_url, tmp_path):
     assert requested and all(u.startswith((demo_url, "data:", "blob:")) for u in requested), \
         [u for u in requested if not u.startswith((demo_url, "data:", "blob:"))]
     assert all((ARTIFACTS / n).stat().st_size > 10_000 for n in ("1_full_budget.png", "2_lowest_budget.png"))
+    assert "Traceback" not in (tmp_path / "demo.log").read_text()  # nothing the page sent broke the server
 
 
 @pytest.mark.parametrize("config", ["quickstart_segmentation", "quickstart_depth"])
@@ -134,20 +151,37 @@ def test_dense_runs_show_an_overlay_or_a_depth_map(config, tmp_path):
     run = DemoRun(tmp_path)
     image = Image.fromarray(render_scene(SceneConfig(image_size=64), "val", 1).image)
     assert run.choose(1e9, None) == (max(run.by_id) if metric == "mIoU" else 0)  # rmse: lower is better
-    shown = run.predict(image, 20)
-    assert shown.shape == (32, 32, 3) and 0 <= shown.min() and shown.max() <= 1
+    shown, legend = run.predict(image, 20)
+    assert shown.shape == (384, 384, 3) and 0 <= shown.min() and shown.max() <= 1  # 32x32 shown 12x larger
     x = run.transform(image)[None]
     with torch.no_grad():
         out = model.select(20)(x)
+    pixels = np.asarray(image.resize((384, 384), Image.BILINEAR), dtype=np.float32) / 255
     if metric == "mIoU":
         from snnet.tasks.segmentation.visualize import palette
-        pixels = np.asarray(image.resize((32, 32)), dtype=np.float32) / 255
-        expected = 0.5 * pixels + 0.5 * palette(out.shape[1], 255)[out[0].argmax(0).numpy()] / 255
+        labels = out[0].argmax(0).numpy()
+        big = labels.repeat(12, 0).repeat(12, 1)  # nearest neighbour: every label pixel a 12x12 block
+        expected = 0.5 * pixels + 0.5 * palette(out.shape[1], 255)[big] / 255
         np.testing.assert_allclose(shown, expected, atol=1e-6)
-    else:  # depth scaled to 0..1 over the image, magma_r: the nearest pixel brightest, the farthest darkest
+        ids, counts = np.unique(labels, return_counts=True)
+        from snnet.data.scenes import SHAPES
+        names = ["background", *SHAPES]
+        for i, n in zip(ids, counts):  # the legend: every predicted class, its colour and share of the pixels
+            assert f"{names[i] if i < len(names) else f'class {i}'}: {100 * n / labels.size:.1f} %" in legend
+        assert legend.count("<li>") == len(ids)
+    else:  # depth resized to the display, scaled to 0..1 over the image, magma_r: nearest brightest, farthest darkest
         from matplotlib import colormaps
-        depth = out[0, 0].numpy()
+        depth = torch.nn.functional.interpolate(out[:, :1], size=(384, 384), mode="bilinear",
+                                                align_corners=False)[0, 0].numpy()
         assert np.ptp(depth) > 1e-3
-        np.testing.assert_allclose(shown, colormaps["magma_r"]((depth - depth.min()) / np.ptp(depth))[..., :3], atol=1e-6)
+        np.testing.assert_allclose(shown, colormaps["magma_r"]((depth - depth.min()) / np.ptp(depth))[..., :3], atol=1e-5)
         near, far = np.unravel_index(depth.argmin(), depth.shape), np.unravel_index(depth.argmax(), depth.shape)
         assert shown[near].sum() > shown[far].sum()
+        assert f"{depth.min():.2f} m (near)" in legend and f"{depth.max():.2f} m (far)" in legend
+    lo, hi = run.budget_range()
+    cheapest = min(r["gflops"] for r in run.rows)
+    assert cheapest <= lo < cheapest + 0.001 and hi >= max(r["gflops"] for r in run.rows)
+    menu = run.choices()
+    assert menu[0] == "best under the budget" and len(menu) == len(run.rows) + 1
+    r0 = run.by_id[int(menu[1].split()[0])]
+    assert menu[1] == f"{r0['stitch_id']} ({r0['kind']}, {r0['gflops']:.3f} GFLOPs, {metric} {r0[metric]:.2f})"

@@ -17,6 +17,8 @@ from PIL import Image
 from .errors import SNNetError
 
 AUTO = "best under the budget"
+DISPLAY = 384  # dense answers are shown at least this many pixels wide
+DEPTH_COLOURS = "magma_r"  # near bright, far dark
 
 
 class DemoRun:
@@ -73,7 +75,8 @@ class DemoRun:
 
     @torch.no_grad()
     def predict(self, image: Image.Image, stitch_id: int):
-        """Top-5 {class: probability}, or an RGB array (segmentation overlay, colour-mapped depth)."""
+        """Top-5 {class: probability}, or (an RGB array at least ``DISPLAY`` pixels wide: the segmentation overlay,
+        labels upsampled by nearest neighbour, or the colour-mapped depth; its legend as HTML)."""
         x = self.transform(image.convert("RGB"))[None].to(self.device)
         out = self.model.select(stitch_id)(x)
         if self.task == "classification":
@@ -81,14 +84,56 @@ class DemoRun:
             top = probs.topk(min(5, probs.numel()))
             names = self.classes or [str(i) for i in range(probs.numel())]
             return {names[i]: float(p) for p, i in zip(top.values, top.indices)}
-        shown = np.asarray(image.convert("RGB").resize(x.shape[-1:-3:-1]), dtype=np.float32) / 255
+        h, w = x.shape[-2:]
+        scale = max(1, math.ceil(DISPLAY / max(h, w)))
+        size = (w * scale, h * scale)  # PIL's (width, height)
+        shown = np.asarray(image.convert("RGB").resize(size, Image.BILINEAR), dtype=np.float32) / 255
         if self.task == "segmentation":
             from .tasks.segmentation.visualize import palette
-            colours = palette(out.shape[1], 255)[out[0].argmax(0).cpu().numpy()] / 255
-            return 0.5 * shown + 0.5 * colours
+            labels = out[0].argmax(0).cpu().numpy()
+            colours = palette(out.shape[1], 255)
+            big = labels.repeat(scale, 0).repeat(scale, 1)  # nearest neighbour: class borders stay sharp
+            return 0.5 * shown + 0.5 * colours[big] / 255, self.class_legend(labels, colours)
         from matplotlib import colormaps
-        depth = out[0, 0].float().cpu().numpy()
-        return colormaps["magma_r"]((depth - depth.min()) / max(float(np.ptp(depth)), 1e-6))[..., :3]
+        depth = torch.nn.functional.interpolate(out[:, :1].float(), size=(size[1], size[0]), mode="bilinear",
+                                                align_corners=False)[0, 0].cpu().numpy()
+        lo, hi = float(depth.min()), float(depth.max())
+        return colormaps[DEPTH_COLOURS]((depth - lo) / max(hi - lo, 1e-6))[..., :3], self.depth_scale(lo, hi)
+
+    def class_legend(self, labels: np.ndarray, colours: np.ndarray) -> str:
+        """The classes the stitch predicts: colour, name and share of the pixels, most frequent first."""
+        ids, counts = np.unique(labels, return_counts=True)
+        names = self.classes or []
+        items = []
+        for i, n in sorted(zip(ids.tolist(), counts.tolist()), key=lambda t: -t[1]):
+            r, g, b = (int(c) for c in colours[i])
+            name = names[i] if i < len(names) else f"class {i}"
+            items.append(f'<li><span style="display:inline-block;width:1em;height:1em;background:rgb({r},{g},{b});'
+                         f'vertical-align:middle;margin-right:0.4em"></span>{name}: {100 * n / labels.size:.1f} %</li>')
+        return f'<ul id="legend" style="list-style:none;padding:0">{"".join(items)}</ul>'
+
+    @staticmethod
+    def depth_scale(lo: float, hi: float) -> str:
+        """A colour bar from the nearest to the farthest depth of the image, in metres."""
+        from matplotlib import colormaps
+        stops = ", ".join("rgb({},{},{})".format(*(int(255 * c) for c in colormaps[DEPTH_COLOURS](t)[:3]))
+                          for t in np.linspace(0, 1, 9))
+        return (f'<div id="legend"><div style="height:1.2em;background:linear-gradient(to right, {stops})"></div>'
+                f'<div style="display:flex;justify-content:space-between"><span>{lo:.2f} m (near)</span>'
+                f'<span>{(lo + hi) / 2:.2f} m</span><span>{hi:.2f} m (far)</span></div></div>')
+
+    def budget_range(self) -> tuple[float, float]:
+        """The slider's range in steps of 0.001, its lowest value at or above the cheapest stitch's cost (so the
+        budget shown never falls below the stitch it picks)."""
+        costs = [r[self.cost] for r in self.rows]
+        return math.ceil(min(costs) * 1000) / 1000, math.ceil(max(costs) * 1000) / 1000
+
+    def choices(self) -> list[str]:
+        """The stitch menu: id, kind, GFLOPs, the task's metric and, when profiled, milliseconds."""
+        def label(r: dict) -> str:
+            ms = f", {r['latency_ms']:.2f} ms" if "latency_ms" in r else ""
+            return f"{r['stitch_id']} ({r['kind']}, {r['gflops']:.3f} GFLOPs{ms}, {self.metric} {r[self.metric]:.2f})"
+        return [AUTO] + [label(r) for r in sorted(self.rows, key=lambda r: r["flops"])]
 
     def caption(self, stitch_id: int, budget: float, explicit: bool) -> str:
         r = self.by_id[stitch_id]
@@ -136,17 +181,20 @@ def build_demo(run: DemoRun, examples_dir: Path):
     import gradio as gr
 
     unit = "GFLOPs" if run.cost == "gflops" else "ms"
-    costs = [r[run.cost] for r in run.rows]
-    choices = [AUTO] + [f"{r['stitch_id']} ({r['kind']}, {r['gflops']:.3f} GFLOPs)"
-                        for r in sorted(run.rows, key=lambda r: r["flops"])]
+    lo, hi = run.budget_range()
 
     def update(path, budget, explicit):
-        image, problem = read_upload(path)
-        sid = run.choose(budget, explicit)
-        caption = problem or run.caption(sid, budget, bool(explicit) and explicit != AUTO)
-        prediction = run.predict(image, sid) if image is not None else None
+        try:
+            budget = min(max(float(budget), lo), hi)
+            image, problem = read_upload(path)
+            sid = run.choose(budget, explicit)
+            caption = problem or run.caption(sid, budget, bool(explicit) and explicit != AUTO)
+            answer = run.predict(image, sid) if image is not None else None
+        except (TypeError, ValueError, SNNetError) as e:  # API calls with values the page never sends
+            return None, None, "", f"**{str(e).splitlines()[0] if str(e) else type(e).__name__}**", None, gr.update()
+        prediction, legend = answer if isinstance(answer, tuple) else (answer, "")
         shown = np.asarray(image) if image is not None else None
-        return shown, prediction, caption, run.scatter(sid)
+        return shown, prediction, legend, caption, run.scatter(sid), budget
 
     with gr.Blocks(title="snnet demo", analytics_enabled=False) as demo:
         gr.Markdown(f"# snnet: one stitchable network, {len(run.rows)} stitches ({run.task})\n"
@@ -155,23 +203,29 @@ def build_demo(run: DemoRun, examples_dir: Path):
             with gr.Column():
                 upload = gr.File(label="image", file_types=["image"], type="filepath", elem_id="upload")
                 shown = gr.Image(label="input", interactive=False, height=220)
-                lo, hi = math.floor(min(costs) * 1000) / 1000, math.ceil(max(costs) * 1000) / 1000
-                budget = gr.Slider(lo, hi, value=hi, step=0.001, label=f"budget ({unit})", elem_id="budget")
-                explicit = gr.Dropdown(choices, value=AUTO, label="stitch", elem_id="stitch")
+                budget = gr.Slider(lo, hi, value=hi, step=0.001, label=f"budget ({unit}, {lo:g} to {hi:g})",
+                                   elem_id="budget")
+                # a typed budget outside the range is clamped to it (gradio's own check answers with error badges;
+                # a subclass would be a custom component whose frontend gradio then looks for)
+                checked = budget.preprocess
+                budget.preprocess = lambda payload: checked(min(max(float(payload), lo), hi))
+                explicit = gr.Dropdown(run.choices(), value=AUTO, label="stitch", elem_id="stitch")
                 gr.Examples(example_images(examples_dir), inputs=upload, label="built-in scenes")
             with gr.Column():
                 caption = gr.Markdown(elem_id="caption")
                 if run.task == "classification":
                     output = gr.Label(num_top_classes=5, label="top-5 classes", elem_id="prediction")
                 else:
-                    output = gr.Image(label="prediction", interactive=False, elem_id="prediction")
+                    output = gr.Image(label="prediction", interactive=False, elem_id="prediction",
+                                      height=DISPLAY, image_mode="RGB")
+                legend = gr.HTML(elem_id="legend-box")
                 plot = gr.ScatterPlot(x=run.cost, y=run.metric, color="role", tooltip=["stitch", run.cost, run.metric],
                                       color_map={"current stitch": "#d62728", "Pareto frontier": "#1f77b4",
                                                  "other stitches": "#c7c7c7"},
                                       x_title=unit, y_title=run.metric, label=f"{run.metric} vs {unit}",
                                       elem_id="scatter")
-        inputs, outputs = [upload, budget, explicit], [shown, output, caption, plot]
-        for trigger in (upload.change, budget.change, explicit.change):
+        inputs, outputs = [upload, budget, explicit], [shown, output, legend, caption, plot, budget]
+        for trigger in (upload.change, budget.change, explicit.change):  # a clamped budget changes once more
             trigger(update, inputs, outputs)
         demo.load(update, inputs, outputs)
     return demo
