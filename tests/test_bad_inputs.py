@@ -248,6 +248,11 @@ CASES = [  # (command, extra args, text the one error line must hold)
     (None, ["demo", "--run", "{run}", "--host", "300.1.1.1"], "argument --host: must be an IP address or a host name, got '300.1.1.1'"),
     (None, ["demo", "--run", "{run}", "--host", "no-such-host.invalid"], "--host no-such-host.invalid: not an address of this machine"),
     (None, ["demo", "--run", "{run}", "--device", "tpu"], "--device must be cpu or cuda"),
+    (None, ["export", "--checkpoint", "{run}", "--stitch", "0", "--format", "safetensors", "--output",
+            "{run}/config.yaml/s.safetensors"], "cannot write {run}/config.yaml/s.safetensors"),
+    (None, ["export", "--checkpoint", "{run}", "--stitch", "0", "--format", "onnx", "--output", "{run}/s.onnx",
+            "--img-size", "33", "33"], "33x33 is not a positive multiple of the patch size"),
+    (T, ["eval.mode=slide", "eval.stride=64"], "eval.stride 64 is larger than the 32x32 sliding window"),
 ]
 if not torch.cuda.is_available():
     CASES.append((T, ["--device", "cuda"], "--device cuda: no CUDA device is available to this process"))

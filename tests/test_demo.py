@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,29 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@contextmanager
+def serving(run: Path, log_path: Path):
+    """`snnet demo` of ``run`` on a free port, its output in ``log_path``: yields the page's address."""
+    port = free_port()
+    log = open(log_path, "w")
+    server = subprocess.Popen([sys.executable, "-m", "snnet.cli", "demo", "--run", str(run), "--port", str(port)],
+                              env=ENV, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(url, timeout=1)
+                break
+            except OSError:
+                assert server.poll() is None, log_path.read_text()
+                time.sleep(0.5)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        log.close()
+
+
 @pytest.fixture
 def demo_url(tmp_path):
     """A run trained for zero epochs (least squares, then every stitch evaluated), served by `snnet demo`. Its
@@ -40,24 +64,8 @@ def demo_url(tmp_path):
     results = tmp_path / "run" / "results.jsonl"
     rows = sorted(map(json.loads, results.read_text().splitlines()), key=lambda r: r["flops"])
     results.write_text("".join(json.dumps({**r, "acc1": 10.0 + k}) + "\n" for k, r in enumerate(rows)))
-    port = free_port()
-    log = open(tmp_path / "demo.log", "w")
-    server = subprocess.Popen([sys.executable, "-m", "snnet.cli", "demo", "--run", str(tmp_path / "run"),
-                               "--port", str(port)], env=ENV, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        for _ in range(120):
-            try:
-                urllib.request.urlopen(url, timeout=1)
-                break
-            except OSError:
-                assert server.poll() is None, (tmp_path / "demo.log").read_text()
-                time.sleep(0.5)
+    with serving(tmp_path / "run", tmp_path / "demo.log") as url:
         yield url
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-        log.close()
 
 
 def test_missing_run_names_the_quickstart_command(tmp_path, capsys):
@@ -127,6 +135,39 @@ def test_demo_in_a_browser(demo_url, tmp_path):
         [u for u in requested if not u.startswith((demo_url, "data:", "blob:"))]
     assert all((ARTIFACTS / n).stat().st_size > 10_000 for n in ("1_full_budget.png", "2_lowest_budget.png"))
     assert "Traceback" not in (tmp_path / "demo.log").read_text()  # nothing the page sent broke the server
+
+
+@pytest.mark.skipif(CHROMIUM is None and not os.environ.get("SNNET_REQUIRE_BROWSER"),
+                    reason="needs Debian's chromium (.ci/run installs it)")
+def test_segmentation_demo_in_a_browser(tmp_path):
+    """A segmentation run's page: the answer at a readable size, its class legend, and no error anywhere."""
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    assert main(["train", "--config", "quickstart_segmentation", "--no-progress", "train.iterations=1",
+                 "train.checkpoint_interval=1", "train.init_images=16", "data.shapes.num_train=32",
+                 "data.shapes.num_val=8", "eval.visualize=0",
+                 f"output_dir={tmp_path / 'run'}"]) == 0
+    scene = tmp_path / "scene.png"
+    Image.fromarray(render_scene(SceneConfig(image_size=64), "val", 3).image).save(scene)
+    with serving(tmp_path / "run", tmp_path / "demo.log") as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+        page = browser.new_page(viewport={"width": 1300, "height": 1100})
+        page.goto(url)
+        page.wait_for_function("(document.querySelector('#caption') || {innerText: ''}).innerText.includes('Stitch')")
+        page.set_input_files("input[type=file]", str(scene))
+        page.wait_for_function("document.querySelector('#legend') && document.querySelector('#legend').innerText.includes('%')")
+        page.wait_for_function("document.querySelector('#prediction img') && document.querySelector('#prediction img').complete")
+        width = page.evaluate("document.querySelector('#prediction img').naturalWidth")
+        shown = page.evaluate("document.querySelector('#prediction img').getBoundingClientRect().width")
+        legend = page.inner_text("#legend")
+        page.screenshot(path=str(ARTIFACTS / "4_segmentation.png"))
+        assert width >= 384 and shown >= 300, (width, shown)  # the 32x32 answer drawn large enough to read
+        shares = [float(line.rsplit(":", 1)[1].strip(" %")) for line in legend.splitlines() if line.strip()]
+        assert shares and abs(sum(shares) - 100) < 0.5 and ("background" in legend or "circle" in legend)
+        assert "Error" not in page.inner_text("body")
+        browser.close()
+    assert "Traceback" not in (tmp_path / "demo.log").read_text()
 
 
 @pytest.mark.parametrize("config", ["quickstart_segmentation", "quickstart_depth"])

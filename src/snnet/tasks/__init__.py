@@ -162,6 +162,9 @@ def check_config(cfg: RunConfig) -> SNNet | DenseModel:
                          f"model.anchors.N.kwargs.img_size={size} for both anchors (position embeddings are resized)")
     if hw[0] % patch or hw[1] % patch:
         raise SNNetError(f"data.input_size {size} is not a multiple of the anchors' patch size {patch}")
+    if cfg.eval.mode == "slide" and cfg.eval.stride is not None and cfg.eval.stride > min(hw):
+        raise SNNetError(f"eval.stride {cfg.eval.stride} is larger than the {hw[0]}x{hw[1]} sliding window: pixels "
+                         f"between windows would get no prediction (at most {min(hw)})")
     return model
 
 
