@@ -182,3 +182,23 @@ def test_a_bad_label_stops_a_run_with_one_line(tmp_path, capsys):
     assert main(["train", "--config", str(cfg), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "c.png has class id 9, outside 0..2 and the ignore index 255" in err, err
+
+
+def test_a_runs_own_config_evaluates_an_ade20k_run_again(tmp_path):
+    """`snnet eval --config <run>/config.yaml` once failed on the real layouts (the saved split defaults train/val
+    were read as user-set names over ADE20K's training/validation); now it reproduces the run's results."""
+    for split in ("training", "validation"):
+        write_layout(tmp_path / "ade", split, ["a", "b", "c", "d"], size=(40, 56), values=(0, 1, 2, 3, 4, 5))
+    cfg = write_config(tmp_path, model={"anchors": ANCHORS, "lora_rank": 4, "out_indices": [1, 3, 5],
+                                        "head": {"channels": 16, "num_classes": CLASSES}},
+                       data={"dataset": "ade20k", "root": str(tmp_path / "ade"), "input_size": 32, "batch_size": 2,
+                             "workers": 0, "mean": [0.5] * 3, "std": [0.5] * 3},
+                       train={"iterations": 2, "checkpoint_interval": 2, "optimizer": "adamw", "lr": 1e-3,
+                              "init_images": 4, "ros_gap": 0.0001}, eval={"mode": "slide", "visualize": 0})
+    assert main(["train", "--config", str(cfg), "--no-progress"]) == 0
+    run = tmp_path / "run"
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["data"]["train_split"] is None and saved["data"]["val_split"] is None
+    assert main(["eval", "--config", str(run / "config.yaml"), "--checkpoint", str(run), "--no-progress",
+                 "--output-dir", str(tmp_path / "again")]) == 0
+    assert read_jsonl(tmp_path / "again" / "results.jsonl") == read_jsonl(run / "results.jsonl")
