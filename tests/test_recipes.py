@@ -247,3 +247,17 @@ def test_least_squares_images_are_cutmixed_as_the_reference_fit_them():
     assert ((fitted[:6] == clean[:6]) | (fitted[:6] == other)).all()
     assert (fitted[:6] == other).any() and not torch.equal(fitted[:6], clean[:6])
     assert torch.equal(fitted[6], clean[6])
+
+
+def test_head_init_choice_torch_resets_every_head_layer_but_not_the_backbone():
+    """model.head.init: torch (the quickstarts' choice for short CPU runs) gives PyTorch's defaults everywhere."""
+    cfg = load_config("quickstart_segmentation", ["model.head.init=torch"])
+    torch.manual_seed(0)
+    model = build_model(cfg, load_weights=False)
+    for name, m in model.named_modules():
+        if not name.startswith("backbone") and isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
+            if m.bias is not None:
+                assert_torch_default(m, name)
+            assert m.weight.abs().max().item() <= 1 / math.sqrt(m.weight[0].numel()), name
+    assert load_config("ade20k_setr_deit3_s_l").model.head.init == "reference"
+    assert load_config("nyuv2_dpt_deit3_s_l").model.head.init == "reference"

@@ -80,6 +80,9 @@ class HeadSection(Section):
     """The head of a dense task (segmentation: SETR-naive decode head and its auxiliary heads)."""
 
     channels: Int = Field(256, ge=1)
+    # the heads' initial weights: "reference" as the reference's heads are built (mmseg / mmcv: conv_seg N(0, 0.01),
+    # Kaiming ConvModules; torchvision's for detection), or "torch": PyTorch's default for every conv and linear
+    init: Literal["reference", "torch"] = "reference"
     num_classes: Int | None = Field(None, ge=1)  # segmentation, detection; default: the dataset's
     aux_weight: Float = Field(0.4, ge=0)  # segmentation: loss weight of each auxiliary head; 0 = none are built
     min_depth: Float = Field(1e-3, gt=0)  # depth: added to the head's ReLU output

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from timm.models import get_pretrained_cfg
 
 from ..anchors import AnchorConfig, head_classes
@@ -63,7 +64,18 @@ def model_from_section(task: str, section: ModelSection, num_classes: int | None
                                head.roi_samples, head.detections)
     else:
         model = SegmentationModel(backbone, num_classes or head.num_classes, head.channels, head.aux_weight)
+    if head.init == "torch":
+        reset_heads(model)
     return model.to(device) if device == "meta" else model
+
+
+def reset_heads(model: DenseModel) -> None:
+    """PyTorch's default initialisation for every convolution and linear layer outside the backbone."""
+    for name, child in model.named_children():
+        if name != "backbone":
+            for m in child.modules():
+                if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d, torch.nn.Linear)):
+                    m.reset_parameters()
 
 
 def build_model(cfg: RunConfig, num_classes: int | None = None, load_weights: bool = True,
