@@ -230,11 +230,11 @@ def cmd_flops(args) -> int:
 
 
 def cmd_select(args) -> int:
-    from .results import format_table, frontier, read_results
+    from .results import format_table, frontier
     from .selection import choose_stitch
     from .tasks import TASKS
 
-    task = results_task(Path(args.results), read_results(args.results))
+    task = results_task(Path(args.results))
     rows, metric, higher = budget_rows(args, args.results, task)
     best = choose_stitch(rows, metric, higher, args.max_gflops, args.max_latency_ms)
     metrics = tuple(dict.fromkeys(k for k in (*TASKS[task].report_metrics, metric, "latency_ms") if k in best))
@@ -249,11 +249,12 @@ def cmd_select(args) -> int:
     return 0
 
 
-def results_task(path: Path, rows: list[dict]) -> str:
+def results_task(path: Path) -> str:
     """The task a results table belongs to: its run's config.yaml says, else the first task whose primary metric
-    is a column."""
+    is a column (the table is read for that only)."""
     import yaml
 
+    from .results import read_results
     from .tasks import TASKS
 
     run = path if path.is_dir() else path.parent
@@ -261,7 +262,8 @@ def results_task(path: Path, rows: list[dict]) -> str:
         saved = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")) or {}
         if isinstance(saved, dict) and saved.get("task", "classification") in TASKS:
             return saved.get("task", "classification")
-    return next((name for name, t in TASKS.items() if t.primary_metric in rows[0]), "classification")
+    columns = read_results(path)[0]
+    return next((name for name, t in TASKS.items() if t.primary_metric in columns), "classification")
 
 
 def budget_rows(args, results: str | Path, task: str) -> tuple[list[dict], str, bool]:

@@ -5,7 +5,6 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from numbers import Integral
 
 import torch
 from torch import nn
@@ -16,7 +15,7 @@ from .flops import stitch_flops
 from .hub import Pretrained
 from .route_tree import PrefixCache, depth_first
 from .sampling import ROSSampler
-from .selection import best_under_budget, is_number, pareto_frontier
+from .selection import best_under_budget, is_integer, is_number, pareto_frontier
 from .stitch_space import (LARGE, SMALL, LayerRef, Step, Stitch, num_stitching_layers, route_steps, route_taps,
                            stitch_space)
 from .stitching_layers import StitchingLayer
@@ -69,7 +68,7 @@ class SNNet(Pretrained, nn.Module):
         super().__init__()
         if version not in ("v1", "v2"):
             raise SNNetError(f"unknown SN-Net version {version!r}: expected 'v1' or 'v2'")
-        if not _is_int(lora_rank) or lora_rank < 0:
+        if not is_integer(lora_rank) or lora_rank < 0:
             raise SNNetError(f"lora_rank must be an integer >= 0, got {lora_rank!r}")
         if not is_number(lora_alpha) or lora_alpha <= 0:
             raise SNNetError(f"lora_alpha must be a number > 0, got {lora_alpha!r}")
@@ -121,7 +120,7 @@ class SNNet(Pretrained, nn.Module):
 
     def stitch(self, stitch_id: int) -> Stitch:
         """The record of one stitch; an unknown id is an error naming the valid ones."""
-        if _is_int(stitch_id) and stitch_id in self._by_id:
+        if is_integer(stitch_id) and stitch_id in self._by_id:
             return self._by_id[stitch_id]
         ids = self.stitch_ids
         missing = sorted(set(range(ids[0], ids[-1] + 1)) - set(ids))
@@ -322,8 +321,6 @@ def _pos_embed(a: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return a.pos_drop(torch.cat([*prefix, x], dim=1))
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, Integral) and not isinstance(value, bool)
 
 
 def _numel(module: nn.Module, attr: str | None = None) -> int:

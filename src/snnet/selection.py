@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from numbers import Real
+from numbers import Integral, Real
 
 from .errors import SNNetError
 
@@ -10,6 +10,11 @@ from .errors import SNNetError
 def is_number(value: object) -> bool:
     """A finite real number (bools, NaN and infinities are not)."""
     return isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def is_integer(value: object) -> bool:
+    """An integer (bools are not)."""
+    return isinstance(value, Integral) and not isinstance(value, bool)
 
 
 def _check_numbers(table: dict, what: str) -> None:

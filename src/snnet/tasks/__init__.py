@@ -11,6 +11,7 @@ from ..config import ModelSection, RunConfig
 from ..errors import SNNetError
 from ..model import SNNet
 from ..rel_pos import grid_of
+from ._files import split_names
 from .classification import ClassificationTask, class_folders, data_classes
 from .dense import DenseModel
 from .depth import DepthModel, DepthTask
@@ -145,9 +146,10 @@ def class_names(cfg: RunConfig) -> list[str] | None:
         return shapes
     if cfg.data.dataset == "shapes" and cfg.task == "segmentation":
         return ["background", *shapes]
-    train_dir = Path(cfg.data.root or ".") / (cfg.data.train_split or "train")
-    if cfg.task == "classification" and cfg.data.root and train_dir.is_dir():
-        return class_folders(train_dir)
+    if cfg.task == "classification" and cfg.data.root:
+        train_dir = Path(cfg.data.root) / split_names(cfg.data, "train", "val")[0]
+        if train_dir.is_dir():
+            return class_folders(train_dir)
     return None
 
 

@@ -109,10 +109,10 @@ class ClassificationTask:
 
     name = "classification"
     primary_metric = "acc1"
-    higher_is_better = True
     plot_metrics = (("acc1", True),)
     report_metrics = ("acc1", "acc5", "loss")
     metric_directions = {"acc1": True, "acc5": True, "loss": False}  # every metric it writes: higher is better?
+    higher_is_better = metric_directions[primary_metric]
     num_sums = 4  # length of eval_sums
     eval_collate = None  # the default: stacked tensors
     train_collate = None  # stacked tensors

@@ -17,10 +17,10 @@ class DepthTask:
 
     name = "depth"
     primary_metric = "rmse"
-    higher_is_better = False
     plot_metrics = (("rmse", False), ("a1", True))  # a Pareto plot each
     report_metrics = ("rmse", "a1", "abs_rel", "silog")
     metric_directions = {m: m in ("a1", "a2", "a3") for m in METRICS}  # errors fall, threshold accuracies rise
+    higher_is_better = metric_directions[primary_metric]
     eval_collate = staticmethod(collate_eval)
     train_collate = None  # stacked tensors
     num_classes = None

@@ -16,6 +16,7 @@ from torchvision.transforms import v2
 
 from ...config import RunConfig
 from ...errors import SNNetError
+from ...selection import is_integer, is_number
 from .._files import read_image, split_names
 
 
@@ -33,14 +34,6 @@ def load_coco(path: Path, image_dir: Path | None = None) -> COCO:
     return coco_from_dict(data, str(path), image_dir)
 
 
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and abs(v) != float("inf")
-
-
 def check_coco_fields(data: dict, source: str, with_files: bool) -> None:
     """Every field pycocotools and COCOeval read, present and of its type, or a one-line error naming the entry."""
     def fail(what: str):
@@ -52,13 +45,13 @@ def check_coco_fields(data: dict, source: str, with_files: bool) -> None:
     if not data["categories"]:
         fail("no categories")
     for i, c in enumerate(data["categories"]):
-        if not isinstance(c, dict) or not _is_int(c.get("id")):
+        if not isinstance(c, dict) or not is_integer(c.get("id")):
             fail(f"category {i} has no integer 'id'")
     for i, im in enumerate(data["images"]):
         if not isinstance(im, dict):
             fail(f"image {i} is not an object")
         for key in ("id", "width", "height"):
-            if not _is_int(im.get(key)):
+            if not is_integer(im.get(key)):
                 fail(f"image {im.get('id', f'#{i}')} has no integer '{key}'")
         if with_files and not isinstance(im.get("file_name"), str):
             fail(f"image {im['id']} has no 'file_name'")
@@ -67,16 +60,16 @@ def check_coco_fields(data: dict, source: str, with_files: bool) -> None:
             fail(f"annotation {i} is not an object")
         name = f"annotation {a.get('id', f'#{i}')}"
         for key in ("id", "image_id", "category_id"):
-            if not _is_int(a.get(key)):
+            if not is_integer(a.get(key)):
                 fail(f"{name} has no integer '{key}'")
         box = a.get("bbox")
-        if not (isinstance(box, list) and len(box) == 4 and all(_is_number(v) for v in box)):
+        if not (isinstance(box, list) and len(box) == 4 and all(is_number(v) for v in box)):
             fail(f"{name} has 'bbox' {box!r}: expected [x, y, width, height] numbers")
-        if not _is_number(a.get("area")):
+        if not is_number(a.get("area")):
             fail(f"{name} has no numeric 'area' (COCOeval sorts boxes into sizes by it)")
         seg = a.get("segmentation")
         polygons = isinstance(seg, list) and seg and all(
-            isinstance(p, list) and len(p) >= 6 and all(_is_number(v) for v in p) for p in seg)
+            isinstance(p, list) and len(p) >= 6 and all(is_number(v) for v in p) for p in seg)
         rle = isinstance(seg, dict) and "counts" in seg and "size" in seg
         if not (polygons or rle):
             fail(f"{name} has 'segmentation' {str(seg)[:40]!r}: expected polygons or an RLE with counts and size")

@@ -22,10 +22,10 @@ class DetectionTask:
 
     name = "detection"
     primary_metric = "bbox_AP"
-    higher_is_better = True
     plot_metrics = (("bbox_AP", True), ("segm_AP", True))
     report_metrics = ("bbox_AP", "bbox_AP50", "segm_AP", "segm_AP50")
     metric_directions = {f"{kind}_{s}": True for kind in ("bbox", "segm") for s in STATS}  # every metric it writes
+    higher_is_better = metric_directions[primary_metric]
     eval_collate = train_collate = staticmethod(collate_lists)
     num_sums = None  # evaluation gathers detections, COCOeval scores them
 

@@ -17,10 +17,10 @@ class SegmentationTask:
 
     name = "segmentation"
     primary_metric = "mIoU"
-    higher_is_better = True
     plot_metrics = (("mIoU", True),)
     report_metrics = ("mIoU", "mAcc", "aAcc")
     metric_directions = {"mIoU": True, "mAcc": True, "aAcc": True}  # every metric it writes: higher is better?
+    higher_is_better = metric_directions[primary_metric]
     eval_collate = staticmethod(collate_eval)
     train_collate = None  # stacked tensors
 
