@@ -121,6 +121,17 @@ def test_demo_in_a_browser(demo_url, tmp_path):
         budget_shown = float(page.inner_text("#caption").split(" under ")[1].split()[0])
         assert budget_shown > 0  # the caption's budget is the clamped one, never below the stitch it picks
 
+        # two budgets typed in quick succession: the second one is answered and stays in the box (the first answer
+        # must not write its budget back over it)
+        top = box.get_attribute("max")
+        box.fill(box.get_attribute("min"))
+        box.press("Enter")
+        box.fill(top)
+        box.press("Enter")
+        page.wait_for_function(f"{caption}.includes('Stitch 1 ')")
+        page.wait_for_timeout(1000)  # every answer still queued arrives
+        assert "Stitch 1 " in page.inner_text("#caption") and box.input_value() == top
+
         page.reload()
         page.wait_for_function(f"{caption}.includes('Stitch')")
         page.set_input_files("input[type=file]", str(not_image))

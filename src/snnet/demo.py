@@ -180,21 +180,33 @@ def read_upload(path: str | None) -> tuple[Image.Image | None, str]:
 def build_demo(run: DemoRun, examples_dir: Path):
     import gradio as gr
 
+    class UnboundedSlider(gr.Slider):
+        """gr.Slider's page, passing typed values outside its range on to update, which clamps them (gradio's own
+        bounds check answers with error badges). A template keeps the base class's frontend; gradio rebuilds output
+        components from their class, so an override on the instance would be lost."""
+        is_template = True
+
+        def preprocess(self, payload):
+            return payload
+
     unit = "GFLOPs" if run.cost == "gflops" else "ms"
     lo, hi = run.budget_range()
 
     def update(path, budget, explicit):
         try:
-            budget = min(max(float(budget), lo), hi)
+            typed = float(budget)
+            budget = min(max(typed, lo), hi)
             image, problem = read_upload(path)
             sid = run.choose(budget, explicit)
             caption = problem or run.caption(sid, budget, bool(explicit) and explicit != AUTO)
             answer = run.predict(image, sid) if image is not None else None
         except (TypeError, ValueError, SNNetError) as e:  # API calls with values the page never sends
-            return None, None, "", f"**{str(e).splitlines()[0] if str(e) else type(e).__name__}**", None, gr.update()
+            return None, None, "", f"**{str(e).splitlines()[0] if str(e) else type(e).__name__}**", None, gr.skip()
         prediction, legend = answer if isinstance(answer, tuple) else (answer, "")
         shown = np.asarray(image) if image is not None else None
-        return shown, prediction, legend, caption, run.scatter(sid), budget
+        # the slider is written back only when its value was clamped: an unchanged write-back arriving after the user
+        # typed again would overwrite what they typed (and the queued change would then send the old value)
+        return shown, prediction, legend, caption, run.scatter(sid), budget if budget != typed else gr.skip()
 
     with gr.Blocks(title="snnet demo", analytics_enabled=False) as demo:
         gr.Markdown(f"# snnet: one stitchable network, {len(run.rows)} stitches ({run.task})\n"
@@ -203,12 +215,8 @@ def build_demo(run: DemoRun, examples_dir: Path):
             with gr.Column():
                 upload = gr.File(label="image", file_types=["image"], type="filepath", elem_id="upload")
                 shown = gr.Image(label="input", interactive=False, height=220)
-                budget = gr.Slider(lo, hi, value=hi, step=0.001, label=f"budget ({unit}, {lo:g} to {hi:g})",
-                                   elem_id="budget")
-                # a typed budget outside the range is clamped to it (gradio's own check answers with error badges;
-                # a subclass would be a custom component whose frontend gradio then looks for)
-                checked = budget.preprocess
-                budget.preprocess = lambda payload: checked(min(max(float(payload), lo), hi))
+                budget = UnboundedSlider(lo, hi, value=hi, step=0.001, label=f"budget ({unit}, {lo:g} to {hi:g})",
+                                         elem_id="budget")
                 explicit = gr.Dropdown(run.choices(), value=AUTO, label="stitch", elem_id="stitch")
                 gr.Examples(example_images(examples_dir), inputs=upload, label="built-in scenes")
             with gr.Column():

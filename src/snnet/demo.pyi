@@ -1,0 +1,269 @@
+"""``snnet demo``: a Gradio page over a trained run. Upload an image, set a budget (GFLOPs, or ms once the run is
+profiled) and see the best stitch under it answer: top-5 classes, a segmentation overlay or a depth map, with
+the stitch marked on the accuracy-vs-cost scatter. Fully offline: no fonts, labels or assets are fetched."""
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+import socket
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .errors import SNNetError
+
+AUTO = "best under the budget"
+DISPLAY = 384  # dense answers are shown at least this many pixels wide
+DEPTH_COLOURS = "magma_r"  # near bright, far dark
+
+
+class DemoRun:
+    """A run directory's model, results and preprocessing, and what the page computes from them."""
+
+    def __init__(self, run: str | Path, device: str = "cpu") -> None:
+        from .checkpoint import load_pretrained
+        from .results import frontier, read_results
+        from .rundir import run_info, run_of
+        from .tasks import TASKS
+
+        model_dir, run_dir = run_of(str(run))
+        if run_dir is None or not (run_dir / "results.jsonl").is_file():
+            raise SNNetError(f"{run} has no results.jsonl: the demo needs an evaluated run")
+        self.model = load_pretrained(model_dir).to(device).eval()
+        self.task = getattr(self.model, "task", "classification")
+        if self.task not in ("classification", "segmentation", "depth"):
+            raise SNNetError(f"the demo shows classification, segmentation and depth runs, not {self.task}")
+        spec = TASKS[self.task]
+        self.metric, self.higher = spec.primary_metric, spec.higher_is_better
+        self.rows = read_results(run_dir, self.metric)
+        self.by_id = {r["stitch_id"]: r for r in self.rows}
+        self.cost = "latency_ms" if all("latency_ms" in r for r in self.rows) else "gflops"
+        self.frontier = {r["stitch_id"] for r in frontier(self.rows, self.metric, self.higher,
+                                                          "flops" if self.cost == "gflops" else self.cost)}
+        info = run_info(run_dir, self.model)
+        self.mean, self.std, self.classes = info["mean"], info["std"], info["class_names"]
+        self.transform = self._transform(run_dir)
+        self.device = torch.device(device)
+
+    def _transform(self, run_dir: Path):
+        """The run's own evaluation preprocessing (classification), or resize + normalise to the model's input."""
+        from torchvision import transforms as T
+
+        from .config import load_config
+        from .tasks.classification import build_transform
+
+        if self.task == "classification" and (run_dir / "config.yaml").is_file():
+            cfg = load_config(str(run_dir / "config.yaml"))
+            return build_transform(cfg, False, self.model.img_size[-1], tuple(self.mean), tuple(self.std))
+        return T.Compose([T.Resize(self.model.img_size), T.ToTensor(), T.Normalize(self.mean, self.std)])
+
+    def choose(self, budget: float, explicit: str | None) -> int:
+        """The explicit stitch, else the best stitch under ``budget`` (the cheapest when nothing fits)."""
+        from .selection import choose_stitch
+
+        if explicit and explicit != AUTO:
+            return int(explicit.split()[0])
+        try:
+            kw = {"max_gflops": budget} if self.cost == "gflops" else {"max_latency_ms": budget}
+            return choose_stitch(self.rows, self.metric, self.higher, **kw)["stitch_id"]
+        except SNNetError:  # below the cheapest stitch
+            return min(self.rows, key=lambda r: r[self.cost])["stitch_id"]
+
+    @torch.no_grad()
+    def predict(self, image: Image.Image, stitch_id: int):
+        """Top-5 {class: probability}, or (an RGB array at least ``DISPLAY`` pixels wide: the segmentation overlay,
+        labels upsampled by nearest neighbour, or the colour-mapped depth; its legend as HTML)."""
+        x = self.transform(image.convert("RGB"))[None].to(self.device)
+        out = self.model.select(stitch_id)(x)
+        if self.task == "classification":
+            probs = out.float().softmax(-1)[0]
+            top = probs.topk(min(5, probs.numel()))
+            names = self.classes or [str(i) for i in range(probs.numel())]
+            return {names[i]: float(p) for p, i in zip(top.values, top.indices)}
+        h, w = x.shape[-2:]
+        scale = max(1, math.ceil(DISPLAY / max(h, w)))
+        size = (w * scale, h * scale)  # PIL's (width, height)
+        shown = np.asarray(image.convert("RGB").resize(size, Image.BILINEAR), dtype=np.float32) / 255
+        if self.task == "segmentation":
+            from .tasks.segmentation.visualize import palette
+            labels = out[0].argmax(0).cpu().numpy()
+            colours = palette(out.shape[1], 255)
+            big = labels.repeat(scale, 0).repeat(scale, 1)  # nearest neighbour: class borders stay sharp
+            return 0.5 * shown + 0.5 * colours[big] / 255, self.class_legend(labels, colours)
+        from matplotlib import colormaps
+        depth = torch.nn.functional.interpolate(out[:, :1].float(), size=(size[1], size[0]), mode="bilinear",
+                                                align_corners=False)[0, 0].cpu().numpy()
+        lo, hi = float(depth.min()), float(depth.max())
+        return colormaps[DEPTH_COLOURS]((depth - lo) / max(hi - lo, 1e-6))[..., :3], self.depth_scale(lo, hi)
+
+    def class_legend(self, labels: np.ndarray, colours: np.ndarray) -> str:
+        """The classes the stitch predicts: colour, name and share of the pixels, most frequent first."""
+        ids, counts = np.unique(labels, return_counts=True)
+        names = self.classes or []
+        items = []
+        for i, n in sorted(zip(ids.tolist(), counts.tolist()), key=lambda t: -t[1]):
+            r, g, b = (int(c) for c in colours[i])
+            name = names[i] if i < len(names) else f"class {i}"
+            items.append(f'<li><span style="display:inline-block;width:1em;height:1em;background:rgb({r},{g},{b});'
+                         f'vertical-align:middle;margin-right:0.4em"></span>{name}: {100 * n / labels.size:.1f} %</li>')
+        return f'<ul id="legend" style="list-style:none;padding:0">{"".join(items)}</ul>'
+
+    @staticmethod
+    def depth_scale(lo: float, hi: float) -> str:
+        """A colour bar from the nearest to the farthest depth of the image, in metres."""
+        from matplotlib import colormaps
+        stops = ", ".join("rgb({},{},{})".format(*(int(255 * c) for c in colormaps[DEPTH_COLOURS](t)[:3]))
+                          for t in np.linspace(0, 1, 9))
+        return (f'<div id="legend"><div style="height:1.2em;background:linear-gradient(to right, {stops})"></div>'
+                f'<div style="display:flex;justify-content:space-between"><span>{lo:.2f} m (near)</span>'
+                f'<span>{(lo + hi) / 2:.2f} m</span><span>{hi:.2f} m (far)</span></div></div>')
+
+    def budget_range(self) -> tuple[float, float]:
+        """The slider's range in steps of 0.001, its lowest value at or above the cheapest stitch's cost (so the
+        budget shown never falls below the stitch it picks)."""
+        costs = [r[self.cost] for r in self.rows]
+        return math.ceil(min(costs) * 1000) / 1000, math.ceil(max(costs) * 1000) / 1000
+
+    def choices(self) -> list[str]:
+        """The stitch menu: id, kind, GFLOPs, the task's metric and, when profiled, milliseconds."""
+        def label(r: dict) -> str:
+            ms = f", {r['latency_ms']:.2f} ms" if "latency_ms" in r else ""
+            return f"{r['stitch_id']} ({r['kind']}, {r['gflops']:.3f} GFLOPs{ms}, {self.metric} {r[self.metric]:.2f})"
+        return [AUTO] + [label(r) for r in sorted(self.rows, key=lambda r: r["flops"])]
+
+    def caption(self, stitch_id: int, budget: float, explicit: bool) -> str:
+        r = self.by_id[stitch_id]
+        unit = "GFLOPs" if self.cost == "gflops" else "ms"
+        how = "chosen by hand" if explicit else f"best {self.metric} under {budget:g} {unit}"
+        cost = f"{r['gflops']:.3f} GFLOPs" + (f", {r['latency_ms']:.2f} ms" if "latency_ms" in r else "")
+        return (f"**Stitch {stitch_id}** ({r['kind']}, {cost}, {self.metric} {r[self.metric]:.2f}; {how})  \n"
+                f"route `{r['route']}`")
+
+    def scatter(self, stitch_id: int):
+        """Every stitch at (cost, metric): the frontier and the current stitch in their own colours."""
+        import pandas as pd
+
+        role = lambda i: "current stitch" if i == stitch_id else ("Pareto frontier" if i in self.frontier
+                                                                   else "other stitches")
+        return pd.DataFrame({self.cost: [r[self.cost] for r in self.rows], self.metric: [r[self.metric] for r in self.rows],
+                             "stitch": [f"{r['stitch_id']} {r['kind']}" for r in self.rows],
+                             "role": [role(r["stitch_id"]) for r in self.rows]})
+
+
+def example_images(folder: Path, count: int = 4) -> list[str]:
+    """A few validation scenes of the built-in data, rendered here (nothing is downloaded)."""
+    from .data.scenes import SceneConfig, render_scene
+
+    paths = []
+    for i in range(count):
+        path = folder / f"scene_{i}.png"
+        Image.fromarray(render_scene(SceneConfig(image_size=128), "val", i).image).save(path)
+        paths.append(str(path))
+    return paths
+
+
+def read_upload(path: str | None) -> tuple[Image.Image | None, str]:
+    """(the uploaded file as an image, or None with a message for the page when it is not one)."""
+    if not path:
+        return None, ""
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB"), ""
+    except Exception:
+        return None, f"**{Path(path).name} is not an image**: upload a PNG, JPEG or another image file."
+
+
+def build_demo(run: DemoRun, examples_dir: Path):
+    import gradio as gr
+from gradio.events import Dependency
+
+    class UnboundedSlider(gr.Slider):
+        """gr.Slider's page, passing typed values outside its range on to update, which clamps them (gradio's own
+        bounds check answers with error badges). A template keeps the base class's frontend; gradio rebuilds output
+        components from their class, so an override on the instance would be lost."""
+        is_template = True
+
+        def preprocess(self, payload):
+            return payload
+
+    unit = "GFLOPs" if run.cost == "gflops" else "ms"
+    lo, hi = run.budget_range()
+
+    def update(path, budget, explicit):
+        try:
+            typed = float(budget)
+            budget = min(max(typed, lo), hi)
+            image, problem = read_upload(path)
+            sid = run.choose(budget, explicit)
+            caption = problem or run.caption(sid, budget, bool(explicit) and explicit != AUTO)
+            answer = run.predict(image, sid) if image is not None else None
+        except (TypeError, ValueError, SNNetError) as e:  # API calls with values the page never sends
+            return None, None, "", f"**{str(e).splitlines()[0] if str(e) else type(e).__name__}**", None, gr.skip()
+        prediction, legend = answer if isinstance(answer, tuple) else (answer, "")
+        shown = np.asarray(image) if image is not None else None
+        # the slider is written back only when its value was clamped: an unchanged write-back arriving after the user
+        # typed again would overwrite what they typed (and the queued change would then send the old value)
+        return shown, prediction, legend, caption, run.scatter(sid), budget if budget != typed else gr.skip()
+
+    with gr.Blocks(title="snnet demo", analytics_enabled=False) as demo:
+        gr.Markdown(f"# snnet: one stitchable network, {len(run.rows)} stitches ({run.task})\n"
+                    f"Set a budget; the best stitch under it answers. Or pick a stitch yourself.")
+        with gr.Row():
+            with gr.Column():
+                upload = gr.File(label="image", file_types=["image"], type="filepath", elem_id="upload")
+                shown = gr.Image(label="input", interactive=False, height=220)
+                budget = UnboundedSlider(lo, hi, value=hi, step=0.001, label=f"budget ({unit}, {lo:g} to {hi:g})",
+                                         elem_id="budget")
+                explicit = gr.Dropdown(run.choices(), value=AUTO, label="stitch", elem_id="stitch")
+                gr.Examples(example_images(examples_dir), inputs=upload, label="built-in scenes")
+            with gr.Column():
+                caption = gr.Markdown(elem_id="caption")
+                if run.task == "classification":
+                    output = gr.Label(num_top_classes=5, label="top-5 classes", elem_id="prediction")
+                else:
+                    output = gr.Image(label="prediction", interactive=False, elem_id="prediction",
+                                      height=DISPLAY, image_mode="RGB")
+                legend = gr.HTML(elem_id="legend-box")
+                plot = gr.ScatterPlot(x=run.cost, y=run.metric, color="role", tooltip=["stitch", run.cost, run.metric],
+                                      color_map={"current stitch": "#d62728", "Pareto frontier": "#1f77b4",
+                                                 "other stitches": "#c7c7c7"},
+                                      x_title=unit, y_title=run.metric, label=f"{run.metric} vs {unit}",
+                                      elem_id="scatter")
+        inputs, outputs = [upload, budget, explicit], [shown, output, legend, caption, plot, budget]
+        for trigger in (upload.change, budget.change, explicit.change):  # a clamped budget changes once more
+            trigger(update, inputs, outputs)
+        demo.load(update, inputs, outputs)
+    return demo
+
+
+def check_address(host: str, port: int) -> None:
+    """One line, before any model is loaded, when ``host:port`` cannot be served (unknown host, port in use)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror:
+        raise SNNetError(f"--host {host}: not an address of this machine") from None
+    try:
+        with socket.socket(family, kind, proto) as probe:
+            probe.bind(address)
+    except OSError as e:
+        raise SNNetError(f"cannot serve on {host}:{port}: {e.strerror or e}") from None
+
+
+def launch(run_path: str | Path, port: int = 7860, host: str = "127.0.0.1", device: str = "cpu") -> None:
+    """Serve the demo until interrupted."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    if importlib.util.find_spec("gradio") is None:
+        raise SNNetError("the demo needs gradio: pip install 'snnet[demo]'")
+    if not Path(run_path).exists():
+        raise SNNetError(f"no run at {run_path}: train one first with `snnet train --config quickstart`")
+    check_address(host, port)
+    run = DemoRun(run_path, device)
+    with tempfile.TemporaryDirectory() as tmp:
+        demo = build_demo(run, Path(tmp))
+        print(f"snnet demo of {run_path} on http://{host}:{port} (Ctrl+C stops it)", flush=True)
+        demo.launch(server_name=host, server_port=port, share=False, ssr_mode=False, show_error=True, quiet=True,
+                    allowed_paths=[tmp])
