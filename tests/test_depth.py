@@ -352,3 +352,21 @@ def test_a_depth_model_evaluated_with_another_tasks_config_says_both(tmp_path, c
     task = load_config(config).task
     assert err.count("\n") == 1 and f"holds a depth model but the config's task is {task}" in err, err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_runs_own_config_evaluates_an_nyuv2_run_again(tmp_path):
+    """The saved split defaults were once read as user-set names over NYUv2's nyu_train.txt / nyu_test.txt."""
+    nyu_tree(tmp_path / "nyu")
+    cfg = dict(TINY, output_dir=str(tmp_path / "run"), data={**TINY["data"], "dataset": "nyuv2",
+                                                             "root": str(tmp_path / "nyu"), "batch_size": 2})
+    path = tmp_path / "tiny_nyu.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["train", "--config", str(path), "--no-progress", "train.init_images=2", "eval.visualize=0"]) == 0
+    run = tmp_path / "run"
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["data"]["train_split"] is None and saved["data"]["val_split"] is None
+    assert main(["eval", "--config", str(run / "config.yaml"), "--checkpoint", str(run), "--no-progress",
+                 "--output-dir", str(tmp_path / "again")]) == 0
+    rows = [json.loads(line) for line in (run / "results.jsonl").read_text().splitlines()]
+    assert all(r["images"] == 1 for r in rows)  # nyu_test.txt's one image with a depth
+    assert [json.loads(line) for line in (tmp_path / "again" / "results.jsonl").read_text().splitlines()] == rows

@@ -184,14 +184,16 @@ def test_a_bad_label_stops_a_run_with_one_line(tmp_path, capsys):
     assert err.count("\n") == 1 and "c.png has class id 9, outside 0..2 and the ignore index 255" in err, err
 
 
-def test_a_runs_own_config_evaluates_an_ade20k_run_again(tmp_path):
+@pytest.mark.parametrize("dataset,splits,suffix", [("ade20k", ("training", "validation"), ".png"),
+                                                   ("coco_stuff10k", ("train2014", "test2014"), "_labelTrainIds.png")])
+def test_a_runs_own_config_evaluates_the_run_again(tmp_path, dataset, splits, suffix):
     """`snnet eval --config <run>/config.yaml` once failed on the real layouts (the saved split defaults train/val
     were read as user-set names over ADE20K's training/validation); now it reproduces the run's results."""
-    for split in ("training", "validation"):
-        write_layout(tmp_path / "ade", split, ["a", "b", "c", "d"], size=(40, 56), values=(0, 1, 2, 3, 4, 5))
+    for split in splits:
+        write_layout(tmp_path / "data", split, ["a", "b", "c", "d"], suffix, size=(40, 56), values=(0, 1, 2, 3, 4, 5))
     cfg = write_config(tmp_path, model={"anchors": ANCHORS, "lora_rank": 4, "out_indices": [1, 3, 5],
                                         "head": {"channels": 16, "num_classes": CLASSES}},
-                       data={"dataset": "ade20k", "root": str(tmp_path / "ade"), "input_size": 32, "batch_size": 2,
+                       data={"dataset": dataset, "root": str(tmp_path / "data"), "input_size": 32, "batch_size": 2,
                              "workers": 0, "mean": [0.5] * 3, "std": [0.5] * 3},
                        train={"iterations": 2, "checkpoint_interval": 2, "optimizer": "adamw", "lr": 1e-3,
                               "init_images": 4, "ros_gap": 0.0001}, eval={"mode": "slide", "visualize": 0})
