@@ -4,7 +4,7 @@ import os
 import pytest
 
 from snnet import SNNetError
-from snnet._atomic import atomic_path, atomic_write_text
+from snnet._atomic import atomic_path, atomic_write_text, together
 
 
 def test_written_file_has_the_usual_mode_and_no_temp_is_left(tmp_path):
@@ -26,3 +26,23 @@ def test_a_failed_write_keeps_the_old_file(tmp_path):
             raise RuntimeError("killed")
     assert (tmp_path / "a.txt").read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]
+
+
+def test_files_written_together_replace_the_old_ones_together_or_not_at_all(tmp_path):
+    for name in ("a.txt", "b.txt"):
+        atomic_write_text(tmp_path / name, "old")
+    with pytest.raises(SNNetError, match="b.txt: disk full"):
+        with together():
+            atomic_write_text(tmp_path / "a.txt", "new")
+            assert (tmp_path / "a.txt").read_text() == "old"  # written, not yet in place
+            with atomic_path(tmp_path / "b.txt") as tmp:
+                raise OSError(28, "disk full")
+    assert [(tmp_path / n).read_text() for n in ("a.txt", "b.txt")] == ["old", "old"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "b.txt"]
+    with together():
+        atomic_write_text(tmp_path / "a.txt", "new")
+        with together():  # an inner block joins the outer one
+            atomic_write_text(tmp_path / "b.txt", "new")
+        assert (tmp_path / "b.txt").read_text() == "old"
+    assert [(tmp_path / n).read_text() for n in ("a.txt", "b.txt")] == ["new", "new"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "b.txt"]

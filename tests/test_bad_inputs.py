@@ -4,6 +4,8 @@ import hashlib
 import json
 import os
 import pickle
+import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -490,12 +492,10 @@ def test_demo_on_a_port_in_use_is_one_line(run, capsys):
 
 def test_profile_refuses_a_run_another_process_holds(run, capsys):
     """profile rewrites results.*: not beside a training, an evaluation or another profile of the run."""
-    import subprocess
-    import sys
     run_dir, _ = run
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
-        (run_dir / ".snnet.lock").write_text(f"{holder.pid} {__import__('socket').gethostname()}\n")
+        (run_dir / ".snnet.lock").write_text(f"{holder.pid} {socket.gethostname()}\n")
         before = snapshot(run_dir)
         assert main(["profile", "--run", str(run_dir), "--repeats", "1", "--warmup", "0", "--no-progress"]) == 2
         assert f"is in use by process {holder.pid}" in capsys.readouterr().err
@@ -503,3 +503,27 @@ def test_profile_refuses_a_run_another_process_holds(run, capsys):
     finally:
         holder.kill()
         (run_dir / ".snnet.lock").unlink()
+
+
+# `snnet ...` killed the moment it starts drawing its first plot: the table's temp files are written by then
+KILLED_IN_PLOT = ("import os, signal, sys, matplotlib.figure\n"
+                  "matplotlib.figure.Figure.savefig = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)\n"
+                  "from snnet.cli import main\nmain(sys.argv[1:])")
+
+
+@pytest.mark.parametrize("command", [
+    ["eval", "--config", "{run}/config.yaml", "--checkpoint", "{run}", "--output-dir", "{run}"],
+    ["profile", "--run", "{run}", "--stitches", "0,3", "--repeats", "2", "--warmup", "0"]])
+def test_a_command_killed_mid_write_leaves_every_file_as_it_was(run, tmp_path, command):
+    copy = tmp_path / "run"
+    shutil.copytree(run[0], copy)
+    argv = [a.format(run=copy) for a in command] + ["--no-progress"]
+    before = snapshot(copy)
+    killed = subprocess.run([sys.executable, "-c", KILLED_IN_PLOT, *argv], env=ENV, capture_output=True, text=True,
+                            timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
+    temps = [p.name for p in copy.glob(".*.tmp")]  # killed mid-write: the table written, a plot begun
+    assert any(t.startswith(".results.jsonl.") for t in temps) and any(t.startswith(".pareto") for t in temps), temps
+    assert {k: v for k, v in snapshot(copy).items() if not k.startswith(".")} == before
+    assert main(argv) == 0  # the next writer takes the dead process's lock and clears its temp files
+    assert not list(copy.glob(".*")) and snapshot(copy) != before

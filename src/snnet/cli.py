@@ -335,6 +335,7 @@ def _profile(args, run: Path, model_dir: Path, device) -> int:
 
     from .checkpoint import load_pretrained
     from .latency import onnx_latency, stitch_latency
+    from ._atomic import together
     from .results import read_results, plot_pareto, write_results
     from .tasks import TASKS
 
@@ -373,11 +374,12 @@ def _profile(args, run: Path, model_dir: Path, device) -> int:
                 r["latency_onnx_ms"], r["latency_onnx_iqr_ms"] = extra[r["stitch_id"]]
     if stale:
         print(f"dropped the latency of {stale} stitches measured in another setting")
-    write_results(run, rows)
     task = TASKS[getattr(model, "task", "classification")]
     profiled = [r for r in rows if "latency_ms" in r]
-    plot = plot_pareto(profiled, run / "pareto_latency.png", task.primary_metric, task.higher_is_better,
-                       title=f"{task.primary_metric} vs latency ({setting})", cost="latency_ms")
+    with together():  # the table and its latency plot replace the earlier ones together
+        write_results(run, rows)
+        plot = plot_pareto(profiled, run / "pareto_latency.png", task.primary_metric, task.higher_is_better,
+                           title=f"{task.primary_metric} vs latency ({setting})", cost="latency_ms")
     print(f"{'id':>4} {'GFLOPs':>9} {'ms':>9} {'IQR':>7}" + (f" {'onnx ms':>9}" if extra else "") + "  route")
     for sid in ids:
         r = next(r for r in rows if r["stitch_id"] == sid)

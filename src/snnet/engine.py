@@ -21,7 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 from tqdm.auto import tqdm
 
-from ._atomic import atomic_path, atomic_write_text
+from ._atomic import atomic_path, atomic_write_text, together
 from .checkpoint import load_state_checked, load_torch_checkpoint
 from .config import RunConfig, dump_config
 from .distributed import DistEnv, all_gather_objects, all_reduce_sum, barrier, broadcast_buffers
@@ -434,8 +434,6 @@ def fit(cfg: RunConfig, task, env: DistEnv, resume: str | None = "auto", progres
     scheduler.step_update(num_updates=min(start * schedule.round_steps, schedule.total_steps))
     if env.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        for stale in run_dir.glob(".*.tmp"):  # left by a write that a kill interrupted
-            stale.unlink()
         atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
         n_train = sum(p.numel() for p in params)
         what = (f"{len(model.stitch_ids)} stitches, {len(model.sampler.groups)} ROS groups, " if stitchable else "")
@@ -485,12 +483,13 @@ def evaluate_and_report(model: SNNet | DenseModel, task, cfg: RunConfig, env: Di
     rows = result_rows(model, metrics)
     # a subset never replaces the table of every stitch
     stem = "results" if sorted(ids) == sorted(model.stitch_ids) else "results_subset"
-    files = list(write_results(run_dir, rows, stem))
-    for k, (metric, higher) in enumerate(task.plot_metrics):  # pareto.png, then pareto_<metric>.png
-        name = stem.replace("results", "pareto") + ("" if k == 0 else f"_{metric}")
-        files.append(plot_pareto(rows, run_dir / f"{name}.png", metric, higher,
-                                 title=f"{task.name}: {metric} of {len(rows)} stitches"))
-    files += task.report(model, rows, run_dir, env.device)
+    with together():  # the table, its plots and the task's report replace the earlier ones together
+        files = list(write_results(run_dir, rows, stem))
+        for k, (metric, higher) in enumerate(task.plot_metrics):  # pareto.png, then pareto_<metric>.png
+            name = stem.replace("results", "pareto") + ("" if k == 0 else f"_{metric}")
+            files.append(plot_pareto(rows, run_dir / f"{name}.png", metric, higher,
+                                     title=f"{task.name}: {metric} of {len(rows)} stitches"))
+        files += task.report(model, rows, run_dir, env.device)
     print(f"evaluated {len(rows)} stitches on {rows[0]['images']} images in {elapsed:.1f} s "
           f"({elapsed / len(rows):.2f} s per stitch)")
     print(f"Pareto frontier ({task.primary_metric}, {'higher' if task.higher_is_better else 'lower'} is better):")

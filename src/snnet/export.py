@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from ._atomic import atomic_path
+from ._atomic import atomic_path, together
 from .errors import SNNetError
 from .model import SNNet, embed_tokens, tap_maps
 from .stitch_space import SMALL, LayerRef, route_steps, route_taps
@@ -156,9 +156,8 @@ def export_stitch(model: SNNet | DenseModel, stitch_id: int, fmt: str, output: s
                "input": "images (B, 3, H, W), float32, normalised with mean and std",
                **(info or {}), "model": model.config.to_dict()}
     side = sidecar_path(output)
-    # both files go to temp files first; the model replaces the old one only once both are written, and the
-    # sidecar follows at once: a failed or killed export leaves the earlier pair as it was
-    with atomic_path(side) as side_tmp, atomic_path(output) as tmp, torch.no_grad():
+    # both files go to temp files first and replace the earlier pair together: a failed or killed export leaves it
+    with together(), atomic_path(side) as side_tmp, atomic_path(output) as tmp, torch.no_grad():
         if fmt == "safetensors":
             save_file({k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}, str(tmp),
                       metadata={"format": EXPORT_FORMAT})

@@ -93,8 +93,8 @@ def _alive(pid: int) -> bool:
 
 
 class RunLock:
-    """``<run dir>/.snnet.lock`` holding ``pid host``: a second training or evaluation into the same
-    directory refuses to start; a lock whose process has died on this host is stale and taken over."""
+    """``<run dir>/.snnet.lock`` holding ``pid host``: a second writer (train, eval, profile, export into the run)
+    refuses to start; a lock whose process has died on this host is stale and taken over, with its temp files."""
 
     def __init__(self, run_dir: str | Path) -> None:
         self.path = Path(run_dir) / LOCK_NAME
@@ -112,6 +112,8 @@ class RunLock:
                 raise SNNetError(f"cannot lock run directory {self.path.parent}: {e.strerror or e}") from None
             with os.fdopen(fd, "w") as f:
                 f.write(self.owner + "\n")
+            for stale in self.path.parent.glob(".*.tmp"):  # left by a writer that was killed: no one else writes here
+                stale.unlink(missing_ok=True)
             return self
         raise SNNetError(f"cannot lock run directory {self.path.parent}: another process keeps taking {self.path}")
 
