@@ -237,3 +237,34 @@ def test_dense_runs_show_an_overlay_or_a_depth_map(config, tmp_path):
     assert menu[0] == "best under the budget" and len(menu) == len(run.rows) + 1
     r0 = run.by_id[int(menu[1].split()[0])]
     assert menu[1] == f"{r0['stitch_id']} ({r0['kind']}, {r0['gflops']:.3f} GFLOPs, {metric} {r0[metric]:.2f})"
+
+
+def test_api_calls_with_values_the_page_never_sends(demo_url, tmp_path):
+    """The page's endpoint called directly: bad values are answered in the caption, files outside gradio's upload
+    folder are refused, and the server logs no traceback."""
+    from gradio_client import Client, handle_file
+
+    client = Client(demo_url, verbose=False)
+    scene = tmp_path / "scene.png"
+    Image.fromarray(render_scene(SceneConfig(image_size=64), "val", 3).image).save(scene)
+    ok = client.predict(handle_file(str(scene)), 99, "best under the budget", api_name="/update")
+    assert ok[3].startswith("**Stitch 1**") and ok[5] < 99  # clamped to the slider's top
+    for budget, explicit, message in [("lots", "best under the budget", "could not convert string to float"),
+                                      (None, "best under the budget", "float() argument must be"),
+                                      (1, "999 (made up)", "stitch 999 is not among the 8 stitches"),
+                                      (1, "several", "invalid literal for int()")]:
+        answer = client.predict(None, budget, explicit, api_name="/update")
+        assert answer[0] is None and message in answer[3], answer
+    assert "Traceback" not in (tmp_path / "demo.log").read_text()
+    secret = tmp_path / "secret.png"
+    Image.fromarray(render_scene(SceneConfig(image_size=64), "val", 1).image).save(secret)
+    forged = {"path": str(secret), "meta": {"_type": "gradio.FileData"}}  # a server path, not an upload
+    call = urllib.request.Request(f"{demo_url}gradio_api/call/update", method="POST",
+                                  data=json.dumps({"data": [forged, 1, "best under the budget"]}).encode(),
+                                  headers={"Content-Type": "application/json"})
+    event = json.loads(urllib.request.urlopen(call, timeout=30).read())["event_id"]
+    stream = urllib.request.urlopen(f"{demo_url}gradio_api/call/update/{event}", timeout=60).read().decode()
+    assert "event: error" in stream and "event: complete" not in stream, stream
+    time.sleep(0.5)
+    log = (tmp_path / "demo.log").read_text()  # gradio's own refusal, which it logs with a traceback
+    assert log.count("Traceback") == 1 and "because it was not uploaded by a user" in log.splitlines()[-1]

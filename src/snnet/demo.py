@@ -66,7 +66,10 @@ class DemoRun:
         from .selection import choose_stitch
 
         if explicit and explicit != AUTO:
-            return int(explicit.split()[0])
+            sid = int(str(explicit).split()[0])
+            if sid not in self.by_id:
+                raise SNNetError(f"stitch {sid} is not among the {len(self.rows)} stitches of the run's results")
+            return sid
         try:
             kw = {"max_gflops": budget} if self.cost == "gflops" else {"max_latency_ms": budget}
             return choose_stitch(self.rows, self.metric, self.higher, **kw)["stitch_id"]
@@ -166,37 +169,32 @@ def example_images(folder: Path, count: int = 4) -> list[str]:
     return paths
 
 
-def read_upload(path: str | None) -> tuple[Image.Image | None, str]:
-    """(the uploaded file as an image, or None with a message for the page when it is not one)."""
-    if not path:
+def read_upload(upload: dict | None) -> tuple[Image.Image | None, str]:
+    """(the upload, as gradio's file record of it after its own checks, as an image; or None with a message for the
+    page when it is not one)."""
+    if not upload:
         return None, ""
     try:
-        with Image.open(path) as im:
+        with Image.open(upload["path"]) as im:
             return im.convert("RGB"), ""
     except Exception:
-        return None, f"**{Path(path).name} is not an image**: upload a PNG, JPEG or another image file."
+        name = upload.get("orig_name") or Path(upload["path"]).name
+        return None, f"**{name} is not an image**: upload a PNG, JPEG or another image file."
 
 
 def build_demo(run: DemoRun, examples_dir: Path):
     import gradio as gr
 
-    class UnboundedSlider(gr.Slider):
-        """gr.Slider's page, passing typed values outside its range on to update, which clamps them (gradio's own
-        bounds check answers with error badges). A template keeps the base class's frontend; gradio rebuilds output
-        components from their class, so an override on the instance would be lost."""
-        is_template = True
-
-        def preprocess(self, payload):
-            return payload
-
     unit = "GFLOPs" if run.cost == "gflops" else "ms"
     lo, hi = run.budget_range()
 
-    def update(path, budget, explicit):
+    # the events take the page's raw values (preprocess=False): the slider's own check would answer a typed budget
+    # outside its range with error badges, so update clamps it instead; an upload arrives as gradio's file record
+    def update(upload, budget, explicit):
         try:
             typed = float(budget)
             budget = min(max(typed, lo), hi)
-            image, problem = read_upload(path)
+            image, problem = read_upload(upload)
             sid = run.choose(budget, explicit)
             caption = problem or run.caption(sid, budget, bool(explicit) and explicit != AUTO)
             answer = run.predict(image, sid) if image is not None else None
@@ -215,8 +213,8 @@ def build_demo(run: DemoRun, examples_dir: Path):
             with gr.Column():
                 upload = gr.File(label="image", file_types=["image"], type="filepath", elem_id="upload")
                 shown = gr.Image(label="input", interactive=False, height=220)
-                budget = UnboundedSlider(lo, hi, value=hi, step=0.001, label=f"budget ({unit}, {lo:g} to {hi:g})",
-                                         elem_id="budget")
+                budget = gr.Slider(lo, hi, value=hi, step=0.001, label=f"budget ({unit}, {lo:g} to {hi:g})",
+                                   elem_id="budget")
                 explicit = gr.Dropdown(run.choices(), value=AUTO, label="stitch", elem_id="stitch")
                 gr.Examples(example_images(examples_dir), inputs=upload, label="built-in scenes")
             with gr.Column():
@@ -234,8 +232,8 @@ def build_demo(run: DemoRun, examples_dir: Path):
                                       elem_id="scatter")
         inputs, outputs = [upload, budget, explicit], [shown, output, legend, caption, plot, budget]
         for trigger in (upload.change, budget.change, explicit.change):  # a clamped budget changes once more
-            trigger(update, inputs, outputs)
-        demo.load(update, inputs, outputs)
+            trigger(update, inputs, outputs, preprocess=False)
+        demo.load(update, inputs, outputs, preprocess=False)
     return demo
 
 
