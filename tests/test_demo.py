@@ -268,3 +268,45 @@ def test_api_calls_with_values_the_page_never_sends(demo_url, tmp_path):
     time.sleep(0.5)
     log = (tmp_path / "demo.log").read_text()  # gradio's own refusal, which it logs with a traceback
     assert log.count("Traceback") == 1 and "because it was not uploaded by a user" in log.splitlines()[-1]
+
+
+def test_a_detection_run_shows_boxes_with_class_names_and_scores(tmp_path):
+    """The detections the page draws: those scoring at least 0.5, on the enlarged image, each box and mask in
+    its class's colour, labelled with class name and score, and listed best first."""
+    import numpy as np
+    import torch
+
+    from snnet import build_model, load_config
+    from snnet.config import dump_config
+    from snnet.demo import DemoRun
+    from snnet.tasks.detection.visualize import COLOURS
+
+    cfg = load_config("quickstart_detection")
+    torch.manual_seed(0)
+    model = build_model(cfg, load_weights=False).eval()
+    model.save_pretrained(tmp_path / "model")
+    (tmp_path / "config.yaml").write_text(dump_config(cfg))
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(
+        {"stitch_id": s.id, "kind": s.kind, "route": s.describe(), "flops": model.flops(s.id),
+         "gflops": model.flops(s.id) / 1e9, "params_m": 1.0, "bbox_AP": float(s.id)}) + "\n" for s in model.stitches))
+    run = DemoRun(tmp_path)
+    assert run.metric == "bbox_AP" and run.classes == ["circle", "square", "triangle", "star"]
+    image = Image.fromarray(render_scene(SceneConfig(image_size=64), "val", 1).image)
+    shown, legend = run.predict(image, 5)  # an untrained head: whatever it finds, drawn at 384 pixels
+    assert shown.shape == (384, 384, 3) and "detection" in legend
+
+    found = {"boxes": torch.tensor([[4.0, 8.0, 20.0, 30.0], [30.0, 30.0, 60.0, 50.0], [0.0, 0.0, 10.0, 10.0]]),
+             "labels": torch.tensor([2, 4, 1]), "scores": torch.tensor([0.7, 0.9, 0.3]),
+             "masks": torch.zeros(3, 1, 64, 64)}
+    found["masks"][1, 0, 35:45, 35:55] = 1.0
+    base = np.full((384, 384, 3), 0.5, np.float32)
+    drawn, legend = run.detections(base, found, 6)
+    assert legend.index("star: 0.90") < legend.index("square: 0.70") and "circle" not in legend  # 0.3: not shown
+    assert "2 detections scoring 0.5 or more" in legend
+    square, star = COLOURS[2] / 255, COLOURS[4] / 255
+    np.testing.assert_allclose(drawn[8 * 6 + 60, 4 * 6], square, atol=1 / 255)  # the left edge of box 1, x 6
+    np.testing.assert_allclose(drawn[40 * 6, 45 * 6], 0.55 * 0.5 + 0.45 * star, atol=2 / 255)  # inside its mask
+    np.testing.assert_allclose(drawn[100, 300], 0.5, atol=1 / 255)  # outside every box and mask
+    label = drawn[8 * 6 + 4:8 * 6 + 18, 4 * 6 + 4:4 * 6 + 60]  # box 1's label: text on a band of its colour
+    assert (np.abs(label - square).sum(-1) < 0.02).mean() > 0.3 and (np.abs(label - square).sum(-1) > 0.3).any()
+    assert run.detections(base, {k: v[2:] for k, v in found.items()}, 6)[1].count("<li>") == 0

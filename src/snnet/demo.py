@@ -1,6 +1,6 @@
 """``snnet demo``: a Gradio page over a trained run. Upload an image, set a budget (GFLOPs, or ms once the run is
-profiled) and see the best stitch under it answer: top-5 classes, a segmentation overlay or a depth map, with
-the stitch marked on the accuracy-vs-cost scatter. Fully offline: no fonts, labels or assets are fetched."""
+profiled) and see the best stitch under it answer: top-5 classes, a segmentation overlay, a depth map or boxes
+and masks, with the stitch marked on the accuracy-vs-cost scatter. Fully offline: no fonts, labels or assets are fetched."""
 from __future__ import annotations
 
 import importlib.util
@@ -35,8 +35,6 @@ class DemoRun:
             raise SNNetError(f"{run} has no results.jsonl: the demo needs an evaluated run")
         self.model = load_pretrained(model_dir).to(device).eval()
         self.task = getattr(self.model, "task", "classification")
-        if self.task not in ("classification", "segmentation", "depth"):
-            raise SNNetError(f"the demo shows classification, segmentation and depth runs, not {self.task}")
         spec = TASKS[self.task]
         self.metric, self.higher = spec.primary_metric, spec.higher_is_better
         self.rows = read_results(run_dir, self.metric)
@@ -59,7 +57,8 @@ class DemoRun:
         if self.task == "classification" and (run_dir / "config.yaml").is_file():
             cfg = load_config(str(run_dir / "config.yaml"))
             return build_transform(cfg, False, self.model.img_size[-1], tuple(self.mean), tuple(self.std))
-        return T.Compose([T.Resize(self.model.img_size), T.ToTensor(), T.Normalize(self.mean, self.std)])
+        resize = [] if self.task == "detection" else [T.Resize(self.model.img_size)]  # Mask R-CNN fits it itself
+        return T.Compose([*resize, T.ToTensor(), T.Normalize(self.mean, self.std)])
 
     def choose(self, budget: float, explicit: str | None) -> int:
         """The explicit stitch, else the best stitch under ``budget`` (the cheapest when nothing fits)."""
@@ -79,9 +78,9 @@ class DemoRun:
     @torch.no_grad()
     def predict(self, image: Image.Image, stitch_id: int):
         """Top-5 {class: probability}, or (an RGB array at least ``DISPLAY`` pixels wide: the segmentation overlay,
-        labels upsampled by nearest neighbour, or the colour-mapped depth; its legend as HTML)."""
+        labels upsampled by nearest neighbour, the colour-mapped depth or the detections; its legend as HTML)."""
         x = self.transform(image.convert("RGB"))[None].to(self.device)
-        out = self.model.select(stitch_id)(x)
+        out = self.model.select(stitch_id)(list(x) if self.task == "detection" else x)
         if self.task == "classification":
             probs = out.float().softmax(-1)[0]
             top = probs.topk(min(5, probs.numel()))
@@ -97,6 +96,8 @@ class DemoRun:
             colours = palette(out.shape[1], 255)
             big = labels.repeat(scale, 0).repeat(scale, 1)  # nearest neighbour: class borders stay sharp
             return 0.5 * shown + 0.5 * colours[big] / 255, self.class_legend(labels, colours)
+        if self.task == "detection":
+            return self.detections(shown, out[0], scale)
         from matplotlib import colormaps
         depth = torch.nn.functional.interpolate(out[:, :1].float(), size=(size[1], size[0]), mode="bilinear",
                                                 align_corners=False)[0, 0].cpu().numpy()
@@ -109,11 +110,29 @@ class DemoRun:
         names = self.classes or []
         items = []
         for i, n in sorted(zip(ids.tolist(), counts.tolist()), key=lambda t: -t[1]):
-            r, g, b = (int(c) for c in colours[i])
             name = names[i] if i < len(names) else f"class {i}"
-            items.append(f'<li><span style="display:inline-block;width:1em;height:1em;background:rgb({r},{g},{b});'
-                         f'vertical-align:middle;margin-right:0.4em"></span>{name}: {100 * n / labels.size:.1f} %</li>')
+            items.append(f"<li>{swatch(colours[i])}{name}: {100 * n / labels.size:.1f} %</li>")
         return f'<ul id="legend" style="list-style:none;padding:0">{"".join(items)}</ul>'
+
+    def detections(self, shown: np.ndarray, found: dict, scale: int) -> tuple[np.ndarray, str]:
+        """The detections scoring at least the grid's threshold, drawn on the enlarged image (boxes scaled, masks
+        resized), and their list: colour, class, score."""
+        from .tasks.detection.visualize import COLOURS, SCORE_THRESHOLD, draw_detections
+
+        keep = found["scores"].cpu() >= SCORE_THRESHOLD
+        boxes, labels = found["boxes"].cpu()[keep].float() * scale, found["labels"].cpu()[keep].tolist()
+        scores = found["scores"].cpu()[keep].tolist()
+        masks = torch.nn.functional.interpolate(found["masks"].cpu()[keep].float(), size=shown.shape[:2],
+                                                mode="bilinear", align_corners=False)[:, 0] > 0.5
+        names = ["background", *self.classes] if self.classes else [f"class {i}" for i in range(max(labels, default=0) + 1)]
+        pixels = torch.from_numpy(np.ascontiguousarray(shown.transpose(2, 0, 1) * 255).round().astype(np.uint8))
+        drawn = draw_detections(pixels, boxes, labels, masks, names, scores, font_size=14)
+        items = [f"<li>{swatch(COLOURS[i])}{names[i]}: {s:.2f}</li>"
+                 for i, s in sorted(zip(labels, scores), key=lambda t: -t[1])]
+        title = (f"{len(items)} detections scoring {SCORE_THRESHOLD:g} or more" if items
+                 else f"no detection scores {SCORE_THRESHOLD:g} or more")
+        return drawn.astype(np.float32) / 255, (f'<div id="legend"><b>{title}</b>'
+                                                f'<ul style="list-style:none;padding:0">{"".join(items)}</ul></div>')
 
     @staticmethod
     def depth_scale(lo: float, hi: float) -> str:
@@ -155,6 +174,13 @@ class DemoRun:
         return pd.DataFrame({self.cost: [r[self.cost] for r in self.rows], self.metric: [r[self.metric] for r in self.rows],
                              "stitch": [f"{r['stitch_id']} {r['kind']}" for r in self.rows],
                              "role": [role(r["stitch_id"]) for r in self.rows]})
+
+
+def swatch(rgb) -> str:
+    """A square of colour ``rgb`` for a legend line."""
+    r, g, b = (int(c) for c in rgb)
+    return (f'<span style="display:inline-block;width:1em;height:1em;background:rgb({r},{g},{b});'
+            f'vertical-align:middle;margin-right:0.4em"></span>')
 
 
 def example_images(folder: Path, count: int = 4) -> list[str]:

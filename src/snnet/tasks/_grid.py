@@ -1,10 +1,12 @@
 """The prediction grid of a dense run: per validation image a row of input, ground truth and the predictions of
-the smallest, middle and largest stitch on the frontier of the task's metric."""
+the smallest, middle and largest stitch on the frontier of the task's metric; one colour per class for every
+task."""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 
 from .._atomic import atomic_path
@@ -24,6 +26,14 @@ def grid_inputs(task, model, rows: list[dict], predict: Callable) -> tuple[list[
     samples = [task.val_set[i] for i in range(min(task.cfg.eval.visualize, len(task.val_set)))]
     model.eval()
     return picks, samples, {r["stitch_id"]: predict(model.select(r["stitch_id"]), samples) for r in picks}
+
+
+def palette(num_classes: int, ignore_index: int) -> np.ndarray:
+    """A fixed colour per class (black for ignored pixels), the same in every run."""
+    rng = np.random.default_rng(0)
+    colours = np.zeros((max(num_classes, ignore_index + 1), 3), np.uint8)
+    colours[:num_classes] = rng.integers(40, 256, (num_classes, 3))
+    return colours
 
 
 def denormalize(task, image: torch.Tensor) -> torch.Tensor:

@@ -3,20 +3,34 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
-from .._grid import denormalize, grid_inputs, save_grid
+from .._grid import denormalize, grid_inputs, palette, save_grid
 
-SCORE_THRESHOLD = 0.5
+SCORE_THRESHOLD = 0.5  # detections drawn in the grid and the demo
+COLOURS = palette(256, 255)  # label i in colour i, as segmentation draws class i
 
 
-def _draw(image: torch.Tensor, boxes, labels, masks, names: list[str]) -> object:
-    """uint8 (3, H, W) with masks and labelled boxes, as (H, W, 3) for imshow."""
+def draw_detections(pixels: torch.Tensor, boxes: torch.Tensor, labels: list[int], masks: torch.Tensor,
+                    names: list[str], scores: list[float] | None = None, font_size: int | None = None) -> np.ndarray:
+    """uint8 (3, H, W) pixels with the masks and boxes of each class in its colour, boxes labelled by class name
+    (and score) inside their top-left corner, as (H, W, 3). ``font_size``: labels in matplotlib's DejaVu Sans, else PIL's small bitmap font."""
     if len(boxes):
-        image = draw_segmentation_masks(image, masks.bool(), alpha=0.45)
-        image = draw_bounding_boxes(image, boxes, [names[i] for i in labels], width=1)
-    return image.permute(1, 2, 0).numpy()
+        colours = [tuple(int(c) for c in COLOURS[i % len(COLOURS)]) for i in labels]
+        text = ([names[i] for i in labels] if scores is None
+                else [f"{names[i]} {score:.2f}" for i, score in zip(labels, scores)])
+        font = None
+        if font_size:
+            from matplotlib import font_manager
+            font = font_manager.findfont("DejaVu Sans")
+        pixels = draw_segmentation_masks(pixels, masks.bool(), alpha=0.45, colors=colours)
+        ink = [(0, 0, 0) if 0.299 * r + 0.587 * g + 0.114 * b > 140 else (255, 255, 255) for r, g, b in colours]
+        pixels = draw_bounding_boxes(pixels, boxes, text, colors=colours, width=2 if font_size else 1, font=font,
+                                     font_size=font_size, fill_labels=True, label_background_colors=colours,
+                                     label_colors=ink)  # text on a band of the box's colour: readable on any image
+    return pixels.permute(1, 2, 0).numpy()
 
 
 def prediction_grid(task, model, rows: list[dict], path: Path, device: torch.device) -> Path:
@@ -26,12 +40,13 @@ def prediction_grid(task, model, rows: list[dict], path: Path, device: torch.dev
     panels = []
     for i, (image, target) in enumerate(samples):
         pixels = (denormalize(task, image) * 255).to(torch.uint8)
-        row = [("ground truth", _draw(pixels, target["boxes"], target["labels"].tolist(), target["masks"], names), {})]
+        row = [("ground truth", draw_detections(pixels, target["boxes"], target["labels"].tolist(), target["masks"],
+                                                names), {})]
         for r in picks:
             p = preds[r["stitch_id"]][i]
             keep = p["scores"].cpu() >= SCORE_THRESHOLD
             row.append((f"#{r['stitch_id']} {r['gflops']:.2f} G\nbox AP {r['bbox_AP']:.1f}",
-                        _draw(pixels, p["boxes"].cpu()[keep], p["labels"].cpu()[keep].tolist(),
-                              p["masks"].cpu()[keep][:, 0] > 0.5, names), {}))
+                        draw_detections(pixels, p["boxes"].cpu()[keep], p["labels"].cpu()[keep].tolist(),
+                                        p["masks"].cpu()[keep][:, 0] > 0.5, names), {}))
         panels.append(row)
     return save_grid(path, panels)

@@ -3,18 +3,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from .._grid import denormalize, grid_inputs, save_grid
-
-
-def palette(num_classes: int, ignore_index: int) -> np.ndarray:
-    """A fixed colour per class (black for ignored pixels), the same in every run."""
-    rng = np.random.default_rng(0)
-    colours = np.zeros((max(num_classes, ignore_index + 1), 3), np.uint8)
-    colours[:num_classes] = rng.integers(40, 256, (num_classes, 3))
-    return colours
+from .._grid import denormalize, grid_inputs, palette, save_grid
 
 
 def prediction_grid(task, model, rows: list[dict], path: Path, device: torch.device) -> Path:
