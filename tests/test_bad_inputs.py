@@ -527,3 +527,24 @@ def test_a_command_killed_mid_write_leaves_every_file_as_it_was(run, tmp_path, c
     assert {k: v for k, v in snapshot(copy).items() if not k.startswith(".")} == before
     assert main(argv) == 0  # the next writer takes the dead process's lock and clears its temp files
     assert not list(copy.glob(".*")) and snapshot(copy) != before
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+@pytest.mark.parametrize("command", [
+    ["flops", "--config", "{cfg}"],
+    ["select", "--results", "{run}", "--max-gflops", "1", "--frontier"],
+    ["eval", "--config", "{cfg}", "--checkpoint", "{run}", "--output-dir", "{run}", "--no-progress"],
+    ["profile", "--run", "{run}", "--stitches", "0", "--repeats", "1", "--warmup", "0", "--no-progress"],
+    ["export", "--checkpoint", "{run}", "--stitch", "3", "--format", "safetensors", "--output", "{run}/s.safetensors"]])
+def test_standard_output_on_a_full_disk_is_one_line_and_changes_nothing(run, tmp_path, command):
+    copy = tmp_path / "run"
+    shutil.copytree(run[0], copy)
+    assert main(["export", "--checkpoint", str(copy), "--stitch", "0", "--format", "safetensors",
+                 "--output", str(copy / "s.safetensors")]) == 0  # an earlier export the failed one must keep
+    before = snapshot(copy)
+    argv = [a.format(run=copy, cfg=run[1]) for a in command]
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, "-m", "snnet.cli", *argv], env=ENV, stdout=full, stderr=subprocess.PIPE,
+                              text=True, timeout=300)
+    assert (done.returncode, done.stderr) == (2, "snnet: error: cannot write to standard output: No space left on device\n")
+    assert snapshot(copy) == before

@@ -300,6 +300,7 @@ def pick_stitch(args, model, run: Path | None) -> int:
 def cmd_export(args) -> int:
     from contextlib import nullcontext
 
+    from ._atomic import together
     from .checkpoint import load_pretrained
     from .export import export_stitch, sidecar_path
     from .rundir import RunLock, check_output, run_info, run_of
@@ -311,10 +312,12 @@ def cmd_export(args) -> int:
     sid = pick_stitch(args, model, run)
     size = tuple(args.img_size) if args.img_size else model.img_size
     into_run = run is not None and run.resolve() in output.resolve().parents
-    with RunLock(run) if into_run else nullcontext():  # a writer into the run holds it, as training does
+    # a writer into the run holds it, as training does; the pair is in place only once the line is printed
+    with RunLock(run) if into_run else nullcontext(), together():
         written = export_stitch(model, sid, args.format, output, size, args.batch, run_info(run, model))
-    print(f"stitch {sid} ({model.describe(sid)}, {model.flops(sid, size) / 1e9:.3f} GFLOPs at {size[0]}x{size[1]}) "
-          f"exported as {args.format}: {', '.join(map(str, written))}")
+        print(f"stitch {sid} ({model.describe(sid)}, {model.flops(sid, size) / 1e9:.3f} GFLOPs at "
+              f"{size[0]}x{size[1]}) exported as {args.format}: {', '.join(map(str, written))}")
+        sys.stdout.flush()
     return 0
 
 
@@ -376,17 +379,18 @@ def _profile(args, run: Path, model_dir: Path, device) -> int:
         print(f"dropped the latency of {stale} stitches measured in another setting")
     task = TASKS[getattr(model, "task", "classification")]
     profiled = [r for r in rows if "latency_ms" in r]
-    with together():  # the table and its latency plot replace the earlier ones together
+    with together():  # the table, its latency plot and the printed figures: all of them or none
         write_results(run, rows)
         plot = plot_pareto(profiled, run / "pareto_latency.png", task.primary_metric, task.higher_is_better,
                            title=f"{task.primary_metric} vs latency ({setting})", cost="latency_ms")
-    print(f"{'id':>4} {'GFLOPs':>9} {'ms':>9} {'IQR':>7}" + (f" {'onnx ms':>9}" if extra else "") + "  route")
-    for sid in ids:
-        r = next(r for r in rows if r["stitch_id"] == sid)
-        onnx = f" {r['latency_onnx_ms']:9.2f}" if extra else ""
-        print(f"{sid:>4} {r['gflops']:9.3f} {r['latency_ms']:9.2f} {r['latency_iqr_ms']:7.2f}{onnx}  {r.get('route', '')}")
-    print(f"latency of {len(ids)} stitches ({setting}) written to {run / 'results.jsonl'}; "
-          f"plot {plot}")
+        print(f"{'id':>4} {'GFLOPs':>9} {'ms':>9} {'IQR':>7}" + (f" {'onnx ms':>9}" if extra else "") + "  route")
+        for sid in ids:
+            r = next(r for r in rows if r["stitch_id"] == sid)
+            onnx = f" {r['latency_onnx_ms']:9.2f}" if extra else ""
+            print(f"{sid:>4} {r['gflops']:9.3f} {r['latency_ms']:9.2f} {r['latency_iqr_ms']:7.2f}{onnx}  "
+                  f"{r.get('route', '')}")
+        print(f"latency of {len(ids)} stitches ({setting}) written to {run / 'results.jsonl'}; plot {plot}")
+        sys.stdout.flush()
     return 0
 
 
@@ -538,7 +542,8 @@ def _one_line(e: BaseException) -> str:
 
 class _PipeSafe:
     """stdout that goes quiet when its reader has gone (``snnet ... | head``): output is dropped and
-    the work goes on, instead of a BrokenPipeError ending training."""
+    the work goes on, instead of a BrokenPipeError ending training. Any other failure to write it (a full
+    disk) is a one-line error."""
 
     def __init__(self, stream) -> None:
         self._stream = stream
@@ -546,11 +551,13 @@ class _PipeSafe:
     def _guard(self, method: str, *args):
         try:
             return getattr(self._stream, method)(*args)
-        except BrokenPipeError:
+        except OSError as e:
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, self._stream.fileno())  # the buffered rest goes nowhere, quietly
             os.close(devnull)
-            return None
+            if isinstance(e, BrokenPipeError):
+                return None
+            raise SNNetError(f"cannot write to standard output: {e.strerror or e}") from None
 
     def write(self, text: str):
         return self._guard("write", text)
@@ -567,7 +574,9 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout = _PipeSafe(stdout)
     try:
         args = parse_args(argv)
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # buffered output that cannot be written fails the command
+        return code
     except SNNetError as e:
         print(f"snnet: error: {_one_line(e)}", file=sys.stderr)
         return 2
@@ -575,7 +584,6 @@ def main(argv: list[str] | None = None) -> int:
         print("snnet: interrupted", file=sys.stderr)
         return 130
     finally:
-        sys.stdout.flush()
         sys.stdout = stdout
 
 

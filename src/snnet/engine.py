@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -483,15 +484,16 @@ def evaluate_and_report(model: SNNet | DenseModel, task, cfg: RunConfig, env: Di
     rows = result_rows(model, metrics)
     # a subset never replaces the table of every stitch
     stem = "results" if sorted(ids) == sorted(model.stitch_ids) else "results_subset"
-    with together():  # the table, its plots and the task's report replace the earlier ones together
+    with together():  # the table, its plots, the task's report and the printed frontier: all of them or none
         files = list(write_results(run_dir, rows, stem))
         for k, (metric, higher) in enumerate(task.plot_metrics):  # pareto.png, then pareto_<metric>.png
             name = stem.replace("results", "pareto") + ("" if k == 0 else f"_{metric}")
             files.append(plot_pareto(rows, run_dir / f"{name}.png", metric, higher,
                                      title=f"{task.name}: {metric} of {len(rows)} stitches"))
         files += task.report(model, rows, run_dir, env.device)
-    print(f"evaluated {len(rows)} stitches on {rows[0]['images']} images in {elapsed:.1f} s "
-          f"({elapsed / len(rows):.2f} s per stitch)")
-    print(f"Pareto frontier ({task.primary_metric}, {'higher' if task.higher_is_better else 'lower'} is better):")
-    print(format_table(frontier(rows, task.primary_metric, task.higher_is_better), task.report_metrics))
+        print(f"evaluated {len(rows)} stitches on {rows[0]['images']} images in {elapsed:.1f} s "
+              f"({elapsed / len(rows):.2f} s per stitch)")
+        print(f"Pareto frontier ({task.primary_metric}, {'higher' if task.higher_is_better else 'lower'} is better):")
+        print(format_table(frontier(rows, task.primary_metric, task.higher_is_better), task.report_metrics))
+        sys.stdout.flush()
     return files
