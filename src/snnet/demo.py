@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from .errors import SNNetError
+from .tasks.detection.visualize import SCORE_THRESHOLD
 
 AUTO = "best under the budget"
 DISPLAY = 384  # dense answers are shown at least this many pixels wide
@@ -76,7 +77,7 @@ class DemoRun:
             return min(self.rows, key=lambda r: r[self.cost])["stitch_id"]
 
     @torch.no_grad()
-    def predict(self, image: Image.Image, stitch_id: int):
+    def predict(self, image: Image.Image, stitch_id: int, min_score: float = SCORE_THRESHOLD):
         """Top-5 {class: probability}, or (an RGB array at least ``DISPLAY`` pixels wide: the segmentation overlay,
         labels upsampled by nearest neighbour, the colour-mapped depth or the detections; its legend as HTML)."""
         x = self.transform(image.convert("RGB"))[None].to(self.device)
@@ -97,7 +98,7 @@ class DemoRun:
             big = labels.repeat(scale, 0).repeat(scale, 1)  # nearest neighbour: class borders stay sharp
             return 0.5 * shown + 0.5 * colours[big] / 255, self.class_legend(labels, colours)
         if self.task == "detection":
-            return self.detections(shown, out[0], scale)
+            return self.detections(shown, out[0], scale, min_score)
         from matplotlib import colormaps
         depth = torch.nn.functional.interpolate(out[:, :1].float(), size=(size[1], size[0]), mode="bilinear",
                                                 align_corners=False)[0, 0].cpu().numpy()
@@ -114,12 +115,12 @@ class DemoRun:
             items.append(f"<li>{swatch(colours[i])}{name}: {100 * n / labels.size:.1f} %</li>")
         return f'<ul id="legend" style="list-style:none;padding:0">{"".join(items)}</ul>'
 
-    def detections(self, shown: np.ndarray, found: dict, scale: int) -> tuple[np.ndarray, str]:
-        """The detections scoring at least the grid's threshold, drawn on the enlarged image (boxes scaled, masks
-        resized), and their list: colour, class, score."""
-        from .tasks.detection.visualize import COLOURS, SCORE_THRESHOLD, draw_detections
+    def detections(self, shown: np.ndarray, found: dict, scale: int, min_score: float) -> tuple[np.ndarray, str]:
+        """The detections scoring ``min_score`` or more, drawn on the enlarged image (boxes scaled, masks resized),
+        and their list: colour, class, score."""
+        from .tasks.detection.visualize import COLOURS, draw_detections
 
-        keep = found["scores"].cpu() >= SCORE_THRESHOLD
+        keep = found["scores"].cpu() >= min_score
         boxes, labels = found["boxes"].cpu()[keep].float() * scale, found["labels"].cpu()[keep].tolist()
         scores = found["scores"].cpu()[keep].tolist()
         masks = torch.nn.functional.interpolate(found["masks"].cpu()[keep].float(), size=shown.shape[:2],
@@ -129,8 +130,8 @@ class DemoRun:
         drawn = draw_detections(pixels, boxes, labels, masks, names, scores, font_size=14)
         items = [f"<li>{swatch(COLOURS[i])}{names[i]}: {s:.2f}</li>"
                  for i, s in sorted(zip(labels, scores), key=lambda t: -t[1])]
-        title = (f"{len(items)} detections scoring {SCORE_THRESHOLD:g} or more" if items
-                 else f"no detection scores {SCORE_THRESHOLD:g} or more")
+        title = (f"{len(items)} detections scoring {min_score:g} or more" if items
+                 else f"no detection scores {min_score:g} or more")
         return drawn.astype(np.float32) / 255, (f'<div id="legend"><b>{title}</b>'
                                                 f'<ul style="list-style:none;padding:0">{"".join(items)}</ul></div>')
 
@@ -216,14 +217,15 @@ def build_demo(run: DemoRun, examples_dir: Path):
 
     # the events take the page's raw values (preprocess=False): the slider's own check would answer a typed budget
     # outside its range with error badges, so update clamps it instead; an upload arrives as gradio's file record
-    def update(upload, budget, explicit):
+    def update(upload, budget, explicit, min_score=SCORE_THRESHOLD):
         try:
             typed = float(budget)
             budget = min(max(typed, lo), hi)
+            min_score = min(max(float(min_score), 0.0), 1.0)
             image, problem = read_upload(upload)
             sid = run.choose(budget, explicit)
             caption = problem or run.caption(sid, budget, bool(explicit) and explicit != AUTO)
-            answer = run.predict(image, sid) if image is not None else None
+            answer = run.predict(image, sid, min_score) if image is not None else None
         except (TypeError, ValueError, SNNetError) as e:  # API calls with values the page never sends
             return None, None, "", f"**{str(e).splitlines()[0] if str(e) else type(e).__name__}**", None, gr.skip()
         prediction, legend = answer if isinstance(answer, tuple) else (answer, "")
@@ -242,6 +244,9 @@ def build_demo(run: DemoRun, examples_dir: Path):
                 budget = gr.Slider(lo, hi, value=hi, step=0.001, label=f"budget ({unit}, {lo:g} to {hi:g})",
                                    elem_id="budget")
                 explicit = gr.Dropdown(run.choices(), value=AUTO, label="stitch", elem_id="stitch")
+                # detections below it are not drawn (the run's prediction grid draws those of 0.5 or more)
+                score = (gr.Slider(0, 1, value=SCORE_THRESHOLD, step=0.05, label="minimum score", elem_id="score")
+                         if run.task == "detection" else None)
                 gr.Examples(example_images(examples_dir), inputs=upload, label="built-in scenes")
             with gr.Column():
                 caption = gr.Markdown(elem_id="caption")
@@ -256,9 +261,10 @@ def build_demo(run: DemoRun, examples_dir: Path):
                                                  "other stitches": "#c7c7c7"},
                                       x_title=unit, y_title=run.metric, label=f"{run.metric} vs {unit}",
                                       elem_id="scatter")
-        inputs, outputs = [upload, budget, explicit], [shown, output, legend, caption, plot, budget]
-        for trigger in (upload.change, budget.change, explicit.change):  # a clamped budget changes once more
-            trigger(update, inputs, outputs, preprocess=False)
+        inputs = [upload, budget, explicit] + ([score] if score else [])
+        outputs = [shown, output, legend, caption, plot, budget]
+        for trigger in [upload.change, budget.change, explicit.change] + ([score.change] if score else []):
+            trigger(update, inputs, outputs, preprocess=False)  # a clamped budget changes once more
         demo.load(update, inputs, outputs, preprocess=False)
     return demo
 

@@ -16,7 +16,8 @@ COLOURS = palette(256, 255)  # label i in colour i, as segmentation draws class 
 def draw_detections(pixels: torch.Tensor, boxes: torch.Tensor, labels: list[int], masks: torch.Tensor,
                     names: list[str], scores: list[float] | None = None, font_size: int | None = None) -> np.ndarray:
     """uint8 (3, H, W) pixels with the masks and boxes of each class in its colour, boxes labelled by class name
-    (and score) inside their top-left corner, as (H, W, 3). ``font_size``: labels in matplotlib's DejaVu Sans, else PIL's small bitmap font."""
+    (and score) inside their top-left corner, as (H, W, 3). ``font_size``: labels in matplotlib's DejaVu Sans on
+    a band, else in PIL's small bitmap font."""
     if len(boxes):
         colours = [tuple(int(c) for c in COLOURS[i % len(COLOURS)]) for i in labels]
         text = ([names[i] for i in labels] if scores is None
@@ -26,10 +27,12 @@ def draw_detections(pixels: torch.Tensor, boxes: torch.Tensor, labels: list[int]
             from matplotlib import font_manager
             font = font_manager.findfont("DejaVu Sans")
         pixels = draw_segmentation_masks(pixels, masks.bool(), alpha=0.45, colors=colours)
+        # large labels: text on a band of the box's colour, readable on any image; small ones (the grid's 64-pixel
+        # scenes) in the box's colour, as a band would hide the object
         ink = [(0, 0, 0) if 0.299 * r + 0.587 * g + 0.114 * b > 140 else (255, 255, 255) for r, g, b in colours]
         pixels = draw_bounding_boxes(pixels, boxes, text, colors=colours, width=2 if font_size else 1, font=font,
-                                     font_size=font_size, fill_labels=True, label_background_colors=colours,
-                                     label_colors=ink)  # text on a band of the box's colour: readable on any image
+                                     font_size=font_size, fill_labels=bool(font_size), label_background_colors=colours,
+                                     label_colors=ink if font_size else colours)
     return pixels.permute(1, 2, 0).numpy()
 
 
