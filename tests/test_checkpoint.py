@@ -165,3 +165,53 @@ def test_failed_save_keeps_the_previous_file(tmp_path, trained, monkeypatch):
         trained.save_pretrained(out)
     assert (out / "model.safetensors").read_bytes() == before
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors"]  # no temp left
+
+
+def _plain_vit(width: int, depth: int, heads: int, **kwargs):
+    from timm.models.vision_transformer import VisionTransformer
+    torch.manual_seed(width)
+    return VisionTransformer(img_size=IMG, patch_size=8, embed_dim=width, depth=depth, num_heads=heads,
+                             num_classes=10, **kwargs)
+
+
+@pytest.mark.parametrize("build", ["plain", "timm_name"])
+def test_anchors_given_as_modules_save_and_load(tmp_path, images, capsys, build):
+    """A plain VisionTransformer is rebuilt from its constructor arguments, a model timm made by name from that
+    name and its kwargs: the loaded model gives every stitch's logits exactly, and `snnet export` takes it."""
+    from snnet.cli import main
+
+    if build == "plain":
+        small, large = _plain_vit(32, 3, 2), _plain_vit(48, 6, 3)
+    else:
+        small, large = tiny_vit(3, 32, seed=1), tiny_vit(6, 48, heads=3, seed=2)
+    model = SNNet([large, small], lora_rank=2).eval()
+    _randomize_layers(model)
+    model.save_pretrained(tmp_path / "m")
+    names = [a["name"] for a in json.loads((tmp_path / "m" / "config.json").read_text())["anchors"]]
+    assert names == (["VisionTransformer"] * 2 if build == "plain" else ["deit3_small_patch16_224"] * 2)
+    loaded = SNNet.from_pretrained(tmp_path / "m").eval()
+    with torch.no_grad():
+        for sid in model.stitch_ids:
+            assert torch.equal(loaded.select(sid)(images), model.select(sid)(images)), sid
+    assert main(["export", "--checkpoint", str(tmp_path / "m"), "--stitch", "3", "--format", "safetensors",
+                 "--output", str(tmp_path / "s3.safetensors")]) == 0
+
+
+@pytest.mark.parametrize("odd,message", [
+    ("act_layer", "its config rebuilds \"(act): GELU(approximate='none')\" where it has '(act): SiLU()'"),
+    ("subclass", "config key 'anchors.1.name': unknown timm model 'MyViT'"),
+])
+def test_a_module_its_config_cannot_rebuild_is_refused_before_writing(tmp_path, odd, message):
+    from timm.models.vision_transformer import VisionTransformer
+
+    class MyViT(VisionTransformer):
+        pass
+
+    large = (_plain_vit(48, 6, 3, act_layer="silu") if odd == "act_layer" else
+             MyViT(img_size=IMG, patch_size=8, embed_dim=48, depth=6, num_heads=3, num_classes=10))
+    model = SNNet([_plain_vit(32, 3, 2), large])
+    with pytest.raises(SNNetError) as e:
+        model.save_pretrained(tmp_path / "m")
+    assert str(e.value).startswith("cannot save the model: ") and message in str(e.value)
+    assert str(e.value).endswith("give such anchors as timm model names or AnchorConfigs") and "\n" not in str(e.value)
+    assert not (tmp_path / "m").exists()

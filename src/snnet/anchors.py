@@ -40,9 +40,13 @@ class AnchorConfig:
                 "kwargs": dict(self.kwargs), "rel_pos_bias": self.rel_pos_bias, "drop_path": self.drop_path}
 
 
+# the name recorded for an anchor given as a plain VisionTransformer module: rebuilt from its constructor arguments
+PLAIN_VIT = "VisionTransformer"
+
+
 def check_model_name(name: str) -> None:
-    """One-line error for a name timm does not know (a ``.tag`` suffix is allowed)."""
-    if not timm.is_model(split_model_name_tag(name)[0]):
+    """One-line error for a name timm does not know (a ``.tag`` suffix is allowed) other than ``PLAIN_VIT``."""
+    if name != PLAIN_VIT and not timm.is_model(split_model_name_tag(name)[0]):
         raise SNNetError(f"unknown timm model {name!r}")
 
 
@@ -73,8 +77,11 @@ def _create(config: AnchorConfig, pretrained: bool) -> VisionTransformer:
     kwargs = dict(config.kwargs)
     if config.rel_pos_bias:
         kwargs["attn_layer"] = rel_pos_attention(_grid_size(config))
+    if config.name == PLAIN_VIT and pretrained:
+        raise SNNetError(f"a plain {PLAIN_VIT} has no pretrained weights: name a timm model or pass a checkpoint_path")
     try:
-        model = timm.create_model(config.name, pretrained=pretrained, **kwargs)
+        model = (VisionTransformer(**kwargs) if config.name == PLAIN_VIT
+                 else timm.create_model(config.name, pretrained=pretrained, **kwargs))
     except (TypeError, AssertionError, ValueError) as e:  # raised by the constructor: the kwargs are wrong
         raise SNNetError(f"timm cannot build anchor {config.name!r} with kwargs {config.kwargs}: "
                          f"{_first_line(e)}") from None

@@ -188,6 +188,7 @@ def save_pretrained(model: "SNNet | DenseModel", directory: str | Path, results:
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise SNNetError(f"cannot save the model into {directory}: it is a file, not a directory")
+    check_rebuilds(model)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     with atomic_path(directory / WEIGHTS_NAME) as tmp:
         save_file(state, str(tmp), metadata={"format": "snnet", "format_version": str(FORMAT_VERSION)})
@@ -195,6 +196,30 @@ def save_pretrained(model: "SNNet | DenseModel", directory: str | Path, results:
     atomic_write_text(directory / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
     write_model_card(directory, model, results, plot)
     return directory
+
+
+def _structure(model: torch.nn.Module) -> list[str]:
+    """The network as its modules print, drop rates left out (training settings, not the architecture), then
+    every tensor's name and shape."""
+    text = re.sub(r"DropPath\(drop_prob=[^)]*\)", "Identity()", repr(model))  # timm skips DropPath at rate 0
+    text = re.sub(r"Dropout\(p=[^,)]*", "Dropout(", text)
+    return text.splitlines() + [f"{k} {tuple(v.shape)}" for k, v in model.state_dict().items()]
+
+
+def check_rebuilds(model: "SNNet | DenseModel") -> None:
+    """One line, before anything is written, when the config.json of ``model`` would not rebuild its network:
+    an anchor module of a class, or with settings, that the config cannot record."""
+    try:
+        with torch.device("meta"):
+            rebuilt = model_from_config(json.loads(json.dumps(model.config.to_dict())), "its config")
+    except SNNetError as e:
+        raise SNNetError(f"cannot save the model: {e}; give such anchors as timm model names or AnchorConfigs") from None
+    mine, again = _structure(model), _structure(rebuilt)
+    if mine != again:
+        k = next((i for i, (a, b) in enumerate(zip(mine, again)) if a != b), min(len(mine), len(again)))
+        theirs = mine[k].strip() if k < len(mine) else "(nothing)"
+        raise SNNetError(f"cannot save the model: its config rebuilds {again[k].strip() if k < len(again) else '(nothing)'!r} "
+                         f"where it has {theirs!r}; give such anchors as timm model names or AnchorConfigs")
 
 
 def load_pretrained(directory: str | Path, revision: str | None = None) -> "SNNet | DenseModel":
