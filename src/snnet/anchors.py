@@ -15,7 +15,7 @@ from timm.models import get_pretrained_cfg, split_model_name_tag
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 from torch import nn
 
-from .checkpoint import load_torch_checkpoint
+from .files import load_torch_checkpoint
 from .errors import SNNetError
 from .flops import AnchorShape
 from .rel_pos import grid_of, rel_pos_attention

@@ -90,7 +90,8 @@ def read_trained(path: str | None, cfg):
 
     A run directory, a saved model, a training checkpoint or a released .pth.
     """
-    from .checkpoint import load_pretrained, load_torch_checkpoint
+    from .checkpoint import load_pretrained
+    from .files import load_torch_checkpoint
     from .engine import CHECKPOINT_NAME
     from .rundir import saved_model_dir
 

@@ -186,7 +186,8 @@ def _onnx(net: nn.Module, example: torch.Tensor, path: Path) -> None:
 
 def load_exported(path: str | Path) -> nn.Module:
     """The plain ``nn.Module`` of a stitch exported as safetensors (its sidecar says how to rebuild it)."""
-    from .checkpoint import load_state_checked, model_from_config, read_json, read_safetensors
+    from .checkpoint import load_state_checked, model_from_config
+    from .files import read_json, read_safetensors
 
     path = Path(path)
     side = sidecar_path(path)

@@ -1,0 +1,61 @@
+"""The package's import graph, read from the source with ast (every import, function-local ones too): the layers
+below the models import only each other, without cycles, and the stitch space and FLOPs need no torch."""
+import ast
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+# below the models: errors and files, the pure stitch-space functions, anchors, config, data, results
+LOWER = {"snnet.errors", "snnet._atomic", "snnet.files", "snnet.flops", "snnet.stitch_space", "snnet.sampling",
+         "snnet.selection", "snnet.route_tree", "snnet.rel_pos", "snnet.stitching_layers", "snnet.anchors",
+         "snnet.config", "snnet.data", "snnet.data.scenes", "snnet.data.coco", "snnet.results",
+         "snnet.distributed", "snnet.latency"}
+PURE = {"snnet.stitch_space", "snnet.flops", "snnet.sampling", "snnet.selection"}
+
+
+def import_graph() -> dict[str, set[str]]:
+    """module -> the package's modules and the top-level packages it imports."""
+    files = {}
+    for f in (SRC / "snnet").rglob("*.py"):
+        parts = list(f.relative_to(SRC).with_suffix("").parts)
+        files[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = f
+    graph = {}
+    for name, f in files.items():
+        package = name.split(".") if f.name == "__init__.py" else name.split(".")[:-1]
+        found = set()
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.Import):
+                found |= {a.name if a.name in files else a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                base = ".".join(package[:len(package) - node.level + 1] + ([node.module] if node.module else [])) \
+                    if node.level else node.module
+                subs = {f"{base}.{a.name}" for a in node.names} & files.keys()
+                found |= subs or {base if base in files else base.split(".")[0]}
+        graph[name] = found - {name}
+    return graph
+
+
+def test_the_lower_layers_import_only_each_other_and_form_no_cycle():
+    graph = import_graph()
+    assert LOWER <= graph.keys()
+    for name in LOWER:
+        upward = {m for m in graph[name] if m.startswith("snnet") and m not in LOWER}
+        assert not upward, f"{name} imports {sorted(upward)}"
+    done, active = set(), []
+
+    def visit(name):  # depth first over the lower layers: a module met again on the path closes a cycle
+        assert name not in active, " -> ".join(active[active.index(name):] + [name])
+        if name not in done:
+            active.append(name)
+            for m in sorted(graph[name] & LOWER):
+                visit(m)
+            active.pop()
+            done.add(name)
+
+    for name in sorted(LOWER):
+        visit(name)
+
+
+def test_the_stitch_space_and_flops_are_pure_python():
+    graph = import_graph()
+    for name in PURE:
+        assert not graph[name] & {"torch", "timm", "numpy"}, (name, graph[name])
