@@ -23,7 +23,8 @@ class RelPosAttention(Attention):
     def __init__(self, dim: int, num_heads: int = 8, **kwargs) -> None:
         super().__init__(dim, num_heads=num_heads, **kwargs)
         index = gen_relative_position_index(self.grid_size, class_token=True)  # (N, N), N = 1 + Gh*Gw
-        table_rows = int(index.max()) + 1  # (2Gh-1)(2Gw-1) + 3
+        gh, gw = self.grid_size
+        table_rows = (2 * gh - 1) * (2 * gw - 1) + 3  # index.max() + 1, known without reading it (meta device)
         device = kwargs.get("device")
         self.relative_position_bias_table = nn.Parameter(torch.zeros(table_rows, num_heads, device=device))
         # derived from the grid, so not saved: a file's own index is checked against it on import
