@@ -2,6 +2,7 @@ import argparse
 import json
 import os
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -155,7 +156,7 @@ def test_from_pretrained_errors(tmp_path, trained):
 def test_failed_save_keeps_the_previous_file(tmp_path, trained, monkeypatch):
     out = trained.save_pretrained(tmp_path / "m")
     before = (out / "model.safetensors").read_bytes()
-    import snnet.checkpoint as ck
+    import snnet.pretrained as ck
 
     def boom(*a, **k):
         raise OSError("disk full")
@@ -215,3 +216,28 @@ def test_a_module_its_config_cannot_rebuild_is_refused_before_writing(tmp_path, 
     assert str(e.value).startswith("cannot save the model: ") and message in str(e.value)
     assert str(e.value).endswith("give such anchors as timm model names or AnchorConfigs") and "\n" not in str(e.value)
     assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("name", ["quickstart", "quickstart_segmentation", "quickstart_depth", "quickstart_detection"])
+def test_config_files_saved_before_the_registry_still_load(name):
+    """tests/data/saved/: the config.json of each quickstart model as commit c368ae2 saved it (before the model
+    classes registered themselves): it rebuilds the network the config builds today, FLOPs included."""
+    from snnet import build_model, load_config
+    from snnet.pretrained import _structure, model_from_config
+
+    raw = json.loads((Path(__file__).parent / "data" / "saved" / f"{name}.config.json").read_text())
+    old = model_from_config(raw, name)
+    new = build_model(load_config(name), load_weights=False)
+    assert type(old) is type(new) and _structure(old) == _structure(new)
+    assert old.flops_table() == new.flops_table()
+
+
+def test_every_task_has_one_registered_model_class_with_its_metric():
+    from snnet.pretrained import MODEL_CLASSES
+    from snnet.tasks import TASKS
+
+    assert sorted(MODEL_CLASSES) == sorted(TASKS)
+    for name, task in TASKS.items():
+        model = MODEL_CLASSES[name]
+        assert model.task == name and model.primary_metric == task.primary_metric
+        assert model.higher_is_better == task.metric_directions[task.primary_metric] == task.higher_is_better

@@ -1,7 +1,7 @@
 """SN-Netv2: one stitchable network from two pretrained timm Vision Transformers."""
 from .anchors import AnchorConfig, create_anchor
 from .checkpoint import load_official_checkpoint
-from .checkpoint import load_pretrained as from_pretrained
+from .pretrained import load_pretrained as from_pretrained
 from .config import RunConfig, load_config
 from .errors import SNNetError
 from .least_squares import init_stitching_layers

@@ -90,7 +90,7 @@ def read_trained(path: str | None, cfg):
 
     A run directory, a saved model, a training checkpoint or a released .pth.
     """
-    from .checkpoint import load_pretrained
+    from .pretrained import load_pretrained
     from .files import load_torch_checkpoint
     from .engine import CHECKPOINT_NAME
     from .rundir import saved_model_dir
@@ -142,7 +142,8 @@ def trained_classes(found) -> int | None:
 
 def model_for_eval(found, cfg, num_classes: int):
     """The model of :func:`read_trained`'s result; state dicts go into the config's model."""
-    from .checkpoint import load_official_checkpoint, load_state_checked
+    from .checkpoint import load_official_checkpoint
+    from .pretrained import load_state_checked
     from .tasks import build_model
 
     if not isinstance(found, dict):
@@ -294,7 +295,7 @@ def pick_stitch(args, model, run: Path | None) -> int:
         return model.stitch(args.stitch).id
     if run is None or not (run / "results.jsonl").is_file():
         raise SNNetError("a budget needs the run's results.jsonl: give a run directory, or --stitch")
-    rows, metric, higher = budget_rows(args, run, getattr(model, "task", "classification"))
+    rows, metric, higher = budget_rows(args, run, model.task)
     return choose_stitch(rows, metric, higher, args.max_gflops, args.max_latency_ms)["stitch_id"]
 
 
@@ -302,7 +303,7 @@ def cmd_export(args) -> int:
     from contextlib import nullcontext
 
     from ._atomic import together
-    from .checkpoint import load_pretrained
+    from .pretrained import load_pretrained
     from .export import export_stitch, sidecar_path
     from .rundir import RunLock, check_output, run_info, run_of
 
@@ -337,7 +338,7 @@ def cmd_profile(args) -> int:
 def _profile(args, run: Path, model_dir: Path, device) -> int:
     import torch
 
-    from .checkpoint import load_pretrained
+    from .pretrained import load_pretrained
     from .latency import onnx_latency, stitch_latency
     from ._atomic import together
     from .results import read_results, plot_pareto, write_results
@@ -378,7 +379,7 @@ def _profile(args, run: Path, model_dir: Path, device) -> int:
                 r["latency_onnx_ms"], r["latency_onnx_iqr_ms"] = extra[r["stitch_id"]]
     if stale:
         print(f"dropped the latency of {stale} stitches measured in another setting")
-    task = TASKS[getattr(model, "task", "classification")]
+    task = TASKS[model.task]
     profiled = [r for r in rows if "latency_ms" in r]
     with together():  # the table, its latency plot and the printed figures: all of them or none
         write_results(run, rows)

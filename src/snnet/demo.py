@@ -26,7 +26,7 @@ class DemoRun:
     """A run directory's model, results and preprocessing, and what the page computes from them."""
 
     def __init__(self, run: str | Path, device: str = "cpu") -> None:
-        from .checkpoint import load_pretrained
+        from .pretrained import load_pretrained
         from .results import frontier, read_results
         from .rundir import run_info, run_of
         from .tasks import TASKS
@@ -35,7 +35,7 @@ class DemoRun:
         if run_dir is None or not (run_dir / "results.jsonl").is_file():
             raise SNNetError(f"{run} has no results.jsonl: the demo needs an evaluated run")
         self.model = load_pretrained(model_dir).to(device).eval()
-        self.task = getattr(self.model, "task", "classification")
+        self.task = self.model.task
         spec = TASKS[self.task]
         self.metric, self.higher = spec.primary_metric, spec.higher_is_better
         self.rows = read_results(run_dir, self.metric)

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 from tqdm.auto import tqdm
 
 from ._atomic import atomic_path, atomic_write_text, together
-from .checkpoint import load_state_checked
+from .pretrained import load_state_checked
 from .files import load_torch_checkpoint
 from .config import RunConfig, dump_config
 from .distributed import DistEnv, all_gather_objects, all_reduce_sum, barrier, broadcast_buffers

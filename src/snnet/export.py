@@ -150,7 +150,7 @@ def export_stitch(model: SNNet | DenseModel, stitch_id: int, fmt: str, output: s
         raise SNNetError(f"stitch {stitch_id} does not run at {img_size[0]}x{img_size[1]}: "
                          f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from None
     sidecar = {"format": EXPORT_FORMAT, "file": output.name, "export_format": fmt,
-               "task": getattr(model, "task", "classification"), "stitch_id": s.id, "kind": s.kind,
+               "task": model.task, "stitch_id": s.id, "kind": s.kind,
                "route": s.describe(), "flops": flops, "gflops": flops / 1e9, "params": model.params(s.id),
                "input_size": list(img_size), "batch": "dynamic" if fmt == "onnx" else batch,
                "input": "images (B, 3, H, W), float32, normalised with mean and std",
@@ -186,7 +186,7 @@ def _onnx(net: nn.Module, example: torch.Tensor, path: Path) -> None:
 
 def load_exported(path: str | Path) -> nn.Module:
     """The plain ``nn.Module`` of a stitch exported as safetensors (its sidecar says how to rebuild it)."""
-    from .checkpoint import load_state_checked, model_from_config
+    from .pretrained import load_state_checked, model_from_config
     from .files import read_json, read_safetensors
 
     path = Path(path)

@@ -15,6 +15,8 @@ from safetensors.torch import load_file
 
 from .errors import SNNetError
 
+# what an mmengine training checkpoint holds beyond tensors: its logging state (HistoryBuffer objects,
+# numpy arrays and scalars, and the getattr calls that rebuild them); read as inert stand-ins
 _LOGGING_MODULES = ("mmengine.", "numpy.")
 _LOGGING_NAMES = ("builtins.getattr",)
 

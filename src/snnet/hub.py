@@ -12,30 +12,6 @@ from .errors import SNNetError
 
 CARD_NAME = "README.md"
 PLOT_NAME = "pareto.png"
-PIPELINES = {"classification": "image-classification", "segmentation": "image-segmentation",
-             "depth": "depth-estimation", "detection": "object-detection"}
-
-
-class Pretrained:
-    """``save_pretrained``, ``from_pretrained`` and ``push_to_hub`` for SNNet and the task models."""
-
-    def save_pretrained(self, directory: str | Path, results: list[dict] | None = None,
-                        plot: str | Path | None = None) -> Path:
-        """``model.safetensors``, ``config.json`` and a model card (``README.md``, with per-stitch ``results``
-        and the Pareto ``plot`` when given) in ``directory``, each written atomically."""
-        from .checkpoint import save_pretrained
-        return save_pretrained(self, directory, results, plot)
-
-    def push_to_hub(self, repo_id: str, results: list[dict] | None = None, plot: str | Path | None = None,
-                    private: bool = False, token: str | None = None) -> str:
-        """Upload weights, config and model card to a Hugging Face Hub repo; returns the commit URL."""
-        return push_to_hub(self, repo_id, results, plot, private, token)
-
-    @classmethod
-    def from_pretrained(cls, directory: str | Path, revision: str | None = None):
-        """Rebuild a saved model (of any task) from a directory or a Hub repo id (``org/name``), offline."""
-        from .checkpoint import load_pretrained
-        return load_pretrained(directory, revision)
 
 
 def model_card(model, results: list[dict] | None = None, with_plot: bool = False) -> str:
@@ -44,21 +20,19 @@ def model_card(model, results: list[dict] | None = None, with_plot: bool = False
     from huggingface_hub import ModelCardData
 
     from .results import frontier, result_rows
-    from .tasks import TASKS
 
-    task = getattr(model, "task", "classification")
+    task = model.task
     cfg = model.config.to_dict()
     net = getattr(model, "backbone", model)
     names = [f"`{a['name']}` (depth {d}, width {w})" for a, d, w in zip(cfg["anchors"], net.depths, net.widths)]
-    data = ModelCardData(library_name="snnet", pipeline_tag=PIPELINES[task],
+    data = ModelCardData(library_name="snnet", pipeline_tag=model.pipeline_tag,
                          tags=["snnet", "sn-netv2", "stitchable-neural-networks", "vision-transformer", "timm"])
-    spec = TASKS[task]
-    metric = spec.primary_metric
+    metric = model.primary_metric
     rows = results or result_rows(model, {s.id: {} for s in model.stitches})
     has_metric = all(metric in r for r in rows)
     on_frontier = set()
     if has_metric:
-        on_frontier = {r["stitch_id"] for r in frontier(rows, metric, spec.higher_is_better)}
+        on_frontier = {r["stitch_id"] for r in frontier(rows, metric, model.higher_is_better)}
     lines = [
         "---", data.to_yaml(), "---", "",
         f"# SN-Net{cfg['version']} ({task}) over {names[0]} and {names[1]}", "",

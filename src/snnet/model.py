@@ -5,6 +5,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -12,13 +13,16 @@ from torch import nn
 from .anchors import AnchorConfig, anchor_config_of, anchor_shape, create_anchor, order_anchors, resize_pos_embed
 from .errors import SNNetError
 from .flops import stitch_flops
-from .hub import Pretrained
+from .pretrained import Pretrained, register_model
 from .route_tree import PrefixCache, depth_first
 from .sampling import ROSSampler
-from .selection import best_under_budget, is_integer, is_number, pareto_frontier
+from .selection import ChoosesStitches, is_integer, is_number
 from .stitch_space import (LARGE, SMALL, LayerRef, Step, Stitch, num_stitching_layers, route_steps, route_taps,
                            stitch_space)
 from .stitching_layers import StitchingLayer
+
+if TYPE_CHECKING:
+    from .config import ModelSection
 
 DEFAULT_ROS_GAP_GFLOPS = 1.0  # the reference's gap for ImageNet at 224
 
@@ -48,13 +52,19 @@ def _default_out_indices(d1: int) -> list[int]:
     return sorted({max(0, (k + 1) * d1 // 4 - 1) for k in range(4)})
 
 
-class SNNet(Pretrained, nn.Module):
+@register_model
+class SNNet(Pretrained, ChoosesStitches, nn.Module):
     """SN-Netv2 (or the v1 baseline) over two timm ViT anchors.
 
     ``select(id)`` picks the stitch that eval-mode calls run; in train mode every call runs a
     stitch drawn by ``sampler`` (ROS). ``forward`` returns that stitch's logits,
     ``forward_features`` its dense feature maps, all at the large anchor's width.
     """
+
+    task = "classification"
+    primary_metric = "acc1"
+    higher_is_better = True
+    pipeline_tag = "image-classification"
 
     def __init__(
         self,
@@ -114,6 +124,29 @@ class SNNet(Pretrained, nn.Module):
         self.configure_sampling()
 
     # ---- stitches -------------------------------------------------------------------------
+    @classmethod
+    def from_section(cls, section: "ModelSection", num_classes: int | None = None, load_weights: bool = True,
+                     device: str | None = None, input_size: tuple[int, int] | None = None,
+                     dense: bool = False) -> "SNNet":
+        """SNNet from a config's anchors; ``load_weights=False`` skips hub and local weights (they come later).
+        ``num_classes`` sizes the anchors' heads (checked against their weights by the task first); a ``dense``
+        backbone's anchors have no classifier and no final norm (the reference's), and take any input size."""
+        anchors = []
+        for a in section.anchors:
+            kwargs = dict(a.kwargs)
+            if dense:
+                kwargs.update(num_classes=0, final_norm=False)
+                kwargs.setdefault("dynamic_img_size", True)
+            elif num_classes is not None:
+                kwargs["num_classes"] = num_classes
+            if device is not None:
+                kwargs["device"] = device
+            anchors.append(AnchorConfig(a.name, pretrained=a.pretrained and load_weights,
+                                        checkpoint_path=a.checkpoint_path if load_weights else None, kwargs=kwargs,
+                                        rel_pos_bias=a.rel_pos_bias, drop_path=a.drop_path))
+        return cls(anchors, version=section.version, lora_rank=section.lora_rank, lora_alpha=section.lora_alpha,
+                   out_indices=section.out_indices)
+
     @property
     def stitch_ids(self) -> list[int]:
         return [s.id for s in self.stitches]
@@ -161,14 +194,6 @@ class SNNet(Pretrained, nn.Module):
             layer = self.stitching_layer(ref)
             n += layer.in_features * layer.out_features + layer.out_features
         return n
-
-    def pareto_frontier(self, metric: dict[int, float], higher_is_better: bool = True) -> list[int]:
-        """Stitches on the accuracy (or any metric) vs FLOPs frontier, by ascending FLOPs."""
-        return pareto_frontier(self.flops_table(), metric, higher_is_better)
-
-    def best_under_budget(self, metric: dict[int, float], max_flops: float, higher_is_better: bool = True) -> int | None:
-        """Best stitch by ``metric`` with at most ``max_flops`` FLOPs (None when nothing fits)."""
-        return best_under_budget(self.flops_table(), metric, max_flops, higher_is_better)
 
     # ---- sampling -------------------------------------------------------------------------
     def configure_sampling(self, gap_gflops: float = DEFAULT_ROS_GAP_GFLOPS, k: float | None = None,

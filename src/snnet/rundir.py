@@ -14,7 +14,7 @@ LOCK_NAME = ".snnet.lock"
 
 def saved_model_dir(path: Path) -> Path | None:
     """The saved model in ``path``: ``path`` itself or its ``model/`` (a run directory), if either has one."""
-    from .checkpoint import CONFIG_NAME
+    from .pretrained import CONFIG_NAME
 
     return next((d for d in (path, path / "model") if (d / CONFIG_NAME).is_file()), None)
 

@@ -58,6 +58,21 @@ def best_under_budget(flops: dict[int, int], metric: dict[int, float], max_flops
     return min(fits, key=lambda i: (-sign * metric[i], flops[i], i))
 
 
+class ChoosesStitches:
+    """The frontier and budget verbs of a model with a ``flops_table()`` (SNNet and every task model)."""
+
+    def flops_table(self) -> dict[int, int]:
+        raise NotImplementedError
+
+    def pareto_frontier(self, metric: dict[int, float], higher_is_better: bool = True) -> list[int]:
+        """Stitches on the accuracy (or any metric) vs FLOPs frontier, by ascending FLOPs."""
+        return pareto_frontier(self.flops_table(), metric, higher_is_better)
+
+    def best_under_budget(self, metric: dict[int, float], max_flops: float, higher_is_better: bool = True) -> int | None:
+        """Best stitch by ``metric`` with at most ``max_flops`` FLOPs (None when nothing fits)."""
+        return best_under_budget(self.flops_table(), metric, max_flops, higher_is_better)
+
+
 def choose_stitch(rows: list[dict], metric: str, higher_is_better: bool = True, max_gflops: float | None = None,
                   max_latency_ms: float | None = None) -> dict:
     """The results row with the best ``metric`` under a GFLOPs or a latency budget (exactly one is given)."""

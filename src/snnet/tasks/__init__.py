@@ -3,17 +3,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from timm.models import get_pretrained_cfg
 
 from ..anchors import AnchorConfig, head_classes
-from ..config import ModelSection, RunConfig
+from ..config import RunConfig
 from ..errors import SNNetError
 from ..model import SNNet
+from ..pretrained import MODEL_CLASSES
 from ..rel_pos import grid_of
 from ._files import split_names
 from .classification import ClassificationTask, class_folders, data_classes
 from .dense import DenseModel
+# importing the task packages registers their model classes (MODEL_CLASSES)
 from .depth import DepthModel, DepthTask
 from .detection import DetectionModel, DetectionTask
 from .segmentation import SegmentationModel, SegmentationTask
@@ -27,58 +28,6 @@ def metric_direction(metric: str) -> bool | None:
     return next((t.metric_directions[metric] for t in TASKS.values() if metric in t.metric_directions), None)
 
 
-def build_snnet(section: ModelSection, num_classes: int | None = None, load_weights: bool = True,
-                device: str | None = None, dense: bool = False) -> SNNet:
-    """SNNet from the config's anchors; ``load_weights=False`` skips hub and local weights (they come later).
-    ``num_classes`` sizes the anchors' heads (checked against their weights by the task first); a ``dense``
-    backbone's anchors have no classifier and no final norm (the reference's), and take any input size."""
-    anchors = []
-    for a in section.anchors:
-        kwargs = dict(a.kwargs)
-        if dense:
-            kwargs.update(num_classes=0, final_norm=False)
-            kwargs.setdefault("dynamic_img_size", True)
-        elif num_classes is not None:
-            kwargs["num_classes"] = num_classes
-        if device is not None:
-            kwargs["device"] = device
-        anchors.append(AnchorConfig(a.name, pretrained=a.pretrained and load_weights,
-                                    checkpoint_path=a.checkpoint_path if load_weights else None, kwargs=kwargs,
-                                    rel_pos_bias=a.rel_pos_bias, drop_path=a.drop_path))
-    return SNNet(anchors, version=section.version, lora_rank=section.lora_rank, lora_alpha=section.lora_alpha,
-                 out_indices=section.out_indices)
-
-
-def model_from_section(task: str, section: ModelSection, num_classes: int | None = None, load_weights: bool = True,
-                       device: str | None = None, input_size: tuple[int, int] | None = None) -> SNNet | DenseModel:
-    """The model of ``task`` over the anchors of ``section`` (classification: an SNNet). ``input_size``: the size
-    depth and detection models report FLOPs at (detection: the square images are resized to fit)."""
-    if task == "classification":
-        return build_snnet(section, num_classes, load_weights, device)
-    backbone = build_snnet(section, load_weights=load_weights, device=device, dense=True)
-    head = section.head
-    size = input_size or backbone.img_size
-    if task == "depth":
-        model = DepthModel(backbone, head.channels, head.min_depth, size, head.reassemble_channels, head.max_depth)
-    elif task == "detection":
-        model = DetectionModel(backbone, num_classes or head.num_classes, head.channels, size[0], head.roi_channels,
-                               head.roi_samples, head.detections)
-    else:
-        model = SegmentationModel(backbone, num_classes or head.num_classes, head.channels, head.aux_weight)
-    if head.init == "torch":
-        reset_heads(model)
-    return model.to(device) if device == "meta" else model
-
-
-def reset_heads(model: DenseModel) -> None:
-    """PyTorch's default initialisation for every convolution and linear layer outside the backbone."""
-    for name, child in model.named_children():
-        if name != "backbone":
-            for m in child.modules():
-                if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d, torch.nn.Linear)):
-                    m.reset_parameters()
-
-
 def build_model(cfg: RunConfig, num_classes: int | None = None, load_weights: bool = True,
                 device: str | None = None) -> SNNet | DenseModel:
     """The model of ``cfg.task``: an ``SNNet`` for classification (heads sized by ``num_classes`` when given), a
@@ -86,7 +35,7 @@ def build_model(cfg: RunConfig, num_classes: int | None = None, load_weights: bo
     or the dataset's)."""
     if cfg.task in ("segmentation", "detection") and num_classes is None:
         num_classes = cfg.model.head.num_classes or _dataset_classes(cfg)
-    return model_from_section(cfg.task, cfg.model, num_classes, load_weights, device, eval_size(cfg))
+    return MODEL_CLASSES[cfg.task].from_section(cfg.model, num_classes, load_weights, device, eval_size(cfg))
 
 
 def eval_size(cfg: RunConfig) -> tuple[int, int]:

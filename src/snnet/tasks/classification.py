@@ -15,6 +15,7 @@ from torchvision import transforms as T
 
 from ..config import RunConfig
 from ..errors import SNNetError
+from ..model import SNNet
 from ._files import split_names, with_transform
 
 
@@ -108,7 +109,7 @@ class ClassificationTask:
     """What the training loop and the per-stitch evaluation need to know about classification."""
 
     name = "classification"
-    primary_metric = "acc1"
+    primary_metric = SNNet.primary_metric  # the model class's, as its card and loaders read it
     plot_metrics = (("acc1", True),)
     report_metrics = ("acc1", "acc5", "loss")
     metric_directions = {"acc1": True, "acc5": True, "loss": False}  # every metric it writes: higher is better?

@@ -5,15 +5,18 @@ stitch runs through the backbone's one route runner (``SNNet.forward_features``)
 """
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
 
-from ..hub import Pretrained
+from ..pretrained import Pretrained
 from ..model import SNNet
-from ..selection import best_under_budget, pareto_frontier
+from ..selection import ChoosesStitches
 from ..stitch_space import SMALL, Stitch, route_taps
+
+if TYPE_CHECKING:
+    from ..config import HeadSection, ModelSection
 
 
 def init_conv_module(conv: nn.Module) -> nn.Module:
@@ -32,7 +35,20 @@ def image_batches(images: list[torch.Tensor]) -> list[torch.Tensor]:
     return [i[None] for i in images]
 
 
-class DenseModel(Pretrained, nn.Module):
+class _Backbone:
+    """A stitch verb or property of the backbone, read through the task model: one mechanism, no forwarding
+    code per verb (what differs for a task, such as FLOPs with the head, the task model defines itself)."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+        verb = getattr(SNNet, name, None)  # None for an instance attribute such as stitches
+        self.__doc__ = verb.__doc__ if verb is not None else None
+
+    def __get__(self, model: "DenseModel | None", owner: type | None = None):
+        return self if model is None else getattr(model.backbone, self.name)
+
+
+class DenseModel(Pretrained, ChoosesStitches, nn.Module):
     """``backbone`` (an SNNet whose taps are ``out_indices``) plus heads defined by a subclass."""
 
     task: ClassVar[str]
@@ -42,7 +58,24 @@ class DenseModel(Pretrained, nn.Module):
         self.backbone = backbone
         self.head_config = dict(head_config)
 
+    @classmethod
+    def from_section(cls, section: "ModelSection", num_classes: int | None = None, load_weights: bool = True,
+                     device: str | None = None, input_size: tuple[int, int] | None = None) -> "DenseModel":
+        """The task model over a dense backbone of the config's anchors. ``input_size``: the size depth and
+        detection models report FLOPs at (detection: the square images are resized to fit)."""
+        backbone = SNNet.from_section(section, load_weights=load_weights, device=device, dense=True)
+        model = cls.from_backbone(backbone, section.head, num_classes, tuple(input_size or backbone.img_size))
+        if section.head.init == "torch":
+            reset_heads(model)
+        return model.to(device) if device == "meta" else model
+
     # ---- what the head adds (subclasses) -----------------------------------------------------
+    @classmethod
+    def from_backbone(cls, backbone: SNNet, head: "HeadSection", num_classes: int | None,
+                      input_size: tuple[int, int]) -> "DenseModel":
+        """The model with the heads the config's ``model.head`` describes."""
+        raise NotImplementedError
+
     def head_flops(self, img_size: tuple[int, int]) -> int:
         raise NotImplementedError
 
@@ -51,40 +84,19 @@ class DenseModel(Pretrained, nn.Module):
         raise NotImplementedError
 
     # ---- stitches (the backbone's) ---------------------------------------------------------------
-    @property
-    def stitches(self) -> tuple[Stitch, ...]:
-        return self.backbone.stitches
-
-    @property
-    def stitch_ids(self) -> list[int]:
-        return self.backbone.stitch_ids
-
-    @property
-    def selected(self) -> Stitch:
-        return self.backbone.selected
-
-    @property
-    def sampler(self):
-        return self.backbone.sampler
-
-    @property
-    def last_stitch(self) -> Stitch | None:
-        return self.backbone.last_stitch
-
-    def stitch(self, stitch_id: int) -> Stitch:
-        return self.backbone.stitch(stitch_id)
+    stitches = _Backbone()
+    stitch_ids = _Backbone()
+    selected = _Backbone()
+    sampler = _Backbone()
+    last_stitch = _Backbone()
+    stitch = _Backbone()
+    describe = _Backbone()
+    img_size = _Backbone()
+    forward_features = _Backbone()
 
     def select(self, stitch_id: int) -> "DenseModel":
         self.backbone.select(stitch_id)
         return self
-
-    def describe(self, stitch_id: int) -> str:
-        return self.backbone.describe(stitch_id)
-
-    @property
-    def img_size(self) -> tuple[int, int]:
-        """The input size the anchors are built for (the training crop)."""
-        return self.backbone.img_size
 
     def flops(self, stitch_id: int, img_size: tuple[int, int] | None = None) -> int:
         """Backbone (with the projections of small-anchor taps) and inference heads at ``img_size``
@@ -107,19 +119,9 @@ class DenseModel(Pretrained, nn.Module):
                 n += sum(p.numel() for p in b.sl_layers[block].parameters())
         return n + sum(p.numel() for h in self.inference_heads() for p in h.parameters())
 
-    def pareto_frontier(self, metric: dict[int, float], higher_is_better: bool = True) -> list[int]:
-        return pareto_frontier(self.flops_table(), metric, higher_is_better)
-
-    def best_under_budget(self, metric: dict[int, float], max_flops: float, higher_is_better: bool = True) -> int | None:
-        return best_under_budget(self.flops_table(), metric, max_flops, higher_is_better)
-
     def configure_sampling(self, gap_gflops: float, k: float | None = None, seed: int = 0) -> None:
         """ROS over this task's FLOPs (backbone and head), as the reference groups dense stitches."""
         self.backbone.configure_sampling(gap_gflops, k, seed, flops=self.flops_table())
-
-    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """The active stitch's dense taps, (B, C_large, H/p, W/p) each."""
-        return self.backbone.forward_features(x)
 
     # ---- weights -------------------------------------------------------------------------------
     @property
@@ -131,6 +133,15 @@ class DenseModel(Pretrained, nn.Module):
         self.backbone.merge_lora()
         return self
 
+
+
+def reset_heads(model: DenseModel) -> None:
+    """PyTorch's default initialisation for every convolution and linear layer outside the backbone."""
+    for name, child in model.named_children():
+        if name != "backbone":
+            for m in child.modules():
+                if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d, torch.nn.Linear)):
+                    m.reset_parameters()
 
 
 class DenseConfig:

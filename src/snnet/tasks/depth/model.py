@@ -7,17 +7,27 @@ import torch.nn.functional as F
 from ...errors import SNNetError
 from ...flops import BILINEAR_FLOPS_PER_OUTPUT
 from ...model import SNNet
+from ...pretrained import register_model
 from ...stitch_space import LARGE
 from ..dense import DenseModel
 from .heads import REASSEMBLE_CHANNELS, DPTHead
 
 
+@register_model
 class DepthModel(DenseModel):
     """``model(images)`` returns the active stitch's depth (B, 1, H, W) at the input size, in metres; in eval mode
     clamped to [min_depth, max_depth] before the resize, as the reference's ``encode_decode``. FLOPs are reported
     at ``input_size`` (the evaluation size: NYUv2's 480x640)."""
 
     task = "depth"
+    primary_metric = "rmse"
+    higher_is_better = False
+    pipeline_tag = "depth-estimation"
+
+    @classmethod
+    def from_backbone(cls, backbone: SNNet, head, num_classes: int | None,
+                      input_size: tuple[int, int]) -> "DepthModel":
+        return cls(backbone, head.channels, head.min_depth, input_size, head.reassemble_channels, head.max_depth)
     num_classes = None
 
     def __init__(self, backbone: SNNet, channels: int = 256, min_depth: float = 1e-3,

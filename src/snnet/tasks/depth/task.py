@@ -10,13 +10,14 @@ from ...config import RunConfig
 from ..dense import image_batches
 from .data import build_datasets, collate_eval
 from .metrics import METRICS, image_metrics, sig_loss, summarize, valid_mask
+from .model import DepthModel
 
 
 class DepthTask:
     """What the training loop and the per-stitch evaluation need to know about depth."""
 
     name = "depth"
-    primary_metric = "rmse"
+    primary_metric = DepthModel.primary_metric  # the model class's, as its card and loaders read it
     plot_metrics = (("rmse", False), ("a1", True))  # a Pareto plot each
     report_metrics = ("rmse", "a1", "abs_rel", "silog")
     metric_directions = {m: m in ("a1", "a2", "a3") for m in METRICS}  # errors fall, threshold accuracies rise

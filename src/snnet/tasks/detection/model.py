@@ -16,6 +16,7 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from ...errors import SNNetError
 from ...flops import NORM_FLOPS_PER_ELEMENT, conv_flops
 from ...model import SNNet
+from ...pretrained import register_model
 from ...stitch_space import LARGE
 from ..dense import DenseModel
 
@@ -87,6 +88,7 @@ class _StitchedPyramid(nn.Module):
         return self.pyramid(self.body.forward_features(x)[-1])
 
 
+@register_model
 class DetectionModel(DenseModel):
     """Mask R-CNN on a stitched backbone. Train mode: ``model(images, targets)`` returns torchvision's loss dict
     for a ROS-sampled stitch; eval mode: ``model(images)`` returns the selected stitch's detections (boxes,
@@ -95,6 +97,15 @@ class DetectionModel(DenseModel):
     on the proposals and are left out)."""
 
     task = "detection"
+    primary_metric = "bbox_AP"
+    higher_is_better = True
+    pipeline_tag = "object-detection"
+
+    @classmethod
+    def from_backbone(cls, backbone: SNNet, head, num_classes: int | None,
+                      input_size: tuple[int, int]) -> "DetectionModel":
+        return cls(backbone, num_classes or head.num_classes, head.channels, input_size[0], head.roi_channels,
+                   head.roi_samples, head.detections)
 
     def __init__(self, backbone: SNNet, num_classes: int, channels: int = 256, image_size: int = 1024,
                  roi_channels: int = 256, roi_samples: int = 512, detections: int = 100) -> None:

@@ -12,6 +12,7 @@ from pycocotools.cocoeval import COCOeval
 
 from ...config import RunConfig
 from .data import build_datasets, collate_lists
+from .model import DetectionModel
 
 STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl")  # the first six of COCOeval.stats
 MASK_THRESHOLD = 0.5
@@ -21,7 +22,7 @@ class DetectionTask:
     """What the training loop and the per-stitch evaluation need to know about detection."""
 
     name = "detection"
-    primary_metric = "bbox_AP"
+    primary_metric = DetectionModel.primary_metric  # the model class's, as its card and loaders read it
     plot_metrics = (("bbox_AP", True), ("segm_AP", True))
     report_metrics = ("bbox_AP", "bbox_AP50", "segm_AP", "segm_AP50")
     metric_directions = {f"{kind}_{s}": True for kind in ("bbox", "segm") for s in STATS}  # every metric it writes

@@ -7,11 +7,13 @@ from torch import nn
 
 from ...errors import SNNetError
 from ...model import SNNet
+from ...pretrained import register_model
 from ...stitch_space import LARGE
 from ..dense import DenseModel
 from .heads import SETRUpHead
 
 
+@register_model
 class SegmentationModel(DenseModel):
     """``decode_head`` reads the last tap; ``auxiliary_head[i]`` reads tap i during training.
 
@@ -20,6 +22,14 @@ class SegmentationModel(DenseModel):
     """
 
     task = "segmentation"
+    primary_metric = "mIoU"
+    higher_is_better = True
+    pipeline_tag = "image-segmentation"
+
+    @classmethod
+    def from_backbone(cls, backbone: SNNet, head, num_classes: int | None,
+                      input_size: tuple[int, int]) -> "SegmentationModel":
+        return cls(backbone, num_classes or head.num_classes, head.channels, head.aux_weight)
 
     def __init__(self, backbone: SNNet, num_classes: int, channels: int = 256, aux_weight: float = 0.4) -> None:
         super().__init__(backbone, {"num_classes": num_classes, "channels": channels, "aux_weight": aux_weight})

@@ -10,13 +10,14 @@ from ...config import RunConfig
 from ..dense import image_batches
 from .data import build_datasets, collate_eval
 from .metrics import area_sums, summarize
+from .model import SegmentationModel
 
 
 class SegmentationTask:
     """What the training loop and the per-stitch evaluation need to know about segmentation."""
 
     name = "segmentation"
-    primary_metric = "mIoU"
+    primary_metric = SegmentationModel.primary_metric  # the model class's, as its card and loaders read it
     plot_metrics = (("mIoU", True),)
     report_metrics = ("mIoU", "mAcc", "aAcc")
     metric_directions = {"mIoU": True, "mAcc": True, "aAcc": True}  # every metric it writes: higher is better?
