@@ -58,7 +58,7 @@ class DemoRun:
         if self.task == "classification" and (run_dir / "config.yaml").is_file():
             cfg = load_config(str(run_dir / "config.yaml"))
             return build_transform(cfg, False, self.model.img_size[-1], tuple(self.mean), tuple(self.std))
-        resize = [] if self.task == "detection" else [T.Resize(self.model.img_size)]  # Mask R-CNN fits it itself
+        resize = [] if self.model.takes_image_lists else [T.Resize(self.model.img_size)]  # it fits any size itself
         return T.Compose([*resize, T.ToTensor(), T.Normalize(self.mean, self.std)])
 
     def choose(self, budget: float, explicit: str | None) -> int:
@@ -81,7 +81,7 @@ class DemoRun:
         """Top-5 {class: probability}, or (an RGB array at least ``DISPLAY`` pixels wide: the segmentation overlay,
         labels upsampled by nearest neighbour, the colour-mapped depth or the detections; its legend as HTML)."""
         x = self.transform(image.convert("RGB"))[None].to(self.device)
-        out = self.model.select(stitch_id)(list(x) if self.task == "detection" else x)
+        out = self.model.select(stitch_id)(self.model.as_input(x))
         if self.task == "classification":
             probs = out.float().softmax(-1)[0]
             top = probs.topk(min(5, probs.numel()))

@@ -111,10 +111,10 @@ class StitchNet(nn.Module):
 
 def deployable(model: SNNet | DenseModel, stitch_id: int) -> nn.Module:
     """The stitch as a standalone eval-mode network; a dense model keeps its inference heads over it."""
+    if not model.exportable:
+        raise SNNetError("export takes classification, segmentation and depth models; a detection model's "
+                         "Mask R-CNN heads are not exported yet")
     if isinstance(model, DenseModel):
-        if model.task == "detection":
-            raise SNNetError("export takes classification, segmentation and depth models; a detection model's "
-                             "Mask R-CNN heads are not exported yet")
         heads = model.inference_heads()
         unused = {name: nn.ModuleList() for name, child in model.named_children()
                   if name != "backbone" and not any(child is h for h in heads)}  # e.g. auxiliary training heads

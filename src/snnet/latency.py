@@ -36,8 +36,7 @@ def time_call(fn: Callable[[], object], device: torch.device, repeats: int = 10,
 
 def example_input(model: torch.nn.Module, batch: int, img_size: tuple[int, int], device: torch.device):
     """Random normalised images in the form the model takes (a list of images for detection)."""
-    x = torch.randn(batch, 3, *img_size, device=device)
-    return list(x) if getattr(model, "task", None) == "detection" else x
+    return model.as_input(torch.randn(batch, 3, *img_size, device=device))
 
 
 @torch.inference_mode()

@@ -40,6 +40,12 @@ class Pretrained:
     primary_metric: ClassVar[str]
     higher_is_better: ClassVar[bool]
     pipeline_tag: ClassVar[str]
+    exportable: ClassVar[bool] = True  # snnet export writes its stitches as standalone networks
+    takes_image_lists: ClassVar[bool] = False  # a list of (3, H, W) images of any size, not one batch tensor
+
+    def as_input(self, images: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        """A (B, 3, H, W) batch of normalised images in the form the model's forward takes."""
+        return list(images) if self.takes_image_lists else images
 
     @classmethod
     def from_section(cls, section: "ModelSection", num_classes: int | None = None, load_weights: bool = True,

@@ -100,6 +100,8 @@ class DetectionModel(DenseModel):
     primary_metric = "bbox_AP"
     higher_is_better = True
     pipeline_tag = "object-detection"
+    exportable = False  # the Mask R-CNN heads are not exported yet
+    takes_image_lists = True  # torchvision's detectors fit and pad each image themselves
 
     @classmethod
     def from_backbone(cls, backbone: SNNet, head, num_classes: int | None,
