@@ -15,9 +15,9 @@ from ._files import split_names
 from .classification import ClassificationTask, class_folders, data_classes
 from .dense import DenseModel
 # importing the task packages registers their model classes (MODEL_CLASSES)
-from .depth import DepthModel, DepthTask
-from .detection import DetectionModel, DetectionTask
-from .segmentation import SegmentationModel, SegmentationTask
+from .depth import DepthTask
+from .detection import DetectionTask
+from .segmentation import SegmentationTask
 
 TASKS = {"classification": ClassificationTask, "segmentation": SegmentationTask, "depth": DepthTask,
          "detection": DetectionTask}

@@ -36,6 +36,21 @@ def read_map(path: Path, kind: str, modes: tuple[str, ...], expected: str, why: 
         raise SNNetError(f"cannot read {kind} {path}: {type(e).__name__}") from None
 
 
+def dataset_root(cfg, where: str) -> Path | None:
+    """The dense dataset's root folder, None for the built-in scenes; a one-line error when ``data.root`` is not
+    set (``where`` says what it must point at)."""
+    if cfg.data.dataset == "shapes":
+        return None
+    if not cfg.data.root:
+        raise SNNetError(f"config key 'data.root' is not set: point it at {where}")
+    return Path(cfg.data.root)
+
+
+def collate_lists(batch: list) -> tuple[list, list]:
+    """Images and targets as lists, not stacked tensors: evaluation images keep their own sizes."""
+    return [b[0] for b in batch], [b[1] for b in batch]
+
+
 def split_names(data, train: str, val: str) -> tuple[str, str]:
     """``data.train_split`` / ``data.val_split`` when the config sets them, else the dataset's own names."""
     return data.train_split or train, data.val_split or val

@@ -5,7 +5,8 @@ stitch runs through the backbone's one route runner (``SNNet.forward_features``)
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 import torch
 from torch import nn
@@ -13,7 +14,8 @@ from torch import nn
 from ..pretrained import Pretrained
 from ..model import SNNet
 from ..selection import ChoosesStitches
-from ..stitch_space import SMALL, Stitch, route_taps
+from ..stitch_space import SMALL, route_taps
+from ._files import collate_lists
 
 if TYPE_CHECKING:
     from ..config import HeadSection, ModelSection
@@ -26,6 +28,20 @@ def init_conv_module(conv: nn.Module) -> nn.Module:
     if conv.bias is not None:
         nn.init.zeros_(conv.bias)
     return conv
+
+
+class DenseTask:
+    """What the dense tasks share: evaluation batches as lists of images of their own sizes, and the report's
+    ``predictions.png`` (a few validation images, their ground truth and the predictions of the smallest,
+    middle and largest stitch on the frontier), drawn by the task's ``grid`` function."""
+
+    eval_collate = staticmethod(collate_lists)
+    grid: Callable  # (task, model, rows, path, device) -> path
+
+    def report(self, model, rows: list[dict], run_dir: Path, device: torch.device) -> list[Path]:
+        if self.cfg.eval.visualize == 0:
+            return []
+        return [self.grid(model, rows, run_dir / "predictions.png", device)]
 
 
 def image_batches(images: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -14,7 +14,7 @@ from torchvision.transforms.v2 import functional as TF
 from ...config import RunConfig
 from ...data import ShapesMaps
 from ...errors import SNNetError
-from .._files import IMAGE_SUFFIXES, read_image, read_map, split_names, with_transform
+from .._files import IMAGE_SUFFIXES, dataset_root, read_image, read_map, split_names, with_transform
 
 
 class DepthPairs(Dataset):
@@ -164,11 +164,9 @@ def splits(cfg: RunConfig) -> tuple[str, str]:
 
 def check_folders(cfg: RunConfig) -> None:
     """The dataset's root and split files or folders exist, before any run directory is touched."""
-    if cfg.data.dataset == "shapes":
+    root = dataset_root(cfg, f"the {cfg.data.dataset} folder")
+    if root is None:
         return
-    if not cfg.data.root:
-        raise SNNetError(f"config key 'data.root' is not set: point it at the {cfg.data.dataset} folder")
-    root = Path(cfg.data.root)
     for name in splits(cfg):
         if cfg.data.dataset == "nyuv2":
             path = Path(name) if Path(name).is_absolute() else root / name
@@ -178,8 +176,3 @@ def check_folders(cfg: RunConfig) -> None:
             for sub in ("images", "depths"):
                 if not (root / sub / name).is_dir():
                     raise SNNetError(f"data folder not found: {root / sub / name}")
-
-
-def collate_eval(batch: list) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    return [b[0] for b in batch], [b[1] for b in batch]
-

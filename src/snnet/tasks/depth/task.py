@@ -1,19 +1,18 @@
 """Monocular depth for the shared training loop: data, loss, per-stitch metric sums, prediction grid."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 
 from ...config import RunConfig
-from ..dense import image_batches
-from .data import build_datasets, collate_eval
+from ..dense import DenseTask, image_batches
+from .data import build_datasets
 from .metrics import METRICS, image_metrics, sig_loss, summarize, valid_mask
 from .model import DepthModel
+from .visualize import prediction_grid
 
 
-class DepthTask:
+class DepthTask(DenseTask):
     """What the training loop and the per-stitch evaluation need to know about depth."""
 
     name = "depth"
@@ -22,7 +21,7 @@ class DepthTask:
     report_metrics = ("rmse", "a1", "abs_rel", "silog")
     metric_directions = {m: m in ("a1", "a2", "a3") for m in METRICS}  # errors fall, threshold accuracies rise
     higher_is_better = metric_directions[primary_metric]
-    eval_collate = staticmethod(collate_eval)
+    grid = prediction_grid
     train_collate = None  # stacked tensors
     num_classes = None
     num_sums = len(METRICS) + 1  # per-image metric sums, then the number of images with valid pixels
@@ -73,10 +72,3 @@ class DepthTask:
 
     def finalize(self, sums: torch.Tensor) -> dict:
         return {**summarize(sums), "images": int(sums[-1].item())}
-
-    def report(self, model, rows: list[dict], run_dir: Path, device: torch.device) -> list[Path]:
-        """``predictions.png``: validation images, their depth and three frontier stitches' predictions."""
-        from .visualize import prediction_grid
-        if self.cfg.eval.visualize == 0:
-            return []
-        return [prediction_grid(self, model, rows, run_dir / "predictions.png", device)]

@@ -17,7 +17,7 @@ from torchvision.transforms import v2
 from ...config import RunConfig
 from ...errors import SNNetError
 from ...selection import is_integer, is_number
-from .._files import read_image, split_names
+from .._files import dataset_root, read_image, split_names
 
 
 def load_coco(path: Path, image_dir: Path | None = None) -> COCO:
@@ -174,14 +174,12 @@ def annotation_file(cfg: RunConfig, split: str) -> Path:
 
 def check_folders(cfg: RunConfig) -> None:
     """The COCO root, image folders and annotation files exist, before any run directory is touched."""
-    if cfg.data.dataset == "shapes":
+    root = dataset_root(cfg, "a COCO folder (<split>/ images and annotations/instances_<split>.json)")
+    if root is None:
         return
-    if not cfg.data.root:
-        raise SNNetError("config key 'data.root' is not set: point it at a COCO folder "
-                         "(<split>/ images and annotations/instances_<split>.json)")
     for split in splits(cfg):
-        if not (Path(cfg.data.root) / split).is_dir():
-            raise SNNetError(f"data folder not found: {Path(cfg.data.root) / split}")
+        if not (root / split).is_dir():
+            raise SNNetError(f"data folder not found: {root / split}")
         if not annotation_file(cfg, split).is_file():
             raise SNNetError(f"annotation file not found: {annotation_file(cfg, split)}")
 
@@ -223,7 +221,3 @@ def build_datasets(cfg: RunConfig, size: int, mean, std, progress: bool = True, 
         return None, val, None
     init = CocoInstances(train_set.coco, train_set.load_image, init_tf, train_set.key)
     return train_set, val, ImagesOnly(init)
-
-
-def collate_lists(batch: list) -> tuple[list, list]:
-    return [b[0] for b in batch], [b[1] for b in batch]

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -11,14 +10,17 @@ from pycocotools import mask as mask_utils
 from pycocotools.cocoeval import COCOeval
 
 from ...config import RunConfig
-from .data import build_datasets, collate_lists
+from .._files import collate_lists
+from ..dense import DenseTask
+from .data import build_datasets
 from .model import DetectionModel
+from .visualize import prediction_grid
 
 STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl")  # the first six of COCOeval.stats
 MASK_THRESHOLD = 0.5
 
 
-class DetectionTask:
+class DetectionTask(DenseTask):
     """What the training loop and the per-stitch evaluation need to know about detection."""
 
     name = "detection"
@@ -27,7 +29,8 @@ class DetectionTask:
     report_metrics = ("bbox_AP", "bbox_AP50", "segm_AP", "segm_AP50")
     metric_directions = {f"{kind}_{s}": True for kind in ("bbox", "segm") for s in STATS}  # every metric it writes
     higher_is_better = metric_directions[primary_metric]
-    eval_collate = train_collate = staticmethod(collate_lists)
+    train_collate = staticmethod(collate_lists)
+    grid = prediction_grid
     num_sums = None  # evaluation gathers detections, COCOeval scores them
 
     def __init__(self, cfg: RunConfig, size: int, mean, std, progress: bool = True, train: bool = True) -> None:
@@ -84,10 +87,3 @@ class DetectionTask:
                 stats = [max(float(v), 0.0) * 100 for v in ev.stats[:len(STATS)]]  # -1 (no such objects) -> 0
             out.update({f"{kind}_{name}": v for name, v in zip(STATS, stats)})
         return {**out, "images": len(image_ids)}
-
-    def report(self, model, rows: list[dict], run_dir: Path, device: torch.device) -> list[Path]:
-        """``predictions.png``: validation images with their ground truth and three frontier stitches' detections."""
-        from .visualize import prediction_grid
-        if self.cfg.eval.visualize == 0:
-            return []
-        return [prediction_grid(self, model, rows, run_dir / "predictions.png", device)]

@@ -14,7 +14,7 @@ from torchvision.transforms.v2 import functional as TF
 from ...config import RunConfig
 from ...data import ShapesMaps
 from ...errors import SNNetError
-from .._files import IMAGE_SUFFIXES, read_image, read_map, split_names, with_transform
+from .._files import IMAGE_SUFFIXES, dataset_root, read_image, read_map, split_names, with_transform
 from .photometric import PhotoMetricDistortion
 
 # dataset -> (train split, val split, label file suffix, classes, reduce_zero_label), as the reference reads them
@@ -218,16 +218,14 @@ def dataset_info(cfg: RunConfig) -> tuple[int, bool, str, str, str]:
 
 def check_folders(cfg: RunConfig) -> None:
     """The dataset's folders exist (before any run directory is touched); the scenes need none."""
-    if cfg.data.dataset == "shapes":
+    root = dataset_root(cfg, f"the {cfg.data.dataset} folder (images/<split> and annotations/<split>)")
+    if root is None:
         return
-    if not cfg.data.root:
-        raise SNNetError(f"config key 'data.root' is not set: point it at the {cfg.data.dataset} folder "
-                         f"(images/<split> and annotations/<split>)")
     _, _, train, val, _ = dataset_info(cfg)
     for split in (train, val):
         for sub in ("images", "annotations"):
-            if not (Path(cfg.data.root) / sub / split).is_dir():
-                raise SNNetError(f"data folder not found: {Path(cfg.data.root) / sub / split}")
+            if not (root / sub / split).is_dir():
+                raise SNNetError(f"data folder not found: {root / sub / split}")
 
 
 def build_datasets(cfg: RunConfig, crop: int, mean, std, progress: bool = True,
@@ -245,8 +243,3 @@ def build_datasets(cfg: RunConfig, crop: int, mean, std, progress: bool = True,
         train_set, val = folder(train_split, train_tf) if train else None, folder(val_split, val_tf)
     init = with_transform(train_set, init_tf) if train else None
     return train_set, val, init, classes
-
-
-def collate_eval(batch: list) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Evaluation images keep their own sizes: lists, not stacked tensors."""
-    return [b[0] for b in batch], [b[1] for b in batch]

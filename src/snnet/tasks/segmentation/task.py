@@ -1,19 +1,18 @@
 """Semantic segmentation for the shared training loop: data, loss, per-stitch metric sums, prediction grid."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 
 from ...config import RunConfig
-from ..dense import image_batches
-from .data import build_datasets, collate_eval
+from ..dense import DenseTask, image_batches
+from .data import build_datasets
 from .metrics import area_sums, summarize
 from .model import SegmentationModel
+from .visualize import prediction_grid
 
 
-class SegmentationTask:
+class SegmentationTask(DenseTask):
     """What the training loop and the per-stitch evaluation need to know about segmentation."""
 
     name = "segmentation"
@@ -22,7 +21,7 @@ class SegmentationTask:
     report_metrics = ("mIoU", "mAcc", "aAcc")
     metric_directions = {"mIoU": True, "mAcc": True, "aAcc": True}  # every metric it writes: higher is better?
     higher_is_better = metric_directions[primary_metric]
-    eval_collate = staticmethod(collate_eval)
+    grid = prediction_grid
     train_collate = None  # stacked tensors
 
     def __init__(self, cfg: RunConfig, crop: int, mean, std, progress: bool = True, train: bool = True) -> None:
@@ -70,11 +69,3 @@ class SegmentationTask:
 
     def finalize(self, sums: torch.Tensor) -> dict:
         return {**summarize(sums[:-1].reshape(4, self.num_classes)), "images": int(sums[-1].item())}
-
-    def report(self, model, rows: list[dict], run_dir: Path, device: torch.device) -> list[Path]:
-        """``predictions.png``: a few validation images, their labels and the predictions of the smallest,
-        middle and largest stitch on the mIoU frontier."""
-        from .visualize import prediction_grid
-        if self.cfg.eval.visualize == 0:
-            return []
-        return [prediction_grid(self, model, rows, run_dir / "predictions.png", device)]
