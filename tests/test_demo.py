@@ -210,7 +210,7 @@ def test_dense_runs_show_an_overlay_or_a_depth_map(config, tmp_path):
         out = model.select(20)(x)
     pixels = np.asarray(image.resize((384, 384), Image.BILINEAR), dtype=np.float32) / 255
     if metric == "mIoU":
-        from snnet.tasks.segmentation.visualize import palette
+        from snnet.tasks._grid import palette
         labels = out[0].argmax(0).numpy()
         big = labels.repeat(12, 0).repeat(12, 1)  # nearest neighbour: every label pixel a 12x12 block
         expected = 0.5 * pixels + 0.5 * palette(out.shape[1], 255)[big] / 255

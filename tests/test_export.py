@@ -2,6 +2,7 @@
 import json
 import subprocess
 import sys
+import time
 
 import onnxruntime as ort
 import pytest
@@ -286,9 +287,9 @@ def test_an_export_killed_mid_write_keeps_the_earlier_pair(tmp_path):
     argv[4] = "5"
     proc = subprocess.Popen([sys.executable, "-m", "snnet.cli", *argv], env=ENV, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    deadline = __import__("time").time() + 120
-    while not list(tmp_path.glob(".s.onnx.*.tmp")) and proc.poll() is None and __import__("time").time() < deadline:
-        __import__("time").sleep(0.005)
+    deadline = time.time() + 120
+    while not list(tmp_path.glob(".s.onnx.*.tmp")) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
     assert proc.poll() is None, "the export ended before it was killed"
     proc.kill()
     proc.wait()

@@ -114,7 +114,7 @@ def read_trained(path: str | None, cfg):
 def trained_task(found) -> str | None:
     """The task a trained model or snnet training checkpoint was made for (None for a released file)."""
     if not isinstance(found, dict):
-        return getattr(found, "task", "classification")
+        return found.task
     obj = found["obj"]
     saved = obj.get("config") if isinstance(obj, dict) else None
     return saved.get("task", "classification") if isinstance(saved, dict) else None

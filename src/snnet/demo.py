@@ -1,6 +1,7 @@
 """``snnet demo``: a Gradio page over a trained run. Upload an image, set a budget (GFLOPs, or ms once the run is
 profiled) and see the best stitch under it answer: top-5 classes, a segmentation overlay, a depth map or boxes
-and masks, with the stitch marked on the accuracy-vs-cost scatter. Fully offline: no fonts, labels or assets are fetched."""
+and masks, with the stitch marked on the accuracy-vs-cost scatter. Fully offline: no fonts, labels or assets
+are fetched."""
 from __future__ import annotations
 
 import importlib.util
@@ -92,7 +93,7 @@ class DemoRun:
         size = (w * scale, h * scale)  # PIL's (width, height)
         shown = np.asarray(image.convert("RGB").resize(size, Image.BILINEAR), dtype=np.float32) / 255
         if self.task == "segmentation":
-            from .tasks.segmentation.visualize import palette
+            from .tasks._grid import palette
             labels = out[0].argmax(0).cpu().numpy()
             colours = palette(out.shape[1], 255)
             big = labels.repeat(scale, 0).repeat(scale, 1)  # nearest neighbour: class borders stay sharp
@@ -121,11 +122,12 @@ class DemoRun:
         from .tasks.detection.visualize import COLOURS, draw_detections
 
         keep = found["scores"].cpu() >= min_score
-        boxes, labels = found["boxes"].cpu()[keep].float() * scale, found["labels"].cpu()[keep].tolist()
-        scores = found["scores"].cpu()[keep].tolist()
-        masks = torch.nn.functional.interpolate(found["masks"].cpu()[keep].float(), size=shown.shape[:2],
-                                                mode="bilinear", align_corners=False)[:, 0] > 0.5
-        names = ["background", *self.classes] if self.classes else [f"class {i}" for i in range(max(labels, default=0) + 1)]
+        kept = {k: v.cpu()[keep] for k, v in found.items()}
+        boxes, labels, scores = kept["boxes"].float() * scale, kept["labels"].tolist(), kept["scores"].tolist()
+        masks = torch.nn.functional.interpolate(kept["masks"].float(), size=shown.shape[:2], mode="bilinear",
+                                                align_corners=False)[:, 0] > 0.5
+        names = (["background", *self.classes] if self.classes
+                 else [f"class {i}" for i in range(max(labels, default=0) + 1)])
         pixels = torch.from_numpy(np.ascontiguousarray(shown.transpose(2, 0, 1) * 255).round().astype(np.uint8))
         drawn = draw_detections(pixels, boxes, labels, masks, names, scores, font_size=14)
         items = [f"<li>{swatch(COLOURS[i])}{names[i]}: {s:.2f}</li>"

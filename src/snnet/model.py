@@ -130,7 +130,8 @@ class SNNet(Pretrained, ChoosesStitches, nn.Module):
                      dense: bool = False) -> "SNNet":
         """SNNet from a config's anchors; ``load_weights=False`` skips hub and local weights (they come later).
         ``num_classes`` sizes the anchors' heads (checked against their weights by the task first); a ``dense``
-        backbone's anchors have no classifier and no final norm (the reference's), and take any input size."""
+        backbone's anchors have no classifier and no final norm (the reference's), and take any input size.
+        ``input_size`` is the task models' (FLOPs size); a classification model counts at the anchors' own."""
         anchors = []
         for a in section.anchors:
             kwargs = dict(a.kwargs)
@@ -344,8 +345,6 @@ def _pos_embed(a: nn.Module, x: torch.Tensor) -> torch.Tensor:
     x = x.reshape(b, h * w, c) + resize_pos_embed(a.pos_embed, (h, w), tuple(a.patch_embed.grid_size))
     prefix = [t.expand(b, -1, -1) for t in (a.cls_token, a.reg_token) if t is not None]
     return a.pos_drop(torch.cat([*prefix, x], dim=1))
-
-
 
 
 def _numel(module: nn.Module, attr: str | None = None) -> int:

@@ -98,17 +98,21 @@ def _structure(model: torch.nn.Module) -> list[str]:
 def check_rebuilds(model: Pretrained) -> None:
     """One line, before anything is written, when the config.json of ``model`` would not rebuild its network:
     an anchor module of a class, or with settings, that the config cannot record."""
+    advice = "give such anchors as timm model names or AnchorConfigs"
     try:
         with torch.device("meta"):
             rebuilt = model_from_config(json.loads(json.dumps(model.config.to_dict())), "its config")
     except SNNetError as e:
-        raise SNNetError(f"cannot save the model: {e}; give such anchors as timm model names or AnchorConfigs") from None
+        raise SNNetError(f"cannot save the model: {e}; {advice}") from None
     mine, again = _structure(model), _structure(rebuilt)
     if mine != again:
         k = next((i for i, (a, b) in enumerate(zip(mine, again)) if a != b), min(len(mine), len(again)))
-        theirs = mine[k].strip() if k < len(mine) else "(nothing)"
-        raise SNNetError(f"cannot save the model: its config rebuilds {again[k].strip() if k < len(again) else '(nothing)'!r} "
-                         f"where it has {theirs!r}; give such anchors as timm model names or AnchorConfigs")
+
+        def line(lines: list[str]) -> str:
+            return lines[k].strip() if k < len(lines) else "(nothing)"
+
+        raise SNNetError(f"cannot save the model: its config rebuilds {line(again)!r} where it has {line(mine)!r}; "
+                         f"{advice}")
 
 
 def load_pretrained(directory: str | Path, revision: str | None = None) -> Pretrained:

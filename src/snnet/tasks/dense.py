@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar
 import torch
 from torch import nn
 
-from ..pretrained import Pretrained
 from ..model import SNNet
+from ..pretrained import Pretrained
 from ..selection import ChoosesStitches
 from ..stitch_space import SMALL, route_taps
 from ._files import collate_lists
@@ -148,7 +148,6 @@ class DenseModel(Pretrained, ChoosesStitches, nn.Module):
     def merge_lora(self) -> "DenseModel":
         self.backbone.merge_lora()
         return self
-
 
 
 def reset_heads(model: DenseModel) -> None:

@@ -23,12 +23,12 @@ class DepthModel(DenseModel):
     primary_metric = "rmse"
     higher_is_better = False
     pipeline_tag = "depth-estimation"
+    num_classes = None
 
     @classmethod
     def from_backbone(cls, backbone: SNNet, head, num_classes: int | None,
                       input_size: tuple[int, int]) -> "DepthModel":
         return cls(backbone, head.channels, head.min_depth, input_size, head.reassemble_channels, head.max_depth)
-    num_classes = None
 
     def __init__(self, backbone: SNNet, channels: int = 256, min_depth: float = 1e-3,
                  input_size: tuple[int, int] = (480, 640),
