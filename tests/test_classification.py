@@ -23,7 +23,7 @@ def test_metric_sums_on_a_hand_computed_batch():
                            [5.0, 4, 3, 2, 1, 0],    # target 4: top-5 only
                            [0.0, 1, 2, 3, 4, 5]])   # target 0: neither
     targets = torch.tensor([0, 4, 0])
-    sums = task.eval_sums(lambda x: logits, (torch.zeros(3, 3, 32, 32), targets), torch.device("cpu"))
+    sums = task.eval_batch(lambda x: logits, (torch.zeros(3, 3, 32, 32), targets), torch.device("cpu"))
     lse = math.log(sum(math.exp(v) for v in range(6)))
     assert sums.tolist() == pytest.approx([1, 2, (lse - 5) + (lse - 1) + (lse - 0), 3])
     # metrics of two such batches summed (as over batches and ranks)

@@ -300,7 +300,7 @@ def test_a_detection_run_shows_boxes_with_class_names_and_scores(tmp_path):
              "masks": torch.zeros(3, 1, 64, 64)}
     found["masks"][1, 0, 35:45, 35:55] = 1.0
     base = np.full((384, 384, 3), 0.5, np.float32)
-    drawn, legend = run.detections(base, found, 6, 0.5)
+    drawn, legend = run.spec.draw_answer([found], base, 6, run.classes, 0.5)
     assert legend.index("star: 0.90") < legend.index("square: 0.70") and "circle" not in legend  # 0.3: not shown
     assert "2 detections scoring 0.5 or more" in legend
     square, star = COLOURS[2] / 255, COLOURS[4] / 255
@@ -309,5 +309,5 @@ def test_a_detection_run_shows_boxes_with_class_names_and_scores(tmp_path):
     np.testing.assert_allclose(drawn[100, 300], 0.5, atol=1 / 255)  # outside every box and mask
     label = drawn[8 * 6 + 4:8 * 6 + 18, 4 * 6 + 4:4 * 6 + 60]  # box 1's label: text on a band of its colour
     assert (np.abs(label - square).sum(-1) < 0.02).mean() > 0.3 and (np.abs(label - square).sum(-1) > 0.3).any()
-    assert run.detections(base, {k: v[2:] for k, v in found.items()}, 6, 0.5)[1].count("<li>") == 0
-    assert run.detections(base, found, 6, 0.2)[1].count("<li>") == 3  # the page's minimum-score slider
+    assert run.spec.draw_answer([{k: v[2:] for k, v in found.items()}], base, 6, run.classes, 0.5)[1].count("<li>") == 0
+    assert run.spec.draw_answer([found], base, 6, run.classes, 0.2)[1].count("<li>") == 3  # the page's minimum-score slider

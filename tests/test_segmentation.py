@@ -14,7 +14,7 @@ from reference_impl import _rel_pos_index, reference_configs, reference_seg_logi
 
 from snnet import SNNet, SNNetError, build_model, load_config, load_official_checkpoint
 from snnet.anchors import AnchorConfig
-from snnet.stitch_space import stitch_space
+from snnet.stitch_space import route_taps, stitch_space
 from snnet.tasks.segmentation import SegmentationModel
 from snnet.tasks.segmentation.data import SegmentationFolder, prepare_label, rescale_size
 from snnet.tasks.segmentation.metrics import area_sums, summarize
@@ -400,3 +400,22 @@ def test_random_crop_avoids_crops_dominated_by_one_class():
         counts = torch.bincount(m[m != 255].flatten(), minlength=2).double()
         plain.append((counts.max() / counts.sum()).item())
     assert sum(s < 0.75 for s in shares) >= 45 and sum(s < 0.75 for s in plain) <= 28
+
+
+def test_eval_mode_projects_only_the_tap_the_decode_head_reads():
+    """The small anchor's taps are all small-anchor blocks: with every tap (training's) each goes through its SL
+    layer, in eval mode only the last one (the decode head's); the logits are the same."""
+    model = randomize(tiny_segmentation()).select(0).eval()
+    calls = []
+    for i, layer in enumerate(model.backbone.sl_layers):
+        layer.register_forward_hook(lambda m, args, out, i=i: calls.append(i))
+    x = torch.randn(2, 3, IMG, IMG)
+    taps = [b for _, b in route_taps(model.backbone.stitch(0), tuple(OUT), *model.backbone.depths)]
+    with torch.no_grad():
+        read = model(x)
+        assert calls == [taps[-1]]
+        calls.clear()
+        model.inference_taps = None  # an instance attribute over the class's: every tap
+        every = model(x)
+        assert calls == taps and len(set(taps)) > 1
+    torch.testing.assert_close(read, every, rtol=0, atol=0)

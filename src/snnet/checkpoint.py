@@ -70,9 +70,7 @@ def load_official_checkpoint(model: "SNNet | DenseModel", path: str | Path, obj:
     """Load a released SN-Netv2 (or SN-Net) checkpoint into ``model``, weights only: a classification file
     (``model`` key) into an SNNet, a segmentation one (mmengine's, ``state_dict`` key) into a
     SegmentationModel. ``obj``: the file's contents when the caller has already read it."""
-    from .model import SNNet
-
-    classification = isinstance(model, SNNet)
+    classification = model.backbone is model  # an SNNet; task models hold theirs as the backbone module
     if obj is None:
         obj = load_torch_checkpoint(path, logging_state=not classification)
     key = "model" if classification else "state_dict"

@@ -94,6 +94,7 @@ def read_trained(path: str | None, cfg):
     from .files import load_torch_checkpoint
     from .engine import CHECKPOINT_NAME
     from .rundir import saved_model_dir
+    from .tasks import TASKS
 
     target = Path(path) if path else Path(cfg.output_dir) / "model"
     if not target.exists():
@@ -107,29 +108,26 @@ def read_trained(path: str | None, cfg):
             target = target / CHECKPOINT_NAME
         else:
             raise SNNetError(f"no trained model in {target}: pass --checkpoint")
-    # a released segmentation file is mmengine's, with its logging state (read as inert stand-ins)
-    return {"path": target, "obj": load_torch_checkpoint(target, logging_state=cfg.task != "classification")}
+    # a released file of some tasks (segmentation) is mmengine's, with its logging state (read as inert stand-ins)
+    return {"path": target, "obj": load_torch_checkpoint(target, logging_state=TASKS[cfg.task].released_logging_state)}
 
 
 def trained_task(found) -> str | None:
     """The task a trained model or snnet training checkpoint was made for (None for a released file)."""
+    from .config import DEFAULT_TASK
+
     if not isinstance(found, dict):
         return found.task
     obj = found["obj"]
     saved = obj.get("config") if isinstance(obj, dict) else None
-    return saved.get("task", "classification") if isinstance(saved, dict) else None
+    return saved.get("task", DEFAULT_TASK) if isinstance(saved, dict) else None
 
 
 def trained_classes(found) -> int | None:
     """Classes of the trained heads in :func:`read_trained`'s result, when it has them."""
     import torch
 
-    from .model import SNNet
-    from .tasks import DenseModel
-
-    if isinstance(found, SNNet):
-        return found.anchors[-1].num_classes
-    if isinstance(found, DenseModel):
+    if not isinstance(found, dict):
         return found.num_classes
     obj = found["obj"]
     state = obj.get("model", obj.get("state_dict", obj))
@@ -175,8 +173,7 @@ def parse_stitch_ids(text: str | None) -> list[int] | None:
 def cmd_eval(args) -> int:
     from .distributed import cleanup, init_distributed
     from .engine import check_data, evaluate_and_report
-    from .model import SNNet
-    from .tasks import DenseModel, build_task, check_config, num_classes
+    from .tasks import build_task, check_config, num_classes
 
     cfg = _load(args)
     ids = parse_stitch_ids(args.stitches)
@@ -187,7 +184,7 @@ def cmd_eval(args) -> int:
         raise SNNetError(f"{args.checkpoint or cfg.output_dir} holds a {held} model but the config's task is "
                          f"{cfg.task}: evaluate it with a {held} config")
     meta = check_config(cfg)
-    trained = found if isinstance(found, (SNNet, DenseModel)) else meta
+    trained = meta if isinstance(found, dict) else found
     for sid in ids or ():
         trained.stitch(sid)
     classes, heads = num_classes(cfg), trained_classes(found)
@@ -207,18 +204,16 @@ def cmd_eval(args) -> int:
 
 def cmd_flops(args) -> int:
     """The stitch table of a config: no weights, no data (anchors are built on the meta device)."""
-    from .tasks import DenseModel, build_model
+    from .tasks import build_model
 
     cfg = _load(args)
     model = build_model(cfg, load_weights=False, device="meta")
     size = (args.img_size, args.img_size) if args.img_size is not None else None
-    if isinstance(model, DenseModel):
-        if args.dense:
-            raise SNNetError(f"--dense is for classification configs: {cfg.task} FLOPs count the dense backbone "
-                             f"and the head already")
-        flops = {s.id: model.flops(s.id, size) for s in model.stitches}
-    else:
-        flops = {s.id: model.flops(s.id, size, args.dense) for s in model.stitches}
+    if args.dense and model.backbone is not model:  # a task model over a dense backbone
+        raise SNNetError(f"--dense is for classification configs: {cfg.task} FLOPs count the dense backbone "
+                         f"and the head already")
+    dense = {"dense": True} if args.dense else {}
+    flops = {s.id: model.flops(s.id, size, **dense) for s in model.stitches}
     rows = [{"stitch_id": s.id, "kind": s.kind, "gflops": flops[s.id] / 1e9,
              "params_m": model.params(s.id) / 1e6, "route": s.describe()} for s in model.stitches]
     if args.json:
@@ -256,16 +251,17 @@ def results_task(path: Path) -> str:
     is a column (the table is read for that only)."""
     import yaml
 
+    from .config import DEFAULT_TASK
     from .results import read_results
     from .tasks import TASKS
 
     run = path if path.is_dir() else path.parent
     if (run / "config.yaml").is_file():
         saved = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")) or {}
-        if isinstance(saved, dict) and saved.get("task", "classification") in TASKS:
-            return saved.get("task", "classification")
+        if isinstance(saved, dict) and saved.get("task", DEFAULT_TASK) in TASKS:
+            return saved.get("task", DEFAULT_TASK)
     columns = read_results(path)[0]
-    return next((name for name, t in TASKS.items() if t.primary_metric in columns), "classification")
+    return next((name for name, t in TASKS.items() if t.primary_metric in columns), DEFAULT_TASK)
 
 
 def budget_rows(args, results: str | Path, task: str) -> tuple[list[dict], str, bool]:

@@ -15,8 +15,10 @@ from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, StrictBool,
                       field_validator, model_validator)
 
 from .errors import SNNetError
+from .registry import TASKS
 
 PACKAGE_DIR = Path(__file__).parent
+DEFAULT_TASK = "classification"  # a config (or a saved run's) without a task key
 PACKAGED_CONFIGS = PACKAGE_DIR / "configs"
 
 # interpolations both timm's transforms and torchvision's InterpolationMode accept
@@ -143,12 +145,11 @@ class ShapesSection(Section):
         return SceneConfig(image_size=self.image_size, num_classes=self.num_classes, seed=self.seed, **self.scene)
 
 
-CLASSIFICATION_DATASETS = ("imagefolder", "shapes")
-SEGMENTATION_DATASETS = ("ade20k", "coco_stuff10k", "segfolder", "shapes")
-DEPTH_DATASETS = ("nyuv2", "depthfolder", "shapes")
-DETECTION_DATASETS = ("coco", "shapes")
-DATASETS = {"classification": CLASSIFICATION_DATASETS, "segmentation": SEGMENTATION_DATASETS, "depth": DEPTH_DATASETS,
-            "detection": DETECTION_DATASETS}
+def one_of(choices, value: Any) -> ValueError:
+    """The schema's error for a value outside ``choices``: "must be 'a', 'b' or 'c', got 'x'"."""
+    names = [repr(c) for c in choices]
+    listed = f"{', '.join(names[:-1])} or {names[-1]}" if len(names) > 1 else names[0]
+    return ValueError(f"must be {listed}, got {value!r}")
 
 
 class DataSection(Section):
@@ -156,8 +157,7 @@ class DataSection(Section):
     # segmentation: ADE20K, COCO-Stuff-10K, root/images/<split> + root/annotations/<split>, or the scenes
     # depth: NYUv2 (BTS split files), root/images/<split> + root/depths/<split> (16-bit PNGs), or the scenes
     # detection: COCO (root/<split>/ images, root/annotations/instances_<split>.json) or the scenes
-    dataset: Literal[tuple(dict.fromkeys(CLASSIFICATION_DATASETS + SEGMENTATION_DATASETS + DEPTH_DATASETS +
-                                         DETECTION_DATASETS))] = "imagefolder"
+    dataset: str = "imagefolder"  # one of the registered tasks' datasets (snnet.tasks.Task.datasets)
     root: str | None = None
     # None: the dataset's own split names (ImageFolder train/val, ADE20K training/validation, COCO-Stuff-10K
     # train2014/test2014, NYUv2 nyu_train.txt/nyu_test.txt, COCO train2017/val2017), so a run's config.yaml,
@@ -175,6 +175,14 @@ class DataSection(Section):
     precrop: list[Annotated[Int, Field(ge=0)]] | None = Field(None, min_length=4, max_length=4)
     eval_crop: list[Annotated[Int, Field(ge=0)]] | None = Field(None, min_length=4, max_length=4)
     eval_size: list[Annotated[Int, Field(ge=1)]] | None = Field(None, min_length=2, max_length=2)
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, name: str) -> str:
+        known = dict.fromkeys(d for task in TASKS.values() for d in task.datasets)
+        if name not in known:
+            raise one_of(known, name)
+        return name
 
     @field_validator("input_size")
     @classmethod
@@ -331,7 +339,7 @@ class EvalSection(Section):
 
 
 class RunConfig(Section):
-    task: Literal["classification", "segmentation", "depth", "detection"] = "classification"
+    task: str = DEFAULT_TASK  # a registered task (snnet.tasks.TASKS)
     model: ModelSection
     data: DataSection = Field(default_factory=DataSection)
     augment: AugmentSection = Field(default_factory=AugmentSection)
@@ -339,16 +347,16 @@ class RunConfig(Section):
     eval: EvalSection = Field(default_factory=EvalSection)
     output_dir: str = Field("runs/snnet", min_length=1)
 
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, name: str) -> str:
+        if name not in TASKS:
+            raise one_of(TASKS, name)
+        return name
+
     @model_validator(mode="after")
     def _task_keys(self) -> "RunConfig":
-        datasets = DATASETS[self.task]
-        if self.data.dataset not in datasets:
-            raise ValueError(f"data.dataset {self.data.dataset!r} is not a {self.task} dataset "
-                             f"(choose {', '.join(datasets)})")
-        if self.task == "classification" and self.model.head != HeadSection():  # a run's config.yaml has the defaults
-            raise ValueError("model.head configures dense tasks; classification uses the anchors' heads")
-        if self.task != "depth" and isinstance(self.data.input_size, list):
-            raise ValueError(f"data.input_size takes one size for {self.task}, got {self.data.input_size}")
+        TASKS[self.task].check_keys(self)  # the task's own rules (snnet.tasks.Task.check_keys)
         return self
 
 

@@ -16,11 +16,9 @@ import torch
 from PIL import Image
 
 from .errors import SNNetError
-from .tasks.detection.visualize import SCORE_THRESHOLD
+from .tasks.dense import DISPLAY
 
 AUTO = "best under the budget"
-DISPLAY = 384  # dense answers are shown at least this many pixels wide
-DEPTH_COLOURS = "magma_r"  # near bright, far dark
 
 
 class DemoRun:
@@ -37,8 +35,8 @@ class DemoRun:
             raise SNNetError(f"{run} has no results.jsonl: the demo needs an evaluated run")
         self.model = load_pretrained(model_dir).to(device).eval()
         self.task = self.model.task
-        spec = TASKS[self.task]
-        self.metric, self.higher = spec.primary_metric, spec.higher_is_better
+        self.spec = TASKS[self.task]  # what the page shows and how: the task's (snnet.tasks.Task)
+        self.metric, self.higher = self.spec.primary_metric, self.spec.higher_is_better
         self.rows = read_results(run_dir, self.metric)
         self.by_id = {r["stitch_id"]: r for r in self.rows}
         self.cost = "latency_ms" if all("latency_ms" in r for r in self.rows) else "gflops"
@@ -50,17 +48,11 @@ class DemoRun:
         self.device = torch.device(device)
 
     def _transform(self, run_dir: Path):
-        """The run's own evaluation preprocessing (classification), or resize + normalise to the model's input."""
-        from torchvision import transforms as T
-
+        """The task's preprocessing of an upload (classification: the run's own, from its config.yaml)."""
         from .config import load_config
-        from .tasks.classification import build_transform
 
-        if self.task == "classification" and (run_dir / "config.yaml").is_file():
-            cfg = load_config(str(run_dir / "config.yaml"))
-            return build_transform(cfg, False, self.model.img_size[-1], tuple(self.mean), tuple(self.std))
-        resize = [] if self.model.takes_image_lists else [T.Resize(self.model.img_size)]  # it fits any size itself
-        return T.Compose([*resize, T.ToTensor(), T.Normalize(self.mean, self.std)])
+        cfg = load_config(str(run_dir / "config.yaml")) if (run_dir / "config.yaml").is_file() else None
+        return self.spec.demo_transform(cfg, self.model, tuple(self.mean), tuple(self.std))
 
     def choose(self, budget: float, explicit: str | None) -> int:
         """The explicit stitch, else the best stitch under ``budget`` (the cheapest when nothing fits)."""
@@ -78,74 +70,15 @@ class DemoRun:
             return min(self.rows, key=lambda r: r[self.cost])["stitch_id"]
 
     @torch.no_grad()
-    def predict(self, image: Image.Image, stitch_id: int, min_score: float = SCORE_THRESHOLD):
-        """Top-5 {class: probability}, or (an RGB array at least ``DISPLAY`` pixels wide: the segmentation overlay,
-        labels upsampled by nearest neighbour, the colour-mapped depth or the detections; its legend as HTML)."""
+    def predict(self, image: Image.Image, stitch_id: int, min_score: float | None = None):
+        """The task's answer (``Task.answer``): top-5 {class: probability}, or an RGB array at least ``DISPLAY``
+        pixels wide (the segmentation overlay, the colour-mapped depth or the detections scoring ``min_score`` or
+        more; default: the task's threshold) and its legend as HTML."""
+        if min_score is None:
+            min_score = self.spec.score_threshold or 0.0
         x = self.transform(image.convert("RGB"))[None].to(self.device)
         out = self.model.select(stitch_id)(self.model.as_input(x))
-        if self.task == "classification":
-            probs = out.float().softmax(-1)[0]
-            top = probs.topk(min(5, probs.numel()))
-            names = self.classes or [str(i) for i in range(probs.numel())]
-            return {names[i]: float(p) for p, i in zip(top.values, top.indices)}
-        h, w = x.shape[-2:]
-        scale = max(1, math.ceil(DISPLAY / max(h, w)))
-        size = (w * scale, h * scale)  # PIL's (width, height)
-        shown = np.asarray(image.convert("RGB").resize(size, Image.BILINEAR), dtype=np.float32) / 255
-        if self.task == "segmentation":
-            from .tasks._grid import palette
-            labels = out[0].argmax(0).cpu().numpy()
-            colours = palette(out.shape[1], 255)
-            big = labels.repeat(scale, 0).repeat(scale, 1)  # nearest neighbour: class borders stay sharp
-            return 0.5 * shown + 0.5 * colours[big] / 255, self.class_legend(labels, colours)
-        if self.task == "detection":
-            return self.detections(shown, out[0], scale, min_score)
-        from matplotlib import colormaps
-        depth = torch.nn.functional.interpolate(out[:, :1].float(), size=(size[1], size[0]), mode="bilinear",
-                                                align_corners=False)[0, 0].cpu().numpy()
-        lo, hi = float(depth.min()), float(depth.max())
-        return colormaps[DEPTH_COLOURS]((depth - lo) / max(hi - lo, 1e-6))[..., :3], self.depth_scale(lo, hi)
-
-    def class_legend(self, labels: np.ndarray, colours: np.ndarray) -> str:
-        """The classes the stitch predicts: colour, name and share of the pixels, most frequent first."""
-        ids, counts = np.unique(labels, return_counts=True)
-        names = self.classes or []
-        items = []
-        for i, n in sorted(zip(ids.tolist(), counts.tolist()), key=lambda t: -t[1]):
-            name = names[i] if i < len(names) else f"class {i}"
-            items.append(f"<li>{swatch(colours[i])}{name}: {100 * n / labels.size:.1f} %</li>")
-        return f'<ul id="legend" style="list-style:none;padding:0">{"".join(items)}</ul>'
-
-    def detections(self, shown: np.ndarray, found: dict, scale: int, min_score: float) -> tuple[np.ndarray, str]:
-        """The detections scoring ``min_score`` or more, drawn on the enlarged image (boxes scaled, masks resized),
-        and their list: colour, class, score."""
-        from .tasks.detection.visualize import COLOURS, draw_detections
-
-        keep = found["scores"].cpu() >= min_score
-        kept = {k: v.cpu()[keep] for k, v in found.items()}
-        boxes, labels, scores = kept["boxes"].float() * scale, kept["labels"].tolist(), kept["scores"].tolist()
-        masks = torch.nn.functional.interpolate(kept["masks"].float(), size=shown.shape[:2], mode="bilinear",
-                                                align_corners=False)[:, 0] > 0.5
-        names = (["background", *self.classes] if self.classes
-                 else [f"class {i}" for i in range(max(labels, default=0) + 1)])
-        pixels = torch.from_numpy(np.ascontiguousarray(shown.transpose(2, 0, 1) * 255).round().astype(np.uint8))
-        drawn = draw_detections(pixels, boxes, labels, masks, names, scores, font_size=14)
-        items = [f"<li>{swatch(COLOURS[i])}{names[i]}: {s:.2f}</li>"
-                 for i, s in sorted(zip(labels, scores), key=lambda t: -t[1])]
-        title = (f"{len(items)} detections scoring {min_score:g} or more" if items
-                 else f"no detection scores {min_score:g} or more")
-        return drawn.astype(np.float32) / 255, (f'<div id="legend"><b>{title}</b>'
-                                                f'<ul style="list-style:none;padding:0">{"".join(items)}</ul></div>')
-
-    @staticmethod
-    def depth_scale(lo: float, hi: float) -> str:
-        """A colour bar from the nearest to the farthest depth of the image, in metres."""
-        from matplotlib import colormaps
-        stops = ", ".join("rgb({},{},{})".format(*(int(255 * c) for c in colormaps[DEPTH_COLOURS](t)[:3]))
-                          for t in np.linspace(0, 1, 9))
-        return (f'<div id="legend"><div style="height:1.2em;background:linear-gradient(to right, {stops})"></div>'
-                f'<div style="display:flex;justify-content:space-between"><span>{lo:.2f} m (near)</span>'
-                f'<span>{(lo + hi) / 2:.2f} m</span><span>{hi:.2f} m (far)</span></div></div>')
+        return self.spec.answer(out, image, tuple(x.shape[-2:]), self.classes, min_score)
 
     def budget_range(self) -> tuple[float, float]:
         """The slider's range in steps of 0.001, its lowest value at or above the cheapest stitch's cost (so the
@@ -177,13 +110,6 @@ class DemoRun:
         return pd.DataFrame({self.cost: [r[self.cost] for r in self.rows], self.metric: [r[self.metric] for r in self.rows],
                              "stitch": [f"{r['stitch_id']} {r['kind']}" for r in self.rows],
                              "role": [role(r["stitch_id"]) for r in self.rows]})
-
-
-def swatch(rgb) -> str:
-    """A square of colour ``rgb`` for a legend line."""
-    r, g, b = (int(c) for c in rgb)
-    return (f'<span style="display:inline-block;width:1em;height:1em;background:rgb({r},{g},{b});'
-            f'vertical-align:middle;margin-right:0.4em"></span>')
 
 
 def example_images(folder: Path, count: int = 4) -> list[str]:
@@ -219,7 +145,9 @@ def build_demo(run: DemoRun, examples_dir: Path):
 
     # the events take the page's raw values (preprocess=False): the slider's own check would answer a typed budget
     # outside its range with error badges, so update clamps it instead; an upload arrives as gradio's file record
-    def update(upload, budget, explicit, min_score=SCORE_THRESHOLD):
+    threshold = run.spec.score_threshold
+
+    def update(upload, budget, explicit, min_score=threshold or 0.0):
         try:
             typed = float(budget)
             budget = min(max(typed, lo), hi)
@@ -247,12 +175,12 @@ def build_demo(run: DemoRun, examples_dir: Path):
                                    elem_id="budget")
                 explicit = gr.Dropdown(run.choices(), value=AUTO, label="stitch", elem_id="stitch")
                 # detections below it are not drawn (the run's prediction grid draws those of 0.5 or more)
-                score = (gr.Slider(0, 1, value=SCORE_THRESHOLD, step=0.05, label="minimum score", elem_id="score")
-                         if run.task == "detection" else None)
+                score = (gr.Slider(0, 1, value=threshold, step=0.05, label="minimum score", elem_id="score")
+                         if threshold is not None else None)
                 gr.Examples(example_images(examples_dir), inputs=upload, label="built-in scenes")
             with gr.Column():
                 caption = gr.Markdown(elem_id="caption")
-                if run.task == "classification":
+                if run.spec.answer_is_label:
                     output = gr.Label(num_top_classes=5, label="top-5 classes", elem_id="prediction")
                 else:
                     output = gr.Image(label="prediction", interactive=False, elem_id="prediction",

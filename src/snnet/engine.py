@@ -30,7 +30,7 @@ from .distributed import DistEnv, all_gather_objects, all_reduce_sum, barrier, b
 from .errors import SNNetError
 from .least_squares import init_stitching_layers
 from .model import SNNet
-from .tasks.dense import DenseModel
+from .selection import ChoosesStitches
 
 CHECKPOINT_NAME = "checkpoint.pt"
 LOG_NAME = "log.jsonl"
@@ -38,11 +38,7 @@ LOG_NAME = "log.jsonl"
 
 def is_stitchable(model: torch.nn.Module) -> bool:
     """An SNNet, or a task model over one (the loop then does the least-squares start and ROS)."""
-    return isinstance(model, (SNNet, DenseModel))
-
-
-def backbone_of(model: torch.nn.Module) -> SNNet:
-    return model.backbone if isinstance(model, DenseModel) else model
+    return isinstance(model, ChoosesStitches)
 
 
 def autocast(device: torch.device, enabled: bool):
@@ -356,33 +352,24 @@ def evaluate_stitches(model: SNNet, task, loader: DataLoader, stitch_ids: list[i
     it shares with those before it (``snnet.route_tree``; the same arithmetic as one stitch at a time).
     A stitch id of None evaluates ``model`` as it is (any classifier).
 
-    ``task.eval_sums`` gives a tensor of sums (summed over batches and ranks) or, for a task whose
-    ``num_sums`` is None, a list of records (gathered from every rank) for ``task.finalize``."""
+    Per stitch, ``task.eval_batch`` states are added over batches, ``task.reduce`` combines them across ranks and
+    ``task.finalize`` gives the metrics (``snnet.tasks.Task``)."""
     model.eval()
     share = share_prefixes and is_stitchable(model) and None not in stitch_ids
-    order = backbone_of(model).depth_first(stitch_ids) if share else stitch_ids
+    order = model.backbone.depth_first(stitch_ids) if share else stitch_ids
     acc: dict[int, torch.Tensor | list] = {}
-    with backbone_of(model).sharing_prefixes(stitch_ids) if share else nullcontext() as cache:
+    with model.backbone.sharing_prefixes(stitch_ids) if share else nullcontext() as cache:
         for batch in tqdm(loader, desc=f"evaluating {len(stitch_ids)} stitches",
                           disable=not (progress and env.is_main), leave=False, unit="batch"):
             for sid in order:
                 if sid is not None:
                     model.select(sid)
                 with autocast(env.device, amp):
-                    s = task.eval_sums(model, batch, env.device)
+                    s = task.eval_batch(model, batch, env.device)
                 acc[sid] = acc[sid] + s if sid in acc else s
             if cache is not None:
                 cache.clear()
-    out = {}
-    for sid in stitch_ids:
-        if task.num_sums is None:  # records: every rank's, in rank order
-            out[sid] = task.finalize([r for part in all_gather_objects(acc.get(sid, [])) for r in part])
-            continue
-        total = acc.get(sid)
-        if total is None:  # a rank with no images still joins the reduction
-            total = torch.zeros(task.num_sums, dtype=torch.float64, device=env.device)
-        out[sid] = task.finalize(all_reduce_sum(total))
-    return out
+    return {sid: task.finalize(task.reduce(acc.get(sid), env.device)) for sid in stitch_ids}
 
 
 def fit(cfg: RunConfig, task, env: DistEnv, resume: str | None = "auto", progress: bool = True,
@@ -410,7 +397,7 @@ def fit(cfg: RunConfig, task, env: DistEnv, resume: str | None = "auto", progres
         state = load_checkpoint(ckpt_path)
         load_state_checked(model, state["model"], f"{ckpt_path} (to start afresh: --no-resume or another --output-dir)")
     elif stitchable:
-        n = init_stitching_layers(backbone_of(model), init_batches(task, cfg, env), progress=progress and env.is_main)
+        n = init_stitching_layers(model.backbone, init_batches(task, cfg, env), progress=progress and env.is_main)
         if env.is_main:
             how = "training pipeline" if cfg.train.init_transform == "train" else "evaluation transform"
             print(f"stitching layers fitted by least squares on {n} images ({how})")
@@ -466,7 +453,7 @@ def fit(cfg: RunConfig, task, env: DistEnv, resume: str | None = "auto", progres
     return model
 
 
-def evaluate_and_report(model: SNNet | DenseModel, task, cfg: RunConfig, env: DistEnv, run_dir: Path,
+def evaluate_and_report(model: SNNet | ChoosesStitches, task, cfg: RunConfig, env: DistEnv, run_dir: Path,
                         stitch_ids: list[int] | None = None, progress: bool = True) -> list[Path] | None:
     """Evaluate stitches, then on rank 0 write results.jsonl/.csv and pareto.png (``results_subset.*`` and
     ``pareto_subset.png`` for a subset of the stitches), print the frontier and return the files written."""

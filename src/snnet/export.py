@@ -11,7 +11,7 @@ import copy
 import importlib.util
 import json
 import warnings
-from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from torch import nn
 from ._atomic import atomic_path, together
 from .errors import SNNetError
 from .model import SNNet, embed_tokens, tap_maps
+from .pretrained import saved_config
 from .stitch_space import SMALL, LayerRef, route_steps, route_taps
 from .tasks.dense import DenseModel
 
@@ -74,27 +75,33 @@ class StitchNet(nn.Module):
         self.steps = nn.ModuleList(
             copy.deepcopy(net.anchors[st.part].blocks[st.index]) if st.kind == "block"
             else _linear(net.stitching_layer(LayerRef(st.part, st.index))) for st in steps)
-        # dense taps: step -> (how many times, projection index or -1); small taps reach the large width
-        taps = Counter(route_taps(s, tuple(net.out_indices), *net.depths)) if dense else Counter()
-        self.taps: dict[int, tuple[int, int]] = {}
+        # dense taps: step -> (the positions in out_indices it gives, projection index or -1); small taps reach
+        # the large width
+        every = route_taps(s, tuple(net.out_indices), *net.depths) if dense else []
+        self.taps: dict[int, tuple[list[int], int]] = {}
         projections = []
         for k, st in enumerate(steps):
-            if st.kind == "block" and (st.part, st.index) in taps:
+            positions = [i for i, t in enumerate(every) if t == (st.part, st.index)]
+            if st.kind == "block" and positions:
                 proj = -1
                 if st.part == SMALL:
                     proj = len(projections)
                     projections.append(_linear(net.sl_layers[st.index]))
-                self.taps[k] = (taps[(st.part, st.index)], proj)
+                self.taps[k] = (positions, proj)
+        self.num_taps = len(every)
         self.projections = nn.ModuleList(projections)
 
-    def forward_tokens(self, x: torch.Tensor, with_taps: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """(final tokens, tap tokens): the same operations as ``SNNet.run_route``."""
+    def forward_tokens(self, x: torch.Tensor, taps: Sequence[int] = ()) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(final tokens, the tap tokens of the ``taps`` positions in out_indices): the operations of
+        ``SNNet.run_route``."""
+        wanted = {range(self.num_taps)[t] for t in taps}
         x = embed_tokens(self.embed, x)
         feats = []
         for k, step in enumerate(self.steps):
             x = step(x)
-            if with_taps and k in self.taps:
-                n, p = self.taps[k]
+            positions, p = self.taps.get(k, ((), -1))
+            n = sum(i in wanted for i in positions)
+            if n:
                 feats.extend([self.projections[p](x) if p >= 0 else x] * n)
         return x, feats
 
@@ -103,9 +110,10 @@ class StitchNet(nn.Module):
         tokens, _ = self.forward_tokens(x)
         return self.tail.forward_head(self.tail.norm(tokens))
 
-    def forward_features(self, x: torch.Tensor, return_prefix_tokens: bool = False) -> list:
+    def forward_features(self, x: torch.Tensor, return_prefix_tokens: bool = False,
+                         taps: Sequence[int] | None = None) -> list:
         """Dense taps, as ``SNNet.forward_features``."""
-        _, feats = self.forward_tokens(x, with_taps=True)
+        _, feats = self.forward_tokens(x, range(self.num_taps) if taps is None else taps)
         return tap_maps(feats, self.embed, x, return_prefix_tokens)
 
 
@@ -114,7 +122,7 @@ def deployable(model: SNNet | DenseModel, stitch_id: int) -> nn.Module:
     if not model.exportable:
         raise SNNetError("export takes classification, segmentation and depth models; a detection model's "
                          "Mask R-CNN heads are not exported yet")
-    if isinstance(model, DenseModel):
+    if model.backbone is not model:  # a task model: the backbone's stitch under its heads
         heads = model.inference_heads()
         unused = {name: nn.ModuleList() for name, child in model.named_children()
                   if name != "backbone" and not any(child is h for h in heads)}  # e.g. auxiliary training heads
@@ -154,7 +162,7 @@ def export_stitch(model: SNNet | DenseModel, stitch_id: int, fmt: str, output: s
                "route": s.describe(), "flops": flops, "gflops": flops / 1e9, "params": model.params(s.id),
                "input_size": list(img_size), "batch": "dynamic" if fmt == "onnx" else batch,
                "input": "images (B, 3, H, W), float32, normalised with mean and std",
-               **(info or {}), "model": model.config.to_dict()}
+               **(info or {}), "model": saved_config(model)}  # its task names the class that rebuilds it
     side = sidecar_path(output)
     # both files go to temp files first and replace the earlier pair together: a failed or killed export leaves it
     with together(), atomic_path(side) as side_tmp, atomic_path(output) as tmp, torch.no_grad():

@@ -152,6 +152,16 @@ class SNNet(Pretrained, ChoosesStitches, nn.Module):
     def stitch_ids(self) -> list[int]:
         return [s.id for s in self.stitches]
 
+    @property
+    def num_classes(self) -> int:
+        """Classes of the heads (the last anchor's, which every stitch ends in)."""
+        return self.anchors[-1].num_classes
+
+    @property
+    def backbone(self) -> "SNNet":
+        """The stitched network whose routes run: this one (a task model's is its ``backbone`` module)."""
+        return self
+
     def stitch(self, stitch_id: int) -> Stitch:
         """The record of one stitch; an unknown id is an error naming the valid ones."""
         if is_integer(stitch_id) and stitch_id in self._by_id:
@@ -219,24 +229,28 @@ class SNNet(Pretrained, ChoosesStitches, nn.Module):
         """Patch embedding, position embedding and prefix tokens of one anchor: (B, 3, H, W) -> (B, N, C)."""
         return embed_tokens(self.anchors[anchor], x)
 
-    def run_route(self, x: torch.Tensor, stitch: Stitch, with_taps: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Run a stitch from image to its last block: (final tokens (B, N, C_last), tap tokens (B, N, C1) each).
+    def run_route(self, x: torch.Tensor, stitch: Stitch,
+                  taps: Sequence[int] = ()) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Run a stitch from image to its last block: (final tokens (B, N, C_last), the tap tokens (B, N, C1) of
+        the ``taps`` positions in ``out_indices``, in the order of ``out_indices``).
 
         Inside ``sharing_prefixes`` (eval mode), the route resumes from the deepest activation it shares
         with the routes run before it on the same input."""
-        taps = Counter(route_taps(stitch, tuple(self.out_indices), *self.depths)) if with_taps else Counter()
+        every = route_taps(stitch, tuple(self.out_indices), *self.depths)
+        taps = tuple(range(len(every))[t] for t in taps)
+        wanted = Counter(every[t] for t in taps)
         steps = route_steps(stitch)
         walk, start, h, feats = None, 0, x, []
         if self.prefix_cache is not None and not self.training:
-            context = (with_taps, torch.is_autocast_enabled(x.device.type))
+            context = (taps, torch.is_autocast_enabled(x.device.type))
             walk, start, h, feats = self.prefix_cache.resume(x, steps, context)
         for k in range(start, len(steps)):
             step = steps[k]
             h = self.run_step(step, h)
-            if step.kind == "block" and (step.part, step.index) in taps:
+            if step.kind == "block" and (step.part, step.index) in wanted:
                 # small-anchor taps reach the large width through SL layer b
                 f = self.sl_layers[step.index](h) if step.part == SMALL else h
-                feats.extend([f] * taps[(step.part, step.index)])
+                feats.extend([f] * wanted[(step.part, step.index)])
             if walk is not None:
                 self.prefix_cache.keep(walk, k, h, feats)
         return h, feats
@@ -274,13 +288,15 @@ class SNNet(Pretrained, ChoosesStitches, nn.Module):
         tokens, _ = self.run_route(x, stitch)
         return self.forward_head(tokens, stitch)
 
-    def forward_features(self, x: torch.Tensor, return_prefix_tokens: bool = False) -> list:
-        """Dense taps of the active stitch (SPEC section 6): one (B, C_large, H/p, W/p) map per out index.
+    def forward_features(self, x: torch.Tensor, return_prefix_tokens: bool = False,
+                         taps: Sequence[int] | None = None) -> list:
+        """Dense taps of the active stitch (SPEC section 6): one (B, C_large, H/p, W/p) map per out index, or per
+        position of ``taps`` (e.g. ``(-1,)``: the last only; the others' blocks still run, their projections not).
 
         With ``return_prefix_tokens``, each item is ``(map, prefix_tokens (B, P, C_large))``.
         """
         stitch = self._active_stitch()
-        _, feats = self.run_route(x, stitch, with_taps=True)
+        _, feats = self.run_route(x, stitch, range(len(self.out_indices)) if taps is None else taps)
         return tap_maps(feats, self.anchors[SMALL], x, return_prefix_tokens)
 
     # ---- weights --------------------------------------------------------------------------

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import typing
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
@@ -81,10 +80,15 @@ def save_pretrained(model: Pretrained, directory: str | Path, results: list[dict
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     with atomic_path(directory / WEIGHTS_NAME) as tmp:
         save_file(state, str(tmp), metadata={"format": "snnet", "format_version": str(FORMAT_VERSION)})
-    config = {"format_version": FORMAT_VERSION, **model.config.to_dict()}
-    atomic_write_text(directory / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
+    atomic_write_text(directory / CONFIG_NAME, json.dumps(saved_config(model), indent=2) + "\n")
     write_model_card(directory, model, results, plot)
     return directory
+
+
+def saved_config(model: Pretrained) -> dict:
+    """What ``config.json`` holds: the format version, the task (it names the class that rebuilds the model: a
+    subclass of SNNet has a task of its own) and the model's config."""
+    return {"format_version": FORMAT_VERSION, "task": model.task, **model.config.to_dict()}
 
 
 def _structure(model: torch.nn.Module) -> list[str]:
@@ -101,7 +105,7 @@ def check_rebuilds(model: Pretrained) -> None:
     advice = "give such anchors as timm model names or AnchorConfigs"
     try:
         with torch.device("meta"):
-            rebuilt = model_from_config(json.loads(json.dumps(model.config.to_dict())), "its config")
+            rebuilt = model_from_config(json.loads(json.dumps(saved_config(model))), "its config")
     except SNNetError as e:
         raise SNNetError(f"cannot save the model: {e}; {advice}") from None
     mine, again = _structure(model), _structure(rebuilt)
@@ -129,16 +133,15 @@ def load_pretrained(directory: str | Path, revision: str | None = None) -> Pretr
 
 def model_from_config(raw: object, source: str) -> Pretrained:
     """The model a saved ``config.json`` describes (``source`` names it in errors), with untrained weights."""
-    from .config import ModelSection, RunConfig, validate
+    from .config import DEFAULT_TASK, ModelSection, validate
 
     if not isinstance(raw, dict):
         raise SNNetError(f"{source} is not a valid snnet config (a {type(raw).__name__}, not a mapping)")
     raw = dict(raw)  # the caller's dict stays as it is
     raw.pop("format_version", None)
-    task = raw.pop("task", "classification")
-    tasks = typing.get_args(RunConfig.model_fields["task"].annotation)  # the config's order, for the message
-    if task not in tasks:
-        raise SNNetError(f"{source}: unknown task {task!r} (snnet knows {', '.join(tasks)})")
+    task = raw.pop("task", DEFAULT_TASK)  # files from before the key was written are classification models
+    if task not in MODEL_CLASSES:
+        raise SNNetError(f"{source}: unknown task {task!r} (snnet knows {', '.join(MODEL_CLASSES)})")
     input_size = None  # a depth model's FLOPs size, kept beside the head's keys
     if isinstance(raw.get("head"), dict):
         raw["head"] = dict(raw["head"])

@@ -61,3 +61,10 @@ def save_grid(path: Path, panels: list[list[tuple[str, object, dict]]]) -> Path:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
     return path
+
+
+def swatch(rgb) -> str:
+    """A square of colour ``rgb`` for a legend line (HTML)."""
+    r, g, b = (int(c) for c in rgb)
+    return (f'<span style="display:inline-block;width:1em;height:1em;background:rgb({r},{g},{b});'
+            f'vertical-align:middle;margin-right:0.4em"></span>')

@@ -13,10 +13,13 @@ from torch.utils.data import Dataset
 from torchvision import datasets
 from torchvision import transforms as T
 
+from ..anchors import AnchorConfig, head_classes
 from ..config import RunConfig
+from ..data.scenes import SHAPES
 from ..errors import SNNetError
 from ..model import SNNet
 from ._files import split_names, with_transform
+from .base import Task, register_task
 
 
 def _read_rgb(path: str) -> Image.Image:
@@ -105,21 +108,68 @@ def data_classes(cfg: RunConfig) -> int:
     return len(train)
 
 
-class ClassificationTask:
-    """What the training loop and the per-stitch evaluation need to know about classification."""
+@register_task
+class ClassificationTask(Task):
+    """Image classification: top-1 / top-5 accuracy and the loss per stitch, the anchors' own heads."""
 
     name = "classification"
-    primary_metric = SNNet.primary_metric  # the model class's, as its card and loaders read it
+    model_class = SNNet
+    datasets = ("imagefolder", "shapes")
     plot_metrics = (("acc1", True),)
     report_metrics = ("acc1", "acc5", "loss")
-    metric_directions = {"acc1": True, "acc5": True, "loss": False}  # every metric it writes: higher is better?
-    higher_is_better = metric_directions[primary_metric]
-    num_sums = 4  # length of eval_sums
-    eval_collate = None  # the default: stacked tensors
-    train_collate = None  # stacked tensors
+    metric_directions = {"acc1": True, "acc5": True, "loss": False}
+    head_keys = False
+    answer_is_label = True
+    num_sums = 4  # the length of eval_batch's tensor
+
+    @classmethod
+    def check_data(cls, cfg: RunConfig) -> int:
+        return data_classes(cfg)
+
+    @classmethod
+    def class_names(cls, cfg: RunConfig) -> list[str] | None:
+        """The built-in scenes' shapes, or an ImageFolder's class folders when they are on disk."""
+        if cfg.data.dataset == "shapes":
+            return list(SHAPES[:cfg.data.shapes.num_classes])
+        train_dir = Path(cfg.data.root) / split_names(cfg.data, "train", "val")[0] if cfg.data.root else None
+        return class_folders(train_dir) if train_dir is not None and train_dir.is_dir() else None
+
+    @classmethod
+    def check_heads(cls, cfg: RunConfig, load_weights: bool) -> list[str]:
+        """The anchors' classifiers (their kwargs', or their weights' when ``load_weights``) must have the data's
+        classes, unless ``model.replace_head`` trains new ones; local anchor checkpoints are read on the meta
+        device, so a corrupt or mis-shaped one fails here."""
+        classes = data_classes(cfg)
+        notes = []
+        for i, a in enumerate(cfg.model.anchors):
+            head = head_classes(AnchorConfig(a.name, a.pretrained and load_weights,
+                                             a.checkpoint_path if load_weights else None, a.kwargs))
+            if head is None or head == classes:
+                continue
+            if not cfg.model.replace_head:
+                raise SNNetError(f"the data has {classes} classes but anchor {i} ({a.name}) has a {head}-class "
+                                 f"head: set model.replace_head=true to train new {classes}-class heads")
+            notes.append(f"model.replace_head: anchor {i}'s {head}-class head is replaced by a new {classes}-class "
+                         f"head")
+        return notes
+
+    @classmethod
+    def demo_transform(cls, cfg: RunConfig | None, model, mean, std):
+        """The run's own evaluation preprocessing when its config.yaml is there."""
+        if cfg is None:
+            return super().demo_transform(cfg, model, mean, std)
+        return build_transform(cfg, False, model.img_size[-1], tuple(mean), tuple(std))
+
+    @classmethod
+    def answer(cls, out: torch.Tensor, image, input_hw, classes: list[str] | None, min_score: float) -> dict:
+        """The top-5 classes and their probabilities."""
+        probs = out.float().softmax(-1)[0]
+        top = probs.topk(min(5, probs.numel()))
+        names = classes or [str(i) for i in range(probs.numel())]
+        return {names[i]: float(p) for p, i in zip(top.values, top.indices)}
 
     def __init__(self, cfg: RunConfig, input_size: int, mean, std, progress: bool = True, train: bool = True) -> None:
-        self.cfg = cfg
+        super().__init__(cfg, input_size, mean, std, progress, train)
         self.train_set, self.val_set, self.init_set, self.classes = build_datasets(cfg, input_size, mean, std, progress,
                                                                                    train)
         self.num_classes = len(self.classes)
@@ -143,7 +193,7 @@ class ClassificationTask:
         return self.criterion(model(images), targets)
 
     @torch.no_grad()
-    def eval_sums(self, model, batch, device: torch.device) -> torch.Tensor:
+    def eval_batch(self, model, batch, device: torch.device) -> torch.Tensor:
         """[top-1 correct, top-5 correct, summed loss, images] of one batch, to be summed over batches and ranks."""
         images, targets = (t.to(device, non_blocking=True) for t in batch)
         logits = model(images).float()
@@ -152,10 +202,6 @@ class ClassificationTask:
         loss = F.cross_entropy(logits, targets, reduction="sum")
         return torch.stack([hit[:, 0].sum().double(), hit.any(dim=1).sum().double(), loss.double(),
                             torch.tensor(float(targets.numel()), dtype=torch.float64, device=logits.device)])
-
-    def report(self, model, rows: list[dict], run_dir: Path, device: torch.device) -> list[Path]:
-        """Task-specific files beside the results table: none for classification."""
-        return []
 
     @staticmethod
     def finalize(sums: torch.Tensor) -> dict[str, float]:

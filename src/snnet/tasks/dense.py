@@ -5,10 +5,13 @@ stitch runs through the backbone's one route runner (``SNNet.forward_features``)
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
+import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 
 from ..model import SNNet
@@ -16,9 +19,12 @@ from ..pretrained import Pretrained
 from ..selection import ChoosesStitches
 from ..stitch_space import SMALL, route_taps
 from ._files import collate_lists
+from .base import Task
 
 if TYPE_CHECKING:
-    from ..config import HeadSection, ModelSection
+    from ..config import HeadSection, ModelSection, RunConfig
+
+DISPLAY = 384  # the demo shows dense answers at least this many pixels wide
 
 
 def init_conv_module(conv: nn.Module) -> nn.Module:
@@ -30,13 +36,38 @@ def init_conv_module(conv: nn.Module) -> nn.Module:
     return conv
 
 
-class DenseTask:
-    """What the dense tasks share: evaluation batches as lists of images of their own sizes, and the report's
-    ``predictions.png`` (a few validation images, their ground truth and the predictions of the smallest,
-    middle and largest stitch on the frontier), drawn by the task's ``grid`` function."""
+class DenseTask(Task):
+    """What the dense tasks share: a data check (``check_folders``), evaluation batches as lists of images of their
+    own sizes, the report's ``predictions.png`` (a few validation images, their ground truth and the predictions of
+    the smallest, middle and largest stitch on the frontier, drawn by the task's ``grid`` function), and the demo's
+    answer drawn by ``draw_answer`` on the upload enlarged to at least ``DISPLAY`` pixels."""
 
     eval_collate = staticmethod(collate_lists)
     grid: Callable  # (task, model, rows, path, device) -> path
+
+    @classmethod
+    def check_folders(cls, cfg: "RunConfig") -> None:
+        """The dataset's folders and files exist; the scenes need none."""
+
+    @classmethod
+    def check_data(cls, cfg: "RunConfig") -> int | None:
+        cls.check_folders(cfg)
+        return cls.head_classes(cfg)
+
+    @classmethod
+    def answer(cls, out, image: Image.Image, input_hw: tuple[int, int], classes: list[str] | None,
+               min_score: float) -> tuple[np.ndarray, str]:
+        h, w = input_hw
+        scale = max(1, math.ceil(DISPLAY / max(h, w)))
+        size = (w * scale, h * scale)  # PIL's (width, height)
+        shown = np.asarray(image.convert("RGB").resize(size, Image.BILINEAR), dtype=np.float32) / 255
+        return cls.draw_answer(out, shown, scale, classes, min_score)
+
+    @classmethod
+    def draw_answer(cls, out, shown: np.ndarray, scale: int, classes: list[str] | None,
+                    min_score: float) -> tuple[np.ndarray, str]:
+        """The prediction drawn at the size of ``shown`` (the upload, ``scale`` times the input), and its legend."""
+        raise NotImplementedError
 
     def report(self, model, rows: list[dict], run_dir: Path, device: torch.device) -> list[Path]:
         if self.cfg.eval.visualize == 0:
@@ -68,6 +99,8 @@ class DenseModel(Pretrained, ChoosesStitches, nn.Module):
     """``backbone`` (an SNNet whose taps are ``out_indices``) plus heads defined by a subclass."""
 
     task: ClassVar[str]
+    # positions in out_indices the eval-mode forward reads (None: all); training computes every tap
+    inference_taps: ClassVar[tuple[int, ...] | None] = None
 
     def __init__(self, backbone: SNNet, head_config: dict[str, Any]) -> None:
         super().__init__()
@@ -109,6 +142,12 @@ class DenseModel(Pretrained, ChoosesStitches, nn.Module):
     describe = _Backbone()
     img_size = _Backbone()
     forward_features = _Backbone()
+
+    def features(self, x: torch.Tensor, return_prefix_tokens: bool = False) -> list:
+        """The backbone's dense taps this model reads: every tap in training, ``inference_taps`` in eval mode (the
+        others' projections are not computed; FLOPs still count them, as the reference's tables do)."""
+        taps = None if self.training else self.inference_taps
+        return self.backbone.forward_features(x, return_prefix_tokens, taps)
 
     def select(self, stitch_id: int) -> "DenseModel":
         self.backbone.select(stitch_id)

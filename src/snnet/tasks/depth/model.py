@@ -56,7 +56,7 @@ class DepthModel(DenseModel):
         return [self.decode_head]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        taps = self.backbone.forward_features(x, return_prefix_tokens=True)
+        taps = self.features(x, return_prefix_tokens=True)  # all four
         depth = self.decode_head([(f, prefix[:, 0]) for f, prefix in taps])  # the class token of each tap
         if not self.training:  # the reference clamps test predictions (so before the flip average too)
             depth = depth.clamp(self.min_depth, self.max_depth)

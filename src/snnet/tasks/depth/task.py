@@ -5,31 +5,38 @@ import torch
 import torch.nn.functional as F
 
 from ...config import RunConfig
+from ..base import register_task
 from ..dense import DenseTask, image_batches
-from .data import build_datasets
+from .data import build_datasets, check_folders
 from .metrics import METRICS, image_metrics, sig_loss, summarize, valid_mask
 from .model import DepthModel
-from .visualize import prediction_grid
+from .visualize import depth_answer, prediction_grid
 
 
+@register_task
 class DepthTask(DenseTask):
-    """What the training loop and the per-stitch evaluation need to know about depth."""
+    """Monocular depth: rmse, threshold accuracies and the other errors per stitch, DPT heads."""
 
     name = "depth"
-    primary_metric = DepthModel.primary_metric  # the model class's, as its card and loaders read it
+    model_class = DepthModel
+    datasets = ("nyuv2", "depthfolder", "shapes")
     plot_metrics = (("rmse", False), ("a1", True))  # a Pareto plot each
     report_metrics = ("rmse", "a1", "abs_rel", "silog")
     metric_directions = {m: m in ("a1", "a2", "a3") for m in METRICS}  # errors fall, threshold accuracies rise
-    higher_is_better = metric_directions[primary_metric]
+    input_size_pairs = True
     grid = prediction_grid
-    train_collate = None  # stacked tensors
-    num_classes = None
     num_sums = len(METRICS) + 1  # per-image metric sums, then the number of images with valid pixels
+    check_folders = staticmethod(check_folders)
 
-    def __init__(self, cfg: RunConfig, crop: int | tuple[int, int], mean, std, progress: bool = True,
+    @classmethod
+    def draw_answer(cls, out: torch.Tensor, shown, scale: int, classes, min_score: float):
+        """The depth map in colour, nearest bright, and its scale in metres."""
+        return depth_answer(out[:, :1], shown)
+
+    def __init__(self, cfg: RunConfig, input_size: int | tuple[int, int], mean, std, progress: bool = True,
                  train: bool = True) -> None:
-        crop = tuple(crop) if isinstance(crop, tuple) else (crop, crop)
-        self.cfg, self.crop, self.mean, self.std = cfg, crop, mean, std
+        crop = tuple(input_size) if isinstance(input_size, tuple) else (input_size, input_size)
+        super().__init__(cfg, crop, mean, std, progress, train)
         self.train_set, self.val_set, self.init_set = build_datasets(cfg, crop, mean, std, progress, train)
         # crops beyond the maps fail on the first image, before any training (they would score an empty mask)
         if cfg.data.eval_crop and len(self.val_set):
@@ -55,7 +62,7 @@ class DepthTask(DenseTask):
         return out
 
     @torch.no_grad()
-    def eval_sums(self, model, batch, device: torch.device) -> torch.Tensor:
+    def eval_batch(self, model, batch, device: torch.device) -> torch.Tensor:
         """Per-image metrics on valid pixels inside the evaluation crop, summed, and the count of such images."""
         images, depths = batch
         data = self.cfg.data

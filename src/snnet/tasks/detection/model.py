@@ -85,7 +85,7 @@ class _StitchedPyramid(nn.Module):
         self.out_channels = pyramid.out_channels
 
     def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
-        return self.pyramid(self.body.forward_features(x)[-1])
+        return self.pyramid(self.body.forward_features(x, taps=(-1,))[0])  # ViTDet reads the last tap only
 
 
 @register_model

@@ -10,32 +10,51 @@ from pycocotools import mask as mask_utils
 from pycocotools.cocoeval import COCOeval
 
 from ...config import RunConfig
+from ...data.scenes import SHAPES
+from ...distributed import all_gather_objects
 from .._files import collate_lists
+from ..base import register_task
 from ..dense import DenseTask
-from .data import build_datasets
+from .data import build_datasets, check_folders, dataset_classes
 from .model import DetectionModel
-from .visualize import prediction_grid
+from .visualize import SCORE_THRESHOLD, detection_answer, prediction_grid
 
 STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl")  # the first six of COCOeval.stats
 MASK_THRESHOLD = 0.5
 
 
+@register_task
 class DetectionTask(DenseTask):
-    """What the training loop and the per-stitch evaluation need to know about detection."""
+    """Detection and instance segmentation: COCO box and mask AP per stitch, Mask R-CNN over ViTDet's pyramid."""
 
     name = "detection"
-    primary_metric = DetectionModel.primary_metric  # the model class's, as its card and loaders read it
+    model_class = DetectionModel
+    datasets = ("coco", "shapes")
     plot_metrics = (("bbox_AP", True), ("segm_AP", True))
     report_metrics = ("bbox_AP", "bbox_AP50", "segm_AP", "segm_AP50")
-    metric_directions = {f"{kind}_{s}": True for kind in ("bbox", "segm") for s in STATS}  # every metric it writes
-    higher_is_better = metric_directions[primary_metric]
+    metric_directions = {f"{kind}_{s}": True for kind in ("bbox", "segm") for s in STATS}
+    score_threshold = SCORE_THRESHOLD
     train_collate = staticmethod(collate_lists)
     grid = prediction_grid
-    num_sums = None  # evaluation gathers detections, COCOeval scores them
+    check_folders = staticmethod(check_folders)
 
-    def __init__(self, cfg: RunConfig, size: int, mean, std, progress: bool = True, train: bool = True) -> None:
-        self.cfg, self.size, self.mean, self.std = cfg, size, mean, std
-        self.train_set, self.val_set, self.init_set = build_datasets(cfg, size, mean, std, progress, train)
+    @classmethod
+    def head_classes(cls, cfg: RunConfig) -> int:
+        return cfg.model.head.num_classes or dataset_classes(cfg)
+
+    @classmethod
+    def class_names(cls, cfg: RunConfig) -> list[str] | None:
+        """The built-in scenes' shapes (label 0 is the background)."""
+        return list(SHAPES[:cfg.data.shapes.num_classes]) if cfg.data.dataset == "shapes" else None
+
+    @classmethod
+    def draw_answer(cls, out: list[dict], shown, scale: int, classes, min_score: float):
+        """Boxes and masks scoring ``min_score`` or more, and their list."""
+        return detection_answer(out[0], shown, scale, classes, min_score)
+
+    def __init__(self, cfg: RunConfig, input_size: int, mean, std, progress: bool = True, train: bool = True) -> None:
+        super().__init__(cfg, input_size, mean, std, progress, train)
+        self.train_set, self.val_set, self.init_set = build_datasets(cfg, input_size, mean, std, progress, train)
         self.num_classes = len(self.val_set.coco.cats)
         self.category_of = {label: cat for cat, label in self.val_set.label_of.items()}
 
@@ -52,7 +71,7 @@ class DetectionTask(DenseTask):
         return model([i.to(device, non_blocking=True).as_subclass(torch.Tensor) for i in images])
 
     @torch.no_grad()
-    def eval_sums(self, model, batch, device: torch.device) -> list[tuple]:
+    def eval_batch(self, model, batch, device: torch.device) -> list[tuple]:
         """COCO results of one batch: ("image", id) for every image, ("bbox" | "segm", result) per detection."""
         images, targets = batch
         records = []
@@ -69,6 +88,10 @@ class DetectionTask(DenseTask):
                 rle["counts"] = rle["counts"].decode("ascii")
                 records.append(("segm", {**common, "segmentation": rle}))
         return records
+
+    def reduce(self, records: list[tuple] | None, device: torch.device) -> list[tuple]:
+        """Every rank's records, in rank order (COCOeval scores them together)."""
+        return [r for part in all_gather_objects(records or []) for r in part]
 
     def finalize(self, records: list[tuple]) -> dict:
         """Box and mask AP, AP50, AP75 and by size, in percent, by COCOeval on the images evaluated."""

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
-from .._grid import denormalize, grid_inputs, palette, save_grid
+from .._grid import denormalize, grid_inputs, palette, save_grid, swatch
 
 SCORE_THRESHOLD = 0.5  # detections drawn in the grid and the demo
 COLOURS = palette(256, 255)  # label i in colour i, as segmentation draws class i
@@ -53,3 +53,23 @@ def prediction_grid(task, model, rows: list[dict], path: Path, device: torch.dev
                                         p["masks"].cpu()[keep][:, 0] > 0.5, names), {}))
         panels.append(row)
     return save_grid(path, panels)
+
+
+def detection_answer(found: dict, shown: np.ndarray, scale: int, classes: list[str] | None,
+                     min_score: float) -> tuple[np.ndarray, str]:
+    """The demo's answer: the detections scoring ``min_score`` or more drawn on the enlarged image ``shown`` (boxes
+    scaled, masks resized), and their list: colour, class, score, best first."""
+    keep = found["scores"].cpu() >= min_score
+    kept = {k: v.cpu()[keep] for k, v in found.items()}
+    boxes, labels, scores = kept["boxes"].float() * scale, kept["labels"].tolist(), kept["scores"].tolist()
+    masks = torch.nn.functional.interpolate(kept["masks"].float(), size=shown.shape[:2], mode="bilinear",
+                                            align_corners=False)[:, 0] > 0.5
+    names = (["background", *classes] if classes else [f"class {i}" for i in range(max(labels, default=0) + 1)])
+    pixels = torch.from_numpy(np.ascontiguousarray(shown.transpose(2, 0, 1) * 255).round().astype(np.uint8))
+    drawn = draw_detections(pixels, boxes, labels, masks, names, scores, font_size=14)
+    items = [f"<li>{swatch(COLOURS[i])}{names[i]}: {s:.2f}</li>"
+             for i, s in sorted(zip(labels, scores), key=lambda t: -t[1])]
+    title = (f"{len(items)} detections scoring {min_score:g} or more" if items
+             else f"no detection scores {min_score:g} or more")
+    return drawn.astype(np.float32) / 255, (f'<div id="legend"><b>{title}</b>'
+                                            f'<ul style="list-style:none;padding:0">{"".join(items)}</ul></div>')

@@ -25,6 +25,7 @@ class SegmentationModel(DenseModel):
     primary_metric = "mIoU"
     higher_is_better = True
     pipeline_tag = "image-segmentation"
+    inference_taps = (-1,)  # the decode head's
 
     @classmethod
     def from_backbone(cls, backbone: SNNet, head, num_classes: int | None,
@@ -49,7 +50,7 @@ class SegmentationModel(DenseModel):
         return [self.decode_head]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
-        feats = self.forward_features(x)
+        feats = self.features(x)  # eval mode: the last tap only
         if self.training:
             return [self.decode_head(feats[-1]), *(head(f) for head, f in zip(self.auxiliary_head, feats))]
         logits = self.decode_head(feats[-1])

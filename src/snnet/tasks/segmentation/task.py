@@ -5,29 +5,48 @@ import torch
 import torch.nn.functional as F
 
 from ...config import RunConfig
+from ...data.scenes import SHAPES
+from ..base import register_task
 from ..dense import DenseTask, image_batches
-from .data import build_datasets
+from .data import build_datasets, check_folders, dataset_info
 from .metrics import area_sums, summarize
 from .model import SegmentationModel
-from .visualize import prediction_grid
+from .visualize import prediction_grid, segmentation_overlay
 
 
+@register_task
 class SegmentationTask(DenseTask):
-    """What the training loop and the per-stitch evaluation need to know about segmentation."""
+    """Semantic segmentation: mIoU, mAcc and aAcc per stitch, SETR-naive heads."""
 
     name = "segmentation"
-    primary_metric = SegmentationModel.primary_metric  # the model class's, as its card and loaders read it
+    model_class = SegmentationModel
+    datasets = ("ade20k", "coco_stuff10k", "segfolder", "shapes")
     plot_metrics = (("mIoU", True),)
     report_metrics = ("mIoU", "mAcc", "aAcc")
-    metric_directions = {"mIoU": True, "mAcc": True, "aAcc": True}  # every metric it writes: higher is better?
-    higher_is_better = metric_directions[primary_metric]
+    metric_directions = {"mIoU": True, "mAcc": True, "aAcc": True}
+    fixed_input_size = True  # built for the training crop: relative position tables, FLOPs
+    released_logging_state = True
     grid = prediction_grid
-    train_collate = None  # stacked tensors
+    check_folders = staticmethod(check_folders)
 
-    def __init__(self, cfg: RunConfig, crop: int, mean, std, progress: bool = True, train: bool = True) -> None:
-        self.cfg, self.crop, self.mean, self.std = cfg, crop, mean, std
-        self.train_set, self.val_set, self.init_set, self.num_classes = build_datasets(cfg, crop, mean, std, progress,
-                                                                                       train)
+    @classmethod
+    def head_classes(cls, cfg: RunConfig) -> int:
+        return dataset_info(cfg)[0]
+
+    @classmethod
+    def class_names(cls, cfg: RunConfig) -> list[str] | None:
+        """The built-in scenes' shapes, background first."""
+        return ["background", *SHAPES[:cfg.data.shapes.num_classes]] if cfg.data.dataset == "shapes" else None
+
+    @classmethod
+    def draw_answer(cls, out: torch.Tensor, shown, scale: int, classes, min_score: float):
+        """The class map over the image, and the classes it holds."""
+        return segmentation_overlay(out[0].argmax(0).cpu().numpy(), out.shape[1], shown, scale, classes)
+
+    def __init__(self, cfg: RunConfig, input_size: int, mean, std, progress: bool = True, train: bool = True) -> None:
+        super().__init__(cfg, input_size, mean, std, progress, train)
+        self.train_set, self.val_set, self.init_set, self.num_classes = build_datasets(cfg, input_size, mean, std,
+                                                                                       progress, train)
         self.num_sums = 4 * self.num_classes + 1  # per-class areas, then the image count
         self.ignore_index = cfg.data.ignore_index
         self.aux_weight = cfg.model.head.aux_weight
@@ -52,13 +71,13 @@ class SegmentationTask(DenseTask):
         logits = []
         for x in image_batches(images):
             x = x.to(device, non_blocking=True).as_subclass(torch.Tensor)
-            out = model.slide_inference(x, self.crop, ev.stride) if ev.mode == "slide" else model(x)
+            out = model.slide_inference(x, self.input_size, ev.stride) if ev.mode == "slide" else model(x)
             logits.extend(out.float())
         return [F.interpolate(lg[None], size=size, mode="bilinear", align_corners=False)[0].argmax(0)
                 for lg, size in zip(logits, sizes)]
 
     @torch.no_grad()
-    def eval_sums(self, model, batch, device: torch.device) -> torch.Tensor:
+    def eval_batch(self, model, batch, device: torch.device) -> torch.Tensor:
         """Per-class intersection, union, predicted and labelled pixels of one batch, and its image count."""
         images, labels = batch
         preds = self.predict(model, images, [tuple(lb.shape[-2:]) for lb in labels], device)
