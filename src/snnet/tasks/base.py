@@ -135,7 +135,7 @@ class Task:
                min_score: float) -> dict[str, float] | tuple[np.ndarray, str]:
         """The demo's view of the model's output for one uploaded ``image`` (``input_hw``: the size it ran at):
         {class: probability} when ``answer_is_label``, else (an RGB float array, its legend as HTML)."""
-        raise NotImplementedError
+        raise SNNetError(f"the demo has no view of {cls.name} answers: define {cls.__name__}.answer")
 
     # ---- the loop -----------------------------------------------------------------------------------------------
     def training_loss(self, model, batch, device: torch.device, step: int = 0) -> torch.Tensor:
