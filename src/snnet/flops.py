@@ -6,7 +6,7 @@ layer scale are free. The final norm runs on every token, the classifier head on
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 
 from .errors import SNNetError
@@ -99,20 +99,21 @@ def anchor_flops(shape: AnchorShape, img_size: tuple[int, int] | None = None) ->
     return embed_flops(shape, img_size) + shape.depth * block_flops(shape, n) + head_flops(shape, n)
 
 
-def step_flops(step: Step, shapes: tuple[AnchorShape, AnchorShape], img_size: tuple[int, int] | None = None) -> int:
-    """One operation of a route (``snnet.stitch_space.route_steps``): embedding, block or stitching layer."""
+def step_flops(step: Step, shapes: Sequence[AnchorShape], img_size: tuple[int, int] | None = None) -> int:
+    """One operation of a route (``snnet.stitch_space.route_steps``): embedding, block or stitching layer
+    (``shapes``: the anchors', smallest first; every anchor has the smallest's tokens)."""
     if step.kind == "embed":
         return embed_flops(shapes[step.part], img_size)
     n = num_tokens(shapes[SMALL], img_size)
     if step.kind == "block":
         return block_flops(shapes[step.part], n)
-    src = SMALL if step.part == "SL" else LARGE
-    return linear_flops(n, shapes[src].embed_dim, shapes[1 - src].embed_dim)
+    src, dst = (step.pair, step.pair + 1) if step.part == "SL" else (step.pair + 1, step.pair)
+    return linear_flops(n, shapes[src].embed_dim, shapes[dst].embed_dim)
 
 
 def stitch_flops(
     stitch: Stitch,
-    shapes: tuple[AnchorShape, AnchorShape],
+    shapes: Sequence[AnchorShape],
     img_size: tuple[int, int] | None = None,
     out_indices: tuple[int, ...] | None = None,
 ) -> int:

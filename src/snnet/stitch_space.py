@@ -1,16 +1,27 @@
-"""Where stitches are enumerated: the SN-Netv2 two-way space and the SN-Netv1 baseline.
+"""Where stitches are enumerated: the SN-Netv2 two-way space (over two anchors, or a chain of any number) and the
+SN-Netv1 baseline.
 
 Pure functions on block counts, no torch. Ids and order follow the reference implementation
-(SPEC section 2); anchor 0 is the small anchor (depth ``d0``), anchor 1 the large one (``d1``).
+(SPEC section 2); anchor 0 is the small anchor (depth ``d0``), anchor 1 the large one (``d1``). Over a chain of
+anchors 0..N-1 (small to large) the same rules hold between neighbours (docs/anchors.md: the chain rule).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import NamedTuple
 
 SMALL, LARGE = 0, 1
-_ANCHOR_LETTER = {SMALL: "S", LARGE: "L"}
-KINDS = ("anchor", "SL", "LS", "LSL", "SLS")
+KINDS = ("anchor", "SL", "LS", "LSL", "SLS", "SML", "LMS")  # SML / LMS: over three anchors, up or down the chain
+
+
+def anchor_names(n: int) -> tuple[str, ...]:
+    """How routes name anchors: S and L for two, A, B, C, ... (smallest first) for a chain."""
+    if n == 2:
+        return ("S", "L")
+    if not 2 <= n <= 26:
+        raise ValueError(f"a stitchable network takes 2 to 26 anchors, got {n}")
+    return tuple(chr(ord("A") + a) for a in range(n))
 
 
 @dataclass(frozen=True)
@@ -21,19 +32,36 @@ class Segment:
     first: int
     last: int
 
+    def describe(self, names: tuple[str, ...] = ("S", "L")) -> str:
+        return f"{names[self.anchor]}[{self.first}-{self.last}]"
+
     def __str__(self) -> str:
-        return f"{_ANCHOR_LETTER[self.anchor]}[{self.first}-{self.last}]"
+        return self.describe()
 
 
 @dataclass(frozen=True)
 class LayerRef:
-    """A stitching layer: ``direction`` "SL" (small -> large width) or "LS", and its index."""
+    """A stitching layer between neighbours ``pair`` and ``pair + 1`` of the chain: ``direction`` "SL" (up, to the
+    larger anchor) or "LS" (down), and its index (the boundary it sits at, minus one)."""
 
     direction: str
     index: int
+    pair: int = 0
+
+    @property
+    def source(self) -> int:
+        return self.pair if self.direction == "SL" else self.pair + 1
+
+    @property
+    def target(self) -> int:
+        return self.pair + 1 if self.direction == "SL" else self.pair
+
+    def describe(self, names: tuple[str, ...] = ("S", "L")) -> str:
+        """``SL3`` between two anchors; between chain anchors the letters of both ends, e.g. ``BC3``."""
+        return f"{names[self.source]}{names[self.target]}{self.index}"
 
     def __str__(self) -> str:
-        return f"{self.direction}{self.index}"
+        return self.describe()
 
 
 @dataclass(frozen=True)
@@ -44,6 +72,7 @@ class Stitch:
     kind: str
     segments: tuple[Segment, ...]
     layers: tuple[LayerRef, ...] = ()
+    names: tuple[str, ...] = ("S", "L")  # of the network's anchors, smallest first (``anchor_names``)
 
     @property
     def first_anchor(self) -> int:
@@ -54,10 +83,10 @@ class Stitch:
         return self.segments[-1].anchor
 
     def describe(self) -> str:
-        """Readable route, e.g. ``S[0-3] -SL3-> L[8-23]``."""
-        parts = [str(self.segments[0])]
+        """Readable route, e.g. ``S[0-3] -SL3-> L[8-23]`` (over a chain ``A[0-3] -AB3-> B[4-11]``)."""
+        parts = [self.segments[0].describe(self.names)]
         for layer, seg in zip(self.layers, self.segments[1:]):
-            parts.append(f"-{layer}-> {seg}")
+            parts.append(f"-{layer.describe(self.names)}-> {seg.describe(self.names)}")
         return " ".join(parts)
 
     def to_dict(self) -> dict:
@@ -65,17 +94,19 @@ class Stitch:
             "id": self.id,
             "kind": self.kind,
             "segments": [[s.anchor, s.first, s.last] for s in self.segments],
-            "layers": [[l.direction, l.index] for l in self.layers],
+            "layers": [[l.direction, l.index] + ([l.pair] if len(self.names) > 2 else []) for l in self.layers],
             "route": self.describe(),
         }
 
 
 class Step(NamedTuple):
-    """One operation of a route: ``("embed", anchor, 0)``, ``("block", anchor, b)`` or ``("layer", "SL"|"LS", i)``."""
+    """One operation of a route: ``("embed", anchor, 0)``, ``("block", anchor, b)`` or ``("layer", "SL"|"LS", i,
+    pair)``."""
 
     kind: str
     part: int | str  # the anchor, or a stitching layer's direction
     index: int
+    pair: int = 0  # a stitching layer's neighbour pair
 
 
 def route_steps(stitch: Stitch) -> tuple[Step, ...]:
@@ -84,7 +115,8 @@ def route_steps(stitch: Stitch) -> tuple[Step, ...]:
     for k, seg in enumerate(stitch.segments):
         steps += [Step("block", seg.anchor, b) for b in range(seg.first, seg.last + 1)]
         if k < len(stitch.layers):
-            steps.append(Step("layer", stitch.layers[k].direction, stitch.layers[k].index))
+            layer = stitch.layers[k]
+            steps.append(Step("layer", layer.direction, layer.index, layer.pair))
     return tuple(steps)
 
 
@@ -119,41 +151,72 @@ def num_stitching_layers(d0: int, d1: int, version: str = "v2") -> tuple[int, in
     return d0, (len(ls_sources(d0, d1)) if version == "v2" else 0)
 
 
-def _sl_parts(i: int, d0: int, d1: int) -> tuple[Segment, LayerRef, int]:
-    r = d1 // d0
-    return Segment(SMALL, 0, i), LayerRef("SL", i), (i + 1) * r
+def check_chain(depths: Sequence[int]) -> int:
+    """Validate the depths of a chain of anchors (small to large) and return ``G``, the smallest depth: every depth
+    an integer multiple of it, in non-decreasing order. Two anchors keep ``check_depths``'s messages."""
+    if len(depths) < 2:
+        raise ValueError(f"a stitchable network needs at least two anchors, got {len(depths)}")
+    if len(depths) == 2:
+        check_depths(*depths)
+        return depths[0]
+    g = depths[0]
+    for a, (d, e) in enumerate(zip(depths, depths[1:])):
+        if not 0 < d <= e:
+            raise ValueError(f"anchor depths must not decrease along the chain, got {d} then {e} (anchors {a}, {a + 1})")
+    for a, d in enumerate(depths):
+        if d % g:
+            raise ValueError(f"anchor {a}'s depth {d} is not a multiple of the smallest depth {g}")
+    return g
 
 
-def all_configurations_v2(d0: int, d1: int) -> list[Stitch]:
-    """Every v2 configuration with its reference id, the excluded SL(d0-1) included."""
-    r = check_depths(d0, d1)
-    last_small, last_large = d0 - 1, d1 - 1
+def all_configurations_v2(*depths: int) -> list[Stitch]:
+    """Every v2 configuration over anchors of these depths (small to large) with its id, the excluded ones
+    included. Boundary ``k`` (1..G) of anchor ``a`` follows its block ``k * d_a / G - 1``; a route switches
+    between neighbours at one boundary, or at two (``k1 < k2``): an excursion to a neighbour and back, or on to
+    the next anchor. With two anchors this is the reference's enumeration (SPEC section 2)."""
+    g = check_chain(depths)
+    names = anchor_names(len(depths))
     out: list[Stitch] = []
 
-    def add(kind: str, segments: list[Segment], layers: list[LayerRef]) -> None:
-        out.append(Stitch(len(out), kind, tuple(segments), tuple(layers)))
+    def end(a: int, k: int) -> int:  # anchor a's last block before boundary k
+        return k * depths[a] // g - 1
 
-    add("anchor", [Segment(SMALL, 0, last_small)], [])
-    add("anchor", [Segment(LARGE, 0, last_large)], [])
-    sl = list(range(d0))
-    ls = ls_sources(d0, d1)
-    for i in sl:
-        add("SL", [Segment(SMALL, 0, i), Segment(LARGE, (i + 1) * r, last_large)], [LayerRef("SL", i)])
-    for j in ls:
-        add("LS", [Segment(LARGE, 0, j), Segment(SMALL, small_block(j, d0, d1) + 1, last_small)],
-            [LayerRef("LS", j // r)])
-    for j in ls:
-        resume = small_block(j, d0, d1) + 1
-        for i in sl:
-            if i != last_small and i >= resume:
-                add("LSL", [Segment(LARGE, 0, j), Segment(SMALL, resume, i), Segment(LARGE, (i + 1) * r, last_large)],
-                    [LayerRef("LS", j // r), LayerRef("SL", i)])
-    for i in sl:
-        for j in ls:
-            if j >= (i + 1) * r:
-                add("SLS", [Segment(SMALL, 0, i), Segment(LARGE, (i + 1) * r, j),
-                            Segment(SMALL, small_block(j, d0, d1) + 1, last_small)],
-                    [LayerRef("SL", i), LayerRef("LS", j // r)])
+    def last(a: int) -> int:
+        return depths[a] - 1
+
+    def add(kind: str, segments: list[Segment], layers: list[LayerRef]) -> None:
+        out.append(Stitch(len(out), kind, tuple(segments), tuple(layers), names))
+
+    def route(anchors: tuple[int, ...], ks: tuple[int, ...]) -> list[Segment]:
+        """Segments of a route through ``anchors``, switching at boundaries ``ks``."""
+        starts = [0] + [end(a, k) + 1 for a, k in zip(anchors[1:], ks)]
+        ends = [end(a, k) for a, k in zip(anchors, ks)] + [last(anchors[-1])]
+        return [Segment(a, f, e) for a, f, e in zip(anchors, starts, ends)]
+
+    for a in range(len(depths)):
+        add("anchor", [Segment(a, 0, last(a))], [])
+    inner = range(1, g)  # boundaries strictly inside the smallest depth
+    for p in range(len(depths) - 1):
+        lo, hi = p, p + 1
+        up = lambda k: LayerRef("SL", k - 1, p)
+        down = lambda k: LayerRef("LS", k - 1, p)
+        for k in range(1, g + 1):  # k = G: the small anchor whole, then the large head (excluded)
+            add("SL", route((lo, hi), (k,)), [up(k)])
+        for k in inner:
+            add("LS", route((hi, lo), (k,)), [down(k)])
+        for k1 in inner:
+            for k2 in range(k1 + 1, g):
+                add("LSL", route((hi, lo, hi), (k1, k2)), [down(k1), up(k2)])
+        for k1 in range(1, g + 1):
+            for k2 in range(k1 + 1, g):
+                add("SLS", route((lo, hi, lo), (k1, k2)), [up(k1), down(k2)])
+    for p in range(len(depths) - 2):
+        for kind, anchors, direction in (("SML", (p, p + 1, p + 2), "SL"), ("LMS", (p + 2, p + 1, p), "LS")):
+            pairs = (p, p + 1) if direction == "SL" else (p + 1, p)
+            for k1 in inner:
+                for k2 in range(k1 + 1, g):
+                    add(kind, route(anchors, (k1, k2)),
+                        [LayerRef(direction, k1 - 1, pairs[0]), LayerRef(direction, k2 - 1, pairs[1])])
     return out
 
 
@@ -169,8 +232,7 @@ def stitch_space(d0: int, d1: int, version: str = "v2") -> tuple[Stitch, ...]:
     ids 1..d0 = SL(0..d0-1).
     """
     if version == "v2":
-        excluded = excluded_id_v2(d0)
-        return tuple(s for s in all_configurations_v2(d0, d1) if s.id != excluded)
+        return chain_space((d0, d1))
     if version == "v1":
         r = check_depths(d0, d1)
         stitches = [Stitch(0, "anchor", (Segment(LARGE, 0, d1 - 1),))]
@@ -179,6 +241,13 @@ def stitch_space(d0: int, d1: int, version: str = "v2") -> tuple[Stitch, ...]:
                                    (LayerRef("SL", i),)))
         return tuple(stitches)
     raise ValueError(f"unknown stitch space version {version!r}: expected 'v1' or 'v2'")
+
+
+def chain_space(depths: Sequence[int]) -> tuple[Stitch, ...]:
+    """The v2 stitches over anchors of these depths (small to large): every configuration but each neighbour pair's
+    SL at the last boundary (its larger anchor runs no block: id ``excluded_id_v2`` for two anchors). Ids keep
+    their enumeration positions, so they have one gap per pair."""
+    return tuple(s for s in all_configurations_v2(*depths) if s.segments[-1].first <= s.segments[-1].last)
 
 
 def route_taps(stitch: Stitch, out_indices: tuple[int, ...], d0: int, d1: int) -> list[tuple[int, int]]:
