@@ -7,7 +7,7 @@ layer scale are free. The final norm runs on every token, the classifier head on
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from .errors import SNNetError
 from .route_tree import tree_nodes
@@ -145,7 +145,8 @@ def _ending_flops(stitch: Stitch, shapes: tuple[AnchorShape, AnchorShape], img_s
     """What follows the last block: the norm and head, or the projections of small-anchor taps."""
     n = num_tokens(shapes[SMALL], img_size)
     if out_indices is None:
-        return head_flops(shapes[stitch.last_anchor], n)
+        last = shapes[stitch.last_anchor]
+        return head_flops(last if stitch.final_norm else replace(last, final_norm=False), n)
     depths = shapes[SMALL].depth, shapes[LARGE].depth
     small_taps = sum(1 for anchor, _ in route_taps(stitch, out_indices, *depths) if anchor == SMALL)
     return small_taps * linear_flops(n, shapes[SMALL].embed_dim, shapes[LARGE].embed_dim)

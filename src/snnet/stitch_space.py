@@ -73,6 +73,8 @@ class Stitch:
     segments: tuple[Segment, ...]
     layers: tuple[LayerRef, ...] = ()
     names: tuple[str, ...] = ("S", "L")  # of the network's anchors, smallest first (``anchor_names``)
+    # the route ends in its last anchor's final norm before the head (SN-Net's stitched routes skip it: SPEC 13)
+    final_norm: bool = True
 
     @property
     def first_anchor(self) -> int:
@@ -248,6 +250,39 @@ def chain_space(depths: Sequence[int]) -> tuple[Stitch, ...]:
     SL at the last boundary (its larger anchor runs no block: id ``excluded_id_v2`` for two anchors). Ids keep
     their enumeration positions, so they have one gap per pair."""
     return tuple(s for s in all_configurations_v2(*depths) if s.segments[-1].first <= s.segments[-1].last)
+
+
+def paired_positions(depth: int) -> list[tuple[int, int, int]]:
+    """SN-Net's paired stitching for two anchors of equal ``depth`` (SPEC section 13): (front block j, end block k,
+    layer) for sliding windows [i, i+1], each window adding the (j, k) of its blocks not seen before and, when it
+    adds any, one new layer: 34 positions on 11 layers for 12 blocks."""
+    seen: set[tuple[int, int]] = set()
+    out = []
+    for i in range(depth):
+        window = [b for b in (i, i + 1) if b < depth]
+        new = [(j, k) for j in window for k in window if (j, k) not in seen]
+        layer = len({l for _, _, l in out})
+        seen.update(new)
+        out += [(j, k, layer) for j, k in new]
+    return out
+
+
+def sn_net_space(depths: Sequence[int]) -> tuple[Stitch, ...]:
+    """SN-Net's space (CVPR 2023, SPEC section 13) over anchors of equal depth, cheapest first: ids 0..N-1 the
+    anchors, then per neighbour pair (cheaper in front) its paired positions in window order. A stitched route
+    runs the front anchor's blocks 0..j, the pair's layer, the end anchor's blocks k..d-1 and its head without
+    its final norm."""
+    if len(depths) < 2:
+        raise ValueError(f"a stitchable network needs at least two anchors, got {len(depths)}")
+    if len(set(depths)) != 1:
+        raise ValueError(f"SN-Net's paired stitching takes anchors of equal depth, got {', '.join(map(str, depths))}")
+    d, names = depths[0], anchor_names(len(depths))
+    out = [Stitch(a, "anchor", (Segment(a, 0, d - 1),), (), names) for a in range(len(depths))]
+    for p in range(len(depths) - 1):
+        for j, k, layer in paired_positions(d):
+            out.append(Stitch(len(out), "SL", (Segment(p, 0, j), Segment(p + 1, k, d - 1)),
+                              (LayerRef("SL", layer, p),), names, final_norm=False))
+    return tuple(out)
 
 
 def route_taps(stitch: Stitch, out_indices: tuple[int, ...], d0: int, d1: int) -> list[tuple[int, int]]:
