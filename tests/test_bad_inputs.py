@@ -139,6 +139,7 @@ CASES = [  # (command, extra args, text the one error line must hold)
     (T, ["augment.eval_crop_ratio=0"], "config key 'augment.eval_crop_ratio' must be greater than 0"),
     (T, ["train.ros_gap=-1"], "config key 'train.ros_gap' must be greater than or equal to 0"),
     (T, ["train.ros_k=0"], "config key 'train.ros_k' must be greater than 0"),
+    (T, ["train.ros_anchor_share=0.7"], "config key 'train.ros_anchor_share' must be less than or equal to 0.5"),
     (T, ["train.clip_grad=0"], "config key 'train.clip_grad' must be greater than 0"),
     (T, ["train.init_images=0"], "config key 'train.init_images' must be greater than or equal to 1"),
     (T, ["data.mean=[0.5,0.5]"], "config key 'data.mean' must hold at least 3 items, got [0.5, 0.5]"),

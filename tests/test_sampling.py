@@ -52,6 +52,36 @@ def test_k_weighted_group_probabilities():
         assert abs(counts[i] / 40000 - p[i]) < 0.01
 
 
+def test_a_minimum_share_per_anchor():
+    """Each anchor alone gets its share plus ROS's (its group's probability over the group's size), exactly the
+    mixture; without a share the draws are ROS's own, number for number."""
+    groups = ros_groups(FLOPS, 1.0)
+    plain, shared = ROSSampler(groups, seed=7), ROSSampler(groups, seed=7, anchors=[0, 1], anchor_share=0.0)
+    assert [plain.sample() for _ in range(200)] == [shared.sample() for _ in range(200)]
+    sampler = ROSSampler(groups, seed=7, anchors=[0, 1], anchor_share=0.25)
+    n = 40000
+    counts = Counter(sampler.sample() for _ in range(n))
+    for anchor in (0, 1):  # alone in its group of 13: 0.25 + 0.5 / 13
+        p = 0.25 + 0.5 * (1 / 13)
+        assert abs(counts[anchor] / n - p) < 5 * (p * (1 - p) / n) ** 0.5
+    stitch = groups[5][0]
+    p = 0.5 / 13 / 12
+    assert abs(counts[stitch] / n - p) < 5 * (p / n) ** 0.5
+    with pytest.raises(ValueError, match="anchor share 0.6 for 2 anchors is not a share of the steps"):
+        ROSSampler(groups, anchors=[0, 1], anchor_share=0.6)
+
+
+def test_the_model_gives_its_anchors_their_share():
+    from snnet import SNNet
+    from conftest import tiny_vit
+
+    model = SNNet([tiny_vit(2, 32), tiny_vit(4, 48)])
+    model.configure_sampling(0.0, seed=1, anchor_share=0.5)
+    assert model.sampler.anchors == [0, 1]
+    assert set(model.sampler.sample() for _ in range(50)) == {0, 1}  # every step an anchor alone
+    assert load_config("quickstart", ["train.ros_anchor_share=0.2"]).train.ros_anchor_share == 0.2
+
+
 def test_seeded_and_resumable():
     groups = ros_groups(FLOPS, 1.0)
     a, b = ROSSampler(groups, seed=5), ROSSampler(groups, seed=5)

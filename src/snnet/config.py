@@ -269,6 +269,8 @@ class TrainSection(Section):
     init_batch_size: Int = Field(25, ge=1)
     ros_gap: Float = Field(1.0, ge=0)  # GFLOPs between ROS groups
     ros_k: Float | None = Field(None, gt=0)
+    # each anchor alone trains on at least this share of the steps (0: ROS alone, the reference's)
+    ros_anchor_share: Float = Field(0.0, ge=0, le=0.5)
     # every rank trains the same stitch each step (one ROS generator seeded alike on all ranks: the reference's
     # segmentation runs under mmengine); false: each rank draws its own (seed + rank: classification, depth)
     ros_same_on_all_ranks: Bool = False

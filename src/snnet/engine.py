@@ -390,7 +390,8 @@ def fit(cfg: RunConfig, task, env: DistEnv, resume: str | None = "auto", progres
     model.to(env.device)
     if stitchable:
         ros_seed = cfg.train.seed + (0 if cfg.train.ros_same_on_all_ranks else env.rank)
-        model.configure_sampling(cfg.train.ros_gap, cfg.train.ros_k, seed=ros_seed)
+        model.configure_sampling(cfg.train.ros_gap, cfg.train.ros_k, seed=ros_seed,
+                                 anchor_share=cfg.train.ros_anchor_share)
 
     state = None
     if ckpt_path is not None:

@@ -208,12 +208,15 @@ class SNNet(Pretrained, ChoosesStitches, nn.Module):
 
     # ---- sampling -------------------------------------------------------------------------
     def configure_sampling(self, gap_gflops: float = DEFAULT_ROS_GAP_GFLOPS, k: float | None = None,
-                           seed: int = 0, flops: dict[int, int] | None = None) -> None:
-        """ROS over ``flops`` (default: classification FLOPs); v1 samples uniformly, as SN-Net did."""
+                           seed: int = 0, flops: dict[int, int] | None = None, anchor_share: float = 0.0) -> None:
+        """ROS over ``flops`` (default: classification FLOPs), each anchor alone at least ``anchor_share`` of the
+        steps; v1 samples uniformly, as SN-Net did."""
+        anchors = [s.id for s in self.stitches if s.kind == "anchor"]
         if self.config.version == "v1":
-            self.sampler = ROSSampler([self.stitch_ids], seed=seed)
+            self.sampler = ROSSampler([self.stitch_ids], seed=seed, anchors=anchors, anchor_share=anchor_share)
         else:
-            self.sampler = ROSSampler.from_flops(flops or self.flops_table(), gap_gflops, k, seed)
+            self.sampler = ROSSampler.from_flops(flops or self.flops_table(), gap_gflops, k, seed, anchors,
+                                                 anchor_share)
 
     def _active_stitch(self) -> Stitch:
         if not self.training:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from typing import Any
 
 
@@ -29,22 +30,34 @@ def group_probabilities(num_groups: int, k: float | None = None) -> list[float]:
 
 
 class ROSSampler:
-    """Draws a FLOPs group, then a stitch uniformly inside it, from its own seeded generator."""
+    """Draws a FLOPs group, then a stitch uniformly inside it, from its own seeded generator.
 
-    def __init__(self, groups: list[list[int]], k: float | None = None, seed: int = 0) -> None:
+    With ``anchor_share`` each of the ``anchors`` is trained on at least that share of the steps: a step first
+    picks one of them with probability ``len(anchors) * anchor_share``, and runs ROS otherwise (each anchor alone
+    is one stitch of its group, so with many groups ROS alone gives it little)."""
+
+    def __init__(self, groups: list[list[int]], k: float | None = None, seed: int = 0,
+                 anchors: Sequence[int] = (), anchor_share: float = 0.0) -> None:
         if not groups or not all(groups):
             raise ValueError("ROS needs at least one non-empty group")
+        if anchor_share < 0 or len(anchors) * anchor_share > 1:
+            raise ValueError(f"anchor share {anchor_share} for {len(anchors)} anchors is not a share of the steps "
+                             f"(0 to {1 / max(len(anchors), 1):g})")
         self.groups = [list(g) for g in groups]
         self.k = k
         self.probs = group_probabilities(len(groups), k)
+        self.anchors, self.anchor_share = list(anchors), anchor_share
         self.rng = random.Random(seed)
 
     @classmethod
-    def from_flops(cls, flops: dict[int, int], gap_gflops: float, k: float | None = None,
-                   seed: int = 0) -> "ROSSampler":
-        return cls(ros_groups(flops, gap_gflops), k, seed)
+    def from_flops(cls, flops: dict[int, int], gap_gflops: float, k: float | None = None, seed: int = 0,
+                   anchors: Sequence[int] = (), anchor_share: float = 0.0) -> "ROSSampler":
+        return cls(ros_groups(flops, gap_gflops), k, seed, anchors, anchor_share)
 
     def sample(self) -> int:
+        # no extra draw without a share: the ROS stream stays the reference's
+        if self.anchor_share and self.rng.random() < len(self.anchors) * self.anchor_share:
+            return self.rng.choice(self.anchors)
         group = self.rng.choices(self.groups, weights=self.probs)[0]
         return self.rng.choice(group)
 

@@ -174,9 +174,10 @@ class DenseModel(Pretrained, ChoosesStitches, nn.Module):
                 n += sum(p.numel() for p in b.sl_layers[block].parameters())
         return n + sum(p.numel() for h in self.inference_heads() for p in h.parameters())
 
-    def configure_sampling(self, gap_gflops: float, k: float | None = None, seed: int = 0) -> None:
+    def configure_sampling(self, gap_gflops: float, k: float | None = None, seed: int = 0,
+                           anchor_share: float = 0.0) -> None:
         """ROS over this task's FLOPs (backbone and head), as the reference groups dense stitches."""
-        self.backbone.configure_sampling(gap_gflops, k, seed, flops=self.flops_table())
+        self.backbone.configure_sampling(gap_gflops, k, seed, flops=self.flops_table(), anchor_share=anchor_share)
 
     # ---- weights -------------------------------------------------------------------------------
     @property
