@@ -209,7 +209,7 @@ def all_configurations_v2(*depths: int) -> list[Stitch]:
         for k1 in inner:
             for k2 in range(k1 + 1, g):
                 add("LSL", route((hi, lo, hi), (k1, k2)), [down(k1), up(k2)])
-        for k1 in range(1, g + 1):
+        for k1 in inner:
             for k2 in range(k1 + 1, g):
                 add("SLS", route((lo, hi, lo), (k1, k2)), [up(k1), down(k2)])
     for p in range(len(depths) - 2):

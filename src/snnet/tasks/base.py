@@ -73,7 +73,8 @@ class Task:
 
     def __init__(self, cfg: RunConfig, input_size: int | tuple[int, int], mean: tuple, std: tuple,
                  progress: bool = True, train: bool = True) -> None:
-        """Read the datasets of ``cfg``; ``train=False`` (evaluation) leaves ``train_set`` and ``init_set`` None."""
+        """Keeps the config and the preprocessing; a task then reads its datasets (``train=False``, evaluation:
+        ``train_set`` and ``init_set`` stay None)."""
         self.cfg, self.input_size, self.mean, self.std = cfg, input_size, mean, std
 
     # ---- spec methods ---------------------------------------------------------------------------------------
