@@ -41,7 +41,7 @@ def test_non_vit_anchor_is_rejected():
     cnn = timm.create_model("resnet10t", num_classes=10)
     with pytest.raises(SNNetError, match="anchor resnet10t is a ResNet, not a timm VisionTransformer"):
         SNNet([tiny_vit(3, 32), cnn])
-    with pytest.raises(SNNetError, match="exactly two anchors"):
+    with pytest.raises(SNNetError, match="at least two anchors, got 1"):
         SNNet([tiny_vit(3, 32)])
 
 

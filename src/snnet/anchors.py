@@ -19,7 +19,6 @@ from .files import load_torch_checkpoint
 from .errors import SNNetError
 from .flops import AnchorShape
 from .rel_pos import grid_of, rel_pos_attention
-from .stitch_space import check_depths
 
 
 @dataclass
@@ -288,25 +287,28 @@ def _describe(model: VisionTransformer) -> str:
 
 
 def order_anchors(anchors: list[nn.Module]) -> list[VisionTransformer]:
-    """Check two anchors can be stitched and return them small -> large."""
-    if len(anchors) != 2:
-        raise SNNetError(f"SN-Net stitches exactly two anchors, got {len(anchors)}")
+    """Check the anchors can be stitched and return them small -> large (fewer blocks first, then narrower): each
+    neighbour pair shares patch size, token grid and prefix tokens, every depth a multiple of the smallest."""
+    if len(anchors) < 2:
+        raise SNNetError(f"SN-Net stitches at least two anchors, got {len(anchors)}")
     for a in anchors:
         if not isinstance(a, VisionTransformer):
             raise SNNetError(f"anchor {anchor_name(a)} is a {type(a).__name__}, not a timm VisionTransformer")
         if not a.has_class_token or a.attn_pool is not None:
             raise SNNetError(f"anchor {_describe(a)} must classify from one class token")
-    small, large = sorted(anchors, key=lambda a: (len(a.blocks), a.embed_dim))
-    pair = f"anchors {_describe(small)} and {_describe(large)}"
-    if small.patch_embed.patch_size != large.patch_embed.patch_size:
-        raise SNNetError(f"incompatible {pair}: patch sizes differ")
-    if small.patch_embed.grid_size != large.patch_embed.grid_size:
-        raise SNNetError(f"incompatible {pair}: token grids differ")
-    if small.num_prefix_tokens != large.num_prefix_tokens or small.in_chans != large.in_chans:
-        raise SNNetError(f"incompatible {pair}: prefix tokens or input channels differ")
-    if len(large.blocks) % len(small.blocks):
-        raise SNNetError(f"incompatible {pair}: depth ratio {len(large.blocks)}/{len(small.blocks)} is not an integer")
-    check_depths(len(small.blocks), len(large.blocks))
-    for a in (small, large):
+    ordered = sorted(anchors, key=lambda a: (len(a.blocks), a.embed_dim))
+    small = ordered[0]
+    for large in ordered[1:]:
+        pair = f"anchors {_describe(small)} and {_describe(large)}"
+        if small.patch_embed.patch_size != large.patch_embed.patch_size:
+            raise SNNetError(f"incompatible {pair}: patch sizes differ")
+        if small.patch_embed.grid_size != large.patch_embed.grid_size:
+            raise SNNetError(f"incompatible {pair}: token grids differ")
+        if small.num_prefix_tokens != large.num_prefix_tokens or small.in_chans != large.in_chans:
+            raise SNNetError(f"incompatible {pair}: prefix tokens or input channels differ")
+        if len(large.blocks) % len(small.blocks):
+            raise SNNetError(f"incompatible {pair}: depth ratio {len(large.blocks)}/{len(small.blocks)} is not an "
+                             f"integer")
+    for a in ordered:
         anchor_shape(a)  # rejects unsupported block types up front
-    return [small, large]
+    return ordered

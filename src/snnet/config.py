@@ -114,9 +114,9 @@ class ModelSection(Section):
 
     @field_validator("anchors")
     @classmethod
-    def _two(cls, anchors: list[AnchorSection]) -> list[AnchorSection]:
-        if len(anchors) != 2:
-            raise ValueError(f"must list two anchors, got {len(anchors)}")
+    def _two_or_more(cls, anchors: list[AnchorSection]) -> list[AnchorSection]:
+        if len(anchors) < 2:
+            raise ValueError(f"must list at least two anchors, got {len(anchors)}")
         return anchors
 
 

@@ -74,7 +74,7 @@ class StitchNet(nn.Module):
         steps = route_steps(s)[1:]
         self.steps = nn.ModuleList(
             copy.deepcopy(net.anchors[st.part].blocks[st.index]) if st.kind == "block"
-            else _linear(net.stitching_layer(LayerRef(st.part, st.index))) for st in steps)
+            else _linear(net.stitching_layer(LayerRef(st.part, st.index, st.pair))) for st in steps)
         # dense taps: step -> (the positions in out_indices it gives, projection index or -1); small taps reach
         # the large width
         every = route_taps(s, tuple(net.out_indices), *net.depths) if dense else []

@@ -14,7 +14,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from .errors import SNNetError
-from .stitch_space import LARGE, SMALL, fit_pairs
+from .stitch_space import layer_fits
 
 
 class NormalEquations:
@@ -61,22 +61,21 @@ class NormalEquations:
         return sol[:-1].T.contiguous(), sol[-1].contiguous()
 
 
-def _accumulate(model, images: torch.Tensor, by_small_block: dict, eqs: dict) -> None:
-    """Run both anchors on ``images`` in lockstep: after small block i, the large anchor catches up to
-    its partner block, and the pair's tokens go into the layers fitted between them."""
-    small, large = model.anchors[SMALL], model.anchors[LARGE]
-    xs, xl = model.embed(images, SMALL), model.embed(images, LARGE)
-    large_done = -1
-    for i, blk in enumerate(small.blocks):
-        xs = blk(xs)
-        for ref, l_blk in by_small_block.get(i, []):
-            while large_done < l_blk:
-                large_done += 1
-                xl = large.blocks[large_done](xl)
-            if ref.direction == "SL":
-                eqs[ref].add(xs, xl)
-            else:
-                eqs[ref].add(xl, xs)
+def _accumulate(model, images: torch.Tensor, by_boundary: dict[int, list], eqs: dict) -> None:
+    """Run every anchor on ``images`` in lockstep, boundary by boundary: each anchor runs up to its block before
+    the boundary, and each pair's tokens there go into the layers fitted between them."""
+    xs = [model.embed(images, a) for a in range(len(model.anchors))]
+    done = [-1] * len(model.anchors)
+
+    def upto(anchor: int, block: int) -> torch.Tensor:
+        while done[anchor] < block:
+            done[anchor] += 1
+            xs[anchor] = model.anchors[anchor].blocks[done[anchor]](xs[anchor])
+        return xs[anchor]
+
+    for k in sorted(by_boundary):
+        for ref, src, dst in by_boundary[k]:
+            eqs[ref].add(upto(*src), upto(*dst))
 
 
 @torch.no_grad()
@@ -92,12 +91,12 @@ def init_stitching_layers(model, batches: Iterable, num_images: int | None = Non
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
             raise SNNetError(f"init_stitching_layers: {name} must be an integer >= 1, got {value!r}")
     device = next(model.parameters()).device
-    pairs = fit_pairs(*model.depths, model.config.version)
-    layers = {ref: model.stitching_layer(ref) for ref, _, _ in pairs}
+    fits = layer_fits(model.depths, model.config.version)
+    layers = {ref: model.stitching_layer(ref) for ref, _, _ in fits}
     eqs = {ref: NormalEquations(layer.in_features, layer.out_features, device) for ref, layer in layers.items()}
-    by_small_block: dict[int, list] = {}
-    for ref, s_blk, l_blk in pairs:
-        by_small_block.setdefault(s_blk, []).append((ref, l_blk))
+    by_boundary: dict[int, list] = {}  # a layer's index is its boundary minus one
+    for fit in fits:
+        by_boundary.setdefault(fit[0].index, []).append(fit)
 
     was_training = model.training
     model.eval()
@@ -109,7 +108,7 @@ def init_stitching_layers(model, batches: Iterable, num_images: int | None = Non
             if num_images is not None:
                 images = images[: num_images - seen]
             for chunk in images.split(chunk_size):
-                _accumulate(model, chunk.to(device, non_blocking=True), by_small_block, eqs)
+                _accumulate(model, chunk.to(device, non_blocking=True), by_boundary, eqs)
             seen += images.shape[0]
             bar.update(images.shape[0])
             if num_images is not None and seen >= num_images:

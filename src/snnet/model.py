@@ -1,4 +1,4 @@
-"""The stitchable network: two anchors, their stitching layers, and one route runner for every task."""
+"""The stitchable network: two or more anchors, their stitching layers, and one route runner for every task."""
 from __future__ import annotations
 
 from collections import Counter
@@ -17,8 +17,7 @@ from .pretrained import Pretrained, register_model
 from .route_tree import PrefixCache, depth_first
 from .sampling import ROSSampler
 from .selection import ChoosesStitches, is_integer, is_number
-from .stitch_space import (LARGE, SMALL, LayerRef, Step, Stitch, num_stitching_layers, route_steps, route_taps,
-                           stitch_space)
+from .stitch_space import SMALL, LayerRef, Step, Stitch, chain_space, route_steps, route_taps, stitch_space
 from .stitching_layers import StitchingLayer
 
 if TYPE_CHECKING:
@@ -54,7 +53,7 @@ def _default_out_indices(d1: int) -> list[int]:
 
 @register_model
 class SNNet(Pretrained, ChoosesStitches, nn.Module):
-    """SN-Netv2 (or the v1 baseline) over two timm ViT anchors.
+    """SN-Netv2 (or the v1 baseline) over two timm ViT anchors, or SN-Netv2 over a chain of more (docs/anchors.md).
 
     ``select(id)`` picks the stitch that eval-mode calls run; in train mode every call runs a
     stitch drawn by ``sampler`` (ROS). ``forward`` returns that stitch's logits,
@@ -83,7 +82,7 @@ class SNNet(Pretrained, ChoosesStitches, nn.Module):
         if not is_number(lora_alpha) or lora_alpha <= 0:
             raise SNNetError(f"lora_alpha must be a number > 0, got {lora_alpha!r}")
         if not isinstance(anchors, Sequence) or isinstance(anchors, str):
-            raise SNNetError(f"anchors must be a list of two timm ViTs (modules, names or AnchorConfigs), "
+            raise SNNetError(f"anchors must be a list of timm ViTs (modules, names or AnchorConfigs), "
                              f"got {type(anchors).__name__}")
         modules, configs = [], []
         for a in anchors:
@@ -104,19 +103,27 @@ class SNNet(Pretrained, ChoosesStitches, nn.Module):
         configs = [config_of[id(a)] or anchor_config_of(a) for a in ordered]
 
         self.anchors = nn.ModuleList(ordered)
-        self.depths = (len(ordered[SMALL].blocks), len(ordered[LARGE].blocks))
-        self.widths = (ordered[SMALL].embed_dim, ordered[LARGE].embed_dim)
-        self.shapes = (anchor_shape(ordered[SMALL]), anchor_shape(ordered[LARGE]))
+        self.depths = tuple(len(a.blocks) for a in ordered)
+        self.widths = tuple(a.embed_dim for a in ordered)
+        self.shapes = tuple(anchor_shape(a) for a in ordered)
+        if version == "v1" and len(ordered) > 2:
+            raise SNNetError(f"the SN-Net v1 baseline stitches two anchors, got {len(ordered)}")
         self.out_indices = self._check_out_indices(out_indices)
         self.config = SNNetConfig(configs, version, lora_rank, lora_alpha, list(self.out_indices))
 
-        n_sl, n_ls = num_stitching_layers(*self.depths, version)
-        c0, c1 = self.widths
+        # per neighbour pair, SL (up) and LS (down) layers, kept in two flat lists: pair p's layer i is entry
+        # p * per_pair + i (two anchors: SL i and LS i, the reference's)
+        g = self.depths[0]  # a layer per boundary: SL at 1..G (G: the dense taps' projection), LS at 1..G-1
+        self.per_pair = (g, g - 1 if version == "v2" else 0)
         dev = ordered[SMALL].cls_token.device  # meta anchors (FLOPs only) get meta layers
-        self.sl_layers = nn.ModuleList(StitchingLayer(c0, c1, lora_rank, lora_alpha, device=dev) for _ in range(n_sl))
-        self.ls_layers = nn.ModuleList(StitchingLayer(c1, c0, lora_rank, lora_alpha, device=dev) for _ in range(n_ls))
+        pairs = list(zip(self.widths, self.widths[1:]))
+        self.sl_layers = nn.ModuleList(StitchingLayer(lo, hi, lora_rank, lora_alpha, device=dev)
+                                       for lo, hi in pairs for _ in range(self.per_pair[0]))
+        self.ls_layers = nn.ModuleList(StitchingLayer(hi, lo, lora_rank, lora_alpha, device=dev)
+                                       for lo, hi in pairs for _ in range(self.per_pair[1]))
 
-        self.stitches: tuple[Stitch, ...] = stitch_space(*self.depths, version)
+        self.stitches: tuple[Stitch, ...] = (stitch_space(*self.depths, version) if version == "v1"
+                                             else chain_space(self.depths))
         self._by_id = {s.id: s for s in self.stitches}
         self.selected: Stitch = self.stitches[0]
         self.last_stitch: Stitch | None = None  # the stitch the latest train-mode call ran
@@ -187,6 +194,8 @@ class SNNet(Pretrained, ChoosesStitches, nn.Module):
     def flops(self, stitch_id: int, img_size: tuple[int, int] | None = None, dense: bool = False) -> int:
         """FLOPs of one stitch at ``img_size`` (default: the anchors' input size), SPEC section 4.
         ``dense`` counts the backbone of ``forward_features`` (with tap projections, no head)."""
+        if dense:
+            self._check_dense()
         return stitch_flops(self.stitch(stitch_id), self.shapes, img_size,
                             tuple(self.out_indices) if dense else None)
 
@@ -226,7 +235,8 @@ class SNNet(Pretrained, ChoosesStitches, nn.Module):
 
     # ---- the route runner -----------------------------------------------------------------
     def stitching_layer(self, ref: LayerRef) -> StitchingLayer:
-        return (self.sl_layers if ref.direction == "SL" else self.ls_layers)[ref.index]
+        up = ref.direction == "SL"
+        return (self.sl_layers if up else self.ls_layers)[ref.pair * self.per_pair[0 if up else 1] + ref.index]
 
     def embed(self, x: torch.Tensor, anchor: int) -> torch.Tensor:
         """Patch embedding, position embedding and prefix tokens of one anchor: (B, 3, H, W) -> (B, N, C)."""
@@ -239,7 +249,7 @@ class SNNet(Pretrained, ChoosesStitches, nn.Module):
 
         Inside ``sharing_prefixes`` (eval mode), the route resumes from the deepest activation it shares
         with the routes run before it on the same input."""
-        every = route_taps(stitch, tuple(self.out_indices), *self.depths)
+        every = route_taps(stitch, tuple(self.out_indices), *self.depths) if taps else []
         taps = tuple(range(len(every))[t] for t in taps)
         wanted = Counter(every[t] for t in taps)
         steps = route_steps(stitch)
@@ -264,7 +274,7 @@ class SNNet(Pretrained, ChoosesStitches, nn.Module):
             return self.embed(x, step.part)
         if step.kind == "block":
             return self.anchors[step.part].blocks[step.index](x)
-        return self.stitching_layer(LayerRef(step.part, step.index))(x)
+        return self.stitching_layer(LayerRef(step.part, step.index, step.pair))(x)
 
     @contextmanager
     def sharing_prefixes(self, stitch_ids: Sequence[int]) -> Iterator[PrefixCache]:
@@ -283,7 +293,7 @@ class SNNet(Pretrained, ChoosesStitches, nn.Module):
     def forward_head(self, x: torch.Tensor, stitch: Stitch) -> torch.Tensor:
         """Final norm and classifier of the stitch's last anchor: (B, N, C) -> (B, num_classes)."""
         a = self.anchors[stitch.last_anchor]
-        return a.forward_head(a.norm(x))
+        return a.forward_head(a.norm(x) if stitch.final_norm else x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of the selected (eval) or sampled (train) stitch: (B, 3, H, W) -> (B, num_classes)."""
@@ -298,6 +308,7 @@ class SNNet(Pretrained, ChoosesStitches, nn.Module):
 
         With ``return_prefix_tokens``, each item is ``(map, prefix_tokens (B, P, C_large))``.
         """
+        self._check_dense()
         stitch = self._active_stitch()
         _, feats = self.run_route(x, stitch, range(len(self.out_indices)) if taps is None else taps)
         return tap_maps(feats, self.anchors[SMALL], x, return_prefix_tokens)
@@ -311,8 +322,12 @@ class SNNet(Pretrained, ChoosesStitches, nn.Module):
         self.config.lora_rank = 0
         return self
 
+    def _check_dense(self) -> None:
+        if len(self.anchors) > 2:  # the taps' path up the chain is not written yet (docs/anchors.md)
+            raise SNNetError(f"dense taps over {len(self.anchors)} anchors are not supported yet: use two anchors")
+
     def _check_out_indices(self, out_indices: Sequence[int] | None) -> list[int]:
-        d1 = self.depths[LARGE]
+        d1 = self.depths[-1]  # the largest anchor's
         if out_indices is None:
             return _default_out_indices(d1)
         idx = [i + d1 if i < 0 else i for i in out_indices]

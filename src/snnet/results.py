@@ -11,7 +11,9 @@ from .errors import SNNetError
 from .selection import is_number, pareto_frontier
 
 BASE_COLUMNS = ("stitch_id", "kind", "route", "gflops", "params_m")
-KIND_COLORS = {"anchor": "black", "SL": "tab:blue", "LS": "tab:orange", "LSL": "tab:green", "SLS": "tab:red"}
+KIND_COLORS = {"SL": "tab:blue", "LS": "tab:orange", "LSL": "tab:green", "SLS": "tab:red", "SML": "tab:purple",
+               "LMS": "tab:brown"}  # anchors are stars
+ANCHOR_LABELS = {"S": "small anchor", "L": "large anchor"}  # chains: "anchor A", "anchor B", ...
 
 
 def result_rows(model, metrics: dict[int, dict[str, float]]) -> list[dict]:
@@ -113,7 +115,7 @@ def plot_pareto(rows: list[dict], path: str | Path, metric: str, higher_is_bette
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     for kind, color in KIND_COLORS.items():
-        pts = [r for r in rows if r["kind"] == kind and r["stitch_id"] > 1]
+        pts = [r for r in rows if r["kind"] == kind]
         if pts:
             ax.scatter([r[cost] for r in pts], [r[metric] for r in pts], s=14, color=color, alpha=0.7, label=kind)
     front = frontier(rows, metric, higher_is_better, "flops" if cost == "gflops" else cost)
@@ -121,8 +123,9 @@ def plot_pareto(rows: list[dict], path: str | Path, metric: str, higher_is_bette
     for r in rows:
         if r["kind"] == "anchor":
             ax.scatter([r[cost]], [r[metric]], marker="*", s=160, color="gold", edgecolor="black", zorder=5)
-            ax.annotate("small anchor" if r["stitch_id"] == 0 else "large anchor", (r[cost], r[metric]),
-                        textcoords="offset points", xytext=(6, -12 if r["stitch_id"] == 0 else 6), fontsize=8)
+            letter = r["route"].split("[")[0]
+            ax.annotate(ANCHOR_LABELS.get(letter, f"anchor {letter}"), (r[cost], r[metric]),
+                        textcoords="offset points", xytext=(6, -12 if letter in ("S", "A") else 6), fontsize=8)
     label = COST_LABELS.get(cost, cost)
     ax.set_xlabel(label)
     ax.set_ylabel(metric)

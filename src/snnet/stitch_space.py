@@ -56,8 +56,10 @@ class LayerRef:
     def target(self) -> int:
         return self.pair + 1 if self.direction == "SL" else self.pair
 
-    def describe(self, names: tuple[str, ...] = ("S", "L")) -> str:
-        """``SL3`` between two anchors; between chain anchors the letters of both ends, e.g. ``BC3``."""
+    def describe(self, names: tuple[str, ...] | None = None) -> str:
+        """``SL3`` between two anchors; between chain anchors the letters of both ends, e.g. ``BC3`` (``names``:
+        the network's, ``anchor_names``; default S, L for the first pair, the chain's letters beyond it)."""
+        names = names or (("S", "L") if self.pair == 0 else anchor_names(self.pair + 2))
         return f"{names[self.source]}{names[self.target]}{self.index}"
 
     def __str__(self) -> str:
@@ -302,13 +304,25 @@ def route_taps(stitch: Stitch, out_indices: tuple[int, ...], d0: int, d1: int) -
     return taps
 
 
+def layer_fits(depths: Sequence[int], version: str = "v2") -> list[tuple[LayerRef, tuple[int, int], tuple[int, int]]]:
+    """(layer, (anchor, block) whose output it maps, (anchor, block) whose output it is fitted to) for every
+    stitching layer of a chain, pair by pair, SL layers first: a layer at boundary ``k`` maps between the two
+    anchors' blocks before that boundary (SPEC section 3 for two anchors)."""
+    g = check_chain(depths)
+    fits = []
+    for p in range(len(depths) - 1):
+        at = lambda a, k: (a, k * depths[a] // g - 1)
+        fits += [(LayerRef("SL", k - 1, p), at(p, k), at(p + 1, k)) for k in range(1, g + 1)]
+        if version == "v2":
+            fits += [(LayerRef("LS", k - 1, p), at(p + 1, k), at(p, k)) for k in range(1, g)]
+    return fits
+
+
 def fit_pairs(d0: int, d1: int, version: str = "v2") -> list[tuple[LayerRef, int, int]]:
-    """(layer, small block, large block) whose outputs each stitching layer is fitted between.
+    """(layer, small block, large block) whose outputs each stitching layer of two anchors is fitted between.
 
     SL layer i maps small block i to large block (i+1)r-1; LS layer k maps large block (k+1)r-1
     (the ``j`` of LS(j)) back to small block k = m(j) (SPEC section 3).
     """
-    r = check_depths(d0, d1)
-    n_sl, n_ls = num_stitching_layers(d0, d1, version)
-    pairs = [(LayerRef("SL", i), i, (i + 1) * r - 1) for i in range(n_sl)]
-    return pairs + [(LayerRef("LS", k), k, (k + 1) * r - 1) for k in range(n_ls)]
+    return [(ref, src[1], dst[1]) if ref.direction == "SL" else (ref, dst[1], src[1])
+            for ref, src, dst in layer_fits((d0, d1), version)]
