@@ -236,6 +236,22 @@ def torchrun_then_single(cfg: Path, port: int, out: Path) -> tuple[list[dict], l
     return read_jsonl(run / "results.jsonl"), rows
 
 
+def test_torchrun_matches_one_process_over_three_anchors(tmp_path):
+    """A chain of three anchors (issue 20): least squares summed over both ranks, ROS with an anchor share, and the
+    prefix-shared evaluation of every stitch equal to one process's."""
+    small, large = TINY["model"]["anchors"]
+    middle = {"name": small["name"], "kwargs": {**small["kwargs"], "embed_dim": 40}}
+    cfg = write_config(tmp_path, model={"anchors": [large, small, middle]},
+                       data={"shapes": {"image_size": 32, "num_train": 64, "num_val": 21}},
+                       train={"ros_anchor_share": 0.1})
+    dist_rows, single = torchrun_then_single(cfg, 29541, tmp_path / "single")
+    assert len(dist_rows) == 17 and {r["kind"] for r in dist_rows} >= {"SML", "LMS"}
+    assert all(r["images"] == 21 for r in dist_rows)
+    for a, b in zip(dist_rows, single):
+        assert (a["stitch_id"], a["acc1"], a["acc5"]) == (b["stitch_id"], b["acc1"], b["acc5"])
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+
+
 def test_torchrun_two_processes_match_single_process_eval(tmp_path):
     cfg = write_config(tmp_path, data={"shapes": {"image_size": 32, "num_train": 64, "num_val": 37}})
     dist_rows, single = torchrun_then_single(cfg, 29533, tmp_path / "single")
