@@ -17,7 +17,8 @@ from .pretrained import Pretrained, register_model
 from .route_tree import PrefixCache, depth_first
 from .sampling import ROSSampler
 from .selection import ChoosesStitches, is_integer, is_number
-from .stitch_space import SMALL, LayerRef, Step, Stitch, chain_space, route_steps, route_taps, stitch_space
+from .stitch_space import (SMALL, LayerRef, Step, Stitch, chain_space, num_stitching_layers, route_steps,
+                           route_taps, stitch_space)
 from .stitching_layers import StitchingLayer
 
 if TYPE_CHECKING:
@@ -113,8 +114,9 @@ class SNNet(Pretrained, ChoosesStitches, nn.Module):
 
         # per neighbour pair, SL (up) and LS (down) layers, kept in two flat lists: pair p's layer i is entry
         # p * per_pair + i (two anchors: SL i and LS i, the reference's)
-        g = self.depths[0]  # a layer per boundary: SL at 1..G (G: the dense taps' projection), LS at 1..G-1
-        self.per_pair = (g, g - 1 if version == "v2" else 0)
+        # a layer per boundary, which depends on the smallest depth G only: SL at 1..G (G: the dense taps'
+        # projection), LS at 1..G-1, as between two anchors of depth G
+        self.per_pair = num_stitching_layers(self.depths[0], self.depths[0], version)
         dev = ordered[SMALL].cls_token.device  # meta anchors (FLOPs only) get meta layers
         pairs = list(zip(self.widths, self.widths[1:]))
         self.sl_layers = nn.ModuleList(StitchingLayer(lo, hi, lora_rank, lora_alpha, device=dev)

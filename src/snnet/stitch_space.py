@@ -173,6 +173,12 @@ def check_chain(depths: Sequence[int]) -> int:
     return g
 
 
+def boundary_block(depth: int, g: int, k: int) -> int:
+    """The last block before boundary ``k`` (1..G) of an anchor of ``depth`` blocks in a chain whose smallest
+    depth is ``g``: ``k * depth / g - 1``."""
+    return k * depth // g - 1
+
+
 def all_configurations_v2(*depths: int) -> list[Stitch]:
     """Every v2 configuration over anchors of these depths (small to large) with its id, the excluded ones
     included. Boundary ``k`` (1..G) of anchor ``a`` follows its block ``k * d_a / G - 1``; a route switches
@@ -182,8 +188,8 @@ def all_configurations_v2(*depths: int) -> list[Stitch]:
     names = anchor_names(len(depths))
     out: list[Stitch] = []
 
-    def end(a: int, k: int) -> int:  # anchor a's last block before boundary k
-        return k * depths[a] // g - 1
+    def end(a: int, k: int) -> int:
+        return boundary_block(depths[a], g, k)
 
     def last(a: int) -> int:
         return depths[a] - 1
@@ -311,7 +317,7 @@ def layer_fits(depths: Sequence[int], version: str = "v2") -> list[tuple[LayerRe
     g = check_chain(depths)
     fits = []
     for p in range(len(depths) - 1):
-        at = lambda a, k: (a, k * depths[a] // g - 1)
+        at = lambda a, k: (a, boundary_block(depths[a], g, k))
         fits += [(LayerRef("SL", k - 1, p), at(p, k), at(p + 1, k)) for k in range(1, g + 1)]
         if version == "v2":
             fits += [(LayerRef("LS", k - 1, p), at(p + 1, k), at(p, k)) for k in range(1, g)]
