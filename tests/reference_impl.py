@@ -21,11 +21,11 @@ def _vit_block(sd, p, x, heads, names=DEIT_NAMES, bias=0.0):
     q, k, v = qkv.reshape(B, N, 3, heads, C // heads).permute(2, 0, 3, 1, 4)
     attn = ((q * (C // heads) ** -0.5) @ k.transpose(-2, -1) + bias).softmax(dim=-1)
     h = F.linear((attn @ v).transpose(1, 2).reshape(B, N, C), sd[p + "attn.proj.weight"], sd[p + "attn.proj.bias"])
-    x = x + sd[p + "gamma_1"] * h
+    x = x + sd.get(p + "gamma_1", 1.0) * h  # DeiT (SN-Net's anchors) has no layer scale
     h = F.layer_norm(x, (C,), sd[n["norm2"] + ".weight"], sd[n["norm2"] + ".bias"], eps=1e-6)
     h = F.linear(F.gelu(F.linear(h, sd[n["fc1"] + ".weight"], sd[n["fc1"] + ".bias"])),
                  sd[n["fc2"] + ".weight"], sd[n["fc2"] + ".bias"])
-    return x + sd[p + "gamma_2"] * h
+    return x + sd.get(p + "gamma_2", 1.0) * h
 
 
 def _embed(sd, a, x):
@@ -71,6 +71,44 @@ def reference_logits(sd, cfg_id, x, depths, heads):
     C = h.shape[-1]
     h = F.layer_norm(h, (C,), sd[f"anchors.{a}.norm.weight"], sd[f"anchors.{a}.norm.bias"], eps=1e-6)
     return F.linear(h[:, 0], sd[f"anchors.{a}.head.weight"], sd[f"anchors.{a}.head.bias"])
+
+
+# ---- SN-Net (CVPR 2023, SPEC section 13): DeiT anchors of equal depth, neighbours one way ----------------------
+def sn_net_configs(depth, num_anchors=3):
+    """(front, end, j, k, layer) per stitched id after the anchors, as SPEC 13 lists SN-Net's positions."""
+    positions = [(0, 0, 0), (0, 1, 0), (1, 0, 0), (1, 1, 0)]
+    for i in range(1, depth - 1):
+        positions += [(i, i + 1, i), (i + 1, i, i), (i + 1, i + 1, i)]
+    return [(p, p + 1, j, k, l) for p in range(num_anchors - 1) for j, k, l in positions]
+
+
+def sn_net_logits(sd, cfg_id, x, depth, heads, num_anchors=3):
+    """Logits of one id of an SN-Net checkpoint's state dict: an anchor's full forward, or front blocks 0..j,
+    ``stitch_layers.{front}.{layer}``, end blocks k.. and the end head on the class token without the final norm."""
+    def embed(a):
+        w = sd[f"anchors.{a}.patch_embed.proj.weight"]
+        h = F.conv2d(x, w, sd[f"anchors.{a}.patch_embed.proj.bias"], stride=w.shape[-1]).flatten(2).transpose(1, 2)
+        h = torch.cat([sd[f"anchors.{a}.cls_token"].expand(x.shape[0], -1, -1), h], dim=1)
+        return h + sd[f"anchors.{a}.pos_embed"]  # DeiT: the position embedding has a class-token slot
+
+    def blocks(a, h, first, last):
+        for i in range(first, last):
+            h = _vit_block(sd, f"anchors.{a}.blocks.{i}.", h, heads[a])
+        return h
+
+    def head(a, h):
+        return F.linear(h[:, 0], sd[f"anchors.{a}.head.weight"], sd[f"anchors.{a}.head.bias"])
+
+    if cfg_id < num_anchors:
+        h = blocks(cfg_id, embed(cfg_id), 0, depth)
+        C = h.shape[-1]
+        return head(cfg_id, F.layer_norm(h, (C,), sd[f"anchors.{cfg_id}.norm.weight"],
+                                         sd[f"anchors.{cfg_id}.norm.bias"], eps=1e-6))
+    front, end, j, k, layer = sn_net_configs(depth, num_anchors)[cfg_id - num_anchors]
+    h = blocks(front, embed(front), 0, j + 1)
+    h = F.linear(h, sd[f"stitch_layers.{front}.{layer}.transform.weight"],
+                 sd[f"stitch_layers.{front}.{layer}.transform.bias"])
+    return head(end, blocks(end, h, k, depth))
 
 
 # ---- the reference's segmentation model (SPEC section 10), from mmsegmentation key names -------------------

@@ -25,22 +25,38 @@ def chain(spec, seed: int = 0, **kw) -> SNNet:
     return model
 
 
-def by_hand(model: SNNet, stitch, x: torch.Tensor) -> torch.Tensor:
-    """The route's modules called one by one: first anchor's embedding, blocks, merged stitching layers, last
-    anchor's norm and head."""
-    h = None
+def run_by_hand(model: SNNet, stitch, x: torch.Tensor, out_indices=()) -> tuple[torch.Tensor, dict]:
+    """The route's modules called one by one: first anchor's embedding, blocks, merged stitching layers. Returns
+    the last tokens and, per depth position ``t`` in ``out_indices`` (blocks of the largest anchor), the output of
+    the route's block at that position (block ``t * d_a / d_last`` of anchor ``a``) taken up the chain by the SL
+    layer of the boundary after it in every pair above ``a``."""
+    g, top = model.depths[0], model.depths[-1]
+    h, feats = None, {}
     for step in route_steps(stitch):
         if step.kind == "embed":
             a = model.anchors[step.part]
             h = a._pos_embed(a.patch_embed(x))
             h = a.norm_pre(a.patch_drop(h))
         elif step.kind == "block":
-            h = model.anchors[step.part].blocks[step.index](h)
+            a, b = step.part, step.index
+            h = model.anchors[a].blocks[b](h)
+            for t in out_indices:
+                if t * model.depths[a] // top == b:
+                    f = h
+                    for p in range(a, len(model.anchors) - 1):
+                        f = model.sl_layers[p * g + b * g // model.depths[a]](f)
+                    feats[t] = f
         else:
             ref = LayerRef(step.part, step.index, step.pair)
             layer = model.stitching_layer(ref)
             assert (layer.in_features, layer.out_features) == (model.widths[ref.source], model.widths[ref.target])
             h = layer(h)
+    return h, feats
+
+
+def by_hand(model: SNNet, stitch, x: torch.Tensor) -> torch.Tensor:
+    """``run_by_hand`` then the last anchor's norm and head."""
+    h, _ = run_by_hand(model, stitch, x)
     last = model.anchors[stitch.last_anchor]
     return last.forward_head(last.norm(h))
 
@@ -103,6 +119,37 @@ def test_least_squares_fits_each_pair_between_its_boundary_blocks():
             torch.testing.assert_close(got, expected, rtol=0, atol=1e-3)
 
 
+@pytest.mark.parametrize("spec, out", [(THREE, (1, 2, 4, 5)), (FOUR, (0, 3, 5))])
+def test_dense_taps_reach_the_largest_width_up_the_chain(spec, out, images):
+    """Every route's taps equal the hand-run rule; FLOPs add one projection per pair a tap climbs; a segmentation
+    model over the chain exports every kind of stitch with equal logits."""
+    from snnet.flops import head_flops
+    from snnet.tasks.segmentation import SegmentationModel
+
+    model = chain(spec, out_indices=out)
+    tokens = 17  # 4 x 4 patches and the class token
+    with torch.no_grad():
+        for s in model.stitches:
+            _, feats = run_by_hand(model, s, images, out)
+            assert sorted(feats) == list(out), s.id  # every depth position is run by exactly one block
+            maps = model.select(s.id).forward_features(images)
+            for t, m in zip(out, maps):
+                expected = feats[t][:, 1:].reshape(3, 4, 4, -1).permute(0, 3, 1, 2)
+                torch.testing.assert_close(m, expected, rtol=0, atol=0)
+            projections = sum(tokens * model.widths[p] * model.widths[p + 1]
+                              for seg in s.segments for t in out
+                              if seg.first <= t * model.depths[seg.anchor] // model.depths[-1] <= seg.last
+                              for p in range(seg.anchor, len(spec) - 1))
+            last = model.shapes[s.last_anchor]
+            assert model.flops(s.id, dense=True) == model.flops(s.id) - head_flops(last, tokens) + projections
+    seg = SegmentationModel(model, num_classes=5, channels=8).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        for kind in ("anchor", "SL", "LS", "LSL", "SLS", "SML", "LMS"):
+            for s in [s for s in model.stitches if s.kind == kind][:3]:
+                torch.testing.assert_close(deployable(seg, s.id)(x), seg.select(s.id)(x), rtol=1e-5, atol=1e-5)
+
+
 def test_save_load_and_export_round_trip(tmp_path, images):
     model = chain(FOUR)
     model.save_pretrained(tmp_path / "m")
@@ -116,7 +163,7 @@ def test_save_load_and_export_round_trip(tmp_path, images):
             torch.testing.assert_close(deployable(model, s.id)(images), expected, rtol=1e-5, atol=1e-6)
 
 
-def test_bad_chains_and_dense_taps_are_one_line_errors():
+def test_bad_chains_are_one_line_errors():
     with pytest.raises(SNNetError, match="at least two anchors, got 1"):
         SNNet([tiny_vit(2, 32)])
     with pytest.raises(SNNetError, match="depth ratio 3/2 is not an integer"):
@@ -125,9 +172,8 @@ def test_bad_chains_and_dense_taps_are_one_line_errors():
         SNNet([tiny_vit(2, 32), tiny_vit(2, 40), tiny_vit(4, 48, patch_size=4)])
     with pytest.raises(SNNetError, match="v1 baseline stitches two anchors, got 3"):
         SNNet([tiny_vit(2, 32), tiny_vit(2, 40), tiny_vit(4, 48)], version="v1")
-    model = chain(THREE)
-    with pytest.raises(SNNetError, match="dense taps over 3 anchors are not supported yet"):
-        model.forward_features(torch.zeros(1, 3, 32, 32))
+    with pytest.raises(SNNetError, match="equal depth, got 2, 2, 4"):
+        SNNet([tiny_vit(2, 32), tiny_vit(2, 40), tiny_vit(4, 48)], version="sn-net")
 
 
 def test_a_three_anchor_config_trains_and_evaluates_through_the_cli(tmp_path, capsys):

@@ -28,14 +28,18 @@ _MMSEG_NAMES = [(re.compile(a), b) for a, b in (
 def official_filter_fn(state: dict[str, torch.Tensor], model: "SNNet") -> dict[str, torch.Tensor]:
     """Rename a released SN-Net state dict to ours: DeiT-3 layer scales and mmsegmentation's ViT names to
     timm's, stitching layers ``stitch_layers.{0,1}.{k}.transform`` (v1: ``stitch_layers.{k}.transform``) to
-    ``sl_layers.{k}`` / ``ls_layers.{k}``, position embeddings resampled to the model's grid. A saved
+    ``sl_layers.{k}`` / ``ls_layers.{k}`` (SN-Net's ``stitch_layers.{pair}.{k}`` to pair ``pair``'s SL layer
+    ``k``), position embeddings resampled to the model's grid. A saved
     relative position index must equal the one the model derives from its grid; it is not kept."""
     out, buffers = {}, dict(model.named_buffers())
     for key, value in state.items():
         m = _OFFICIAL_LAYER.match(key)
         if m:
-            direction, index, param = m.groups()
-            key = f"{'ls' if direction == '1' else 'sl'}_layers.{index}.{param}"
+            group, index, param = m.groups()
+            if model.config.version == "sn-net":  # SN-Net: group p is neighbour pair p, its layers SL only
+                key = f"sl_layers.{int(group) * model.per_pair[0] + int(index)}.{param}"
+            else:  # SN-Netv2: group 0 SL, 1 LS
+                key = f"{'ls' if group == '1' else 'sl'}_layers.{index}.{param}"
         elif key.startswith("anchors."):
             for pattern, name in _MMSEG_NAMES:
                 key = pattern.sub(name, key)

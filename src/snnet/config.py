@@ -104,7 +104,7 @@ class HeadSection(Section):
 
 class ModelSection(Section):
     anchors: list[AnchorSection]
-    version: Literal["v1", "v2"] = "v2"
+    version: Literal["v1", "v2", "sn-net"] = "v2"
     lora_rank: Int = Field(0, ge=0)
     lora_alpha: Float = Field(1.0, gt=0)
     out_indices: list[Int] | None = None

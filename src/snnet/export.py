@@ -1,7 +1,7 @@
 """One stitch as a standalone network, and its files: ONNX, TorchScript, or safetensors + ``load_exported``.
 
 ``StitchNet`` keeps only what the stitch runs: the first anchor's embedding, the route's blocks with its
-stitching layers (LoRA merged) between them, the projections of small-anchor taps, and the last anchor's
+stitching layers (LoRA merged) between them, the projections of smaller anchors' taps, and the last anchor's
 norm and head. A dense model keeps its inference heads over a ``StitchNet`` backbone. Every exported file
 has a JSON sidecar (``<output>.json``): stitch, route, FLOPs, input size, normalisation, class names.
 """
@@ -23,7 +23,7 @@ from ._atomic import atomic_path, together
 from .errors import SNNetError
 from .model import SNNet, embed_tokens, tap_maps
 from .pretrained import saved_config
-from .stitch_space import SMALL, LayerRef, route_steps, route_taps
+from .stitch_space import LayerRef, route_steps, route_taps, tap_layers
 from .tasks.dense import DenseModel
 
 FORMATS = ("onnx", "torchscript", "safetensors")
@@ -64,6 +64,7 @@ class StitchNet(nn.Module):
         super().__init__()
         s = net.stitch(stitch_id)
         self.stitch_id = s.id
+        self.final_norm = s.final_norm  # SN-Net's stitched routes have none (SPEC 13)
         first, last = net.anchors[s.first_anchor], net.anchors[s.last_anchor]
         empty = nn.Sequential()
         # the first anchor's embedding alone, and the last anchor's norm and head alone
@@ -75,19 +76,17 @@ class StitchNet(nn.Module):
         self.steps = nn.ModuleList(
             copy.deepcopy(net.anchors[st.part].blocks[st.index]) if st.kind == "block"
             else _linear(net.stitching_layer(LayerRef(st.part, st.index, st.pair))) for st in steps)
-        # dense taps: step -> (the positions in out_indices it gives, projection index or -1); small taps reach
-        # the large width
+        # dense taps: step -> (the positions in out_indices it gives, the projections that bring it to the largest
+        # width, in order: none for the largest anchor's taps)
         every = route_taps(s, tuple(net.out_indices), *net.depths) if dense else []
-        self.taps: dict[int, tuple[list[int], int]] = {}
+        self.taps: dict[int, tuple[list[int], list[int]]] = {}
         projections = []
         for k, st in enumerate(steps):
             positions = [i for i, t in enumerate(every) if t == (st.part, st.index)]
             if st.kind == "block" and positions:
-                proj = -1
-                if st.part == SMALL:
-                    proj = len(projections)
-                    projections.append(_linear(net.sl_layers[st.index]))
-                self.taps[k] = (positions, proj)
+                refs = tap_layers(st.part, st.index, *net.depths)
+                self.taps[k] = (positions, list(range(len(projections), len(projections) + len(refs))))
+                projections += [_linear(net.stitching_layer(ref)) for ref in refs]
         self.num_taps = len(every)
         self.projections = nn.ModuleList(projections)
 
@@ -99,16 +98,19 @@ class StitchNet(nn.Module):
         feats = []
         for k, step in enumerate(self.steps):
             x = step(x)
-            positions, p = self.taps.get(k, ((), -1))
+            positions, projections = self.taps.get(k, ((), ()))
             n = sum(i in wanted for i in positions)
             if n:
-                feats.extend([self.projections[p](x) if p >= 0 else x] * n)
+                f = x
+                for p in projections:
+                    f = self.projections[p](f)
+                feats.extend([f] * n)
         return x, feats
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits: (B, 3, H, W) -> (B, num_classes)."""
         tokens, _ = self.forward_tokens(x)
-        return self.tail.forward_head(self.tail.norm(tokens))
+        return self.tail.forward_head(self.tail.norm(tokens) if self.final_norm else tokens)
 
     def forward_features(self, x: torch.Tensor, return_prefix_tokens: bool = False,
                          taps: Sequence[int] | None = None) -> list:

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, replace
 
 from .errors import SNNetError
 from .route_tree import tree_nodes
-from .stitch_space import LARGE, SMALL, Step, Stitch, route_steps, route_taps
+from .stitch_space import SMALL, Step, Stitch, route_steps, route_taps, tap_layers
 
 NORM_FLOPS_PER_ELEMENT = 5
 # operators of dense heads, as fvcore counts them (SPEC section 4)
@@ -121,7 +121,7 @@ def stitch_flops(
 
     Without ``out_indices``: the classification route, ending in the last anchor's norm and head.
     With ``out_indices``: the dense backbone, ending at the last block, plus the SL projections that
-    bring small-anchor taps to the large width (no norm, no head).
+    bring smaller anchors' taps to the largest width (``tap_layers``; no norm, no head).
     """
     flops = sum(step_flops(step, shapes, img_size) for step in route_steps(stitch))
     return flops + _ending_flops(stitch, shapes, img_size, out_indices)
@@ -129,7 +129,7 @@ def stitch_flops(
 
 def prefix_shared_flops(
     stitches: Iterable[Stitch],
-    shapes: tuple[AnchorShape, AnchorShape],
+    shapes: Sequence[AnchorShape],
     img_size: tuple[int, int] | None = None,
     out_indices: tuple[int, ...] | None = None,
 ) -> int:
@@ -140,16 +140,17 @@ def prefix_shared_flops(
     return flops + sum(_ending_flops(s, shapes, img_size, out_indices) for s in stitches)
 
 
-def _ending_flops(stitch: Stitch, shapes: tuple[AnchorShape, AnchorShape], img_size: tuple[int, int] | None,
+def _ending_flops(stitch: Stitch, shapes: Sequence[AnchorShape], img_size: tuple[int, int] | None,
                   out_indices: tuple[int, ...] | None) -> int:
-    """What follows the last block: the norm and head, or the projections of small-anchor taps."""
+    """What follows the last block: the norm and head, or the projections of smaller anchors' taps."""
     n = num_tokens(shapes[SMALL], img_size)
     if out_indices is None:
         last = shapes[stitch.last_anchor]
         return head_flops(last if stitch.final_norm else replace(last, final_norm=False), n)
-    depths = shapes[SMALL].depth, shapes[LARGE].depth
-    small_taps = sum(1 for anchor, _ in route_taps(stitch, out_indices, *depths) if anchor == SMALL)
-    return small_taps * linear_flops(n, shapes[SMALL].embed_dim, shapes[LARGE].embed_dim)
+    depths = [s.depth for s in shapes]
+    return sum(step_flops(Step("layer", ref.direction, ref.index, ref.pair), shapes, img_size)
+               for anchor, block in route_taps(stitch, out_indices, *depths)
+               for ref in tap_layers(anchor, block, *depths))
 
 
 def conv_flops(out_hw: tuple[int, int], in_channels: int, out_channels: int, kernel: int = 1) -> int:

@@ -25,8 +25,13 @@ def model_card(model, results: list[dict] | None = None, with_plot: bool = False
     cfg = model.config.to_dict()
     net = getattr(model, "backbone", model)
     names = [f"`{a['name']}` (depth {d}, width {w})" for a, d, w in zip(cfg["anchors"], net.depths, net.widths)]
-    between = ("the two anchors, each a route through blocks of both" if len(names) == 2 else
-               f"its {len(names)} anchors, each a route through blocks of up to three neighbours")
+    if cfg["version"] == "sn-net":
+        between = f"its {len(names)} anchors, each a route from one anchor into the next larger one"
+    elif len(names) == 2:
+        between = "the two anchors, each a route through blocks of both"
+    else:
+        between = f"its {len(names)} anchors, each a route through blocks of up to three neighbours"
+    method = {"v2": "SN-Netv2", "v1": "SN-Netv1", "sn-net": "SN-Net (CVPR 2023)"}[cfg["version"]]
     data = ModelCardData(library_name="snnet", pipeline_tag=model.pipeline_tag,
                          tags=["snnet", "sn-netv2", "stitchable-neural-networks", "vision-transformer", "timm"])
     metric = model.primary_metric
@@ -37,7 +42,7 @@ def model_card(model, results: list[dict] | None = None, with_plot: bool = False
         on_frontier = {r["stitch_id"] for r in frontier(rows, metric, model.higher_is_better)}
     lines = [
         "---", data.to_yaml(), "---", "",
-        f"# SN-Net{cfg['version']} ({task}) over {', '.join(names[:-1])} and {names[-1]}", "",
+        f"# {method} ({task}) over {', '.join(names[:-1])} and {names[-1]}", "",
         f"One stitchable network: {len(rows)} stitches between {between} with stitching layers between them "
         f"(LoRA rank {cfg['lora_rank']}). Pick a stitch at run time by "
         f"FLOPs, measured latency or accuracy. Made with snnet, an implementation of SN-Netv2 "

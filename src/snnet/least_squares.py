@@ -1,9 +1,9 @@
 """Least-squares initialisation of the stitching layers from real activations (SPEC section 3).
 
-The reference keeps every block's output for one batch and calls a pseudo-inverse. Here the two
-anchors run side by side block by block, each batch adds to the normal equations of every layer
-(float64), and the layers are solved once at the end: memory does not grow with the number of
-images, and any number of batches can be used.
+The reference keeps every block's output for one batch and calls a pseudo-inverse. Here every anchor
+runs once per chunk of images, each chunk adds to the normal equations of every fit (float64), and the
+layers are solved once at the end: memory does not grow with the number of images, and any number of
+batches can be used.
 """
 from __future__ import annotations
 
@@ -61,21 +61,18 @@ class NormalEquations:
         return sol[:-1].T.contiguous(), sol[-1].contiguous()
 
 
-def _accumulate(model, images: torch.Tensor, by_boundary: dict[int, list], eqs: dict) -> None:
-    """Run every anchor on ``images`` in lockstep, boundary by boundary: each anchor runs up to its block before
-    the boundary, and each pair's tokens there go into the layers fitted between them."""
-    xs = [model.embed(images, a) for a in range(len(model.anchors))]
-    done = [-1] * len(model.anchors)
-
-    def upto(anchor: int, block: int) -> torch.Tensor:
-        while done[anchor] < block:
-            done[anchor] += 1
-            xs[anchor] = model.anchors[anchor].blocks[done[anchor]](xs[anchor])
-        return xs[anchor]
-
-    for k in sorted(by_boundary):
-        for ref, src, dst in by_boundary[k]:
-            eqs[ref].add(upto(*src), upto(*dst))
+def _accumulate(model, images: torch.Tensor, needed: dict[int, set[int]], fits: list, eqs: list) -> None:
+    """Run every anchor once on ``images``, keeping the outputs of its ``needed`` blocks (block -1: the
+    embedding), and add each fit's pair of them to its normal equations."""
+    out = {}
+    for a, blocks in needed.items():
+        x = out[a, -1] = model.embed(images, a)
+        for b in range(max(blocks) + 1):
+            x = model.anchors[a].blocks[b](x)
+            if b in blocks:
+                out[a, b] = x
+    for eq, (_, src, dst) in zip(eqs, fits):
+        eq.add(out[src], out[dst])
 
 
 @torch.no_grad()
@@ -93,10 +90,11 @@ def init_stitching_layers(model, batches: Iterable, num_images: int | None = Non
     device = next(model.parameters()).device
     fits = layer_fits(model.depths, model.config.version)
     layers = {ref: model.stitching_layer(ref) for ref, _, _ in fits}
-    eqs = {ref: NormalEquations(layer.in_features, layer.out_features, device) for ref, layer in layers.items()}
-    by_boundary: dict[int, list] = {}  # a layer's index is its boundary minus one
-    for fit in fits:
-        by_boundary.setdefault(fit[0].index, []).append(fit)
+    eqs = [NormalEquations(layers[ref].in_features, layers[ref].out_features, device) for ref, _, _ in fits]
+    needed: dict[int, set[int]] = {}
+    for _, *ends in fits:
+        for a, b in ends:
+            needed.setdefault(a, set()).add(b)
 
     was_training = model.training
     model.eval()
@@ -108,7 +106,7 @@ def init_stitching_layers(model, batches: Iterable, num_images: int | None = Non
             if num_images is not None:
                 images = images[: num_images - seen]
             for chunk in images.split(chunk_size):
-                _accumulate(model, chunk.to(device, non_blocking=True), by_boundary, eqs)
+                _accumulate(model, chunk.to(device, non_blocking=True), needed, fits, eqs)
             seen += images.shape[0]
             bar.update(images.shape[0])
             if num_images is not None and seen >= num_images:
@@ -121,13 +119,16 @@ def init_stitching_layers(model, batches: Iterable, num_images: int | None = Non
         total = torch.tensor([seen], dtype=torch.float64, device=device)
         dist.all_reduce(total)
         seen_all = int(total.item())
-        for eq in eqs.values():
+        for eq in eqs:
             eq.all_reduce()
     else:
         seen_all = seen
     if seen_all == 0:
         raise SNNetError("least-squares initialisation got no images")
-    for ref, eq in eqs.items():
-        w, b = eq.solve()
+    solutions: dict = {}
+    for (ref, _, _), eq in zip(fits, eqs):
+        solutions.setdefault(ref, []).append(eq.solve())
+    for ref, sols in solutions.items():  # one fit per layer, but SN-Net's: the mean over its positions
+        w, b = (sum(t) / len(sols) for t in zip(*sols))
         layers[ref].set_solution(w.to(layers[ref].weight.dtype), b.to(layers[ref].bias.dtype))
     return seen_all

@@ -17,8 +17,8 @@ from .pretrained import Pretrained, register_model
 from .route_tree import PrefixCache, depth_first
 from .sampling import ROSSampler
 from .selection import ChoosesStitches, is_integer, is_number
-from .stitch_space import (SMALL, LayerRef, Step, Stitch, chain_space, num_stitching_layers, route_steps,
-                           route_taps, stitch_space)
+from .stitch_space import (SMALL, VERSIONS, LayerRef, Step, Stitch, network_space, num_stitching_layers,
+                           route_steps, route_taps, tap_layers)
 from .stitching_layers import StitchingLayer
 
 if TYPE_CHECKING:
@@ -54,7 +54,8 @@ def _default_out_indices(d1: int) -> list[int]:
 
 @register_model
 class SNNet(Pretrained, ChoosesStitches, nn.Module):
-    """SN-Netv2 (or the v1 baseline) over two timm ViT anchors, or SN-Netv2 over a chain of more (docs/anchors.md).
+    """SN-Netv2 over two or more timm ViT anchors (a chain: docs/anchors.md), its v1 baseline over two, or SN-Net
+    (CVPR 2023, ``version="sn-net"``) over anchors of equal depth.
 
     ``select(id)`` picks the stitch that eval-mode calls run; in train mode every call runs a
     stitch drawn by ``sampler`` (ROS). ``forward`` returns that stitch's logits,
@@ -76,8 +77,8 @@ class SNNet(Pretrained, ChoosesStitches, nn.Module):
         pretrained: bool = False,
     ) -> None:
         super().__init__()
-        if version not in ("v1", "v2"):
-            raise SNNetError(f"unknown SN-Net version {version!r}: expected 'v1' or 'v2'")
+        if version not in VERSIONS:
+            raise SNNetError(f"unknown SN-Net version {version!r}: expected {', '.join(map(repr, VERSIONS))}")
         if not is_integer(lora_rank) or lora_rank < 0:
             raise SNNetError(f"lora_rank must be an integer >= 0, got {lora_rank!r}")
         if not is_number(lora_alpha) or lora_alpha <= 0:
@@ -107,15 +108,13 @@ class SNNet(Pretrained, ChoosesStitches, nn.Module):
         self.depths = tuple(len(a.blocks) for a in ordered)
         self.widths = tuple(a.embed_dim for a in ordered)
         self.shapes = tuple(anchor_shape(a) for a in ordered)
-        if version == "v1" and len(ordered) > 2:
-            raise SNNetError(f"the SN-Net v1 baseline stitches two anchors, got {len(ordered)}")
         self.out_indices = self._check_out_indices(out_indices)
         self.config = SNNetConfig(configs, version, lora_rank, lora_alpha, list(self.out_indices))
 
         # per neighbour pair, SL (up) and LS (down) layers, kept in two flat lists: pair p's layer i is entry
         # p * per_pair + i (two anchors: SL i and LS i, the reference's)
         # a layer per boundary, which depends on the smallest depth G only: SL at 1..G (G: the dense taps'
-        # projection), LS at 1..G-1, as between two anchors of depth G
+        # projection), LS at 1..G-1, as between two anchors of depth G (SN-Net: its paired layers, SL only)
         self.per_pair = num_stitching_layers(self.depths[0], self.depths[0], version)
         dev = ordered[SMALL].cls_token.device  # meta anchors (FLOPs only) get meta layers
         pairs = list(zip(self.widths, self.widths[1:]))
@@ -124,8 +123,10 @@ class SNNet(Pretrained, ChoosesStitches, nn.Module):
         self.ls_layers = nn.ModuleList(StitchingLayer(hi, lo, lora_rank, lora_alpha, device=dev)
                                        for lo, hi in pairs for _ in range(self.per_pair[1]))
 
-        self.stitches: tuple[Stitch, ...] = (stitch_space(*self.depths, version) if version == "v1"
-                                             else chain_space(self.depths))
+        try:
+            self.stitches: tuple[Stitch, ...] = network_space(self.depths, version)
+        except ValueError as e:  # depths the version's rule cannot stitch
+            raise SNNetError(str(e)) from None
         self._by_id = {s.id: s for s in self.stitches}
         self.selected: Stitch = self.stitches[0]
         self.last_stitch: Stitch | None = None  # the stitch the latest train-mode call ran
@@ -205,10 +206,14 @@ class SNNet(Pretrained, ChoosesStitches, nn.Module):
         return {s.id: self.flops(s.id, img_size, dense) for s in self.stitches}
 
     def params(self, stitch_id: int) -> int:
-        """Parameters a deployed stitch keeps: its blocks, embedding, head and merged stitching layers."""
+        """Parameters a deployed stitch keeps: its blocks, embedding, head and merged stitching layers (SN-Net's
+        stitched routes as its ``get_model_size`` counts them: no front class token or position embedding)."""
         s = self.stitch(stitch_id)
         first, last = self.anchors[s.first_anchor], self.anchors[s.last_anchor]
-        n = sum(_numel(first, p) for p in ("patch_embed", "cls_token", "reg_token", "pos_embed", "norm_pre"))
+        sn_net = self.config.version == "sn-net" and s.kind != "anchor"
+        embedding = ("patch_embed", "norm_pre") if sn_net else ("patch_embed", "cls_token", "reg_token", "pos_embed",
+                                                                "norm_pre")
+        n = sum(_numel(first, p) for p in embedding)
         n += sum(_numel(last, p) for p in ("norm", "fc_norm", "head"))
         for seg in s.segments:
             n += sum(_numel(self.anchors[seg.anchor].blocks[b]) for b in range(seg.first, seg.last + 1))
@@ -221,9 +226,9 @@ class SNNet(Pretrained, ChoosesStitches, nn.Module):
     def configure_sampling(self, gap_gflops: float = DEFAULT_ROS_GAP_GFLOPS, k: float | None = None,
                            seed: int = 0, flops: dict[int, int] | None = None, anchor_share: float = 0.0) -> None:
         """ROS over ``flops`` (default: classification FLOPs), each anchor alone at least ``anchor_share`` of the
-        steps; v1 samples uniformly, as SN-Net did."""
+        steps; v1 and SN-Net sample uniformly, as SN-Net did."""
         anchors = [s.id for s in self.stitches if s.kind == "anchor"]
-        if self.config.version == "v1":
+        if self.config.version != "v2":
             self.sampler = ROSSampler([self.stitch_ids], seed=seed, anchors=anchors, anchor_share=anchor_share)
         else:
             self.sampler = ROSSampler.from_flops(flops or self.flops_table(), gap_gflops, k, seed, anchors,
@@ -263,8 +268,9 @@ class SNNet(Pretrained, ChoosesStitches, nn.Module):
             step = steps[k]
             h = self.run_step(step, h)
             if step.kind == "block" and (step.part, step.index) in wanted:
-                # small-anchor taps reach the large width through SL layer b
-                f = self.sl_layers[step.index](h) if step.part == SMALL else h
+                f = h  # a smaller anchor's tap reaches the largest width through SL layers up the chain
+                for ref in tap_layers(step.part, step.index, *self.depths):
+                    f = self.stitching_layer(ref)(f)
                 feats.extend([f] * wanted[(step.part, step.index)])
             if walk is not None:
                 self.prefix_cache.keep(walk, k, h, feats)
@@ -325,8 +331,8 @@ class SNNet(Pretrained, ChoosesStitches, nn.Module):
         return self
 
     def _check_dense(self) -> None:
-        if len(self.anchors) > 2:  # the taps' path up the chain is not written yet (docs/anchors.md)
-            raise SNNetError(f"dense taps over {len(self.anchors)} anchors are not supported yet: use two anchors")
+        if self.config.version == "sn-net":
+            raise SNNetError("SN-Net's networks (version 'sn-net') classify only: dense tasks take version v2 or v1")
 
     def _check_out_indices(self, out_indices: Sequence[int] | None) -> list[int]:
         d1 = self.depths[-1]  # the largest anchor's

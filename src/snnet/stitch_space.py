@@ -150,8 +150,10 @@ def ls_sources(d0: int, d1: int) -> list[int]:
 
 
 def num_stitching_layers(d0: int, d1: int, version: str = "v2") -> tuple[int, int]:
-    """(number of SL layers, number of LS layers)."""
+    """(number of SL layers, number of LS layers) of a pair (SN-Net's: the layers of its paired positions)."""
     check_depths(d0, d1)
+    if version == "sn-net":
+        return len({layer for _, _, layer in paired_positions(d0)}), 0
     return d0, (len(ls_sources(d0, d1)) if version == "v2" else 0)
 
 
@@ -235,6 +237,19 @@ def excluded_id_v2(d0: int) -> int:
     return 2 + (d0 - 1)
 
 
+VERSIONS = ("v1", "v2", "sn-net")  # the SN-Netv2 baseline, SN-Netv2, SN-Net (CVPR 2023)
+
+
+def network_space(depths: Sequence[int], version: str = "v2") -> tuple[Stitch, ...]:
+    """The stitches of a network over anchors of these depths (small to large): SN-Netv2's (over two anchors, or a
+    chain), its v1 baseline's (two anchors) or SN-Net's."""
+    if version == "sn-net":
+        return sn_net_space(depths)
+    if version == "v1" and len(depths) != 2:
+        raise ValueError(f"the SN-Net v1 baseline stitches two anchors, got {len(depths)}")
+    return stitch_space(*depths, version) if len(depths) == 2 else chain_space(depths)
+
+
 def stitch_space(d0: int, d1: int, version: str = "v2") -> tuple[Stitch, ...]:
     """The trained and evaluated stitches, in reference id order.
 
@@ -250,7 +265,7 @@ def stitch_space(d0: int, d1: int, version: str = "v2") -> tuple[Stitch, ...]:
             stitches.append(Stitch(i + 1, "SL", (Segment(SMALL, 0, i), Segment(LARGE, (i + 1) * r, d1 - 1)),
                                    (LayerRef("SL", i),)))
         return tuple(stitches)
-    raise ValueError(f"unknown stitch space version {version!r}: expected 'v1' or 'v2'")
+    raise ValueError(f"unknown stitch space version {version!r}: expected 'v1' or 'v2' (or network_space's 'sn-net')")
 
 
 def chain_space(depths: Sequence[int]) -> tuple[Stitch, ...]:
@@ -293,27 +308,42 @@ def sn_net_space(depths: Sequence[int]) -> tuple[Stitch, ...]:
     return tuple(out)
 
 
-def route_taps(stitch: Stitch, out_indices: tuple[int, ...], d0: int, d1: int) -> list[tuple[int, int]]:
-    """(anchor, block) pairs that give a stitch's dense features, one per large index in ``out_indices``.
+def route_taps(stitch: Stitch, out_indices: tuple[int, ...], *depths: int) -> list[tuple[int, int]]:
+    """(anchor, block) pairs that give a stitch's dense features, one per index in ``out_indices`` (blocks of the
+    largest anchor; ``depths``: every anchor's, small to large).
 
-    Large index ``t`` is a depth position; the segment covering it supplies the tap: large block
-    ``t`` itself, or small block ``t // r`` (= ``floor(t * d0 / d1)``, SPEC section 6).
+    Index ``t`` is a depth position; the segment covering it supplies the tap: block ``t * d_a / d_last`` of its
+    anchor ``a`` (two anchors: large block ``t`` itself, or small block ``floor(t * d0 / d1)``, SPEC section 6).
     """
-    r = d1 // d0
+    top = depths[-1]
     taps = []
     for t in sorted(out_indices):
         for seg in stitch.segments:
-            scale = 1 if seg.anchor == LARGE else r
-            if seg.first * scale <= t <= (seg.last + 1) * scale - 1:
-                taps.append((seg.anchor, t // scale))
+            b = t * depths[seg.anchor] // top
+            if seg.first <= b <= seg.last:
+                taps.append((seg.anchor, b))
                 break
     return taps
+
+
+def tap_layers(anchor: int, block: int, *depths: int) -> tuple[LayerRef, ...]:
+    """The SL layers that bring a tap of ``anchor``'s ``block`` to the largest anchor's width, in order: those of
+    the boundary right after the block, up the chain (two anchors: small block ``b`` through SL layer ``b``)."""
+    g = depths[0]
+    index = block * g // depths[anchor]  # the block lies before boundary index + 1
+    return tuple(LayerRef("SL", index, p) for p in range(anchor, len(depths) - 1))
 
 
 def layer_fits(depths: Sequence[int], version: str = "v2") -> list[tuple[LayerRef, tuple[int, int], tuple[int, int]]]:
     """(layer, (anchor, block) whose output it maps, (anchor, block) whose output it is fitted to) for every
     stitching layer of a chain, pair by pair, SL layers first: a layer at boundary ``k`` maps between the two
-    anchors' blocks before that boundary (SPEC section 3 for two anchors)."""
+    anchors' blocks before that boundary (SPEC section 3 for two anchors). SN-Net's layers have one fit per
+    position they serve, front block ``j`` to end block ``k - 1`` (block -1: the embedding), to be averaged
+    (SPEC section 13)."""
+    if version == "sn-net":
+        sn_net_space(depths)  # checks the depths
+        return [(LayerRef("SL", layer, p), (p, j), (p + 1, k - 1))
+                for p in range(len(depths) - 1) for j, k, layer in paired_positions(depths[0])]
     g = check_chain(depths)
     fits = []
     for p in range(len(depths) - 1):

@@ -17,7 +17,7 @@ from torch import nn
 from ..model import SNNet
 from ..pretrained import Pretrained
 from ..selection import ChoosesStitches
-from ..stitch_space import SMALL, route_taps
+from ..stitch_space import route_taps, tap_layers
 from ._files import collate_lists
 from .base import Task
 
@@ -163,15 +163,14 @@ class DenseModel(Pretrained, ChoosesStitches, nn.Module):
         return {s.id: self.flops(s.id, img_size) for s in self.stitches}
 
     def params(self, stitch_id: int) -> int:
-        """Parameters a deployed stitch keeps: its route, the SL layers projecting its small-anchor taps,
+        """Parameters a deployed stitch keeps: its route, the SL layers projecting its smaller anchors' taps,
         and the inference heads."""
         b = self.backbone
         s = b.stitch(stitch_id)
         n = b.params(stitch_id)
-        route_layers = {(ref.direction, ref.index) for ref in s.layers}
-        for anchor, block in set(route_taps(s, tuple(b.out_indices), *b.depths)):
-            if anchor == SMALL and ("SL", block) not in route_layers:
-                n += sum(p.numel() for p in b.sl_layers[block].parameters())
+        projections = {ref for tap in route_taps(s, tuple(b.out_indices), *b.depths)
+                       for ref in tap_layers(*tap, *b.depths)} - set(s.layers)
+        n += sum(p.numel() for ref in projections for p in b.stitching_layer(ref).parameters())
         return n + sum(p.numel() for h in self.inference_heads() for p in h.parameters())
 
     def configure_sampling(self, gap_gflops: float, k: float | None = None, seed: int = 0,

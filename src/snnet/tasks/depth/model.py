@@ -8,7 +8,6 @@ from ...errors import SNNetError
 from ...flops import BILINEAR_FLOPS_PER_OUTPUT
 from ...model import SNNet
 from ...pretrained import register_model
-from ...stitch_space import LARGE
 from ..dense import DenseModel
 from .heads import REASSEMBLE_CHANNELS, DPTHead
 
@@ -39,7 +38,7 @@ class DepthModel(DenseModel):
         if len(backbone.out_indices) != len(REASSEMBLE_CHANNELS):
             raise SNNetError(f"DPT reads {len(REASSEMBLE_CHANNELS)} taps: model.out_indices has "
                              f"{len(backbone.out_indices)} ({backbone.out_indices})")
-        self.decode_head = DPTHead(backbone.widths[LARGE], channels, min_depth, reassemble_channels)
+        self.decode_head = DPTHead(backbone.widths[-1], channels, min_depth, reassemble_channels)
         self.min_depth, self.max_depth = min_depth, max_depth
 
     @property

@@ -17,7 +17,6 @@ from ...errors import SNNetError
 from ...flops import NORM_FLOPS_PER_ELEMENT, conv_flops
 from ...model import SNNet
 from ...pretrained import register_model
-from ...stitch_space import LARGE
 from ..dense import DenseModel
 
 SCALES = (4.0, 2.0, 1.0, 0.5)  # of the stride-16 map: strides 4, 8, 16, 32
@@ -114,11 +113,11 @@ class DetectionModel(DenseModel):
         super().__init__(backbone, {"num_classes": num_classes, "channels": channels, "roi_channels": roi_channels,
                                     "roi_samples": roi_samples, "detections": detections,
                                     "input_size": [image_size, image_size]})
-        if backbone.out_indices != [backbone.depths[LARGE] - 1]:
+        if backbone.out_indices != [backbone.depths[-1] - 1]:
             raise SNNetError(f"a ViTDet backbone taps the last block only: set model.out_indices to "
-                             f"[{backbone.depths[LARGE] - 1}], got {backbone.out_indices}")
+                             f"[{backbone.depths[-1] - 1}], got {backbone.out_indices}")
         self.num_classes = num_classes
-        pyramid = SimpleFeaturePyramid(backbone.widths[LARGE], channels)
+        pyramid = SimpleFeaturePyramid(backbone.widths[-1], channels)
         # images arrive normalised, as for every snnet model: torchvision's transform only resizes them to fit
         # image_size and pads them to the image_size square with 0 (the normalised mean), as ViTDet pads
         # anchor boxes of image_size / 32 .. / 2 on the five levels: ViTDet's 32..512 at 1024

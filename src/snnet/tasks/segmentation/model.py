@@ -8,7 +8,6 @@ from torch import nn
 from ...errors import SNNetError
 from ...model import SNNet
 from ...pretrained import register_model
-from ...stitch_space import LARGE
 from ..dense import DenseModel
 from .heads import SETRUpHead
 
@@ -36,7 +35,7 @@ class SegmentationModel(DenseModel):
         super().__init__(backbone, {"num_classes": num_classes, "channels": channels, "aux_weight": aux_weight})
         if len(backbone.out_indices) < 1:
             raise SNNetError("segmentation needs at least one tap in model.out_indices")
-        width = backbone.widths[LARGE]
+        width = backbone.widths[-1]
         self.num_classes = num_classes
         self.decode_head = SETRUpHead(width, channels, num_classes, num_convs=1)
         n_aux = len(backbone.out_indices) - 1 if aux_weight > 0 else 0
