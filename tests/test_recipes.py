@@ -2,9 +2,7 @@
 effective values the frameworks produced, not on the wording of the reference's config files."""
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,7 +16,8 @@ from snnet.engine import create_optimizer
 from snnet.tasks import build_model
 from test_cli import read_jsonl, write_config
 
-IMAGENET = {"imagenet_deit3_s_l": (0.05, 0.4), "imagenet_deit3_s_b": (0.05, 0.15), "imagenet_deit3_b_l": (0.15, 0.4)}
+IMAGENET = {"imagenet_deit3_s_l": (0.05, 0.4), "imagenet_deit3_s_b": (0.05, 0.15), "imagenet_deit3_b_l": (0.15, 0.4),
+            "imagenet_deit3_s_b_l": (0.05, 0.15, 0.4)}
 SEGMENTATION = ("ade20k_setr_deit3_s_l", "ade20k_setr_deit3_b_l", "coco_stuff10k_setr_deit3_s_l",
                 "coco_stuff10k_setr_deit3_b_l")
 
@@ -261,3 +260,82 @@ def test_head_init_choice_torch_resets_every_head_layer_but_not_the_backbone():
             assert m.weight.abs().max().item() <= 1 / math.sqrt(m.weight[0].numel()), name
     assert load_config("ade20k_setr_deit3_s_l").model.head.init == "reference"
     assert load_config("nyuv2_dpt_deit3_s_l").model.head.init == "reference"
+
+
+# ---- over three anchors (issue 20) ------------------------------------------------------------------------
+def test_deit3_s_b_l_is_one_network_of_377_stitches_in_45_ros_groups():
+    cfg, model = meta_model("imagenet_deit3_s_b_l")
+    assert model.depths == (12, 12, 24) and model.widths == (384, 768, 1024)
+    assert len(model.stitch_ids) == 377 and len(model.sl_layers) == 2 * 12 and len(model.ls_layers) == 2 * 11
+    model.configure_sampling(cfg.train.ros_gap, cfg.train.ros_k, anchor_share=cfg.train.ros_anchor_share)
+    assert len(model.sampler.groups) == 45 and sum(map(len, model.sampler.groups)) == 377
+
+
+def test_sn_net_recipe_as_its_code_base_ran_it():
+    """config/deit_stitching.json over params.py: AdamW eps 1e-8, decay 0.05 off 1-D parameters and biases, lr
+    5e-5 x 1024 / 512, drop path 0.1 ramped, uniform sampling over SN-Net's 71 stitches, hard distillation."""
+    cfg, model = meta_model("imagenet_sn_net_deit_ti_s_b")
+    assert model.config.version == "sn-net" and model.stitch_ids == list(range(71))
+    assert model.sampler.groups == [list(range(71))] and model.config.lora_rank == 0
+    for anchor in model.anchors:
+        assert drop_path_rates(anchor) == pytest.approx([0.1 * i / 11 for i in range(12)])
+    _, small = meta_model("imagenet_sn_net_deit_ti_s_b", *(f"model.anchors.{i}.kwargs.depth=2" for i in range(3)))
+    opt = create_optimizer(small.to_empty(device="cpu"), cfg, torch.device("cpu"))
+    assert type(opt).__name__ == "AdamW"
+    decay = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+    for g in opt.param_groups:
+        assert g["eps"] == 1e-8 and g["lr"] == pytest.approx(1e-4)
+    for n, p in small.named_parameters():
+        assert decay[id(p)] == (0.0 if p.ndim <= 1 or n.endswith(".bias") else 0.05), n
+    t, a = cfg.train, cfg.augment
+    assert (t.epochs, t.warmup_epochs, t.warmup_lr, t.min_lr, t.scheduler_lag) == (50, 5, 1e-7, 1e-6, 1)
+    assert (a.mixup, a.cutmix, a.label_smoothing, a.reprob, a.repeated_aug, a.eval_crop_ratio) == (
+        0.8, 1.0, 0.1, 0.25, 3, 0.875)
+    assert (t.distillation.teacher, t.distillation.kind, t.distillation.alpha) == ("regnety_160.deit_in1k", "hard", 0.5)
+
+
+@pytest.mark.parametrize("kind", ["hard", "soft"])
+def test_distillation_loss_is_deits(tmp_path, kind):
+    """(1 - alpha) x the mixed-target loss + alpha x the teacher's: cross-entropy against its top class (hard), or
+    DeiT's summed KL at temperature tau x tau^2 / logits (soft), the teacher seeing the mixed images."""
+    import numpy as np
+    import torch.nn.functional as F
+    from snnet.tasks import build_task
+
+    teacher = {"teacher": "resnet10t", "pretrained": False, "kind": kind, "alpha": 0.3, "tau": 2.0}
+    cfg = load_config(str(write_config(tmp_path, train={"distillation": teacher})))
+    task = build_task(cfg, progress=False)
+    model = build_model(cfg, num_classes=task.num_classes, load_weights=False).eval().select(5)  # one stitch
+    batch = next(iter(torch.utils.data.DataLoader(task.train_set, batch_size=8)))
+    np.random.seed(0), torch.manual_seed(0)
+    loss = task.training_loss(model, [t.clone() for t in batch], torch.device("cpu"))  # timm mixes in place
+    np.random.seed(0), torch.manual_seed(0)
+    images, targets = task.mixup(*batch)
+    logits = model(images)
+    with torch.no_grad():
+        t = task.teacher(images)
+    base = torch.sum(-targets * F.log_softmax(logits, dim=-1), dim=-1).mean()
+    if kind == "hard":
+        extra = F.cross_entropy(logits, t.argmax(1))
+    else:
+        p, q = F.softmax(t / 2, 1), F.log_softmax(logits / 2, 1)
+        extra = (p * (torch.log(p) - q)).sum() * 4 / logits.numel()
+    torch.testing.assert_close(loss, 0.7 * base + 0.3 * extra, rtol=1e-5, atol=1e-6)
+    assert not any(p.requires_grad for p in task.teacher.parameters())
+
+
+def test_distillation_and_repeated_augmentation_errors_and_sampler(tmp_path):
+    from snnet.distributed import DistEnv
+    from snnet.engine import make_train_loader
+
+    with pytest.raises(SNNetError, match="'nope_net' is not a timm model"):
+        load_config(str(write_config(tmp_path, train={"distillation": {"teacher": "nope_net"}})))
+    with pytest.raises(SNNetError, match="train.distillation distils classifiers; segmentation has no teacher"):
+        load_config("quickstart_segmentation", ["train.distillation.teacher=resnet10t"])
+    # DeiT's RASampler: a shuffled list of each image three times, dealt to the ranks in turn, each rank keeping
+    # floor(N / 256) x 256 / ranks of them: 256 of 512 images, the 171 first of the shuffle
+    cfg = load_config(str(write_config(tmp_path, augment={"repeated_aug": 3})))
+    ranks = [list(make_train_loader(list(range(512)), cfg, DistEnv(r, 2, r, torch.device("cpu"))).sampler)
+             for r in (0, 1)]
+    assert [len(r) for r in ranks] == [256, 256] and len(set(ranks[0]) | set(ranks[1])) == 171
+    assert all(ranks[0].count(i) + ranks[1].count(i) == 3 for i in set(ranks[0][:80]))

@@ -221,6 +221,9 @@ class AugmentSection(Section):
     label_smoothing: Float = Field(0.0, ge=0, lt=1)
     reprob: Probability = 0.0
     eval_crop_ratio: Float = Field(0.875, gt=0, le=1)
+    # each training image this many times per epoch, the copies on different ranks, each epoch a 1/n share of the
+    # images rounded down to a multiple of 256 (DeiT's RASampler: 3; 1 = off)
+    repeated_aug: Int = Field(1, ge=1)
     # detection: large-scale jitter of the input_size square by a ratio in `ratio_range` (0.1-2.0 in ViTDet)
     # segmentation (mmsegmentation's pipeline): random resize of `scale` by a ratio in `ratio_range`,
     # random crop to data.input_size where no class covers more than `cat_max_ratio`, photometric distortion
@@ -243,6 +246,26 @@ class AugmentSection(Section):
                 raise ValueError(f"{policy!r} is not a timm auto-augment policy "
                                  f"(e.g. '3a', 'rand-m9-mstd0.5-inc1', 'augmix-m5', 'original')") from None
         return policy
+
+
+class DistillationSection(Section):
+    """DeiT's distillation from a frozen timm teacher (SN-Net's recipe): the loss is ``(1 - alpha)`` x the task's
+    plus ``alpha`` x the cross-entropy of the stitch's logits against the teacher's top class (``hard``), or their
+    KL divergence at temperature ``tau`` (``soft``), the teacher seeing the same (mixed) images."""
+
+    teacher: str  # a timm model name, e.g. regnety_160.deit_in1k
+    pretrained: Bool = True
+    kind: Literal["hard", "soft"] = "hard"
+    alpha: Float = Field(0.5, ge=0, le=1)
+    tau: Float = Field(1.0, gt=0)
+
+    @field_validator("teacher")
+    @classmethod
+    def _timm_model(cls, name: str) -> str:
+        import timm
+        if not timm.is_model(name):
+            raise ValueError(f"{name!r} is not a timm model")
+        return name
 
 
 class TrainSection(Section):
@@ -274,6 +297,7 @@ class TrainSection(Section):
     # every rank trains the same stitch each step (one ROS generator seeded alike on all ranks: the reference's
     # segmentation runs under mmengine); false: each rank draws its own (seed + rank: classification, depth)
     ros_same_on_all_ranks: Bool = False
+    distillation: DistillationSection | None = None  # classification only
     seed: Int = Field(0, ge=0)
     steps_per_epoch: Int | None = Field(None, ge=1)  # cap for quick runs; None = the whole training set
     # iteration-based schedule (mmsegmentation's): `iterations` steps, the LR stepped every iteration,

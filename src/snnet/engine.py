@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from timm.data.distributed_sampler import RepeatAugSampler
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from torch.nn.parallel import DistributedDataParallel
@@ -153,8 +154,12 @@ class EpochLog:
 
 # ---- the loop -------------------------------------------------------------------------------
 def make_train_loader(dataset, cfg: RunConfig, env: DistEnv, collate=None) -> DataLoader:
-    sampler = DistributedSampler(dataset, num_replicas=env.world_size, rank=env.rank, shuffle=True,
-                                 seed=cfg.train.seed, drop_last=True)
+    if cfg.augment.repeated_aug > 1:  # DeiT's RASampler, which timm's is; shuffled by the epoch alone, as DeiT's
+        sampler = RepeatAugSampler(dataset, num_replicas=env.world_size, rank=env.rank, shuffle=True,
+                                   num_repeats=cfg.augment.repeated_aug)
+    else:
+        sampler = DistributedSampler(dataset, num_replicas=env.world_size, rank=env.rank, shuffle=True,
+                                     seed=cfg.train.seed, drop_last=True)
     return DataLoader(dataset, batch_size=cfg.data.batch_size, sampler=sampler, num_workers=cfg.data.workers,
                       pin_memory=env.device.type == "cuda", drop_last=True, persistent_workers=False,
                       collate_fn=collate)

@@ -48,6 +48,7 @@ class Task:
     primary_metric: ClassVar[str]  # the model class's (set for every subclass)
     higher_is_better: ClassVar[bool]
     head_keys: ClassVar[bool] = True  # model.head configures its heads
+    distills: ClassVar[bool] = False  # train.distillation applies (a teacher's logits beside the loss)
     input_size_pairs: ClassVar[bool] = False  # data.input_size may be [height, width]
     # its model is built for data.input_size even where the anchors could resize position embeddings per call
     fixed_input_size: ClassVar[bool] = False
@@ -88,6 +89,8 @@ class Task:
             raise ValueError(f"model.head configures dense tasks; {cls.name} uses the anchors' heads")
         if not cls.input_size_pairs and isinstance(cfg.data.input_size, list):
             raise ValueError(f"data.input_size takes one size for {cls.name}, got {cfg.data.input_size}")
+        if cfg.train.distillation is not None and not cls.distills:
+            raise ValueError(f"train.distillation distils classifiers; {cls.name} has no teacher")
 
     @classmethod
     def check_data(cls, cfg: RunConfig) -> int | None:

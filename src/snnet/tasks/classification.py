@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import timm
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -14,7 +15,7 @@ from torchvision import datasets
 from torchvision import transforms as T
 
 from ..anchors import AnchorConfig, head_classes
-from ..config import RunConfig
+from ..config import DistillationSection, RunConfig
 from ..data.scenes import SHAPES
 from ..errors import SNNetError
 from ..model import SNNet
@@ -78,6 +79,16 @@ def build_datasets(cfg: RunConfig, input_size: int, mean, std, progress: bool = 
     return train_set, val, init, list(val.classes)
 
 
+def build_teacher(d: DistillationSection, num_classes: int) -> torch.nn.Module:
+    """The frozen eval-mode teacher of ``train.distillation``, with a head for ``num_classes``."""
+    try:
+        teacher = timm.create_model(d.teacher, pretrained=d.pretrained, num_classes=num_classes)
+    except (OSError, RuntimeError) as e:  # no network, no cache, or weights for another head
+        raise SNNetError(f"cannot load the teacher {d.teacher!r} for {num_classes} classes "
+                         f"({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})") from None
+    return teacher.eval().requires_grad_(False)
+
+
 def image_folder_roots(cfg: RunConfig) -> list[Path]:
     """``root/train`` and ``root/val`` of an ImageFolder dataset, or a one-line error."""
     data = cfg.data
@@ -119,6 +130,7 @@ class ClassificationTask(Task):
     report_metrics = ("acc1", "acc5", "loss")
     metric_directions = {"acc1": True, "acc5": True, "loss": False}
     head_keys = False
+    distills = True
     answer_is_label = True
     num_sums = 4  # the length of eval_batch's tensor
 
@@ -183,6 +195,10 @@ class ClassificationTask(Task):
             self.criterion = LabelSmoothingCrossEntropy(smoothing=aug.label_smoothing)
         else:
             self.criterion = torch.nn.CrossEntropyLoss()
+        self.distillation = cfg.train.distillation if train else None
+        self.teacher = None
+        if self.distillation is not None:
+            self.teacher = build_teacher(self.distillation, self.num_classes)
 
     def training_loss(self, model, batch, device: torch.device, step: int = 0) -> torch.Tensor:
         images, targets = (t.to(device, non_blocking=True) for t in batch)
@@ -190,7 +206,19 @@ class ClassificationTask(Task):
             if images.shape[0] % 2:  # timm's batch mixing pairs images with the flipped batch
                 images, targets = images[:-1], targets[:-1]
             images, targets = self.mixup(images, targets)
-        return self.criterion(model(images), targets)
+        logits = model(images)
+        loss = self.criterion(logits, targets)
+        if self.teacher is None:
+            return loss
+        with torch.no_grad():
+            teacher = self.teacher.to(device)(images)
+        d = self.distillation
+        if d.kind == "hard":
+            extra = F.cross_entropy(logits, teacher.argmax(dim=1))
+        else:  # DeiT's: summed KL of the tempered distributions, per logit
+            extra = F.kl_div(F.log_softmax(logits / d.tau, dim=1), F.log_softmax(teacher / d.tau, dim=1),
+                             reduction="sum", log_target=True) * d.tau ** 2 / logits.numel()
+        return (1 - d.alpha) * loss + d.alpha * extra
 
     @torch.no_grad()
     def eval_batch(self, model, batch, device: torch.device) -> torch.Tensor:
