@@ -18,7 +18,7 @@ import torch
 
 from snnet.config import load_config
 from snnet.distributed import DistEnv
-from snnet.engine import backbone_of, evaluate_stitches, init_batches, make_eval_loader, seed_everything
+from snnet.engine import evaluate_stitches, init_batches, make_eval_loader, seed_everything
 from snnet.least_squares import init_stitching_layers
 from snnet.stitch_space import LARGE, SMALL, fit_pairs
 from snnet.tasks import build_model, build_task
@@ -67,8 +67,8 @@ for source in ("train", "eval"):
     cfg = load_config(args.config, [*args.overrides, f"train.init_transform={source}"])
     seed_everything(cfg.train.seed)  # the same augmentation draws would need the same generator state
     model = build_model(cfg, task.num_classes)
-    n = init_stitching_layers(backbone_of(model), init_batches(task, cfg, env), progress=False)
-    res = residuals(backbone_of(model).eval(), held_out)
+    n = init_stitching_layers(model.backbone, init_batches(task, cfg, env), progress=False)
+    res = residuals(model.backbone.eval(), held_out)
     acc = evaluate_stitches(model, task, loader, model.stitch_ids, env, progress=False)
     results[source] = (n, res, {sid: m[task.primary_metric] for sid, m in acc.items()})
 

@@ -1,8 +1,9 @@
 """Evaluating every stitch one at a time against the prefix-shared walk of the route tree, side by side.
 
-  deit3_s_l - all 134 stitches of DeiT3-S/L (timm shapes, random weights) on ``--deit-batches`` random batches
-              of ``--deit-batch-size`` images at 224: ``model.select(id)(x)`` for every id, then the same ids in
-              depth-first order inside ``model.sharing_prefixes``; logits compared with ``torch.equal``.
+  deit3_s_l - all 134 stitches of DeiT3-S/L (timm shapes, random weights; ``--deit s_b_l``: the 377 of one
+              S/B/L network) on ``--deit-batches`` random batches of ``--deit-batch-size`` images at 224:
+              ``model.select(id)(x)`` for every id, then the same ids in depth-first order inside
+              ``model.sharing_prefixes``; logits compared with ``torch.equal``.
   <config>  - ``snnet.engine.evaluate_stitches`` with the config's real task, data and model (every stitch, the
               first ``--images`` validation images), ``share_prefixes`` off then on; metrics compared exactly.
 Both print wall times, their ratio, and the analytic FLOPs ratio (SPEC section 4 counts: every route in full
@@ -19,13 +20,14 @@ import torch
 
 from snnet import SNNet, load_config
 from snnet.distributed import init_distributed
-from snnet.engine import backbone_of, evaluate_stitches, make_eval_loader
+from snnet.engine import evaluate_stitches, make_eval_loader
 from snnet.flops import prefix_shared_flops, stitch_flops
 from snnet.tasks import build_model, build_task
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--deit-batches", type=int, default=2)
 parser.add_argument("--deit-batch-size", type=int, default=2)
+parser.add_argument("--deit", default="s_l", choices=["s_l", "s_b_l"], help="the DeiT3 anchors")
 parser.add_argument("--configs", nargs="*", default=["quickstart", "quickstart_segmentation", "quickstart_depth"])
 parser.add_argument("--images", type=int, default=500, help="validation images per config")
 parser.add_argument("--threads", type=int, default=os.cpu_count())
@@ -46,7 +48,8 @@ def report(name: str, n: int, plain: float, shared: float, ratio: float, same: b
 
 def bench_deit3() -> None:
     torch.manual_seed(0)
-    model = SNNet([timm.create_model("deit3_small_patch16_224"), timm.create_model("deit3_large_patch16_224")]).eval()
+    sizes = {"s": "small", "b": "base", "l": "large"}
+    model = SNNet([timm.create_model(f"deit3_{sizes[a]}_patch16_224") for a in args.deit.split("_")]).eval()
     ids = model.stitch_ids
     plain = shared = 0.0
     same = True
@@ -61,7 +64,7 @@ def bench_deit3() -> None:
             t2 = time.perf_counter()
             plain, shared = plain + t1 - t0, shared + t2 - t1
             same &= all(torch.equal(out[i], ref[i]) for i in ids)
-    report(f"deit3_s_l {args.deit_batches}x{args.deit_batch_size} @224", len(ids), plain, shared,
+    report(f"deit3_{args.deit} {args.deit_batches}x{args.deit_batch_size} @224", len(ids), plain, shared,
            flops_ratio(model, dense=False), same)
 
 
@@ -80,7 +83,7 @@ def bench_config(name: str) -> None:
         times.append(time.perf_counter() - t0)
     n_images = min(args.images, len(task.val_set))
     report(f"{name} ({n_images} images)", len(model.stitch_ids), *times,
-           flops_ratio(backbone_of(model), dense=cfg.task != "classification"), results[0] == results[1])
+           flops_ratio(model.backbone, dense=cfg.task != "classification"), results[0] == results[1])
 
 
 print(f"{torch.get_num_threads()} threads, torch {torch.__version__}")

@@ -1,12 +1,13 @@
-"""Train a pair of quickstart anchors from scratch and ship them with the package.
+"""Train quickstart anchors from scratch and ship them with the package.
 
-Both anchors are plain timm ViTs trained with snnet's own loop (``snnet.engine.fit``) on the built-in
-shapes scenes; the recipe is ``configs/quickstart_anchors.yaml``. The weights go to
-``src/snnet/assets/quickstart/{small,large}_p{patch}.safetensors`` (float16), their validation accuracy to
-``anchors.json`` beside them. Each anchor resumes if interrupted.
+The anchors are plain timm ViTs trained with snnet's own loop (``snnet.engine.fit``) on the built-in
+shapes scenes; the recipe is ``configs/quickstart_anchors.yaml`` (its anchors are the roles small, medium,
+large). The weights go to ``src/snnet/assets/quickstart/{role}_p{patch}.safetensors`` (float16), their
+validation accuracy to ``anchors.json`` beside them. Each anchor resumes if interrupted.
 
-    python scripts/train_quickstart_anchors.py                  # 4x4 patches: the dense quickstarts' pair
-    python scripts/train_quickstart_anchors.py --patch-size 8   # 8x8 patches: the classification quickstart's
+    python scripts/train_quickstart_anchors.py --anchors small large                 # the dense quickstarts' pair
+    python scripts/train_quickstart_anchors.py --patch-size 8 --anchors small large  # the classification one's
+    python scripts/train_quickstart_anchors.py --patch-size 8 --anchors medium       # the chain's middle anchor
 """
 from __future__ import annotations
 
@@ -27,15 +28,20 @@ from snnet.tasks import build_task
 ASSETS = PACKAGE_DIR / "assets" / "quickstart"
 
 
-def main(patch_size: int, overrides: list[str]) -> None:
-    cfg = load_config("quickstart_anchors", [f"model.anchors.{i}.kwargs.patch_size={patch_size}" for i in (0, 1)]
-                      + overrides)
+ROLES = ("small", "medium", "large")  # the config's anchors, in order
+
+
+def main(patch_size: int, roles: list[str], overrides: list[str]) -> None:
+    cfg = load_config("quickstart_anchors", [f"model.anchors.{i}.kwargs.patch_size={patch_size}"
+                                             for i in range(len(ROLES))] + overrides)
     env = init_distributed("cpu")
     task = build_task(cfg)
     run_root = Path(cfg.output_dir)
     report_path = ASSETS / "anchors.json"
     report = json.loads(report_path.read_text()) if report_path.exists() else {}
-    for role, anchor in zip(("small", "large"), cfg.model.anchors):
+    for role, anchor in zip(ROLES, cfg.model.anchors):
+        if role not in roles:
+            continue
         name = f"{role}_p{patch_size}"
         cfg.output_dir = str(run_root / name)
         model = timm.create_model(anchor.name, **anchor.kwargs)
@@ -55,6 +61,7 @@ def main(patch_size: int, overrides: list[str]) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--patch-size", type=int, default=4, help="both anchors' patch size (default 4)")
+    parser.add_argument("--anchors", nargs="+", choices=ROLES, default=list(ROLES), help="the roles to train")
     parser.add_argument("overrides", nargs="*", help="config overrides, section.key=value")
     args = parser.parse_args()
-    main(args.patch_size, args.overrides)
+    main(args.patch_size, args.anchors, args.overrides)

@@ -206,3 +206,19 @@ def test_a_three_anchor_config_trains_and_evaluates_through_the_cli(tmp_path, ca
                  "--no-progress"]) == 0
     again = [json.loads(line) for line in (tmp_path / "run" / "results.jsonl").read_text().splitlines()]
     assert [(r["stitch_id"], r["acc1"]) for r in again] == [(r["stitch_id"], r["acc1"]) for r in rows]
+
+
+def test_the_three_anchor_quickstart_ships_its_anchors():
+    """quickstart_chain: the shipped small, medium and large anchors (scripts/train_quickstart_anchors.py), 83
+    stitches over depths 6/6/12, the medium anchor's weights those of its file."""
+    from safetensors.torch import load_file
+
+    from snnet.config import PACKAGE_DIR, load_config
+    from snnet.tasks import build_model
+
+    model = build_model(load_config("quickstart_chain"), load_weights=True)
+    assert model.depths == (6, 6, 12) and model.widths == (48, 72, 96) and len(model.stitch_ids) == 83
+    assert {s.kind for s in model.stitches} == {"anchor", "SL", "LS", "LSL", "SLS", "SML", "LMS"}
+    shipped = load_file(PACKAGE_DIR / "assets" / "quickstart" / "medium_p8.safetensors")
+    own = model.anchors[1].state_dict()
+    assert all(torch.equal(own[k], v.float()) for k, v in shipped.items())
