@@ -191,15 +191,50 @@ def cmd_eval(args) -> int:
     if heads is not None and heads != classes:
         raise SNNetError(f"the data has {classes} classes but the trained heads have {heads}")
     run_dir = Path(cfg.output_dir)
+    exported = bool(args.onnx or args.quantize)
     with run_dir_lock(run_dir, env):
         task = build_task(cfg, progress=not args.no_progress and env.is_main, train=False)
         check_data(task, cfg, env, train=False)
-        model = model_for_eval(found, cfg, task.num_classes).to(env.device)
-        written = evaluate_and_report(model, task, cfg, env, run_dir, ids, progress=not args.no_progress)
+        if exported:
+            written = _eval_exported(args, cfg, env, task, found, ids, run_dir)
+        else:
+            model = model_for_eval(found, cfg, task.num_classes).to(env.device)
+            written = evaluate_and_report(model, task, cfg, env, run_dir, ids, progress=not args.no_progress)
     if env.is_main:
         print(f"results in {run_dir}/: {', '.join(p.name for p in written)}")
     cleanup()
     return 0
+
+
+def _eval_exported(args, cfg, env, task, found, ids, run_dir: Path) -> list[Path] | None:
+    """``snnet eval --onnx FILE ...``, or ``--quantize int8``: the stitches exported to int8 ONNX on the fly, then
+    each file through ONNX Runtime into the run's results (precision-labelled columns)."""
+    import tempfile
+
+    from .engine import evaluate_exported
+    from .export import export_stitch
+    from .tasks import build_task
+
+    if args.onnx and args.quantize:
+        raise SNNetError("give --onnx files or --quantize int8 (which exports them), not both")
+    if args.quantize_method and not args.quantize:
+        raise SNNetError("--quantize-method applies to --quantize int8")
+    method = args.quantize_method or "dynamic"
+    if args.calibration_images is not None and method != "static":
+        raise SNNetError("--calibration-images calibrates static quantisation: add --quantize-method static")
+    if args.onnx:
+        return evaluate_exported([Path(f) for f in args.onnx], task, cfg, env, run_dir, not args.no_progress)
+    model = model_for_eval(found, cfg, task.num_classes).cpu().eval()  # ONNX Runtime runs on the CPU
+    size = model.img_size
+    quantized = {"quantize": args.quantize, "method": method}
+    calibrate_on = build_task(cfg, progress=False) if method == "static" else None  # its training images
+    with tempfile.TemporaryDirectory() as tmp:
+        files = []
+        for sid in ids or cfg.eval.stitches or model.stitch_ids:
+            if calibrate_on is not None:  # the calibration batches are an iterator: one per file
+                quantized.update(_calibration(cfg, args.calibration_images or 100, size, calibrate_on))
+            files.append(export_stitch(model, sid, "onnx", Path(tmp) / f"stitch{sid}.onnx", size, **quantized)[0])
+        return evaluate_exported(files, task, cfg, env, run_dir, not args.no_progress)
 
 
 def cmd_flops(args) -> int:
@@ -228,13 +263,15 @@ def cmd_flops(args) -> int:
 
 def cmd_select(args) -> int:
     from .results import format_table, frontier
-    from .selection import choose_stitch
+    from .selection import choose_stitch, precision_rows
     from .tasks import TASKS
 
     task = results_task(Path(args.results))
     rows, metric, higher = budget_rows(args, args.results, task)
+    rows = precision_rows(rows, metric, args.precision)
     best = choose_stitch(rows, metric, higher, args.max_gflops, args.max_latency_ms)
-    metrics = tuple(dict.fromkeys(k for k in (*TASKS[task].report_metrics, metric, "latency_ms") if k in best))
+    shown = (*TASKS[task].report_metrics, metric, "latency_ms") + (("precision",) if args.precision != "fp32" else ())
+    metrics = tuple(dict.fromkeys(k for k in shown if k in best))
     budget = f"{args.max_gflops} GFLOPs" if args.max_gflops is not None else f"{args.max_latency_ms} ms"
     print(f"best stitch under {budget} by {metric} ({'higher' if higher else 'lower'} is better):")
     print(format_table([best], metrics))
@@ -242,7 +279,8 @@ def cmd_select(args) -> int:
         cost, key, limit = (("flops", "gflops", args.max_gflops) if args.max_gflops is not None
                             else ("latency_ms", "latency_ms", args.max_latency_ms))
         print("frontier within the budget:")
-        print(format_table([r for r in frontier(rows, metric, higher, cost) if r[key] <= limit], metrics))
+        costed = [r for r in rows if cost in r and all(m in r for m in metrics)]
+        print(format_table([r for r in frontier(costed, metric, higher, cost) if r[key] <= limit], metrics))
     return 0
 
 
@@ -306,17 +344,47 @@ def cmd_export(args) -> int:
     model_dir, run = run_of(args.checkpoint)
     output = Path(args.output)
     check_output([output, sidecar_path(output)], model_dir, run)
+    if args.quantize and args.format != "onnx":
+        raise SNNetError(f"--quantize int8 takes --format onnx (ONNX Runtime runs it), not {args.format}")
+    if args.quantize_method and not args.quantize:
+        raise SNNetError("--quantize-method applies to --quantize int8")
+    method = args.quantize_method or "dynamic"
+    if args.calibration_images is not None and method != "static":
+        raise SNNetError("--calibration-images calibrates static quantisation: add --quantize-method static")
     model = load_pretrained(model_dir)
     sid = pick_stitch(args, model, run)
     size = tuple(args.img_size) if args.img_size else model.img_size
+    quantized = {}
+    if args.quantize:
+        quantized = {"quantize": args.quantize, "method": method}
+        if method == "static":
+            if run is None or not (run / "config.yaml").is_file():
+                raise SNNetError("static quantisation calibrates on the run's training images: give --checkpoint "
+                                 "a run directory with its config.yaml")
+            from .config import load_config
+            quantized.update(_calibration(load_config(str(run / "config.yaml")), args.calibration_images or 100, size))
     into_run = run is not None and run.resolve() in output.resolve().parents
     # a writer into the run holds it, as training does; the pair is in place only once the line is printed
     with RunLock(run) if into_run else nullcontext(), together():
-        written = export_stitch(model, sid, args.format, output, size, args.batch, run_info(run, model))
+        written = export_stitch(model, sid, args.format, output, size, args.batch, run_info(run, model), **quantized)
+        how = f"{args.format}" + (f", int8 ({method})" if args.quantize else "")
         print(f"stitch {sid} ({model.describe(sid)}, {model.flops(sid, size) / 1e9:.3f} GFLOPs at "
-              f"{size[0]}x{size[1]}) exported as {args.format}: {', '.join(map(str, written))}")
+              f"{size[0]}x{size[1]}) exported as {how}: {', '.join(map(str, written))}")
         sys.stdout.flush()
     return 0
+
+
+def _calibration(cfg, num_images: int, size: tuple[int, int], task=None) -> dict:
+    """Static quantisation's calibration: ``num_images`` of the run's training images, read through its own data
+    config with the evaluation transform (what a deployed stitch sees)."""
+    from .quantize import calibration_batches
+    from .tasks import build_task
+
+    task = task if task is not None and task.init_set is not None else build_task(cfg, progress=False)
+    batches = calibration_batches(task.init_set, num_images, size, cfg.train.seed)
+    return {"calibration": batches, "calibration_info": {
+        "images": num_images, "split": "train", "transform": "eval", "seed": cfg.train.seed,
+        "dataset": cfg.data.dataset, "root": cfg.data.root}}
 
 
 def cmd_profile(args) -> int:
@@ -350,16 +418,23 @@ def _profile(args, run: Path, model_dir: Path, device) -> int:
     size = tuple(args.img_size) if args.img_size else model.img_size
     timed = stitch_latency(model, ids, size, args.batch, args.repeats, args.warmup, progress=not args.no_progress)
     where = f"{device.type}" + (f", {torch.get_num_threads()} threads" if device.type == "cpu" else "")
-    extra = {}
-    if args.onnx:
+    # ONNX Runtime on the CPU: (median column, IQR column, quantisation) -> {stitch: (median, IQR)}
+    runtimes = ([("latency_onnx_ms", "latency_onnx_iqr_ms", None)] if args.onnx else []) + \
+        ([("latency_ms@int8", "latency_iqr_ms@int8", "int8")] if args.quantize else [])
+    extra: dict[tuple, dict[int, tuple[float, float]]] = {}
+    if runtimes:
         import tempfile
 
         from .export import export_stitch
-        model = model.cpu()  # ONNX Runtime runs on the CPU
+        model = model.cpu()
         with tempfile.TemporaryDirectory() as tmp:
-            for sid in ids:
-                path = export_stitch(model, sid, "onnx", Path(tmp) / f"{sid}.onnx", size, args.batch)[0]
-                extra[sid] = onnx_latency(str(path), args.batch, size, torch.get_num_threads(), args.repeats, args.warmup)
+            for columns in runtimes:
+                extra[columns] = {}
+                for sid in ids:
+                    path = export_stitch(model, sid, "onnx", Path(tmp) / f"{sid}.onnx", size, args.batch,
+                                         quantize=columns[2])[0]
+                    extra[columns][sid] = onnx_latency(str(path), args.batch, size, torch.get_num_threads(),
+                                                       args.repeats, args.warmup)
     setting = f"batch {args.batch}, {size[0]}x{size[1]}, {where}"
     stale = 0
     for r in rows:
@@ -371,8 +446,8 @@ def _profile(args, run: Path, model_dir: Path, device) -> int:
         if retimed:
             r["latency_ms"], r["latency_iqr_ms"] = timed[r["stitch_id"]]
             r["latency_setting"] = setting
-            if r["stitch_id"] in extra:
-                r["latency_onnx_ms"], r["latency_onnx_iqr_ms"] = extra[r["stitch_id"]]
+            for (ms, iqr, _), by_id in extra.items():
+                r[ms], r[iqr] = by_id[r["stitch_id"]]
     if stale:
         print(f"dropped the latency of {stale} stitches measured in another setting")
     task = TASKS[model.task]
@@ -381,10 +456,12 @@ def _profile(args, run: Path, model_dir: Path, device) -> int:
         write_results(run, rows)
         plot = plot_pareto(profiled, run / "pareto_latency.png", task.primary_metric, task.higher_is_better,
                            title=f"{task.primary_metric} vs latency ({setting})", cost="latency_ms")
-        print(f"{'id':>4} {'GFLOPs':>9} {'ms':>9} {'IQR':>7}" + (f" {'onnx ms':>9}" if extra else "") + "  route")
+        heads = {"latency_onnx_ms": "onnx ms", "latency_ms@int8": "int8 ms"}
+        print(f"{'id':>4} {'GFLOPs':>9} {'ms':>9} {'IQR':>7}" + "".join(f" {heads[c[0]]:>9}" for c in extra)
+              + "  route")
         for sid in ids:
             r = next(r for r in rows if r["stitch_id"] == sid)
-            onnx = f" {r['latency_onnx_ms']:9.2f}" if extra else ""
+            onnx = "".join(f" {r[c[0]]:9.2f}" for c in extra)
             print(f"{sid:>4} {r['gflops']:9.3f} {r['latency_ms']:9.2f} {r['latency_iqr_ms']:7.2f}{onnx}  "
                   f"{r.get('route', '')}")
         print(f"latency of {len(ids)} stitches ({setting}) written to {run / 'results.jsonl'}; plot {plot}")
@@ -466,6 +543,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stitches", help="comma-separated stitch ids (default: all); a subset writes results_subset.*")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--onnx", nargs="+", metavar="FILE",
+                   help="exported ONNX stitches to evaluate with ONNX Runtime into the run's results (acc1@int8, ...)")
+    p.add_argument("--quantize", choices=["int8"], help="export the stitches to int8 ONNX and evaluate those")
+    p.add_argument("--quantize-method", choices=["dynamic", "static"], help="as snnet export's (default dynamic)")
+    p.add_argument("--calibration-images", type=_at_least(1), help="static: training images to calibrate on (100)")
     _add_share_flag(p)
     p.set_defaults(func=cmd_eval)
 
@@ -483,6 +565,9 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--max-latency-ms", type=float, help="needs latency_ms in the results (snnet profile)")
     add_metric_options(p)
     p.add_argument("--frontier", action="store_true", help="also list the frontier within the budget")
+    p.add_argument("--precision", choices=["fp32", "int8", "any"], default="fp32",
+                   help="the PyTorch float32 figures (default), the int8 files' (snnet eval / profile --quantize), "
+                        "or the best of both per stitch")
     p.set_defaults(func=cmd_select)
 
     p = sub.add_parser("export", help="one stitch as a standalone ONNX, TorchScript or safetensors model")
@@ -496,6 +581,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="file to write; a JSON sidecar goes beside it (<output>.json)")
     p.add_argument("--img-size", type=_at_least(1), nargs=2, metavar=("H", "W"), help="input size (default: the anchors')")
     p.add_argument("--batch", type=_at_least(1), default=1, help="example batch for tracing (ONNX keeps the batch dynamic)")
+    p.add_argument("--quantize", choices=["int8"], help="quantise the ONNX file with ONNX Runtime's tools")
+    p.add_argument("--quantize-method", choices=["dynamic", "static"],
+                   help="dynamic (weights int8, activations at run time; default) or static QDQ (calibrated)")
+    p.add_argument("--calibration-images", type=_at_least(1),
+                   help="static: training images to calibrate on, read through the run's data config (default 100)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("profile", help="measure every stitch's latency on this device into the run's results")
@@ -508,6 +598,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=_at_least(1), default=10, help="timed forwards per stitch (median and IQR)")
     p.add_argument("--warmup", type=_at_least(0), default=3)
     p.add_argument("--onnx", action="store_true", help="also time each stitch exported to ONNX Runtime (CPU)")
+    p.add_argument("--quantize", choices=["int8"],
+                   help="also time each stitch's int8 ONNX file (dynamic) under ONNX Runtime: latency_ms@int8")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_profile)
 

@@ -491,3 +491,38 @@ def evaluate_and_report(model: SNNet | ChoosesStitches, task, cfg: RunConfig, en
         print(format_table(frontier(rows, task.primary_metric, task.higher_is_better), task.report_metrics))
         sys.stdout.flush()
     return files
+
+
+def evaluate_exported(files: list[Path], task, cfg: RunConfig, env: DistEnv, run_dir: Path,
+                      progress: bool = True) -> list[Path] | None:
+    """Each exported ONNX stitch through ONNX Runtime on the run's validation data, into the run's results as
+    precision-labelled columns (``acc1@int8``, ``acc1@fp32``, ...) beside the PyTorch ones, which stay."""
+    from .export import precision_label, read_sidecar
+    from .results import read_results, write_results
+    from .runtime import OnnxStitch
+
+    if cfg.eval.mode == "slide":
+        raise SNNetError("ONNX files take whole images: evaluate them with eval.mode=whole")
+    if not (run_dir / "results.jsonl").is_file():
+        raise SNNetError(f"no results.jsonl in {run_dir}: evaluate the run first (snnet eval), then its ONNX files")
+    rows = read_results(run_dir / "results.jsonl")
+    by_id = {r["stitch_id"]: r for r in rows}
+    checked = []
+    for f in files:
+        info = read_sidecar(f)
+        if info.get("export_format") != "onnx":
+            raise SNNetError(f"{f} is {info.get('export_format')}, not ONNX")
+        if info.get("task", "classification") != task.name or info["stitch_id"] not in by_id:
+            raise SNNetError(f"{f} is stitch {info['stitch_id']} of a {info.get('task')} model, not in "
+                             f"{run_dir / 'results.jsonl'}")
+        checked.append((f, info))
+    loader = make_eval_loader(task.val_set, cfg.data.eval_batch_size or int(1.5 * cfg.data.batch_size),
+                              cfg.data.workers, env, cfg.eval.max_images, task.eval_collate)
+    for f, info in checked:
+        metrics = evaluate_stitches(OnnxStitch(f), task, loader, [None], env, amp=False, progress=progress)[None]
+        label = precision_label(info)
+        by_id[info["stitch_id"]].update({f"{k}@{label}": v for k, v in metrics.items() if k != "images"})
+        if env.is_main:
+            print(f"stitch {info['stitch_id']} {label} ({f}): " +
+                  ", ".join(f"{k} {metrics[k]:.4g}" for k in task.report_metrics))
+    return list(write_results(run_dir, rows)) if env.is_main else None

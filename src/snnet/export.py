@@ -10,8 +10,9 @@ from __future__ import annotations
 import copy
 import importlib.util
 import json
+import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from ._atomic import atomic_path, together
 from .errors import SNNetError
 from .model import SNNet, embed_tokens, tap_maps
 from .pretrained import saved_config
+from .quantize import quantize_onnx
 from .stitch_space import LayerRef, route_steps, route_taps, tap_layers
 from .tasks.dense import DenseModel
 
@@ -138,11 +140,19 @@ def sidecar_path(path: str | Path) -> Path:
 
 
 def export_stitch(model: SNNet | DenseModel, stitch_id: int, fmt: str, output: str | Path,
-                  img_size: tuple[int, int], batch: int = 1, info: dict | None = None) -> list[Path]:
+                  img_size: tuple[int, int], batch: int = 1, info: dict | None = None, quantize: str | None = None,
+                  method: str = "dynamic", calibration: Iterable[torch.Tensor] | None = None,
+                  calibration_info: dict | None = None) -> list[Path]:
     """Write the stitch as ``fmt`` (onnx, torchscript or safetensors) to ``output`` with its JSON sidecar;
-    ``info`` adds entries to the sidecar (normalisation, class names). Both files are written atomically."""
+    ``info`` adds entries to the sidecar (normalisation, class names). ``quantize="int8"`` (ONNX only) writes the
+    int8 file of ``snnet.quantize.quantize_onnx`` instead (``method``, its ``calibration`` batches and their
+    ``calibration_info`` for the sidecar). Both files are written atomically."""
     if fmt not in FORMATS:
         raise SNNetError(f"unknown export format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    if quantize not in (None, "int8"):
+        raise SNNetError(f"unknown quantisation {quantize!r}: expected int8")
+    if quantize and fmt != "onnx":
+        raise SNNetError(f"int8 quantisation takes ONNX exports (ONNX Runtime runs them), not {fmt}")
     output = Path(output)
     if output.is_dir():
         raise SNNetError(f"--output {output} is a directory: give a file name")
@@ -164,6 +174,7 @@ def export_stitch(model: SNNet | DenseModel, stitch_id: int, fmt: str, output: s
                "route": s.describe(), "flops": flops, "gflops": flops / 1e9, "params": model.params(s.id),
                "input_size": list(img_size), "batch": "dynamic" if fmt == "onnx" else batch,
                "input": "images (B, 3, H, W), float32, normalised with mean and std",
+               "precision": quantize or "fp32",
                **(info or {}), "model": saved_config(model)}  # its task names the class that rebuilds it
     side = sidecar_path(output)
     # both files go to temp files first and replace the earlier pair together: a failed or killed export leaves it
@@ -176,6 +187,12 @@ def export_stitch(model: SNNet | DenseModel, stitch_id: int, fmt: str, output: s
                 warnings.simplefilter("ignore", torch.jit.TracerWarning)
                 warnings.simplefilter("ignore", FutureWarning)
                 torch.jit.trace(net, example, check_trace=False).save(str(tmp))
+        elif quantize:
+            with tempfile.TemporaryDirectory() as scratch:
+                fp32 = Path(scratch) / "fp32.onnx"
+                _onnx(net, example, fp32)
+                sidecar["quantization"] = {**quantize_onnx(fp32, tmp, method, calibration),
+                                           **({"calibration": calibration_info} if calibration_info else {})}
         else:
             _onnx(net, example, tmp)
         side_tmp.write_text(json.dumps(sidecar, indent=1) + "\n", encoding="utf-8")
@@ -194,10 +211,9 @@ def _onnx(net: nn.Module, example: torch.Tensor, path: Path) -> None:
     program.save(str(path))
 
 
-def load_exported(path: str | Path) -> nn.Module:
-    """The plain ``nn.Module`` of a stitch exported as safetensors (its sidecar says how to rebuild it)."""
-    from .pretrained import load_state_checked, model_from_config
-    from .files import read_json, read_safetensors
+def read_sidecar(path: str | Path) -> dict:
+    """The JSON sidecar of an exported stitch file, checked to be snnet's."""
+    from .files import read_json
 
     path = Path(path)
     side = sidecar_path(path)
@@ -206,6 +222,23 @@ def load_exported(path: str | Path) -> nn.Module:
     info = read_json(side, "export sidecar")
     if not isinstance(info, dict) or info.get("format") != EXPORT_FORMAT or "model" not in info:
         raise SNNetError(f"{side} is not an snnet export sidecar")
+    return info
+
+
+def precision_label(info: dict) -> str:
+    """How results name a file's precision: fp32, int8 (dynamic) or int8-static."""
+    precision = info.get("precision", "fp32")
+    return f"{precision}-static" if info.get("quantization", {}).get("method") == "static" else precision
+
+
+def load_exported(path: str | Path) -> nn.Module:
+    """The plain ``nn.Module`` of a stitch exported as safetensors (its sidecar says how to rebuild it)."""
+    from .pretrained import load_state_checked, model_from_config
+    from .files import read_safetensors
+
+    path = Path(path)
+    side = sidecar_path(path)
+    info = read_sidecar(path)
     if info.get("export_format") != "safetensors":
         raise SNNetError(f"{path} is {info.get('export_format')}: load it with onnxruntime or torch.jit.load")
     net = deployable(model_from_config(info["model"], str(side)), info["stitch_id"])

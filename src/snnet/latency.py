@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from .errors import SNNetError
+from .runtime import onnx_session
 
 
 def time_call(fn: Callable[[], object], device: torch.device, repeats: int = 10, warmup: int = 3) -> tuple[float, float]:
@@ -59,13 +60,7 @@ def onnx_latency(path: str, batch: int, img_size: tuple[int, int], threads: int,
                  warmup: int = 3) -> tuple[float, float]:
     """(median ms, IQR ms) of an exported ONNX model under ONNX Runtime on the CPU."""
     import numpy as np
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise SNNetError("timing ONNX models needs onnxruntime: pip install 'snnet[export]'") from None
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    session = onnx_session(path, threads)
     feed = {session.get_inputs()[0].name: np.random.default_rng(0).standard_normal((batch, 3, *img_size), dtype=np.float32)}
     return time_call(lambda: session.run(None, feed), torch.device("cpu"), repeats, warmup)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ._atomic import atomic_path, atomic_write_text
 from .errors import SNNetError
-from .selection import is_number, pareto_frontier
+from .selection import is_number, pareto_frontier, precision_rows
 
 BASE_COLUMNS = ("stitch_id", "kind", "route", "gflops", "params_m")
 KIND_COLORS = {"SL": "tab:blue", "LS": "tab:orange", "LSL": "tab:green", "SLS": "tab:red", "SML": "tab:purple",
@@ -83,7 +83,7 @@ def frontier(rows: list[dict], metric: str, higher_is_better: bool = True, cost:
     for key in (metric, cost):
         if any(key not in r for r in rows):
             raise SNNetError(f"{key!r} is not in the results (columns: {', '.join(rows[0])})")
-    by_id = {r["stitch_id"]: r for r in rows}
+    by_id = dict(enumerate(rows))  # a stitch may have a row per precision (selection.precision_rows)
     ids = pareto_frontier({i: r[cost] for i, r in by_id.items()}, {i: r[metric] for i, r in by_id.items()},
                           higher_is_better)
     return [by_id[i] for i in ids]
@@ -120,6 +120,14 @@ def plot_pareto(rows: list[dict], path: str | Path, metric: str, higher_is_bette
             ax.scatter([r[cost] for r in pts], [r[metric] for r in pts], s=14, color=color, alpha=0.7, label=kind)
     front = frontier(rows, metric, higher_is_better, "flops" if cost == "gflops" else cost)
     ax.plot([r[cost] for r in front], [r[metric] for r in front], color="gray", lw=1.2, label="Pareto frontier")
+    int8 = [r for r in rows if f"{metric}@int8" in r and "latency_ms@int8" in r] if cost == "latency_ms" else []
+    if int8:  # the int8 ONNX files (snnet profile / eval --quantize int8), and the frontier over both precisions
+        ax.scatter([r["latency_ms@int8"] for r in int8], [r[f"{metric}@int8"] for r in int8], s=22, marker="x",
+                   color="black", alpha=0.7, label="int8 (ONNX Runtime)")
+        both = [r for r in precision_rows(rows, metric, "any") if "latency_ms" in r]
+        front = frontier(both, metric, higher_is_better, "latency_ms")
+        ax.plot([r["latency_ms"] for r in front], [r[metric] for r in front], color="black", lw=1.2, ls="--",
+                label="frontier over fp32 and int8")
     for r in rows:
         if r["kind"] == "anchor":
             ax.scatter([r[cost]], [r[metric]], marker="*", s=160, color="gold", edgecolor="black", zorder=5)

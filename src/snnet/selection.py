@@ -73,12 +73,43 @@ class ChoosesStitches:
         return best_under_budget(self.flops_table(), metric, max_flops, higher_is_better)
 
 
+PRECISIONS = ("fp32", "int8")
+
+
+def precision_rows(rows: list[dict], metric: str, precision: str = "fp32") -> list[dict]:
+    """The candidates of a results table at ``precision`` (fp32, int8 or any): a row per (stitch, precision) the
+    table measured, an int8 one taking its ``<metric>@int8`` and ``latency_ms@int8`` columns as its metric and
+    latency, and each marked with its ``precision``. Under ``any`` a float32 row's latency is its ONNX Runtime
+    time (``latency_onnx_ms``) when the table has it, so both precisions are timed by the same runtime."""
+    if precision not in (*PRECISIONS, "any"):
+        raise SNNetError(f"unknown precision {precision!r}: expected fp32, int8 or any")
+    out = []
+    if precision in ("fp32", "any"):
+        for r in rows:
+            out.append(dict(r, precision="fp32"))
+            if precision == "any" and "latency_onnx_ms" in r:  # against int8 files: the float32 file's time
+                out[-1]["latency_ms"] = r["latency_onnx_ms"]
+    if precision in ("int8", "any"):
+        for r in rows:
+            if f"{metric}@int8" in r:
+                q = {k: v for k, v in r.items() if k != "latency_ms"}  # the PyTorch latency is not the int8 file's
+                q.update({metric: r[f"{metric}@int8"], "precision": "int8"})
+                if "latency_ms@int8" in r:
+                    q["latency_ms"] = r["latency_ms@int8"]
+                out.append(q)
+        if not any(r["precision"] == "int8" for r in out):
+            raise SNNetError(f"the results have no {metric}@int8: evaluate int8 files first "
+                             f"(snnet eval --quantize int8)")
+    return out
+
+
 def choose_stitch(rows: list[dict], metric: str, higher_is_better: bool = True, max_gflops: float | None = None,
                   max_latency_ms: float | None = None) -> dict:
-    """The results row with the best ``metric`` under a GFLOPs or a latency budget (exactly one is given)."""
+    """The results row with the best ``metric`` under a GFLOPs or a latency budget (exactly one is given); rows
+    may hold a stitch more than once (at several precisions: ``precision_rows``)."""
     if (max_gflops is None) == (max_latency_ms is None):
         raise SNNetError("give one budget: a GFLOPs or a latency budget")
-    by_id = {r["stitch_id"]: r for r in rows}
+    by_id = dict(enumerate(rows))  # ties go to the earlier row: the lower id, fp32 before int8
     if max_gflops is not None:
         cost, budget, unit, key = {i: r["flops"] for i, r in by_id.items()}, max_gflops * 1e9, "GFLOPs", "gflops"
     else:

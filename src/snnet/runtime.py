@@ -1,0 +1,38 @@
+"""Exported ONNX stitches under ONNX Runtime (CPU): a session per file, and the file as a torch module so the
+evaluation loop and the timer run it as they run a model."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import SNNetError
+
+
+def onnx_session(path: str | Path, threads: int | None = None):
+    """An ONNX Runtime CPU session of ``path`` (``threads``: intra-op threads, default ONNX Runtime's)."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise SNNetError("running ONNX models needs onnxruntime: pip install 'snnet[export]'") from None
+    opts = ort.SessionOptions()
+    if threads is not None:
+        opts.intra_op_num_threads = threads
+    try:
+        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    except Exception as e:  # a damaged or foreign file: ONNX Runtime raises its own types
+        raise SNNetError(f"ONNX Runtime cannot load {path}: {str(e).strip().splitlines()[0]}") from None
+
+
+class OnnxStitch(nn.Module):
+    """An exported stitch run by ONNX Runtime: float32 images in, the file's output as a tensor on their device."""
+
+    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+        super().__init__()
+        self.session = onnx_session(path, threads)
+        self.input_name = self.session.get_inputs()[0].name
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.session.run(None, {self.input_name: x.detach().float().cpu().numpy()})[0]
+        return torch.from_numpy(out).to(x.device)

@@ -1,0 +1,133 @@
+"""int8 deployment (issue 22): ONNX Runtime's dynamic and static quantisation of exported stitches, their sidecars,
+evaluation of ONNX files into the run's results beside the PyTorch figures, and the one-line errors."""
+import json
+import sys
+
+import pytest
+import torch
+
+from snnet.export import sidecar_path
+from snnet.runtime import OnnxStitch
+from test_cli import read_jsonl, snnet, write_config
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A tiny least-squares-initialised run (S/L depths 3/6) with its results table."""
+    tmp = tmp_path_factory.mktemp("q")
+    assert snnet("train", "--config", str(write_config(tmp, train={"epochs": 0}))) == 0
+    return tmp / "run"
+
+
+def export(run, out, *extra):
+    return snnet("export", "--checkpoint", str(run), "--stitch", "5", "--format", "onnx", "--output", str(out), *extra)
+
+
+def test_int8_files_are_close_to_float32_and_say_how_they_were_made(run, tmp_path):
+    """int8 rounds each quantised tensor to 255 levels of its range: per value at most half a step, about 0.4 % of
+    the range, and typically far less (uniform rounding error, step / sqrt(12)). Through the five linear layers of
+    stitch 5 the logits move by about 1 % (measured 0.8 %) of their norm; 5 % leaves a margin of six. A file that
+    was not quantised would move by ~1e-7."""
+    assert export(run, tmp_path / "fp32.onnx") == 0
+    assert export(run, tmp_path / "dyn.onnx", "--quantize", "int8") == 0
+    assert export(run, tmp_path / "st.onnx", "--quantize", "int8", "--quantize-method", "static",
+                  "--calibration-images", "24") == 0
+    torch.manual_seed(0)
+    x = torch.randn(16, 3, 32, 32)
+    ref = OnnxStitch(tmp_path / "fp32.onnx")(x)
+    for name in ("dyn", "st"):
+        out = OnnxStitch(tmp_path / f"{name}.onnx")(x)
+        rel = float((out - ref).norm() / ref.norm())
+        assert 1e-4 < rel < 0.05, (name, rel)
+        assert (tmp_path / f"{name}.onnx").stat().st_size < 0.6 * (tmp_path / "fp32.onnx").stat().st_size
+    fp32, dyn, st = (json.loads(sidecar_path(tmp_path / f"{n}.onnx").read_text()) for n in ("fp32", "dyn", "st"))
+    assert fp32["precision"] == "fp32" and "quantization" not in fp32
+    assert dyn["precision"] == "int8" and dyn["quantization"] == {
+        "method": "dynamic", "ops": ["MatMul", "Gemm"], "weights": "int8, per tensor", "activations": "int8 at run time"}
+    assert st["quantization"]["method"] == "static" and st["quantization"]["ops"] == ["MatMul", "Gemm", "Conv"]
+    assert st["quantization"]["calibration"] == {"images": 24, "split": "train", "transform": "eval", "seed": 0,
+                                                 "dataset": "shapes", "root": None}
+    assert dyn["stitch_id"] == 5 and dyn["input_size"] == [32, 32]
+
+
+def test_eval_of_onnx_files_fills_precision_columns(run, tmp_path):
+    """A float32 ONNX file evaluates to the PyTorch stitch's metrics; int8 files add their own columns."""
+    before = {r["stitch_id"]: r for r in read_jsonl(run / "results.jsonl")}
+    assert export(run, tmp_path / "fp32.onnx") == 0
+    assert export(run, tmp_path / "dyn.onnx", "--quantize", "int8") == 0
+    assert snnet("eval", "--config", str(run / "config.yaml"), "--checkpoint", str(run), "--onnx",
+                 str(tmp_path / "fp32.onnx"), str(tmp_path / "dyn.onnx")) == 0
+    rows = {r["stitch_id"]: r for r in read_jsonl(run / "results.jsonl")}
+    r = rows[5]
+    for m in ("acc1", "acc5", "loss"):
+        assert r[m] == before[5][m] and r[f"{m}@fp32"] == pytest.approx(r[m], abs=1e-6)
+        assert f"{m}@int8" in r
+    assert all(k in before[sid] for sid, row in rows.items() if sid != 5 for k in row)  # other rows unchanged
+    header = (run / "results.csv").read_text().splitlines()[0].split(",")
+    assert {"acc1@fp32", "acc1@int8"} <= set(header)
+    # exporting on the fly: the same int8 figures
+    assert snnet("eval", "--config", str(run / "config.yaml"), "--checkpoint", str(run), "--quantize", "int8",
+                 "--stitches", "5") == 0
+    again = {x["stitch_id"]: x for x in read_jsonl(run / "results.jsonl")}[5]
+    assert again["loss@int8"] == pytest.approx(r["loss@int8"], abs=1e-6) and again["acc1@int8"] == r["acc1@int8"]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--format", "torchscript", "--quantize", "int8"], "--quantize int8 takes --format onnx"),
+    (["--format", "onnx", "--quantize-method", "static"], "--quantize-method applies to --quantize int8"),
+    (["--format", "onnx", "--quantize", "int8", "--calibration-images", "8"],
+     "--calibration-images calibrates static quantisation: add --quantize-method static"),
+    (["--format", "onnx", "--quantize", "int8", "--quantize-method", "static", "--calibration-images", "97"],
+     "--calibration-images 97 is not between 1 and the 96 training images"),
+])
+def test_bad_quantisation_input_is_one_line(run, tmp_path, capsys, extra, message):
+    out = tmp_path / "x.onnx"
+    assert snnet("export", "--checkpoint", str(run), "--stitch", "5", "--output", str(out), *extra) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and not out.exists() and not sidecar_path(out).exists()
+
+
+def test_missing_onnxruntime_is_one_line(run, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails as if it were not installed
+    monkeypatch.setitem(sys.modules, "onnxruntime.quantization", None)
+    assert export(run, tmp_path / "q.onnx", "--quantize", "int8") == 2
+    err = capsys.readouterr().err
+    assert "int8 quantisation needs onnxruntime: pip install 'snnet[export]'" in err and err.count("\n") == 1
+    assert not (tmp_path / "q.onnx").exists()
+
+
+def test_select_chooses_a_stitch_and_a_precision(tmp_path, capsys):
+    """Hand-made table: stitch 1 in int8 (59.5 % at 1.5 ms) beats stitch 0 in float32 (50 % at 2 ms)."""
+    rows = [{"stitch_id": 0, "kind": "anchor", "route": "S", "flops": 1e9, "gflops": 1.0, "params_m": 1.0,
+             "acc1": 50.0, "latency_ms": 2.0, "acc1@int8": 49.0, "latency_ms@int8": 1.0},
+            {"stitch_id": 1, "kind": "anchor", "route": "L", "flops": 3e9, "gflops": 3.0, "params_m": 3.0,
+             "acc1": 60.0, "latency_ms": 3.0, "acc1@int8": 59.5, "latency_ms@int8": 1.5},
+            {"stitch_id": 2, "kind": "SL", "route": "SL", "flops": 2e9, "gflops": 2.0, "params_m": 2.0,
+             "acc1": 55.0, "latency_ms": 2.4}]  # no int8 figures: never an int8 candidate
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    def best(*args) -> list[str]:
+        assert snnet("select", "--results", str(tmp_path), *args) == 0
+        return capsys.readouterr().out.splitlines()[2].split()
+
+    assert best("--max-latency-ms", "2.5")[0] == "2"  # float32 only, as before
+    picked = best("--max-latency-ms", "2.5", "--precision", "any")  # id kind GFLOPs params acc1 ms precision
+    assert (picked[0], picked[4], picked[5], picked[6]) == ("1", "59.50", "1.50", "int8")
+    assert best("--max-latency-ms", "1.2", "--precision", "int8")[0] == "0"
+    assert best("--max-gflops", "3", "--precision", "any")[0] == "1"  # equal FLOPs: float32's 60 % wins
+    assert snnet("select", "--results", str(tmp_path), "--max-latency-ms", "1.2") == 2
+    assert "no stitch fits 1.2 ms (the cheapest needs 2.000)" in capsys.readouterr().err
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps({k: v for k, v in r.items() if "@" not in k}) + "\n"
+                                                    for r in rows))
+    assert snnet("select", "--results", str(tmp_path), "--max-gflops", "3", "--precision", "int8") == 2
+    assert "the results have no acc1@int8: evaluate int8 files first" in capsys.readouterr().err
+
+
+def test_profile_times_int8_files_beside_float32(run, tmp_path):
+    assert snnet("profile", "--run", str(run), "--stitches", "0,5", "--onnx", "--quantize", "int8", "--repeats", "2",
+                 "--warmup", "1", "--no-progress") == 0
+    timed = {r["stitch_id"]: r for r in read_jsonl(run / "results.jsonl") if "latency_ms@int8" in r}
+    assert sorted(timed) == [0, 5]
+    for r in timed.values():
+        assert r["latency_ms@int8"] > 0 and r["latency_iqr_ms@int8"] >= 0 and r["latency_onnx_ms"] > 0
+    assert (run / "pareto_latency.png").read_bytes()[:4] == b"\x89PNG"
