@@ -131,3 +131,18 @@ def test_profile_times_int8_files_beside_float32(run, tmp_path):
     for r in timed.values():
         assert r["latency_ms@int8"] > 0 and r["latency_iqr_ms@int8"] >= 0 and r["latency_onnx_ms"] > 0
     assert (run / "pareto_latency.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_demo_answers_with_the_int8_file(run):
+    from PIL import Image
+
+    from snnet.data.scenes import SceneConfig, render_scene
+    from snnet.demo import DemoRun
+
+    demo = DemoRun(run)
+    assert demo.int8
+    image = Image.fromarray(render_scene(SceneConfig(image_size=32), "val", 3).image)
+    fp32, int8 = demo.predict(image, 5), demo.predict(image, 5, int8=True)
+    assert set(int8) == set(fp32) and all(abs(int8[c] - fp32[c]) < 0.01 for c in fp32)
+    assert demo.predict(image, 5, int8=True) == int8 and list(demo._int8_files) == [5]  # exported once
+    assert "answering: its int8 ONNX file (dynamic quantisation, ONNX Runtime" in demo.caption(5, 1.0, True, int8=True)

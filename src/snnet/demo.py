@@ -46,6 +46,9 @@ class DemoRun:
         self.mean, self.std, self.classes = info["mean"], info["std"], info["class_names"]
         self.transform = self._transform(run_dir)
         self.device = torch.device(device)
+        self.int8 = importlib.util.find_spec("onnxruntime") is not None and self.model.exportable
+        self._int8_files: dict[int, object] = {}  # stitch -> its int8 file under ONNX Runtime, exported on demand
+        self._scratch = tempfile.TemporaryDirectory(prefix="snnet-demo-")
 
     def _transform(self, run_dir: Path):
         """The task's preprocessing of an upload (classification: the run's own, from its config.yaml)."""
@@ -69,16 +72,31 @@ class DemoRun:
         except SNNetError:  # below the cheapest stitch
             return min(self.rows, key=lambda r: r[self.cost])["stitch_id"]
 
+    def int8_stitch(self, stitch_id: int, img_size: tuple[int, int]):
+        """The stitch's int8 ONNX file (dynamic quantisation) under ONNX Runtime, exported on first use."""
+        from .export import export_stitch
+        from .runtime import OnnxStitch
+
+        if not self.int8:
+            raise SNNetError("int8 needs onnxruntime and an exportable model: pip install 'snnet[export]'")
+        if stitch_id not in self._int8_files:
+            path = Path(self._scratch.name) / f"stitch{stitch_id}_int8.onnx"
+            export_stitch(self.model.cpu(), stitch_id, "onnx", path, img_size, quantize="int8")
+            self.model.to(self.device)
+            self._int8_files[stitch_id] = OnnxStitch(path)
+        return self._int8_files[stitch_id]
+
     @torch.no_grad()
-    def predict(self, image: Image.Image, stitch_id: int, min_score: float | None = None):
+    def predict(self, image: Image.Image, stitch_id: int, min_score: float | None = None, int8: bool = False):
         """The task's answer (``Task.answer``): top-5 {class: probability}, or an RGB array at least ``DISPLAY``
         pixels wide (the segmentation overlay, the colour-mapped depth or the detections scoring ``min_score`` or
-        more; default: the task's threshold) and its legend as HTML."""
+        more; default: the task's threshold) and its legend as HTML. ``int8``: the stitch's int8 ONNX file answers."""
         if min_score is None:
             min_score = self.spec.score_threshold or 0.0
         x = self.transform(image.convert("RGB"))[None].to(self.device)
-        out = self.model.select(stitch_id)(self.model.as_input(x))
-        return self.spec.answer(out, image, tuple(x.shape[-2:]), self.classes, min_score)
+        x = self.model.as_input(x)
+        net = self.int8_stitch(stitch_id, tuple(x.shape[-2:])) if int8 else self.model.select(stitch_id)
+        return self.spec.answer(net(x), image, tuple(x.shape[-2:]), self.classes, min_score)
 
     def budget_range(self) -> tuple[float, float]:
         """The slider's range in steps of 0.001, its lowest value at or above the cheapest stitch's cost (so the
@@ -93,13 +111,19 @@ class DemoRun:
             return f"{r['stitch_id']} ({r['kind']}, {r['gflops']:.3f} GFLOPs{ms}, {self.metric} {r[self.metric]:.2f})"
         return [AUTO] + [label(r) for r in sorted(self.rows, key=lambda r: r["flops"])]
 
-    def caption(self, stitch_id: int, budget: float, explicit: bool) -> str:
+    def caption(self, stitch_id: int, budget: float, explicit: bool, int8: bool = False) -> str:
         r = self.by_id[stitch_id]
         unit = "GFLOPs" if self.cost == "gflops" else "ms"
         how = "chosen by hand" if explicit else f"best {self.metric} under {budget:g} {unit}"
         cost = f"{r['gflops']:.3f} GFLOPs" + (f", {r['latency_ms']:.2f} ms" if "latency_ms" in r else "")
+        runs = ""
+        if int8:
+            measured = [f"{self.metric} {r[f'{self.metric}@int8']:.2f}" if f"{self.metric}@int8" in r else "",
+                        f"{r['latency_ms@int8']:.2f} ms" if "latency_ms@int8" in r else ""]
+            runs = "  \nanswering: its int8 ONNX file (dynamic quantisation, ONNX Runtime" + \
+                "".join(f"; {m}" for m in measured if m) + ")"
         return (f"**Stitch {stitch_id}** ({r['kind']}, {cost}, {self.metric} {r[self.metric]:.2f}; {how})  \n"
-                f"route `{r['route']}`")
+                f"route `{r['route']}`{runs}")
 
     def scatter(self, stitch_id: int):
         """Every stitch at (cost, metric): the frontier and the current stitch in their own colours."""
@@ -147,15 +171,16 @@ def build_demo(run: DemoRun, examples_dir: Path):
     # outside its range with error badges, so update clamps it instead; an upload arrives as gradio's file record
     threshold = run.spec.score_threshold
 
-    def update(upload, budget, explicit, min_score=threshold or 0.0):
+    def update(upload, budget, explicit, int8=False, min_score=threshold or 0.0):
         try:
             typed = float(budget)
             budget = min(max(typed, lo), hi)
             min_score = min(max(float(min_score), 0.0), 1.0)
+            int8 = bool(int8)
             image, problem = read_upload(upload)
             sid = run.choose(budget, explicit)
-            caption = problem or run.caption(sid, budget, bool(explicit) and explicit != AUTO)
-            answer = run.predict(image, sid, min_score) if image is not None else None
+            caption = problem or run.caption(sid, budget, bool(explicit) and explicit != AUTO, int8)
+            answer = run.predict(image, sid, min_score, int8) if image is not None else None
         except (TypeError, ValueError, SNNetError) as e:  # API calls with values the page never sends
             return None, None, "", f"**{str(e).splitlines()[0] if str(e) else type(e).__name__}**", None, gr.skip()
         prediction, legend = answer if isinstance(answer, tuple) else (answer, "")
@@ -174,6 +199,8 @@ def build_demo(run: DemoRun, examples_dir: Path):
                 budget = gr.Slider(lo, hi, value=hi, step=0.001, label=f"budget ({unit}, {lo:g} to {hi:g})",
                                    elem_id="budget")
                 explicit = gr.Dropdown(run.choices(), value=AUTO, label="stitch", elem_id="stitch")
+                int8 = gr.Checkbox(False, label="int8: run the stitch's quantised ONNX file (ONNX Runtime)",
+                                   elem_id="int8", visible=run.int8)
                 # detections below it are not drawn (the run's prediction grid draws those of 0.5 or more)
                 score = (gr.Slider(0, 1, value=threshold, step=0.05, label="minimum score", elem_id="score")
                          if threshold is not None else None)
@@ -191,9 +218,9 @@ def build_demo(run: DemoRun, examples_dir: Path):
                                                  "other stitches": "#c7c7c7"},
                                       x_title=unit, y_title=run.metric, label=f"{run.metric} vs {unit}",
                                       elem_id="scatter")
-        inputs = [upload, budget, explicit] + ([score] if score else [])
+        inputs = [upload, budget, explicit, int8] + ([score] if score else [])
         outputs = [shown, output, legend, caption, plot, budget]
-        for trigger in [upload.change, budget.change, explicit.change] + ([score.change] if score else []):
+        for trigger in [upload.change, budget.change, explicit.change, int8.change] + ([score.change] if score else []):
             trigger(update, inputs, outputs, preprocess=False)  # a clamped budget changes once more
         demo.load(update, inputs, outputs, preprocess=False)
     return demo
