@@ -8,7 +8,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 LOWER = {"snnet.errors", "snnet.registry", "snnet._atomic", "snnet.files", "snnet.flops", "snnet.stitch_space", "snnet.sampling",
          "snnet.selection", "snnet.route_tree", "snnet.rel_pos", "snnet.stitching_layers", "snnet.anchors",
          "snnet.config", "snnet.data", "snnet.data.scenes", "snnet.data.coco", "snnet.results",
-         "snnet.distributed", "snnet.latency"}
+         "snnet.distributed", "snnet.latency", "snnet.runtime", "snnet.quantize"}
 PURE = {"snnet.registry", "snnet.stitch_space", "snnet.flops", "snnet.sampling", "snnet.selection"}
 
 

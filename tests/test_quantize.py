@@ -43,7 +43,8 @@ def test_int8_files_are_close_to_float32_and_say_how_they_were_made(run, tmp_pat
     fp32, dyn, st = (json.loads(sidecar_path(tmp_path / f"{n}.onnx").read_text()) for n in ("fp32", "dyn", "st"))
     assert fp32["precision"] == "fp32" and "quantization" not in fp32
     assert dyn["precision"] == "int8" and dyn["quantization"] == {
-        "method": "dynamic", "ops": ["MatMul", "Gemm"], "weights": "int8, per tensor", "activations": "int8 at run time"}
+        "method": "dynamic", "pre_processing": "symbolic shape inference, graph optimisation",
+        "ops": ["MatMul", "Gemm"], "weights": "int8, per tensor", "activations": "int8 at run time"}
     assert st["quantization"]["method"] == "static" and st["quantization"]["ops"] == ["MatMul", "Gemm", "Conv"]
     assert st["quantization"]["calibration"] == {"images": 24, "split": "train", "transform": "eval", "seed": 0,
                                                  "dataset": "shapes", "root": None}
@@ -146,3 +147,33 @@ def test_the_demo_answers_with_the_int8_file(run):
     assert set(int8) == set(fp32) and all(abs(int8[c] - fp32[c]) < 0.01 for c in fp32)
     assert demo.predict(image, 5, int8=True) == int8 and list(demo._int8_files) == [5]  # exported once
     assert "answering: its int8 ONNX file (dynamic quantisation, ONNX Runtime" in demo.caption(5, 1.0, True, int8=True)
+
+
+@pytest.mark.parametrize("task", ["segmentation", "depth"])
+def test_dense_stitches_evaluate_through_onnx_runtime(tmp_path, task):
+    """A float32 ONNX file of a dense stitch gives the PyTorch stitch's metrics; its static int8 file (the heads'
+    convolutions quantised too) its own columns."""
+    import test_segmentation_cli
+
+    if task == "segmentation":
+        cfg = test_segmentation_cli.write_config(tmp_path, train={"iterations": 1, "checkpoint_interval": 1})
+        metric = "mIoU"
+    else:
+        from snnet.config import load_config
+        cfg = tmp_path / "depth.yaml"
+        raw = load_config("quickstart_depth", ["data.shapes.num_train=24", "data.shapes.num_val=6", "train.epochs=0",
+                                               "train.init_images=8", f"output_dir={tmp_path / 'run'}"])
+        from snnet.config import dump_config
+        cfg.write_text(dump_config(raw))
+        metric = "rmse"
+    assert snnet("train", "--config", str(cfg)) == 0
+    run = tmp_path / "run"
+    assert export(run, tmp_path / "fp32.onnx") == 0
+    assert export(run, tmp_path / "st.onnx", "--quantize", "int8", "--quantize-method", "static",
+                  "--calibration-images", "8") == 0
+    info = json.loads(sidecar_path(tmp_path / "st.onnx").read_text())
+    assert "Conv" in info["quantization"]["ops"]
+    assert snnet("eval", "--config", str(run / "config.yaml"), "--checkpoint", str(run), "--onnx",
+                 str(tmp_path / "fp32.onnx"), str(tmp_path / "st.onnx")) == 0
+    r = {x["stitch_id"]: x for x in read_jsonl(run / "results.jsonl")}[5]
+    assert r[f"{metric}@fp32"] == pytest.approx(r[metric], abs=1e-5) and f"{metric}@int8-static" in r

@@ -53,16 +53,21 @@ def quantize_onnx(src: str | Path, dst: str | Path, method: str = "dynamic",
     q = _quantization()
     with tempfile.TemporaryDirectory() as tmp:
         pre = Path(tmp) / "pre.onnx"
-        q.quant_pre_process(str(src), str(pre))
+        shapes = "symbolic"
+        try:
+            q.quant_pre_process(str(src), str(pre))
+        except Exception:  # e.g. DPT's head: symbolic inference gives up on its resizes; ONNX's own does not
+            shapes = "onnx"
+            q.quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+        record = {"method": method, "pre_processing": f"{shapes} shape inference, graph optimisation"}
         if method == "dynamic":
             q.quantize_dynamic(pre, dst, op_types_to_quantize=LINEAR_OPS, weight_type=q.QuantType.QInt8)
-            return {"method": "dynamic", "ops": LINEAR_OPS, "weights": "int8, per tensor",
-                    "activations": "int8 at run time"}
+            return {**record, "ops": LINEAR_OPS, "weights": "int8, per tensor", "activations": "int8 at run time"}
         q.quantize_static(pre, dst, _Batches(calibration), quant_format=q.QuantFormat.QDQ,
                           op_types_to_quantize=LINEAR_OPS + ["Conv"], per_channel=True,
                           activation_type=q.QuantType.QInt8, weight_type=q.QuantType.QInt8,
                           calibrate_method=q.CalibrationMethod.MinMax)
-    return {"method": "static", "format": "QDQ", "ops": LINEAR_OPS + ["Conv"], "weights": "int8, per channel",
+    return {**record, "format": "QDQ", "ops": LINEAR_OPS + ["Conv"], "weights": "int8, per channel",
             "activations": "int8, MinMax calibration"}
 
 

@@ -64,4 +64,10 @@ class DepthModel(DenseModel):
     @torch.no_grad()
     def flip_inference(self, x: torch.Tensor) -> torch.Tensor:
         """The reference's test: the mean of the prediction and the flipped prediction of the flipped image."""
-        return (self(x) + self(x.flip(-1)).flip(-1)) / 2
+        return flip_mean(self, x)
+
+
+def flip_mean(net, x: torch.Tensor) -> torch.Tensor:
+    """The mean of ``net``'s prediction and the flipped prediction of the flipped image (any depth network: the
+    model, or its exported stitch under ONNX Runtime)."""
+    return (net(x) + net(x.flip(-1)).flip(-1)) / 2

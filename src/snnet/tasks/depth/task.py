@@ -9,7 +9,7 @@ from ..base import register_task
 from ..dense import DenseTask, image_batches
 from .data import build_datasets, check_folders
 from .metrics import METRICS, image_metrics, sig_loss, summarize, valid_mask
-from .model import DepthModel
+from .model import DepthModel, flip_mean
 from .visualize import depth_answer, prediction_grid
 
 
@@ -58,7 +58,7 @@ class DepthTask(DenseTask):
         out = []
         for x in image_batches(images):
             x = x.to(device, non_blocking=True).as_subclass(torch.Tensor)
-            out.extend((model.flip_inference(x) if self.cfg.eval.flip else model(x))[:, 0].float())
+            out.extend((flip_mean(model, x) if self.cfg.eval.flip else model(x))[:, 0].float())
         return out
 
     @torch.no_grad()
