@@ -79,18 +79,21 @@ def test_exported_files_equal_the_stitch(lora_model, images, tmp_path, fmt):
 
 def test_the_onnx_and_torchscript_files_run_without_snnet(lora_model, tmp_path):
     export_stitch(lora_model, 5, "onnx", tmp_path / "s.onnx", (32, 32))
+    export_stitch(lora_model, 5, "onnx", tmp_path / "q.onnx", (32, 32), quantize="int8")
     export_stitch(lora_model, 5, "torchscript", tmp_path / "s.pt", (32, 32))
     code = ("import sys, numpy as np, torch, onnxruntime as ort\n"
             "sys.modules['snnet'] = None; sys.modules['timm'] = None  # importing either would fail\n"
             f"x = np.ones((3, 3, 32, 32), np.float32)\n"
             f"s = ort.InferenceSession('{tmp_path / 's.onnx'}')\n"
             "a = s.run(None, {s.get_inputs()[0].name: x})[0]\n"
+            f"q = ort.InferenceSession('{tmp_path / 'q.onnx'}')\n"
+            "c = q.run(None, {q.get_inputs()[0].name: x})[0]\n"
             f"b = torch.jit.load('{tmp_path / 's.pt'}')(torch.from_numpy(x)).detach().numpy()\n"
-            "print(a.shape, float(np.abs(a - b).max()))\n")
+            "print(a.shape, c.shape, float(np.abs(a - b).max()), sep='|')\n")
     done = subprocess.run([sys.executable, "-c", code], env=ENV, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    shape, diff = done.stdout.rsplit(" ", 1)
-    assert shape == "(3, 10)" and float(diff) <= 1e-5
+    shape, int8_shape, diff = done.stdout.strip().split("|")
+    assert shape == int8_shape == "(3, 10)" and float(diff) <= 1e-5
 
 
 @pytest.mark.parametrize("config", ["quickstart_segmentation", "quickstart_depth"])
