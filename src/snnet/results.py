@@ -122,6 +122,10 @@ def plot_pareto(rows: list[dict], path: str | Path, metric: str, higher_is_bette
     ax.plot([r[cost] for r in front], [r[metric] for r in front], color="gray", lw=1.2, label="Pareto frontier")
     int8 = [r for r in rows if f"{metric}@int8" in r and "latency_ms@int8" in r] if cost == "latency_ms" else []
     if int8:  # the int8 ONNX files (snnet profile / eval --quantize int8), and the frontier over both precisions
+        onnx = [r for r in rows if "latency_onnx_ms" in r]  # the float32 files, which that frontier then times
+        if onnx:
+            ax.scatter([r["latency_onnx_ms"] for r in onnx], [r[metric] for r in onnx], s=26, marker="+",
+                       color="tab:purple", alpha=0.8, label="fp32 (ONNX Runtime)")
         ax.scatter([r["latency_ms@int8"] for r in int8], [r[f"{metric}@int8"] for r in int8], s=22, marker="x",
                    color="black", alpha=0.7, label="int8 (ONNX Runtime)")
         both = [r for r in precision_rows(rows, metric, "any") if "latency_ms" in r]
