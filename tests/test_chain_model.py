@@ -206,6 +206,30 @@ def test_a_three_anchor_config_trains_and_evaluates_through_the_cli(tmp_path, ca
                  "--no-progress"]) == 0
     again = [json.loads(line) for line in (tmp_path / "run" / "results.jsonl").read_text().splitlines()]
     assert [(r["stitch_id"], r["acc1"]) for r in again] == [(r["stitch_id"], r["acc1"]) for r in rows]
+    # deployment over the chain: profile, select by milliseconds, export that stitch, the demo's answer, the card
+    sml = next(r["stitch_id"] for r in rows if r["kind"] == "SML")
+    assert main(["profile", "--run", str(tmp_path / "run"), "--stitches", f"0,2,{sml}", "--repeats", "2",
+                 "--warmup", "0", "--no-progress"]) == 0
+    timed = [json.loads(line) for line in (tmp_path / "run" / "results.jsonl").read_text().splitlines()]
+    budget = max(r["latency_ms"] for r in timed if "latency_ms" in r)
+    capsys.readouterr()
+    assert main(["select", "--results", str(tmp_path / "run"), "--max-latency-ms", str(budget)]) == 0
+    chosen = int(capsys.readouterr().out.splitlines()[2].split()[0])
+    assert chosen in (0, 2, sml)
+    assert main(["export", "--checkpoint", str(tmp_path / "run"), "--max-latency-ms", str(budget), "--format",
+                 "safetensors", "--output", str(tmp_path / "best.safetensors")]) == 0
+    from snnet.export import load_exported
+    from snnet.demo import DemoRun
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(load_exported(tmp_path / "best.safetensors")(x), model.eval().select(chosen)(x),
+                                   rtol=1e-5, atol=1e-6)
+    from PIL import Image
+    answer = DemoRun(tmp_path / "run").predict(Image.new("RGB", (32, 32), (90, 30, 200)), sml)
+    assert len(answer) == 4 and abs(sum(answer.values()) - 1) < 1e-5  # top-5 of 4 classes: all of them
+    card = (tmp_path / "run" / "model" / "README.md").read_text()
+    assert "over `deit3_small_patch16_224` (depth 3, width 32), `deit3_small_patch16_224` (depth 3, width 48)" in card
+    assert "its 3 anchors, each a route through blocks of up to three neighbours" in card
 
 
 def test_the_three_anchor_quickstart_ships_its_anchors():
