@@ -132,6 +132,15 @@ def test_demo_in_a_browser(demo_url, tmp_path):
         page.wait_for_timeout(1000)  # every answer still queued arrives
         assert "Stitch 1 " in page.inner_text("#caption") and box.input_value() == top
 
+        # the int8 checkbox: the same stitch answers through its quantised ONNX file
+        page.locator("#int8 input[type=checkbox]").check()
+        page.wait_for_function(f"{caption}.includes('int8 ONNX file')")
+        page.wait_for_function("(document.querySelector('#prediction') || {innerText: ''}).innerText.includes('%')")
+        page.wait_for_function("!document.querySelector('.pending')")  # gradio dims outputs while it works
+        page.wait_for_timeout(500)
+        page.screenshot(path=str(ARTIFACTS / "2c_int8.png"))
+        assert "Stitch 1 " in page.inner_text("#caption") and "Error" not in page.inner_text("body")
+
         page.reload()
         page.wait_for_function(f"{caption}.includes('Stitch')")
         page.set_input_files("input[type=file]", str(not_image))
@@ -260,7 +269,7 @@ def test_api_calls_with_values_the_page_never_sends(demo_url, tmp_path):
     Image.fromarray(render_scene(SceneConfig(image_size=64), "val", 1).image).save(secret)
     forged = {"path": str(secret), "meta": {"_type": "gradio.FileData"}}  # a server path, not an upload
     call = urllib.request.Request(f"{demo_url}gradio_api/call/update", method="POST",
-                                  data=json.dumps({"data": [forged, 1, "best under the budget"]}).encode(),
+                                  data=json.dumps({"data": [forged, 1, "best under the budget", False]}).encode(),
                                   headers={"Content-Type": "application/json"})
     event = json.loads(urllib.request.urlopen(call, timeout=30).read())["event_id"]
     stream = urllib.request.urlopen(f"{demo_url}gradio_api/call/update/{event}", timeout=60).read().decode()

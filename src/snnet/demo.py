@@ -94,9 +94,8 @@ class DemoRun:
         if min_score is None:
             min_score = self.spec.score_threshold or 0.0
         x = self.transform(image.convert("RGB"))[None].to(self.device)
-        x = self.model.as_input(x)
         net = self.int8_stitch(stitch_id, tuple(x.shape[-2:])) if int8 else self.model.select(stitch_id)
-        return self.spec.answer(net(x), image, tuple(x.shape[-2:]), self.classes, min_score)
+        return self.spec.answer(net(self.model.as_input(x)), image, tuple(x.shape[-2:]), self.classes, min_score)
 
     def budget_range(self) -> tuple[float, float]:
         """The slider's range in steps of 0.001, its lowest value at or above the cheapest stitch's cost (so the
