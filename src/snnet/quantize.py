@@ -7,6 +7,7 @@ convolutions, their ranges from calibration images, MinMax).
 """
 from __future__ import annotations
 
+import os
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -51,14 +52,19 @@ def quantize_onnx(src: str | Path, dst: str | Path, method: str = "dynamic",
     if (method == "static") != (calibration is not None):
         raise SNNetError("static quantisation takes calibration images, dynamic none")
     q = _quantization()
+    src, dst = Path(src).resolve(), Path(dst).resolve()
     with tempfile.TemporaryDirectory() as tmp:
         pre = Path(tmp) / "pre.onnx"
         shapes = "symbolic"
+        cwd = os.getcwd()
+        os.chdir(tmp)  # a failed symbolic inference saves its partial model into the working directory
         try:
             q.quant_pre_process(str(src), str(pre))
         except Exception:  # e.g. DPT's head: symbolic inference gives up on its resizes; ONNX's own does not
             shapes = "onnx"
             q.quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+        finally:
+            os.chdir(cwd)
         record = {"method": method, "pre_processing": f"{shapes} shape inference, graph optimisation"}
         if method == "dynamic":
             q.quantize_dynamic(pre, dst, op_types_to_quantize=LINEAR_OPS, weight_type=q.QuantType.QInt8)
