@@ -21,7 +21,6 @@ METHODS = ("dynamic", "static")
 # what is quantised: the linear layers (blocks, stitching layers, heads); static mode adds the convolutions (the
 # patch embedding and the dense heads'); norms, softmax and the rest stay float32
 LINEAR_OPS = ["MatMul", "Gemm"]
-PRECISIONS = ("fp32", "int8")
 
 
 def _quantization():
