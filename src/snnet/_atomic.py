@@ -9,14 +9,14 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Iterator
 
-from .errors import SNNetError
+from .errors import SNNetError, first_line
 
 _pending: ContextVar[list[tuple[Path, Path]] | None] = ContextVar("snnet_atomic_pending", default=None)
 
 
 def _fail(path: Path, e: BaseException) -> SNNetError:
     # the body only serialises: torch.save and safetensors report a full disk as their own errors
-    reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).strip().splitlines()[0]
+    reason = e.strerror if isinstance(e, OSError) and e.strerror else first_line(e)
     return SNNetError(f"cannot write {path}: {reason}")
 
 

@@ -16,7 +16,7 @@ from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_
 from torch import nn
 
 from .files import load_torch_checkpoint
-from .errors import SNNetError
+from .errors import SNNetError, first_line
 from .flops import AnchorShape
 from .rel_pos import grid_of, rel_pos_attention
 
@@ -83,11 +83,11 @@ def _create(config: AnchorConfig, pretrained: bool) -> VisionTransformer:
                  else timm.create_model(config.name, pretrained=pretrained, **kwargs))
     except (TypeError, AssertionError, ValueError) as e:  # raised by the constructor: the kwargs are wrong
         raise SNNetError(f"timm cannot build anchor {config.name!r} with kwargs {config.kwargs}: "
-                         f"{_first_line(e)}") from None
+                         f"{first_line(e)}") from None
     except (OSError, RuntimeError) as e:  # no network, no cache, or a hub file that does not fit
         if not pretrained:
-            raise SNNetError(f"timm cannot build anchor {config.name!r}: {_first_line(e)}") from None
-        raise SNNetError(f"cannot load pretrained weights for {config.name!r} ({_first_line(e)}); "
+            raise SNNetError(f"timm cannot build anchor {config.name!r}: {first_line(e)}") from None
+        raise SNNetError(f"cannot load pretrained weights for {config.name!r} ({first_line(e)}); "
                          f"download them or pass a local checkpoint_path") from None
     if config.drop_path == "constant":
         set_drop_path(model, [kwargs.get("drop_path_rate", 0.0)] * len(model.blocks))
@@ -128,11 +128,6 @@ def _grid_size(config: AnchorConfig) -> tuple[int, int]:
     return tuple(meta.patch_embed.grid_size)
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
 def _read_weights(path: Path) -> dict[str, Any]:
     """A state dict from safetensors, or from a torch file without running pickled code."""
     if path.suffix == ".safetensors":
@@ -140,7 +135,7 @@ def _read_weights(path: Path) -> dict[str, Any]:
         try:
             return load_file(str(path))
         except Exception as e:  # safetensors raises its own error types for a damaged header
-            raise SNNetError(f"cannot read anchor checkpoint {path}: {_first_line(e)}") from None
+            raise SNNetError(f"cannot read anchor checkpoint {path}: {first_line(e)}") from None
     state = load_torch_checkpoint(path)
     for key in ("model", "state_dict"):  # DeiT and other training scripts nest the weights
         if isinstance(state.get(key), dict):
@@ -181,7 +176,7 @@ def _load_state(model: VisionTransformer, state: dict[str, torch.Tensor], source
         result = model.load_state_dict(state, strict=False)
     except (RuntimeError, ValueError, IndexError) as e:  # shapes of another width, depth or patch size
         lines = [line.strip() for line in str(e).splitlines()]
-        reason = next((line for line in lines if line.startswith("size mismatch")), _first_line(e))
+        reason = next((line for line in lines if line.startswith("size mismatch")), first_line(e))
         raise SNNetError(f"{source} does not fit {_describe(model)}: {reason}") from None
     missing = [k for k in result.missing_keys if not k.startswith("head.")
                and not k.endswith("relative_position_bias_table")]

@@ -14,7 +14,7 @@ import yaml
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, ValidationError,
                       field_validator, model_validator)
 
-from .errors import SNNetError
+from .errors import SNNetError, first_line
 from .registry import TASKS
 
 PACKAGE_DIR = Path(__file__).parent
@@ -406,7 +406,7 @@ def load_config(name: str | Path | None, overrides: typing.Sequence[str] = ()) -
         try:
             raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except (yaml.YAMLError, UnicodeDecodeError) as e:
-            raise SNNetError(f"cannot parse {path}: {str(e).splitlines()[0]}") from None
+            raise SNNetError(f"cannot parse {path}: {first_line(e)}") from None
         if not isinstance(raw, dict):
             raise SNNetError(f"{path} must hold a mapping of sections")
     for item in overrides:

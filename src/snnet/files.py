@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-from .errors import SNNetError
+from .errors import SNNetError, first_line
 
 # what an mmengine training checkpoint holds beyond tensors: its logging state (HistoryBuffer objects,
 # numpy arrays and scalars, and the getattr calls that rebuild them); read as inert stand-ins
@@ -89,4 +89,4 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path))
     except Exception as e:  # safetensors raises its own error types for a damaged header
-        raise SNNetError(f"cannot read {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        raise SNNetError(f"cannot read {path}: {first_line(e)}") from None

@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 
 from ._atomic import atomic_write_text
-from .errors import SNNetError
+from .errors import SNNetError, first_line
 
 CARD_NAME = "README.md"
 PLOT_NAME = "pareto.png"
@@ -98,7 +98,7 @@ def resolve(name_or_path: str | Path, revision: str | None = None) -> Path:
     except RepositoryNotFoundError:
         raise SNNetError(f"no model {name} on the Hugging Face Hub (or it is private: log in)") from None
     except HfHubHTTPError as e:
-        raise SNNetError(f"cannot download {name}: {str(e).splitlines()[0]}") from None
+        raise SNNetError(f"cannot download {name}: {first_line(e)}") from None
 
 
 def push_to_hub(model, repo_id: str, results: list[dict] | None = None, plot: str | Path | None = None,

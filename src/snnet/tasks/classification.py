@@ -17,7 +17,7 @@ from torchvision import transforms as T
 from ..anchors import AnchorConfig, head_classes
 from ..config import DistillationSection, RunConfig
 from ..data.scenes import SHAPES
-from ..errors import SNNetError
+from ..errors import SNNetError, first_line
 from ..model import SNNet
 from ._files import split_names, with_transform
 from .base import Task, register_task
@@ -74,7 +74,7 @@ def build_datasets(cfg: RunConfig, input_size: int, mean, std, progress: bool = 
         try:
             train_set, val = folder(roots[0], train_tf) if train else None, folder(roots[1], val_tf)
         except FileNotFoundError as e:  # no class folders, or no images in them
-            raise SNNetError(f"no images under {data.root}: {str(e).splitlines()[0]}") from None
+            raise SNNetError(f"no images under {data.root}: {first_line(e)}") from None
     init = with_transform(train_set, val_tf) if train else None
     return train_set, val, init, list(val.classes)
 
@@ -85,7 +85,7 @@ def build_teacher(d: DistillationSection, num_classes: int) -> torch.nn.Module:
         teacher = timm.create_model(d.teacher, pretrained=d.pretrained, num_classes=num_classes)
     except (OSError, RuntimeError) as e:  # no network, no cache, or weights for another head
         raise SNNetError(f"cannot load the teacher {d.teacher!r} for {num_classes} classes "
-                         f"({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})") from None
+                         f"({first_line(e)})") from None
     return teacher.eval().requires_grad_(False)
 
 

@@ -15,7 +15,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from ...config import RunConfig
-from ...errors import SNNetError
+from ...errors import SNNetError, first_line
 from ...selection import is_integer, is_number
 from .._files import dataset_root, read_image, split_names
 
@@ -28,7 +28,7 @@ def load_coco(path: Path, image_dir: Path | None = None) -> COCO:
     except FileNotFoundError:
         raise SNNetError(f"annotation file not found: {path}") from None
     except (ValueError, UnicodeDecodeError) as e:
-        raise SNNetError(f"{path} is not valid JSON ({str(e).splitlines()[0]})") from None
+        raise SNNetError(f"{path} is not valid JSON ({first_line(e)})") from None
     if not isinstance(data, dict) or not {"images", "annotations", "categories"} <= set(data):
         raise SNNetError(f"{path} is not a COCO instances file: it needs images, annotations and categories")
     return coco_from_dict(data, str(path), image_dir)
