@@ -25,6 +25,14 @@ def _add_share_flag(p: argparse.ArgumentParser) -> None:
                    help="evaluate one stitch at a time (same results as sharing route prefixes, slower)")
 
 
+def _add_quantize_flags(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--quantize", choices=["int8"], help=what)
+    p.add_argument("--quantize-method", choices=["dynamic", "static"],
+                   help="dynamic (weights int8, activations at run time; default) or static QDQ (calibrated)")
+    p.add_argument("--calibration-images", type=_at_least(1),
+                   help="static: training images to calibrate on, read through the run's data config (default 100)")
+
+
 def _load(args):
     from .config import load_config
     cfg = load_config(args.config, args.overrides)
@@ -217,11 +225,7 @@ def _eval_exported(args, cfg, env, task, found, ids, run_dir: Path) -> list[Path
 
     if args.onnx and args.quantize:
         raise SNNetError("give --onnx files or --quantize int8 (which exports them), not both")
-    if args.quantize_method and not args.quantize:
-        raise SNNetError("--quantize-method applies to --quantize int8")
-    method = args.quantize_method or "dynamic"
-    if args.calibration_images is not None and method != "static":
-        raise SNNetError("--calibration-images calibrates static quantisation: add --quantize-method static")
+    method = _quantize_method(args)
     if args.onnx:
         return evaluate_exported([Path(f) for f in args.onnx], task, cfg, env, run_dir, not args.no_progress)
     model = model_for_eval(found, cfg, task.num_classes).cpu().eval()  # ONNX Runtime runs on the CPU
@@ -232,7 +236,7 @@ def _eval_exported(args, cfg, env, task, found, ids, run_dir: Path) -> list[Path
         files = []
         for sid in ids or cfg.eval.stitches or model.stitch_ids:
             if calibrate_on is not None:  # the calibration batches are an iterator: one per file
-                quantized.update(_calibration(cfg, args.calibration_images or 100, size, calibrate_on))
+                quantized.update(_calibration(calibrate_on, args.calibration_images or 100, size))
             files.append(export_stitch(model, sid, "onnx", Path(tmp) / f"stitch{sid}.onnx", size, **quantized)[0])
         return evaluate_exported(files, task, cfg, env, run_dir, not args.no_progress)
 
@@ -346,11 +350,7 @@ def cmd_export(args) -> int:
     check_output([output, sidecar_path(output)], model_dir, run)
     if args.quantize and args.format != "onnx":
         raise SNNetError(f"--quantize int8 takes --format onnx (ONNX Runtime runs it), not {args.format}")
-    if args.quantize_method and not args.quantize:
-        raise SNNetError("--quantize-method applies to --quantize int8")
-    method = args.quantize_method or "dynamic"
-    if args.calibration_images is not None and method != "static":
-        raise SNNetError("--calibration-images calibrates static quantisation: add --quantize-method static")
+    method = _quantize_method(args)
     model = load_pretrained(model_dir)
     sid = pick_stitch(args, model, run)
     size = tuple(args.img_size) if args.img_size else model.img_size
@@ -362,7 +362,10 @@ def cmd_export(args) -> int:
                 raise SNNetError("static quantisation calibrates on the run's training images: give --checkpoint "
                                  "a run directory with its config.yaml")
             from .config import load_config
-            quantized.update(_calibration(load_config(str(run / "config.yaml")), args.calibration_images or 100, size))
+            from .tasks import build_task
+
+            task = build_task(load_config(str(run / "config.yaml")), progress=False)
+            quantized.update(_calibration(task, args.calibration_images or 100, size))
     into_run = run is not None and run.resolve() in output.resolve().parents
     # a writer into the run holds it, as training does; the pair is in place only once the line is printed
     with RunLock(run) if into_run else nullcontext(), together():
@@ -374,13 +377,22 @@ def cmd_export(args) -> int:
     return 0
 
 
-def _calibration(cfg, num_images: int, size: tuple[int, int], task=None) -> dict:
-    """Static quantisation's calibration: ``num_images`` of the run's training images, read through its own data
-    config with the evaluation transform (what a deployed stitch sees)."""
-    from .quantize import calibration_batches
-    from .tasks import build_task
+def _quantize_method(args) -> str:
+    """The quantisation method ``--quantize-method`` asks for (default dynamic), checked against the other flags."""
+    if args.quantize_method and not args.quantize:
+        raise SNNetError("--quantize-method applies to --quantize int8")
+    method = args.quantize_method or "dynamic"
+    if args.calibration_images is not None and method != "static":
+        raise SNNetError("--calibration-images calibrates static quantisation: add --quantize-method static")
+    return method
 
-    task = task if task is not None and task.init_set is not None else build_task(cfg, progress=False)
+
+def _calibration(task, num_images: int, size: tuple[int, int]) -> dict:
+    """Static quantisation's calibration: ``num_images`` of the training ``task``'s images (its run's own data
+    config, with the evaluation transform: what a deployed stitch sees)."""
+    from .quantize import calibration_batches
+
+    cfg = task.cfg
     batches = calibration_batches(task.init_set, num_images, size, cfg.train.seed)
     return {"calibration": batches, "calibration_info": {
         "images": num_images, "split": "train", "transform": "eval", "seed": cfg.train.seed,
@@ -418,23 +430,26 @@ def _profile(args, run: Path, model_dir: Path, device) -> int:
     size = tuple(args.img_size) if args.img_size else model.img_size
     timed = stitch_latency(model, ids, size, args.batch, args.repeats, args.warmup, progress=not args.no_progress)
     where = f"{device.type}" + (f", {torch.get_num_threads()} threads" if device.type == "cpu" else "")
-    # ONNX Runtime on the CPU: (median column, IQR column, quantisation) -> {stitch: (median, IQR)}
-    runtimes = ([("latency_onnx_ms", "latency_onnx_iqr_ms", None)] if args.onnx else []) + \
-        ([("latency_ms@int8", "latency_iqr_ms@int8", "int8")] if args.quantize else [])
-    extra: dict[tuple, dict[int, tuple[float, float]]] = {}
-    if runtimes:
+    # ONNX Runtime on the CPU, each stitch's float32 file and its int8 file side by side:
+    # (median column, IQR column) -> {stitch: (median, IQR)}
+    extra: dict[tuple[str, str], dict[int, tuple[float, float]]] = {}
+    if args.onnx or args.quantize:
         import tempfile
 
         from .export import export_stitch
+        from .quantize import quantize_onnx
         model = model.cpu()
         with tempfile.TemporaryDirectory() as tmp:
-            for columns in runtimes:
-                extra[columns] = {}
-                for sid in ids:
-                    path = export_stitch(model, sid, "onnx", Path(tmp) / f"{sid}.onnx", size, args.batch,
-                                         quantize=columns[2])[0]
-                    extra[columns][sid] = onnx_latency(str(path), args.batch, size, torch.get_num_threads(),
-                                                       args.repeats, args.warmup)
+            for sid in ids:
+                fp32 = export_stitch(model, sid, "onnx", Path(tmp) / f"{sid}.onnx", size, args.batch)[0]
+                files = {("latency_onnx_ms", "latency_onnx_iqr_ms"): fp32} if args.onnx else {}
+                if args.quantize:
+                    files[("latency_ms@int8", "latency_iqr_ms@int8")] = int8 = Path(tmp) / f"{sid}_int8.onnx"
+                    quantize_onnx(fp32, int8)  # dynamic, as snnet export --quantize int8 by default
+                for columns, path in files.items():
+                    extra.setdefault(columns, {})[sid] = onnx_latency(str(path), args.batch, size,
+                                                                      torch.get_num_threads(), args.repeats,
+                                                                      args.warmup)
     setting = f"batch {args.batch}, {size[0]}x{size[1]}, {where}"
     stale = 0
     for r in rows:
@@ -446,7 +461,7 @@ def _profile(args, run: Path, model_dir: Path, device) -> int:
         if retimed:
             r["latency_ms"], r["latency_iqr_ms"] = timed[r["stitch_id"]]
             r["latency_setting"] = setting
-            for (ms, iqr, _), by_id in extra.items():
+            for (ms, iqr), by_id in extra.items():
                 r[ms], r[iqr] = by_id[r["stitch_id"]]
     if stale:
         print(f"dropped the latency of {stale} stitches measured in another setting")
@@ -545,9 +560,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--onnx", nargs="+", metavar="FILE",
                    help="exported ONNX stitches to evaluate with ONNX Runtime into the run's results (acc1@int8, ...)")
-    p.add_argument("--quantize", choices=["int8"], help="export the stitches to int8 ONNX and evaluate those")
-    p.add_argument("--quantize-method", choices=["dynamic", "static"], help="as snnet export's (default dynamic)")
-    p.add_argument("--calibration-images", type=_at_least(1), help="static: training images to calibrate on (100)")
+    _add_quantize_flags(p, "export the stitches to int8 ONNX and evaluate those")
     _add_share_flag(p)
     p.set_defaults(func=cmd_eval)
 
@@ -581,11 +594,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="file to write; a JSON sidecar goes beside it (<output>.json)")
     p.add_argument("--img-size", type=_at_least(1), nargs=2, metavar=("H", "W"), help="input size (default: the anchors')")
     p.add_argument("--batch", type=_at_least(1), default=1, help="example batch for tracing (ONNX keeps the batch dynamic)")
-    p.add_argument("--quantize", choices=["int8"], help="quantise the ONNX file with ONNX Runtime's tools")
-    p.add_argument("--quantize-method", choices=["dynamic", "static"],
-                   help="dynamic (weights int8, activations at run time; default) or static QDQ (calibrated)")
-    p.add_argument("--calibration-images", type=_at_least(1),
-                   help="static: training images to calibrate on, read through the run's data config (default 100)")
+    _add_quantize_flags(p, "quantise the ONNX file with ONNX Runtime's tools")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("profile", help="measure every stitch's latency on this device into the run's results")
