@@ -312,3 +312,94 @@ def test_training_crops_are_padded_with_the_normalised_mean():
     assert inside.shape[1:] == (16, 16)
     torch.testing.assert_close(inside, ((1 - torch.tensor([0.5, 0.4, 0.3])) / 0.2)[:, None, None].expand(3, 16, 16))
     assert (out == 0).sum() == 3 * (64 * 64 - 16 * 16)  # the padding: the mean, not black (which is -mean/std)
+
+
+# ---- deployment: ONNX and safetensors files of a stitch, ONNX Runtime evaluation, int8 -------------------------
+def test_an_exported_stitch_gives_the_detections_of_the_model(tmp_path):
+    """ONNX (one image of any size in; boxes, labels, scores and masks out, run by ONNX Runtime) and safetensors
+    files give the PyTorch stitch's detections, all 100 of each image (a zero score threshold keeps them all)."""
+    from snnet.export import export_stitch, load_exported
+    from snnet.runtime import OnnxStitch
+
+    model = tiny_detector().eval()
+    model.detector.roi_heads.score_thresh = 0.0
+    torch.manual_seed(1)
+    images = [torch.randn(3, 64, 64), torch.randn(3, 48, 80)]  # the second is fitted and padded inside
+    sid = next(s.id for s in model.stitches if s.kind == "LSL")  # two stitching layers
+    with torch.no_grad():
+        ref = model.select(sid)(images)
+    paths = [export_stitch(model, sid, fmt, tmp_path / f"{sid}.{fmt}", (64, 64))[0]
+             for fmt in ("onnx", "safetensors")]
+    info = json.loads((tmp_path / f"{sid}.onnx.json").read_text())
+    assert info["outputs"] == ["boxes", "labels", "scores", "masks"] and info["batch"] == 1
+    with torch.no_grad():
+        saved = load_exported(paths[1])(images)
+    for got, atol in ((OnnxStitch(paths[0])(images), 1e-4), (saved, 0)):
+        for out, exp in zip(got, ref):
+            assert out["boxes"].shape == (100, 4) == exp["boxes"].shape
+            assert torch.equal(out["labels"], exp["labels"])
+            for key in ("boxes", "scores", "masks"):
+                torch.testing.assert_close(out[key], exp[key], atol=atol, rtol=0)
+
+
+def test_onnx_detections_give_the_model_s_coco_records(tmp_path, tiny_config):
+    """The evaluation path reads a detection ONNX file as it reads the model: the same COCO records (category,
+    score, box; masks thresholded at 0.5 agree on all but a few pixels, values within 1e-6 of 0.5 may flip)."""
+    from pycocotools import mask as mask_utils
+    from snnet.export import export_stitch
+    from snnet.runtime import OnnxStitch
+
+    task = scenes_task(tmp_path, tiny_config)
+    model = tiny_detector(out_indices=(5,)).eval()
+    model.detector.roi_heads.score_thresh = 0.0
+    batch = task.eval_collate([task.val_set[i] for i in range(2)])
+    sid = next(s.id for s in model.stitches if s.kind == "LS")
+    path = export_stitch(model, sid, "onnx", tmp_path / "s.onnx", (64, 64))[0]
+    ref = task.eval_batch(model.select(sid), batch, torch.device("cpu"))
+    got = task.eval_batch(OnnxStitch(path), batch, torch.device("cpu"))
+    assert len(got) == len(ref) == 2 + 2 * 2 * 100
+    pixels = differ = 0
+    for (kind, a), (kind_ref, b) in zip(got, ref):
+        assert kind == kind_ref
+        if kind == "image":
+            assert a == b
+            continue
+        assert a["category_id"] == b["category_id"] and a["score"] == pytest.approx(b["score"], abs=1e-5)
+        if kind == "bbox":
+            assert a["bbox"] == pytest.approx(b["bbox"], abs=1e-3)
+        else:
+            ma, mb = (mask_utils.decode(r["segmentation"]) for r in (a, b))
+            pixels, differ = pixels + ma.size, differ + int((ma != mb).sum())
+    assert differ <= 1e-4 * pixels
+
+
+def test_detection_files_quantise_evaluate_and_profile_through_the_cli(tmp_path, capsys):
+    """int8 (dynamic: the backbone's and box head's linear layers) of a detection stitch, its evaluation into the
+    run's columns beside the float32 file's, which equals the model's, and its ONNX Runtime latency; TorchScript
+    is refused in one line."""
+    from snnet.export import sidecar_path
+    from test_cli import read_jsonl, snnet
+
+    cfg = json.loads(json.dumps(TINY))
+    cfg["train"]["epochs"], cfg["output_dir"] = 0, str(tmp_path / "run")
+    cfg["eval"] = {"stitches": [0, 7], "visualize": 0}  # the table needs only the stitch exported
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    assert snnet("train", "--config", str(tmp_path / "c.yaml")) == 0
+    run = tmp_path / "run"
+    common = ["export", "--checkpoint", str(run), "--stitch", "7", "--format"]
+    assert snnet(*common, "onnx", "--output", str(tmp_path / "fp32.onnx")) == 0
+    assert snnet(*common, "onnx", "--output", str(tmp_path / "dyn.onnx"), "--quantize", "int8") == 0
+    capsys.readouterr()
+    assert snnet(*common, "torchscript", "--output", str(tmp_path / "s.pt")) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "snnet: error: a detection model exports as onnx or safetensors: its torchvision heads do not trace to TorchScript"]
+    info = json.loads(sidecar_path(tmp_path / "dyn.onnx").read_text())
+    assert info["precision"] == "int8" and info["quantization"]["ops"] == ["MatMul", "Gemm"]
+    assert snnet("eval", "--config", str(run / "config.yaml"), "--checkpoint", str(run), "--onnx",
+                 str(tmp_path / "fp32.onnx"), str(tmp_path / "dyn.onnx")) == 0
+    r = {x["stitch_id"]: x for x in read_jsonl(run / "results.jsonl")}[7]
+    assert r["bbox_AP@fp32"] == pytest.approx(r["bbox_AP"], abs=1e-6) and "segm_AP@int8" in r
+    assert snnet("profile", "--run", str(run), "--onnx", "--quantize", "int8", "--stitches", "7", "--repeats",
+                 "2", "--warmup", "1", "--no-progress") == 0
+    r = {x["stitch_id"]: x for x in read_jsonl(run / "results.jsonl")}[7]
+    assert r["latency_onnx_ms"] > 0 and r["latency_ms@int8"] > 0

@@ -124,9 +124,6 @@ def test_export_errors_are_one_line(lora_model, tmp_path):
         export_stitch(lora_model, 40, "onnx", tmp_path / "x.onnx", (32, 32))
     with pytest.raises(SNNetError, match="unknown export format 'tflite'"):
         export_stitch(lora_model, 3, "tflite", tmp_path / "x.tflite", (32, 32))
-    det = build_model(load_config("quickstart_detection"), load_weights=False, device="meta")
-    with pytest.raises(SNNetError, match="detection model's Mask R-CNN heads are not exported yet"):
-        deployable(det, 0)
 
 
 def test_profile_then_select_and_export_by_milliseconds(tmp_path, capsys):

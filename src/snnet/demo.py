@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .errors import SNNetError
+from .errors import SNNetError, first_line
 from .tasks.dense import DISPLAY
 
 AUTO = "best under the budget"
@@ -46,7 +46,7 @@ class DemoRun:
         self.mean, self.std, self.classes = info["mean"], info["std"], info["class_names"]
         self.transform = self._transform(run_dir)
         self.device = torch.device(device)
-        self.int8 = importlib.util.find_spec("onnxruntime") is not None and self.model.exportable
+        self.int8 = importlib.util.find_spec("onnxruntime") is not None
         self._int8_files: dict[int, object] = {}  # stitch -> its int8 file under ONNX Runtime, exported on demand
         self._scratch = tempfile.TemporaryDirectory(prefix="snnet-demo-")
 
@@ -78,7 +78,7 @@ class DemoRun:
         from .runtime import OnnxStitch
 
         if not self.int8:
-            raise SNNetError("int8 needs onnxruntime and an exportable model: pip install 'snnet[export]'")
+            raise SNNetError("int8 needs onnxruntime: pip install 'snnet[export]'")
         if stitch_id not in self._int8_files:
             path = Path(self._scratch.name) / f"stitch{stitch_id}_int8.onnx"
             export_stitch(self.model.cpu(), stitch_id, "onnx", path, img_size, quantize="int8")
@@ -181,7 +181,7 @@ def build_demo(run: DemoRun, examples_dir: Path):
             caption = problem or run.caption(sid, budget, bool(explicit) and explicit != AUTO, int8)
             answer = run.predict(image, sid, min_score, int8) if image is not None else None
         except (TypeError, ValueError, SNNetError) as e:  # API calls with values the page never sends
-            return None, None, "", f"**{str(e).splitlines()[0] if str(e) else type(e).__name__}**", None, gr.skip()
+            return None, None, "", f"**{first_line(e)}**", None, gr.skip()
         prediction, legend = answer if isinstance(answer, tuple) else (answer, "")
         shown = np.asarray(image) if image is not None else None
         # the slider is written back only when its value was clamped: an unchanged write-back arriving after the user

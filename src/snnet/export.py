@@ -21,7 +21,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ._atomic import atomic_path, together
-from .errors import SNNetError
+from .errors import SNNetError, first_line
 from .model import SNNet, embed_tokens, tap_maps
 from .pretrained import saved_config
 from .quantize import quantize_onnx
@@ -123,15 +123,28 @@ class StitchNet(nn.Module):
 
 def deployable(model: SNNet | DenseModel, stitch_id: int) -> nn.Module:
     """The stitch as a standalone eval-mode network; a dense model keeps its inference heads over it."""
-    if not model.exportable:
-        raise SNNetError("export takes classification, segmentation and depth models; a detection model's "
-                         "Mask R-CNN heads are not exported yet")
     if model.backbone is not model:  # a task model: the backbone's stitch under its heads
         heads = model.inference_heads()
-        unused = {name: nn.ModuleList() for name, child in model.named_children()
-                  if name != "backbone" and not any(child is h for h in heads)}  # e.g. auxiliary training heads
-        return _copy_with(model, backbone=StitchNet(model.backbone, stitch_id, dense=True), **unused).eval()
+        # a copy in which every reference to the backbone (detection's pyramid holds one) is the stitch, and
+        # the heads a deployed stitch does not run (e.g. auxiliary training heads) are empty
+        memo = {id(model.backbone): StitchNet(model.backbone, stitch_id, dense=True)}
+        memo.update({id(child): nn.ModuleList() for name, child in model.named_children()
+                     if name != "backbone" and not any(m is h for m in child.modules() for h in heads)})
+        return copy.deepcopy(model, memo).eval()
     return StitchNet(model, stitch_id).eval()
+
+
+class _OneImage(nn.Module):
+    """A model over image lists (detection) as ONNX exports it: one (3, H, W) image in, the tensors of its
+    output dict (``keys``, in order) out."""
+
+    def __init__(self, net: nn.Module, keys: Sequence[str]) -> None:
+        super().__init__()
+        self.net, self.keys = net, list(keys)
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = self.net([image])[0]
+        return tuple(out[k] for k in self.keys)
 
 
 def sidecar_path(path: str | Path) -> Path:
@@ -153,6 +166,10 @@ def export_stitch(model: SNNet | DenseModel, stitch_id: int, fmt: str, output: s
         raise SNNetError(f"unknown quantisation {quantize!r}: expected int8")
     if quantize and fmt != "onnx":
         raise SNNetError(f"int8 quantisation takes ONNX exports (ONNX Runtime runs them), not {fmt}")
+    lists = model.takes_image_lists
+    if lists and fmt == "torchscript":
+        raise SNNetError(f"a {model.task} model exports as onnx or safetensors: its torchvision heads do not trace "
+                         f"to TorchScript")
     output = Path(output)
     if output.is_dir():
         raise SNNetError(f"--output {output} is a directory: give a file name")
@@ -160,20 +177,22 @@ def export_stitch(model: SNNet | DenseModel, stitch_id: int, fmt: str, output: s
     net = deployable(model.eval(), stitch_id)
     s = model.stitch(stitch_id)
     flops = model.flops(stitch_id, img_size)  # a size the patches do not tile fails here, before any write
-    example = torch.randn(batch, 3, *img_size, device=device)
+    example = torch.randn(1 if lists else batch, 3, *img_size, device=device)
     try:  # what the anchors refuse (a fixed grid, a relative position table) fails before any write too
         with torch.no_grad():
-            net(example)
+            out = net(model.as_input(example))
     except SNNetError:
         raise
     except (RuntimeError, AssertionError, ValueError) as e:
         raise SNNetError(f"stitch {stitch_id} does not run at {img_size[0]}x{img_size[1]}: "
-                         f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from None
+                         f"{first_line(e)}") from None
     sidecar = {"format": EXPORT_FORMAT, "file": output.name, "export_format": fmt,
                "task": model.task, "stitch_id": s.id, "kind": s.kind,
                "route": s.describe(), "flops": flops, "gflops": flops / 1e9, "params": model.params(s.id),
-               "input_size": list(img_size), "batch": "dynamic" if fmt == "onnx" else batch,
-               "input": "images (B, 3, H, W), float32, normalised with mean and std",
+               "input_size": list(img_size), "batch": 1 if lists else "dynamic" if fmt == "onnx" else batch,
+               "input": "image (3, H, W) of any size, fitted and padded inside, float32, normalised with mean and "
+                        "std" if lists else "images (B, 3, H, W), float32, normalised with mean and std",
+               **({"outputs": list(out[0])} if lists else {}),
                "precision": quantize or "fp32",
                **(info or {}), "model": saved_config(model)}  # its task names the class that rebuilds it
     side = sidecar_path(output)
@@ -187,22 +206,32 @@ def export_stitch(model: SNNet | DenseModel, stitch_id: int, fmt: str, output: s
                 warnings.simplefilter("ignore", torch.jit.TracerWarning)
                 warnings.simplefilter("ignore", FutureWarning)
                 torch.jit.trace(net, example, check_trace=False).save(str(tmp))
-        elif quantize:
-            with tempfile.TemporaryDirectory() as scratch:
-                fp32 = Path(scratch) / "fp32.onnx"
-                _onnx(net, example, fp32)
-                sidecar["quantization"] = {**quantize_onnx(fp32, tmp, method, calibration),
-                                           **({"calibration": calibration_info} if calibration_info else {})}
         else:
-            _onnx(net, example, tmp)
+            onnx_in = (_OneImage(net, out[0]), example[0]) if lists else (net, example)
+            if not quantize:
+                _onnx(*onnx_in, tmp)
+            else:
+                with tempfile.TemporaryDirectory() as scratch:
+                    fp32 = Path(scratch) / "fp32.onnx"
+                    _onnx(*onnx_in, fp32)
+                    sidecar["quantization"] = {**quantize_onnx(fp32, tmp, method, calibration),
+                                               **({"calibration": calibration_info} if calibration_info else {})}
         side_tmp.write_text(json.dumps(sidecar, indent=1) + "\n", encoding="utf-8")
     return [output, side]
 
 
 def _onnx(net: nn.Module, example: torch.Tensor, path: Path) -> None:
-    """ONNX with a dynamic batch axis (torch.export-based exporter)."""
+    """ONNX of a batch model with a dynamic batch axis (torch.export-based exporter), or of a one-image model
+    (``_OneImage``: torchvision's detectors) with any image size by the TorchScript-based exporter, which
+    torchvision's own ONNX tests use: torch.export cannot trace their data-dependent numbers of boxes."""
     if importlib.util.find_spec("onnxscript") is None:  # torch's exporter needs it
         raise SNNetError("ONNX export needs the onnx and onnxscript packages: pip install 'snnet[export]'")
+    if isinstance(net, _OneImage):
+        with warnings.catch_warnings():  # the tracer's notes on Python conditions and the exporter's deprecation
+            warnings.simplefilter("ignore")
+            torch.onnx.export(net, (example,), str(path), input_names=["image"], output_names=net.keys,
+                              dynamic_axes={"image": {1: "height", 2: "width"}}, opset_version=17, dynamo=False)
+        return
     batch = torch.export.Dim("batch", min=1)
     if example.shape[0] == 1:  # torch.export specialises a size-1 dimension: trace a batch of two
         example = example.repeat(2, 1, 1, 1)

@@ -62,5 +62,9 @@ def onnx_latency(path: str, batch: int, img_size: tuple[int, int], threads: int,
     import numpy as np
 
     session = onnx_session(path, threads)
-    feed = {session.get_inputs()[0].name: np.random.default_rng(0).standard_normal((batch, 3, *img_size), dtype=np.float32)}
+    one_image = len(session.get_inputs()[0].shape) == 3  # detection's files take one (3, H, W) image
+    if one_image and batch != 1:
+        raise SNNetError(f"{path} takes one image per call: profile it with --batch 1")
+    shape = (3, *img_size) if one_image else (batch, 3, *img_size)
+    feed = {session.get_inputs()[0].name: np.random.default_rng(0).standard_normal(shape, dtype=np.float32)}
     return time_call(lambda: session.run(None, feed), torch.device("cpu"), repeats, warmup)

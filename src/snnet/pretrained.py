@@ -39,7 +39,6 @@ class Pretrained:
     primary_metric: ClassVar[str]
     higher_is_better: ClassVar[bool]
     pipeline_tag: ClassVar[str]
-    exportable: ClassVar[bool] = True  # snnet export writes its stitches as standalone networks
     takes_image_lists: ClassVar[bool] = False  # a list of (3, H, W) images of any size, not one batch tensor
 
     def as_input(self, images: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:

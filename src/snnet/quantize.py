@@ -32,14 +32,16 @@ def _quantization():
 
 
 class _Batches:
-    """ONNX Runtime's calibration reader over float32 image batches (B, 3, H, W)."""
+    """ONNX Runtime's calibration reader over float32 image batches (B, 3, H, W), fed to the file's input
+    ``name``: whole, or image by image for a one-image file (detection's)."""
 
-    def __init__(self, batches: Iterable[torch.Tensor]) -> None:
-        self.batches: Iterator[torch.Tensor] = iter(batches)
+    def __init__(self, batches: Iterable[torch.Tensor], name: str, one_image: bool) -> None:
+        self.feeds: Iterator[torch.Tensor] = (x for batch in batches for x in (batch if one_image else [batch]))
+        self.name = name
 
     def get_next(self) -> dict[str, np.ndarray] | None:
-        batch = next(self.batches, None)
-        return None if batch is None else {"images": batch.float().numpy()}
+        x = next(self.feeds, None)
+        return None if x is None else {self.name: x.float().numpy()}
 
 
 def quantize_onnx(src: str | Path, dst: str | Path, method: str = "dynamic",
@@ -68,7 +70,11 @@ def quantize_onnx(src: str | Path, dst: str | Path, method: str = "dynamic",
         if method == "dynamic":
             q.quantize_dynamic(pre, dst, op_types_to_quantize=LINEAR_OPS, weight_type=q.QuantType.QInt8)
             return {**record, "ops": LINEAR_OPS, "weights": "int8, per tensor", "activations": "int8 at run time"}
-        q.quantize_static(pre, dst, _Batches(calibration), quant_format=q.QuantFormat.QDQ,
+        import onnx  # onnxruntime's quantisation tools need it too
+
+        inp = onnx.load(str(src), load_external_data=False).graph.input[0]
+        reader = _Batches(calibration, inp.name, len(inp.type.tensor_type.shape.dim) == 3)
+        q.quantize_static(pre, dst, reader, quant_format=q.QuantFormat.QDQ,
                           op_types_to_quantize=LINEAR_OPS + ["Conv"], per_channel=True,
                           activation_type=q.QuantType.QInt8, weight_type=q.QuantType.QInt8,
                           calibrate_method=q.CalibrationMethod.MinMax)

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import SNNetError
+from .errors import SNNetError, first_line
 
 
 def onnx_session(path: str | Path, threads: int | None = None):
@@ -17,22 +17,30 @@ def onnx_session(path: str | Path, threads: int | None = None):
     except ImportError:
         raise SNNetError("running ONNX models needs onnxruntime: pip install 'snnet[export]'") from None
     opts = ort.SessionOptions()
+    opts.log_severity_level = 3  # errors only: e.g. detection's outputs, whose row counts vary, draw warnings
     if threads is not None:
         opts.intra_op_num_threads = threads
     try:
         return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     except Exception as e:  # a damaged or foreign file: ONNX Runtime raises its own types
-        raise SNNetError(f"ONNX Runtime cannot load {path}: {str(e).strip().splitlines()[0]}") from None
+        raise SNNetError(f"ONNX Runtime cannot load {path}: {first_line(e)}") from None
 
 
 class OnnxStitch(nn.Module):
-    """An exported stitch run by ONNX Runtime: float32 images in, the file's output as a tensor on their device."""
+    """An exported stitch run by ONNX Runtime: float32 images in, the file's output as a tensor on their device; a
+    one-image file (detection) takes a list of (3, H, W) images and gives a dict per image, keyed by its outputs."""
 
     def __init__(self, path: str | Path, threads: int | None = None) -> None:
         super().__init__()
         self.session = onnx_session(path, threads)
         self.input_name = self.session.get_inputs()[0].name
+        self.output_names = [o.name for o in self.session.get_outputs()]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.session.run(None, {self.input_name: x.detach().float().cpu().numpy()})[0]
-        return torch.from_numpy(out).to(x.device)
+    def _run(self, x: torch.Tensor) -> list[torch.Tensor]:
+        outs = self.session.run(None, {self.input_name: x.detach().float().cpu().numpy()})
+        return [torch.from_numpy(o).to(x.device) for o in outs]
+
+    def forward(self, x: torch.Tensor | list[torch.Tensor]) -> torch.Tensor | list[dict[str, torch.Tensor]]:
+        if isinstance(x, (list, tuple)):
+            return [dict(zip(self.output_names, self._run(image))) for image in x]
+        return self._run(x)[0]

@@ -39,7 +39,7 @@ class Task:
 
     # ---- spec: read without any data ---------------------------------------------------------------------
     name: ClassVar[str]
-    # the model it trains: its config.json task, primary metric and direction, Hub pipeline tag, exportable
+    # the model it trains: its config.json task, primary metric and direction, Hub pipeline tag
     model_class: ClassVar[type[Pretrained]]
     datasets: ClassVar[tuple[str, ...]]  # the values of data.dataset it reads
     metric_directions: ClassVar[dict[str, bool]]  # every metric it writes: higher is better?

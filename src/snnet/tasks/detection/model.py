@@ -99,7 +99,6 @@ class DetectionModel(DenseModel):
     primary_metric = "bbox_AP"
     higher_is_better = True
     pipeline_tag = "object-detection"
-    exportable = False  # the Mask R-CNN heads are not exported yet
     takes_image_lists = True  # torchvision's detectors fit and pad each image themselves
 
     @classmethod
