@@ -5,9 +5,9 @@
   deit3_s_l - DeiT3-S/L-shaped random anchors at 224: one stitch of every kind exported to ONNX, float32 and
               int8 (dynamic, snnet.quantize), timed by ONNX Runtime at ``--batches`` (median of ``--repeats``,
               the two files' runs interleaved).
-  --run DIR - a trained, evaluated run (e.g. runs/quickstart): every stitch's accuracy through ONNX Runtime in
-              int8 dynamic and static (``snnet eval --quantize int8``, into the run's results as acc1@int8 and
-              acc1@int8-static), then their latency (``snnet profile --onnx --quantize int8``), and the frontier
+  --run DIR - a trained, evaluated run of any task (e.g. runs/quickstart): every stitch's primary metric through
+              ONNX Runtime in int8 dynamic and static (``snnet eval --quantize int8``, into the run's results as
+              e.g. acc1@int8 and acc1@int8-static, bbox_AP@int8), then their latency (``snnet profile --onnx --quantize int8``), and the frontier
               over milliseconds across precisions.
 
     .venv/bin/python benchmarks/bench_int8.py [--batches 1 8] [--threads 2] [--run runs/quickstart]
