@@ -5,7 +5,7 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 # below the models: errors and files, the pure stitch-space functions, anchors, config, data, results
-LOWER = {"snnet.errors", "snnet.registry", "snnet._atomic", "snnet.files", "snnet.flops", "snnet.stitch_space", "snnet.sampling",
+LOWER = {"snnet.errors", "snnet.registry", "snnet._atomic", "snnet.files", "snnet.progress", "snnet.flops", "snnet.stitch_space", "snnet.sampling",
          "snnet.selection", "snnet.route_tree", "snnet.rel_pos", "snnet.stitching_layers", "snnet.anchors",
          "snnet.config", "snnet.data", "snnet.data.scenes", "snnet.data.coco", "snnet.results",
          "snnet.distributed", "snnet.latency", "snnet.runtime", "snnet.quantize"}

@@ -21,7 +21,6 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Subset
-from tqdm.auto import tqdm
 
 from ._atomic import atomic_path, atomic_write_text, together
 from .pretrained import load_state_checked
@@ -29,6 +28,7 @@ from .files import load_torch_checkpoint
 from .config import RunConfig, dump_config
 from .distributed import DistEnv, all_gather_objects, all_reduce_sum, barrier, broadcast_buffers
 from .errors import SNNetError
+from .progress import progress_bar
 from .least_squares import init_stitching_layers
 from .model import SNNet
 from .selection import ChoosesStitches
@@ -323,7 +323,7 @@ def train_one_epoch(model, task, loader: DataLoader, optimizer, scheduler, scale
     total, count, seen = 0.0, 0, 0
     steps = schedule.steps_in(r)
     start = time.perf_counter()
-    bar = tqdm(total=steps, desc=schedule.label(r), disable=not (progress and env.is_main), leave=False, unit="step")
+    bar = progress_bar(total=steps, desc=schedule.label(r), enabled=progress and env.is_main, unit="step")
     for step, batch in enumerate(round_batches(loader, r, steps, schedule.passes_per_round)):
         with autocast(env.device, cfg.train.amp):
             loss = task.training_loss(model, batch, env.device, r * schedule.round_steps + step)
@@ -364,8 +364,8 @@ def evaluate_stitches(model: SNNet, task, loader: DataLoader, stitch_ids: list[i
     order = model.backbone.depth_first(stitch_ids) if share else stitch_ids
     acc: dict[int, torch.Tensor | list] = {}
     with model.backbone.sharing_prefixes(stitch_ids) if share else nullcontext() as cache:
-        for batch in tqdm(loader, desc=f"evaluating {len(stitch_ids)} stitches",
-                          disable=not (progress and env.is_main), leave=False, unit="batch"):
+        for batch in progress_bar(loader, desc=f"evaluating {len(stitch_ids)} stitches",
+                                  enabled=progress and env.is_main, unit="batch"):
             for sid in order:
                 if sid is not None:
                     model.select(sid)

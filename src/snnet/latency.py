@@ -44,13 +44,13 @@ def example_input(model: torch.nn.Module, batch: int, img_size: tuple[int, int],
 def stitch_latency(model: torch.nn.Module, stitch_ids: Sequence[int], img_size: tuple[int, int], batch: int = 1,
                    repeats: int = 10, warmup: int = 3, progress: bool = False) -> dict[int, tuple[float, float]]:
     """(median ms, IQR ms) of one eval-mode forward of each stitch on the model's device."""
-    from tqdm.auto import tqdm
+    from .progress import progress_bar
 
     device = next(model.parameters()).device
     model.eval()
     x = example_input(model, batch, img_size, device)
     out = {}
-    for sid in tqdm(stitch_ids, desc="profiling", disable=not progress, leave=False, unit="stitch"):
+    for sid in progress_bar(stitch_ids, desc="profiling", enabled=progress, unit="stitch"):
         model.select(sid)
         out[sid] = time_call(lambda: model(x), device, repeats, warmup)
     return out

@@ -11,9 +11,9 @@ from collections.abc import Iterable
 
 import torch
 import torch.distributed as dist
-from tqdm.auto import tqdm
 
 from .errors import SNNetError
+from .progress import progress_bar
 from .stitch_space import layer_fits
 
 
@@ -99,7 +99,7 @@ def init_stitching_layers(model, batches: Iterable, num_images: int | None = Non
     was_training = model.training
     model.eval()
     seen = 0
-    bar = tqdm(total=num_images, unit="img", desc="least-squares init", disable=not progress, leave=False)
+    bar = progress_bar(total=num_images, unit="img", desc="least-squares init", enabled=progress)
     try:
         for batch in batches:
             images = batch[0] if isinstance(batch, (tuple, list)) else batch

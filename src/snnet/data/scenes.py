@@ -284,14 +284,14 @@ def render_all(config: SceneConfig, split: str, num_images: int, fields: tuple[s
                progress: bool = True) -> list[tuple]:
     """``fields`` of scenes 0..num_images-1, rendered in forked worker processes (one per core) when there
     are enough of them to pay for the fork; identical to rendering them one by one."""
-    from tqdm.auto import tqdm
+    from ..progress import progress_bar
     render = partial(_render_fields, config, split, fields)
     workers = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1, 8)
-    bar = dict(total=num_images, desc=f"rendering {split} scenes", leave=False, unit="img", disable=not progress)
+    bar = dict(total=num_images, desc=f"rendering {split} scenes", unit="img", enabled=progress)
     if workers < 2 or num_images < 2000 or "fork" not in multiprocessing.get_all_start_methods():
-        return [render(i) for i in tqdm(range(num_images), **bar)]
+        return [render(i) for i in progress_bar(range(num_images), **bar)]
     with multiprocessing.get_context("fork").Pool(workers) as pool:
-        return list(tqdm(pool.imap(render, range(num_images), chunksize=250), **bar))
+        return list(progress_bar(pool.imap(render, range(num_images), chunksize=250), **bar))
 
 
 class ShapesClassification(Dataset):
