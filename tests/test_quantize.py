@@ -112,8 +112,24 @@ def test_select_chooses_a_stitch_and_a_precision(tmp_path, capsys):
         return capsys.readouterr().out.splitlines()[2].split()
 
     assert best("--max-latency-ms", "2.5")[0] == "2"  # float32 only, as before
+    # float32 timed in PyTorch only: no comparison with the int8 files' ONNX Runtime times
+    assert snnet("select", "--results", str(tmp_path), "--max-latency-ms", "2.5", "--precision", "any") == 2
+    assert capsys.readouterr().err == ("snnet: error: --precision any compares times of one runtime, and no float32 "
+                                       "stitch was timed in ONNX Runtime (latency_onnx_ms): run snnet profile --onnx "
+                                       "--quantize int8 first\n")
+    for r, onnx in zip(rows, (1.8, 2.6, 2.2)):
+        r["latency_onnx_ms"] = onnx  # the float32 files' times: stitch 1 in float32 (2.6 ms) misses 2.5 ms
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     picked = best("--max-latency-ms", "2.5", "--precision", "any")  # id kind GFLOPs params acc1 ms precision
     assert (picked[0], picked[4], picked[5], picked[6]) == ("1", "59.50", "1.50", "int8")
+    assert best("--max-latency-ms", "2.3", "--precision", "any")[:7] == ["1", "anchor", "3.000", "3.00", "59.50",
+                                                                          "1.50", "int8"]
+    assert best("--max-latency-ms", "2.3", "--precision", "fp32")[0] == "0"  # PyTorch times: stitch 2's 2.4 misses
+    del rows[2]["latency_onnx_ms"]
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert snnet("select", "--results", str(tmp_path), "--max-latency-ms", "2.5", "--precision", "any") == 0
+    assert capsys.readouterr().out.splitlines()[0] == ("note: 1 fp32 row of the results has no latency in ONNX "
+                                                       "Runtime, left out")
     assert best("--max-latency-ms", "1.2", "--precision", "int8")[0] == "0"
     assert best("--max-gflops", "3", "--precision", "any")[0] == "1"  # equal FLOPs: float32's 60 % wins
     assert snnet("select", "--results", str(tmp_path), "--max-latency-ms", "1.2") == 2
@@ -124,6 +140,24 @@ def test_select_chooses_a_stitch_and_a_precision(tmp_path, capsys):
     assert "the results have no acc1@int8: evaluate int8 files first" in capsys.readouterr().err
 
 
+def test_an_int8_row_shows_int8_figures_only(tmp_path, capsys):
+    row = {"stitch_id": 0, "kind": "anchor", "route": "S", "flops": 1e9, "gflops": 1.0, "params_m": 1.0,
+           "acc1": 50.0, "acc5": 80.0, "loss": 1.5, "latency_ms": 2.0, "acc1@int8": 49.0, "acc5@int8": 79.0,
+           "loss@int8": 1.6, "latency_ms@int8": 1.0}
+    (tmp_path / "results.jsonl").write_text(json.dumps(row) + "\n")
+    assert snnet("select", "--results", str(tmp_path), "--max-gflops", "1", "--precision", "int8") == 0
+    head, values = capsys.readouterr().out.splitlines()[1:3]
+    assert head.split() == ["id", "kind", "GFLOPs", "params(M)", "acc1", "acc5", "loss", "latency_ms", "precision",
+                            "route"]
+    assert values.split() == ["0", "anchor", "1.000", "1.00", "49.00", "79.00", "1.60", "1.00", "int8", "S"]
+    del row["acc5@int8"], row["loss@int8"]  # figures the int8 file was not measured for are not shown at all
+    (tmp_path / "results.jsonl").write_text(json.dumps(row) + "\n")
+    assert snnet("select", "--results", str(tmp_path), "--max-latency-ms", "1", "--precision", "int8") == 0
+    head, values = capsys.readouterr().out.splitlines()[1:3]
+    assert head.split() == ["id", "kind", "GFLOPs", "params(M)", "acc1", "latency_ms", "precision", "route"]
+    assert values.split()[4:7] == ["49.00", "1.00", "int8"]
+
+
 def test_profile_times_int8_files_beside_float32(run, tmp_path):
     assert snnet("profile", "--run", str(run), "--stitches", "0,5", "--onnx", "--quantize", "int8", "--repeats", "2",
                  "--warmup", "1", "--no-progress") == 0
@@ -131,6 +165,19 @@ def test_profile_times_int8_files_beside_float32(run, tmp_path):
     assert sorted(timed) == [0, 5]
     for r in timed.values():
         assert r["latency_ms@int8"] > 0 and r["latency_iqr_ms@int8"] >= 0 and r["latency_onnx_ms"] > 0
+    # a plain profile of one of them in the same setting retimes PyTorch only: the ONNX and int8 figures stay
+    assert snnet("profile", "--run", str(run), "--stitches", "5", "--repeats", "2", "--warmup", "1",
+                 "--no-progress") == 0
+    again = {r["stitch_id"]: r for r in read_jsonl(run / "results.jsonl")}
+    for sid in (0, 5):
+        kept = {k: v for k, v in timed[sid].items() if k not in ("latency_ms", "latency_iqr_ms")}
+        assert {k: again[sid][k] for k in kept} == kept
+    assert again[0]["latency_ms"] == timed[0]["latency_ms"] and again[5]["latency_ms"] != timed[5]["latency_ms"]
+    # another setting (batch 2) drops the figures of the old one, PyTorch's and ONNX Runtime's alike
+    assert snnet("profile", "--run", str(run), "--stitches", "5", "--batch", "2", "--repeats", "2", "--warmup", "1",
+                 "--no-progress") == 0
+    again = {r["stitch_id"]: r for r in read_jsonl(run / "results.jsonl")}
+    assert not any(k.startswith("latency") for k in again[0]) and "latency_ms@int8" not in again[5]
     assert (run / "pareto_latency.png").read_bytes()[:4] == b"\x89PNG"
 
 

@@ -273,6 +273,8 @@ def cmd_select(args) -> int:
     task = results_task(Path(args.results))
     rows, metric, higher = budget_rows(args, args.results, task)
     rows = precision_rows(rows, metric, args.precision)
+    if args.max_latency_ms is not None:
+        _say_untimed(rows, args.precision)
     best = choose_stitch(rows, metric, higher, args.max_gflops, args.max_latency_ms)
     shown = (*TASKS[task].report_metrics, metric, "latency_ms") + (("precision",) if args.precision != "fp32" else ())
     metrics = tuple(dict.fromkeys(k for k in shown if k in best))
@@ -286,6 +288,20 @@ def cmd_select(args) -> int:
         costed = [r for r in rows if cost in r and all(m in r for m in metrics)]
         print(format_table([r for r in frontier(costed, metric, higher, cost) if r[key] <= limit], metrics))
     return 0
+
+
+def _say_untimed(rows: list[dict], precision: str) -> None:
+    """A latency budget chooses among timed rows only: say which precision's rows had no time, or fail when
+    ``--precision any`` has no float32 time from the runtime that timed the int8 files."""
+    untimed = {p: sum(r["precision"] == p and "latency_ms" not in r for r in rows) for p in ("fp32", "int8")}
+    if precision == "any" and untimed["fp32"] == sum(r["precision"] == "fp32" for r in rows):
+        raise SNNetError("--precision any compares times of one runtime, and no float32 stitch was timed in ONNX "
+                         "Runtime (latency_onnx_ms): run snnet profile --onnx --quantize int8 first")
+    left = [f"{n} {p} {'row' if n == 1 else 'rows'}" for p, n in untimed.items() if n]
+    if left:
+        runtime = " in ONNX Runtime" if precision == "any" else ""
+        verb = "has" if sum(untimed.values()) == 1 else "have"
+        print(f"note: {' and '.join(left)} of the results {verb} no latency{runtime}, left out")
 
 
 def results_task(path: Path) -> str:
@@ -454,7 +470,9 @@ def _profile(args, run: Path, model_dir: Path, device) -> int:
     stale = 0
     for r in rows:
         retimed = r["stitch_id"] in timed
-        if retimed or r.get("latency_setting", setting) != setting:  # one table, one setting: older figures go
+        # one table, one setting: figures of another go; those of this setting that this run does not measure
+        # again (ONNX, int8) stay
+        if r.get("latency_setting", setting) != setting:
             stale += not retimed
             for key in [k for k in r if k.startswith("latency_")]:
                 del r[key]

@@ -74,29 +74,32 @@ class ChoosesStitches:
 
 
 PRECISIONS = ("fp32", "int8")
+IDENTITY_COLUMNS = ("stitch_id", "kind", "route", "flops", "gflops", "params", "params_m")  # not measurements
 
 
 def precision_rows(rows: list[dict], metric: str, precision: str = "fp32") -> list[dict]:
     """The candidates of a results table at ``precision`` (fp32, int8 or any): a row per (stitch, precision) the
-    table measured, an int8 one taking its ``<metric>@int8`` and ``latency_ms@int8`` columns as its metric and
-    latency, and each marked with its ``precision``. Under ``any`` a float32 row's latency is its ONNX Runtime
-    time (``latency_onnx_ms``) when the table has it, so both precisions are timed by the same runtime."""
+    table measured, each marked with its ``precision``. An int8 row holds the stitch's identity and its
+    ``<column>@int8`` figures under their plain names (``acc1``, ``latency_ms``, ...): no float32 figure stands on
+    it. Under ``any`` a float32 row's latency is its ONNX Runtime time (``latency_onnx_ms``), so both precisions are
+    timed by one runtime; a float32 row without one has no latency there (timed in PyTorch, it compares with
+    nothing the int8 files measured)."""
     if precision not in (*PRECISIONS, "any"):
         raise SNNetError(f"unknown precision {precision!r}: expected fp32, int8 or any")
     out = []
     if precision in ("fp32", "any"):
         for r in rows:
             out.append(dict(r, precision="fp32"))
-            if precision == "any" and "latency_onnx_ms" in r:  # against int8 files: the float32 file's time
-                out[-1]["latency_ms"] = r["latency_onnx_ms"]
+            if precision == "any":
+                out[-1].pop("latency_ms", None)
+                if "latency_onnx_ms" in r:
+                    out[-1]["latency_ms"] = r["latency_onnx_ms"]
     if precision in ("int8", "any"):
         for r in rows:
             if f"{metric}@int8" in r:
-                q = {k: v for k, v in r.items() if k != "latency_ms"}  # the PyTorch latency is not the int8 file's
-                q.update({metric: r[f"{metric}@int8"], "precision": "int8"})
-                if "latency_ms@int8" in r:
-                    q["latency_ms"] = r["latency_ms@int8"]
-                out.append(q)
+                q = {k: r[k] for k in IDENTITY_COLUMNS if k in r}
+                q.update({k.removesuffix("@int8"): v for k, v in r.items() if k.endswith("@int8")})
+                out.append(dict(q, precision="int8"))
         if not any(r["precision"] == "int8" for r in out):
             raise SNNetError(f"the results have no {metric}@int8: evaluate int8 files first "
                              f"(snnet eval --quantize int8)")
