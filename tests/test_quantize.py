@@ -1,6 +1,7 @@
 """int8 deployment (issue 22): ONNX Runtime's dynamic and static quantisation of exported stitches, their sidecars,
 evaluation of ONNX files into the run's results beside the PyTorch figures, and the one-line errors."""
 import json
+import shutil
 import sys
 
 import pytest
@@ -138,6 +139,19 @@ def test_select_chooses_a_stitch_and_a_precision(tmp_path, capsys):
                                                     for r in rows))
     assert snnet("select", "--results", str(tmp_path), "--max-gflops", "3", "--precision", "int8") == 2
     assert "the results have no acc1@int8: evaluate int8 files first" in capsys.readouterr().err
+
+
+def test_a_moved_run_is_evaluated_where_it_now_is(run, tmp_path, capsys):
+    """Its config.yaml still names the old output_dir, where the original run still is: that one stays as it was."""
+    from test_bad_inputs import snapshot
+
+    moved = tmp_path / "moved"
+    shutil.copytree(run, moved)
+    before = snapshot(run)
+    assert snnet("eval", "--config", str(moved / "config.yaml"), "--quantize", "int8", "--stitches", "0") == 0
+    assert f"is the run {moved}'s own config, whose output_dir {run} is elsewhere" in capsys.readouterr().out
+    assert snapshot(run) == before and "acc1@int8" not in read_jsonl(run / "results.jsonl")[0]
+    assert "acc1@int8" in read_jsonl(moved / "results.jsonl")[0]
 
 
 def test_an_int8_row_shows_int8_figures_only(tmp_path, capsys):

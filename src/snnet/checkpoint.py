@@ -35,11 +35,7 @@ def official_filter_fn(state: dict[str, torch.Tensor], model: "SNNet") -> dict[s
     for key, value in state.items():
         m = _OFFICIAL_LAYER.match(key)
         if m:
-            group, index, param = m.groups()
-            if model.config.version == "sn-net":  # SN-Net: group p is neighbour pair p, its layers SL only
-                key = f"sl_layers.{int(group) * model.per_pair[0] + int(index)}.{param}"
-            else:  # SN-Netv2: group 0 SL, 1 LS
-                key = f"{'ls' if group == '1' else 'sl'}_layers.{index}.{param}"
+            key = _layer_key(key, *m.groups(), model)
         elif key.startswith("anchors."):
             for pattern, name in _MMSEG_NAMES:
                 key = pattern.sub(name, key)
@@ -51,6 +47,22 @@ def official_filter_fn(state: dict[str, torch.Tensor], model: "SNNet") -> dict[s
                 continue
         out[key] = value
     return out
+
+
+def _layer_key(key: str, group: str | None, index: str, param: str, model: "SNNet") -> str:
+    """Our name of a released stitching layer ``key``: SN-Netv2's group 0 SL, 1 LS; SN-Net's group p is
+    neighbour pair p, its layers SL only. A layer the model has no place for is a one-line error, not a
+    rename into the next pair's layers."""
+    if model.config.version != "sn-net":
+        return f"{'ls' if group == '1' else 'sl'}_layers.{index}.{param}"
+    pairs, per_pair = len(model.anchors) - 1, model.per_pair[0]
+    if group is None:
+        raise SNNetError(f"the checkpoint's {key} is the SN-Netv2 code base's layout (stitch_layers.K), not SN-Net's "
+                         f"(stitch_layers.PAIR.K): load it into a model.version v1 or v2 network")
+    if int(group) >= pairs or int(index) >= per_pair:
+        raise SNNetError(f"the checkpoint has {key}, but the model's SN-Net network has {pairs} anchor pairs "
+                         f"of {per_pair} stitching layers (stitch_layers.0..{pairs - 1}.0..{per_pair - 1})")
+    return f"sl_layers.{int(group) * per_pair + int(index)}.{param}"
 
 
 def _check_index(key: str, value: torch.Tensor, own: torch.Tensor | None) -> None:

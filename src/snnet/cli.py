@@ -33,11 +33,21 @@ def _add_quantize_flags(p: argparse.ArgumentParser, what: str) -> None:
                    help="static: training images to calibrate on, read through the run's data config (default 100)")
 
 
-def _load(args):
+def _load(args, writes: bool = True):
+    """The config of ``--config`` and its overrides; a command that ``writes`` into the run follows a moved one."""
     from .config import load_config
+    from .rundir import saved_run_of
+
     cfg = load_config(args.config, args.overrides)
     if getattr(args, "output_dir", None):
         cfg.output_dir = args.output_dir
+    elif writes and not any(o.startswith("output_dir=") for o in args.overrides):
+        run = saved_run_of(args.config, cfg.output_dir)
+        if run is not None and os.environ.get("RANK", "0") == "0":
+            print(f"note: {args.config} is the run {run}'s own config, whose output_dir {cfg.output_dir} is elsewhere "
+                  f"(the run was moved): writing into {run}")
+        if run is not None:
+            cfg.output_dir = str(run)
     if getattr(args, "no_share_prefixes", False):
         cfg.eval.share_prefixes = False
     return cfg
@@ -245,7 +255,7 @@ def cmd_flops(args) -> int:
     """The stitch table of a config: no weights, no data (anchors are built on the meta device)."""
     from .tasks import build_model
 
-    cfg = _load(args)
+    cfg = _load(args, writes=False)
     model = build_model(cfg, load_weights=False, device="meta")
     size = (args.img_size, args.img_size) if args.img_size is not None else None
     if args.dense and model.backbone is not model:  # a task model over a dense backbone

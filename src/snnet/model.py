@@ -228,11 +228,14 @@ class SNNet(Pretrained, ChoosesStitches, nn.Module):
         """ROS over ``flops`` (default: classification FLOPs), each anchor alone at least ``anchor_share`` of the
         steps; v1 and SN-Net sample uniformly, as SN-Net did."""
         anchors = [s.id for s in self.stitches if s.kind == "anchor"]
-        if self.config.version != "v2":
-            self.sampler = ROSSampler([self.stitch_ids], seed=seed, anchors=anchors, anchor_share=anchor_share)
-        else:
-            self.sampler = ROSSampler.from_flops(flops or self.flops_table(), gap_gflops, k, seed, anchors,
-                                                 anchor_share)
+        try:
+            if self.config.version != "v2":
+                self.sampler = ROSSampler([self.stitch_ids], seed=seed, anchors=anchors, anchor_share=anchor_share)
+            else:
+                self.sampler = ROSSampler.from_flops(flops or self.flops_table(), gap_gflops, k, seed, anchors,
+                                                     anchor_share)
+        except ValueError as e:  # a share the anchors cannot have
+            raise SNNetError(str(e)) from None
 
     def _active_stitch(self) -> Stitch:
         if not self.training:

@@ -31,6 +31,20 @@ def run_of(path: str) -> tuple[Path, Path | None]:
     return p, parent if (parent / "results.jsonl").is_file() or (parent / "config.yaml").is_file() else None
 
 
+def saved_run_of(config: str | Path, output_dir: str | Path) -> Path | None:
+    """The run directory whose saved ``config.yaml`` is ``config``, when its ``output_dir`` names another place (the
+    run was moved or copied, or the path is relative to another working directory): its results belong beside it,
+    not in whatever sits at the old place. None for any other config."""
+    path = Path(config)
+    run = path.parent
+    if path.name != "config.yaml" or not path.is_file() or Path(output_dir).resolve() == run.resolve():
+        return None
+    from .pretrained import CONFIG_NAME
+
+    marks = (run / "model" / CONFIG_NAME, run / "checkpoint.pt", run / "results.jsonl", run / "log.jsonl")
+    return run if any(m.is_file() for m in marks) else None
+
+
 def run_info(run: Path | None, model) -> dict:
     """Normalisation and class names for an exported stitch: the run's config, else the anchors' timm defaults."""
     from timm.models import get_pretrained_cfg
@@ -110,8 +124,15 @@ class RunLock:
                 continue
             except OSError as e:
                 raise SNNetError(f"cannot lock run directory {self.path.parent}: {e.strerror or e}") from None
-            with os.fdopen(fd, "w") as f:
-                f.write(self.owner + "\n")
+            try:
+                try:
+                    os.write(fd, (self.owner + "\n").encode())
+                finally:
+                    os.close(fd)
+            except OSError as e:  # a full disk: no empty lock left behind to confuse the next process
+                self.path.unlink(missing_ok=True)
+                raise SNNetError(f"cannot lock run directory {self.path.parent}: writing {self.path.name} failed "
+                                 f"({e.strerror or e}; is the disk full?)") from None
             for stale in self.path.parent.glob(".*.tmp"):  # left by a writer that was killed: no one else writes here
                 stale.unlink(missing_ok=True)
             return self

@@ -53,6 +53,10 @@ def check_config(cfg: RunConfig) -> Pretrained:
             model.stitch(sid)
         except SNNetError as e:
             raise SNNetError(f"config key 'eval.stitches': {e}") from None
+    share, anchors = cfg.train.ros_anchor_share, len(model.backbone.anchors)
+    if share * anchors > 1:
+        raise SNNetError(f"config key 'train.ros_anchor_share': {share:g} for each of {anchors} anchors is more than "
+                         f"every step (at most 1/{anchors} = {1 / anchors:.4g})")
     size = data_defaults(cfg)[0]
     hw = size if isinstance(size, tuple) else (size, size)
     anchor = model.backbone.anchors[0]
