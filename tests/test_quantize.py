@@ -141,6 +141,33 @@ def test_select_chooses_a_stitch_and_a_precision(tmp_path, capsys):
     assert "the results have no acc1@int8: evaluate int8 files first" in capsys.readouterr().err
 
 
+def test_an_onnx_file_must_be_the_stitch_its_sidecar_names(run, tmp_path, capsys):
+    from snnet.export import export_stitch
+    from snnet.pretrained import load_pretrained
+
+    assert export(run, tmp_path / "s5.onnx") == 0
+    info = json.loads(sidecar_path(tmp_path / "s5.onnx").read_text())
+    shutil.copy(tmp_path / "s5.onnx", tmp_path / "liar.onnx")
+    sidecar_path(tmp_path / "liar.onnx").write_text(json.dumps(dict(info, stitch_id=7)))
+    other = load_pretrained(run / "model")
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(torch.randn_like(p))  # another run's weights
+    export_stitch(other, 5, "onnx", tmp_path / "other.onnx", (32, 32))
+    before = (run / "results.jsonl").read_bytes()
+    common = ["eval", "--config", str(run / "config.yaml"), "--checkpoint", str(run)]
+    for files, extra, message in [
+        (["liar.onnx"], [], "liar.onnx computes stitch 5 of this model, not the stitch 7 its sidecar names"),
+        (["other.onnx"], [], "other.onnx is no stitch of this model: its outputs differ from every stitch's"),
+        (["s5.onnx"], ["--stitches", "5"], "--stitches chooses the stitches --quantize int8 exports; each --onnx "
+                                           "file is the stitch its sidecar names: give the files alone"),
+        (["s5.onnx", "s5.onnx"], [], "s5.onnx are both stitch 5 in fp32: give one of them")]:
+        assert snnet(*common, *extra, "--onnx", *(str(tmp_path / f) for f in files)) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+    assert (run / "results.jsonl").read_bytes() == before
+
+
 def test_a_moved_run_is_evaluated_where_it_now_is(run, tmp_path, capsys):
     """Its config.yaml still names the old output_dir, where the original run still is: that one stays as it was."""
     from test_bad_inputs import snapshot

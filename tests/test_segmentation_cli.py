@@ -204,3 +204,33 @@ def test_a_runs_own_config_evaluates_the_run_again(tmp_path, dataset, splits, su
     assert main(["eval", "--config", str(run / "config.yaml"), "--checkpoint", str(run), "--no-progress",
                  "--output-dir", str(tmp_path / "again")]) == 0
     assert read_jsonl(tmp_path / "again" / "results.jsonl") == read_jsonl(run / "results.jsonl")
+
+
+def test_onnx_files_evaluate_by_sliding_windows(tmp_path, capsys):
+    """The ADE20K recipe's evaluation (windows of the training crop over larger images) through ONNX Runtime: a
+    float32 file gives the PyTorch stitch's mIoU, int8 its own column; whole images of another size are one line."""
+    from snnet import load_official_checkpoint
+    from snnet.export import export_stitch
+    from snnet.tasks import build_model
+
+    for split in ("training", "validation"):
+        write_layout(tmp_path / "ade", split, ["a", "b", "c"], size=(40, 56), values=(0, 1, 2, 3, 4, 5))
+    ckpt = tmp_path / "released.pth"
+    write_mmengine_checkpoint(ckpt, reference_state_dict())
+    cfg = write_config(tmp_path, model={"anchors": ANCHORS, "lora_rank": 4, "out_indices": [1, 3, 5],
+                                        "head": {"channels": 16, "num_classes": CLASSES}},
+                       data={"dataset": "ade20k", "root": str(tmp_path / "ade"), "eval_batch_size": 2},
+                       eval={"mode": "slide", "stride": 21, "visualize": 0})
+    assert main(["eval", "--config", str(cfg), "--checkpoint", str(ckpt), "--no-progress"]) == 0
+    model = load_official_checkpoint(build_model(load_config(cfg), load_weights=False), ckpt).eval()
+    export_stitch(model, 3, "onnx", tmp_path / "s3.onnx", (32, 32))
+    common = ["eval", "--config", str(cfg), "--checkpoint", str(ckpt), "--no-progress"]
+    assert main([*common, "--onnx", str(tmp_path / "s3.onnx")]) == 0
+    assert main([*common, "--quantize", "int8", "--stitches", "3"]) == 0
+    row = {r["stitch_id"]: r for r in read_jsonl(tmp_path / "run" / "results.jsonl")}[3]
+    assert row["mIoU@fp32"] == pytest.approx(row["mIoU"], abs=1e-6) and 0 <= row["mIoU@int8"] <= 100
+    capsys.readouterr()
+    assert main([*common, "--onnx", str(tmp_path / "s3.onnx"), "eval.mode=whole"]) == 2
+    assert capsys.readouterr().err == (f"snnet: error: {tmp_path / 's3.onnx'} takes 32x32 images, not 40x56: resize "
+                                       f"the input, or for segmentation evaluate with eval.mode=slide (windows of its "
+                                       f"size)\n")

@@ -235,10 +235,13 @@ def _eval_exported(args, cfg, env, task, found, ids, run_dir: Path) -> list[Path
 
     if args.onnx and args.quantize:
         raise SNNetError("give --onnx files or --quantize int8 (which exports them), not both")
+    if args.onnx and ids:
+        raise SNNetError("--stitches chooses the stitches --quantize int8 exports; each --onnx file is the stitch its "
+                         "sidecar names: give the files alone")
     method = _quantize_method(args)
-    if args.onnx:
-        return evaluate_exported([Path(f) for f in args.onnx], task, cfg, env, run_dir, not args.no_progress)
     model = model_for_eval(found, cfg, task.num_classes).cpu().eval()  # ONNX Runtime runs on the CPU
+    if args.onnx:
+        return evaluate_exported([Path(f) for f in args.onnx], task, cfg, env, run_dir, not args.no_progress, model)
     size = model.img_size
     quantized = {"quantize": args.quantize, "method": method}
     calibrate_on = build_task(cfg, progress=False) if method == "static" else None  # its training images
@@ -658,6 +661,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         raise SNNetError(f"unrecognized arguments: {' '.join(unknown or extra)}")
     if extra:
         args.overrides = [*args.overrides, *extra]
+    if isinstance(getattr(args, "onnx", None), list):  # eval --onnx FILE... takes the overrides written after it
+        import re
+
+        moved = [a for a in args.onnx if re.match(r"[A-Za-z_][\w.]*=", a) and not Path(a).exists()]
+        args.onnx = [a for a in args.onnx if a not in moved]
+        args.overrides = [*args.overrides, *moved]
+        if not args.onnx:
+            raise SNNetError("--onnx takes exported ONNX files, got only overrides")
     return args
 
 

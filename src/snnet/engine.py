@@ -494,15 +494,14 @@ def evaluate_and_report(model: SNNet | ChoosesStitches, task, cfg: RunConfig, en
 
 
 def evaluate_exported(files: list[Path], task, cfg: RunConfig, env: DistEnv, run_dir: Path,
-                      progress: bool = True) -> list[Path] | None:
+                      progress: bool = True, model: SNNet | None = None) -> list[Path] | None:
     """Each exported ONNX stitch through ONNX Runtime on the run's validation data, into the run's results as
-    precision-labelled columns (``acc1@int8``, ``acc1@fp32``, ...) beside the PyTorch ones, which stay."""
-    from .export import precision_label, read_sidecar
+    precision-labelled columns (``acc1@int8``, ``acc1@fp32``, ...) beside the PyTorch ones, which stay. With the
+    run's ``model``, each file is first checked to compute the stitch its sidecar names."""
+    from .export import check_exported_stitch, precision_label, read_sidecar, sidecar_path
     from .results import read_results, write_results
     from .runtime import OnnxStitch
 
-    if cfg.eval.mode == "slide":
-        raise SNNetError("ONNX files take whole images: evaluate them with eval.mode=whole")
     if not (run_dir / "results.jsonl").is_file():
         raise SNNetError(f"no results.jsonl in {run_dir}: evaluate the run first (snnet eval), then its ONNX files")
     rows = read_results(run_dir / "results.jsonl")
@@ -512,9 +511,16 @@ def evaluate_exported(files: list[Path], task, cfg: RunConfig, env: DistEnv, run
         info = read_sidecar(f)
         if info.get("export_format") != "onnx":
             raise SNNetError(f"{f} is {info.get('export_format')}, not ONNX")
-        if info.get("task", "classification") != task.name or info["stitch_id"] not in by_id:
-            raise SNNetError(f"{f} is stitch {info['stitch_id']} of a {info.get('task')} model, not in "
-                             f"{run_dir / 'results.jsonl'}")
+        sid = info.get("stitch_id")
+        if not isinstance(sid, int) or isinstance(sid, bool):
+            raise SNNetError(f"{sidecar_path(f)} names no stitch id (stitch_id is {sid!r})")
+        if info.get("task", "classification") != task.name or sid not in by_id:
+            raise SNNetError(f"{f} is stitch {sid} of a {info.get('task')} model, not in {run_dir / 'results.jsonl'}")
+        same = next((g for g, i in checked if (i["stitch_id"], precision_label(i)) == (sid, precision_label(info))), None)
+        if same is not None:  # both would write the same columns
+            raise SNNetError(f"{same} and {f} are both stitch {sid} in {precision_label(info)}: give one of them")
+        if model is not None:
+            check_exported_stitch(model, f, info, [task.val_set[i][0] for i in range(min(2, len(task.val_set)))])
         checked.append((f, info))
     loader = make_eval_loader(task.val_set, cfg.data.eval_batch_size or int(1.5 * cfg.data.batch_size),
                               cfg.data.workers, env, cfg.eval.max_images, task.eval_collate)

@@ -254,6 +254,39 @@ def read_sidecar(path: str | Path) -> dict:
     return info
 
 
+def check_exported_stitch(model: SNNet | DenseModel, path: str | Path, info: dict, images: Sequence[torch.Tensor],
+                          tolerance: float = 0.5) -> None:
+    """The ONNX file ``path`` computes the stitch of ``model`` that its sidecar ``info`` names: on ``images`` (a few
+    of the data's, resized to the file's input) its output is nearest that stitch's and within ``tolerance`` of its
+    norm (int8 rounding moves it by about 1 %, another stitch or run by its whole norm). Else a one-line error
+    naming the stitch it does compute, or none of this model's. Files over image lists (detection) are not probed:
+    their outputs have no fixed shape to compare."""
+    import torch.nn.functional as F
+
+    from .runtime import OnnxStitch
+
+    if model.takes_image_lists:
+        return
+    claimed, (h, w) = info["stitch_id"], info["input_size"]
+    x = torch.cat([F.interpolate(im.as_subclass(torch.Tensor)[None].float(), size=(h, w), mode="bilinear",
+                                 align_corners=False) for im in images])
+    got = OnnxStitch(path)(x).float()
+    ids = model.stitch_ids
+    differ = {}
+    with torch.no_grad(), model.backbone.sharing_prefixes(ids):
+        for sid in model.backbone.depth_first(ids):
+            ref = model.select(sid)(x).float()
+            differ[sid] = float((got - ref).norm() / ref.norm()) if ref.shape == got.shape else float("inf")
+    nearest = min(ids, key=lambda i: (differ[i], i != claimed))
+    if differ[nearest] > tolerance:
+        raise SNNetError(f"{path} is no stitch of this model: its outputs differ from every stitch's (nearest: stitch "
+                         f"{nearest}, by {differ[nearest]:.2g} of their norm); it was exported from another run")
+    # stitches that compute the same function on the probe (as degenerate tiny ones can) are all the file's
+    if differ[claimed] > min(tolerance, 2 * differ[nearest] + 1e-4):
+        raise SNNetError(f"{path} computes stitch {nearest} of this model, not the stitch {claimed} its sidecar names "
+                         f"(outputs differ by {differ[nearest]:.2g} against {differ[claimed]:.2g} of their norm)")
+
+
 def precision_label(info: dict) -> str:
     """How results name a file's precision: fp32, int8 (dynamic) or int8-static."""
     precision = info.get("precision", "fp32")

@@ -32,12 +32,22 @@ class OnnxStitch(nn.Module):
 
     def __init__(self, path: str | Path, threads: int | None = None) -> None:
         super().__init__()
+        self.path = path
         self.session = onnx_session(path, threads)
         self.input_name = self.session.get_inputs()[0].name
+        self.input_shape = self.session.get_inputs()[0].shape  # ints where fixed, names where dynamic
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     def _run(self, x: torch.Tensor) -> list[torch.Tensor]:
-        outs = self.session.run(None, {self.input_name: x.detach().float().cpu().numpy()})
+        fixed = tuple(d for d in self.input_shape[-2:] if isinstance(d, int))
+        if len(fixed) == 2 and tuple(x.shape[-2:]) != fixed:
+            raise SNNetError(f"{self.path} takes {fixed[0]}x{fixed[1]} images, not {x.shape[-2]}x{x.shape[-1]}: "
+                             f"resize the input, or for segmentation evaluate with eval.mode=slide (windows of its "
+                             f"size)")
+        try:
+            outs = self.session.run(None, {self.input_name: x.detach().float().cpu().numpy()})
+        except Exception as e:  # ONNX Runtime raises its own types
+            raise SNNetError(f"ONNX Runtime cannot run {self.path} on a {tuple(x.shape)} input: {first_line(e)}") from None
         return [torch.from_numpy(o).to(x.device) for o in outs]
 
     def forward(self, x: torch.Tensor | list[torch.Tensor]) -> torch.Tensor | list[dict[str, torch.Tensor]]:

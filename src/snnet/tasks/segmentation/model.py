@@ -55,34 +55,40 @@ class SegmentationModel(DenseModel):
         logits = self.decode_head(feats[-1])
         return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
-    @torch.no_grad()
     def slide_inference(self, images: torch.Tensor, crop_size: int | tuple[int, int] | None = None,
                         stride: int | tuple[int, int] | None = None) -> torch.Tensor:
-        """Logits (B, K, H, W) from windows of ``crop_size`` (default: the training crop) every ``stride``
-        pixels (default: 2/3 of the window); the last window of each axis ends at the border and the
-        logits of overlapping windows are averaged, as mmsegmentation does."""
-        ch, cw = _pair(crop_size) if crop_size is not None else self.img_size
-        sh, sw = _pair(stride) if stride is not None else (max(1, ch * 2 // 3), max(1, cw * 2 // 3))
-        if images.ndim != 4:
-            raise SNNetError(f"expected images of shape (B, 3, H, W), got {tuple(images.shape)}")
-        b, _, h, w = images.shape
-        rows = max(h - ch + sh - 1, 0) // sh + 1
-        cols = max(w - cw + sw - 1, 0) // sw + 1
-        boxes = []
-        for r in range(rows):
-            for c in range(cols):
-                y2, x2 = min(r * sh + ch, h), min(c * sw + cw, w)
-                boxes.append((max(y2 - ch, 0), max(x2 - cw, 0), y2, x2))
-        # windows of one image run as one batch; an image smaller than the window is padded (bottom, right)
-        crops = torch.cat([_pad_to(images[:, :, y1:y2, x1:x2], (ch, cw)) for y1, x1, y2, x2 in boxes])
-        logits = self(crops)
-        logits = logits.reshape(len(boxes), b, *logits.shape[1:])
-        out = images.new_zeros((b, self.num_classes, h, w), dtype=logits.dtype)
-        count = images.new_zeros((1, 1, h, w), dtype=logits.dtype)
-        for (y1, x1, y2, x2), lg in zip(boxes, logits):
-            out[:, :, y1:y2, x1:x2] += lg[:, :, :y2 - y1, :x2 - x1]
-            count[:, :, y1:y2, x1:x2] += 1
-        return out / count
+        """Logits (B, K, H, W) from windows of ``crop_size`` (default: the training crop): :func:`slide_inference`."""
+        return slide_inference(self, images, crop_size if crop_size is not None else self.img_size, stride)
+
+
+@torch.no_grad()
+def slide_inference(model, images: torch.Tensor, crop_size: int | tuple[int, int],
+                    stride: int | tuple[int, int] | None = None) -> torch.Tensor:
+    """Logits (B, K, H, W) of ``model`` (a segmentation model or its exported file: crops in, logits at the crop
+    size out) from windows of ``crop_size`` every ``stride`` pixels (default: 2/3 of the window); the last window
+    of each axis ends at the border and the logits of overlapping windows are averaged, as mmsegmentation does."""
+    ch, cw = _pair(crop_size)
+    sh, sw = _pair(stride) if stride is not None else (max(1, ch * 2 // 3), max(1, cw * 2 // 3))
+    if images.ndim != 4:
+        raise SNNetError(f"expected images of shape (B, 3, H, W), got {tuple(images.shape)}")
+    b, _, h, w = images.shape
+    rows = max(h - ch + sh - 1, 0) // sh + 1
+    cols = max(w - cw + sw - 1, 0) // sw + 1
+    boxes = []
+    for r in range(rows):
+        for c in range(cols):
+            y2, x2 = min(r * sh + ch, h), min(c * sw + cw, w)
+            boxes.append((max(y2 - ch, 0), max(x2 - cw, 0), y2, x2))
+    # windows of one image run as one batch; an image smaller than the window is padded (bottom, right)
+    crops = torch.cat([_pad_to(images[:, :, y1:y2, x1:x2], (ch, cw)) for y1, x1, y2, x2 in boxes])
+    logits = model(crops)
+    logits = logits.reshape(len(boxes), b, *logits.shape[1:])
+    out = images.new_zeros((b, logits.shape[2], h, w), dtype=logits.dtype)
+    count = images.new_zeros((1, 1, h, w), dtype=logits.dtype)
+    for (y1, x1, y2, x2), lg in zip(boxes, logits):
+        out[:, :, y1:y2, x1:x2] += lg[:, :, :y2 - y1, :x2 - x1]
+        count[:, :, y1:y2, x1:x2] += 1
+    return out / count
 
 
 def _pair(v: int | tuple[int, int]) -> tuple[int, int]:

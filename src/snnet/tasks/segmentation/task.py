@@ -10,7 +10,7 @@ from ..base import register_task
 from ..dense import DenseTask, image_batches
 from .data import build_datasets, check_folders, dataset_info
 from .metrics import area_sums, summarize
-from .model import SegmentationModel
+from .model import SegmentationModel, slide_inference
 from .visualize import prediction_grid, segmentation_overlay
 
 
@@ -71,7 +71,7 @@ class SegmentationTask(DenseTask):
         logits = []
         for x in image_batches(images):
             x = x.to(device, non_blocking=True).as_subclass(torch.Tensor)
-            out = model.slide_inference(x, self.input_size, ev.stride) if ev.mode == "slide" else model(x)
+            out = slide_inference(model, x, self.input_size, ev.stride) if ev.mode == "slide" else model(x)
             logits.extend(out.float())
         return [F.interpolate(lg[None], size=size, mode="bilinear", align_corners=False)[0].argmax(0)
                 for lg, size in zip(logits, sizes)]
