@@ -427,6 +427,60 @@ def test_a_full_disk_is_one_line_and_keeps_the_old_file(run, tmp_path, capsys):
         subprocess.run(["umount", str(mount)])
 
 
+@contextmanager
+def _full_disk(tmp_path: Path, run_dir: Path):
+    """A copy of the run on a small tmpfs filled to the last byte."""
+    mount = tmp_path / "full"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here")
+    try:
+        shutil.copytree(run_dir, mount / "run", ignore=shutil.ignore_patterns("tensorboard", "checkpoint.pt"))
+        with open(mount / "filler", "wb", buffering=0) as f:
+            try:
+                while True:
+                    f.write(b"x" * 4096)
+            except OSError:
+                pass
+        yield mount / "run"
+    finally:
+        subprocess.run(["umount", str(mount)])
+
+
+@pytest.mark.parametrize("command", ["eval", "profile"])
+def test_a_full_disk_at_the_lock_is_one_line_and_leaves_no_lock(run, tmp_path, capsys, command):
+    run_dir, cfg = run
+    with _full_disk(tmp_path, run_dir) as full:
+        before = snapshot(full)
+        argv = (["eval", "--config", str(cfg), "--checkpoint", str(full), "--output-dir", str(full), "--no-progress"]
+                if command == "eval" else ["profile", "--run", str(full), "--repeats", "1", "--no-progress"])
+        assert main(argv) == 2
+        assert capsys.readouterr().err == (f"snnet: error: cannot lock run directory {full}: writing .snnet.lock failed "
+                                           f"(No space left on device; is the disk full?)\n")
+        assert not (full / ".snnet.lock").exists() and snapshot(full) == before
+
+
+def test_an_anchor_share_beyond_every_step_is_a_config_error(run, tmp_path, capsys):
+    """Three anchors can each have at most a third of the steps: 0.5 each is one line, before any data."""
+    _, cfg = run
+    three = yaml.safe_load(cfg.read_text())
+    small, large = three["model"]["anchors"]
+    middle = json.loads(json.dumps(small))
+    middle["kwargs"].update(embed_dim=40, num_heads=2)
+    three["model"]["anchors"] = [small, middle, large]
+    path = tmp_path / "three.yaml"
+    path.write_text(yaml.safe_dump(three))
+    for share in ("0.5", "0.34"):
+        assert main(["train", "--config", str(path), f"train.ros_anchor_share={share}", "--output-dir",
+                     str(tmp_path / "run"), "--no-progress"]) == 2
+        assert capsys.readouterr().err == (f"snnet: error: config key 'train.ros_anchor_share': {share} for each of 3 "
+                                           f"anchors is more than every step (at most 1/3 = 0.3333)\n")
+    assert not (tmp_path / "run").exists()
+    model = SNNet([tiny_vit(3, 32), tiny_vit(3, 40, heads=2), tiny_vit(6, 48, heads=3)])
+    with pytest.raises(SNNetError, match=r"^anchor share 0.4 for 3 anchors is not a share of the steps \(0 to 0.333333\)$"):
+        model.configure_sampling(anchor_share=0.4)
+
+
 # ---- the Python API ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def model():

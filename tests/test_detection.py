@@ -219,6 +219,32 @@ def test_bad_annotation_files_are_one_line_errors(tmp_path, case, message):
     assert message in str(e.value) and "\n" not in str(e.value)
 
 
+@pytest.mark.parametrize("categories, message", [
+    (None, "is not a COCO instances file: it needs images, annotations and categories"),
+    ([], "instances_val.json: no categories (the list of classes a COCO instances file names)"),
+    ({"1": "circle"}, "instances_val.json: 'categories' must be a list, got dict"),
+    ([{"name": "circle"}], "instances_val.json: category 0 has no integer 'id'"),
+])
+def test_annotations_without_categories_are_one_line_in_every_command(tmp_path, capsys, tiny_config, categories,
+                                                                       message):
+    """The class count is read from the validation file's categories before any data: train and flops alike."""
+    root = write_coco_dataset(tmp_path / "coco", SceneConfig(image_size=64, num_classes=4), 4, 4)
+    ann = root / "annotations" / "instances_val.json"
+    data = json.loads(ann.read_text())
+    if categories is None:
+        del data["categories"]
+    else:
+        data["categories"] = categories
+    ann.write_text(json.dumps(data))
+    common = ["--config", tiny_config, "data.dataset=coco", f"data.root={root}", "data.train_split=train",
+              "data.val_split=val"]
+    for argv in (["train", *common, "--output-dir", str(tmp_path / "run"), "--no-progress"], ["flops", *common]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "run").exists()
+
+
 def test_train_then_eval_through_the_cli(tmp_path, capsys, tiny_config):
     assert main(["train", "--config", tiny_config, "--output-dir", str(tmp_path / "run"), "--no-progress"]) == 0
     assert "Pareto frontier (bbox_AP, higher is better)" in capsys.readouterr().out

@@ -190,3 +190,25 @@ def test_snnet_eval_reads_the_released_checkpoint(tmp_path, three, capsys):
     again = [json.loads(line) for line in (tmp_path / "again" / "results.jsonl").read_text().splitlines()]
     assert [(r["acc1"], r["loss"], r["params"]) for r in again] == [(r["acc1"], r["loss"], r["params"]) for r in rows]
     assert len({r["loss"] for r in rows}) > 1  # the ids differ
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda sd: sd.update({"stitch_layers.0.2.transform.weight": sd["stitch_layers.0.1.transform.weight"]}),
+     "the checkpoint has stitch_layers.0.2.transform.weight, but the model's SN-Net network has 2 anchor pairs of 2 "
+     "stitching layers (stitch_layers.0..1.0..1)"),
+    (lambda sd: sd.update({"stitch_layers.2.0.transform.bias": sd["stitch_layers.1.0.transform.bias"]}),
+     "the checkpoint has stitch_layers.2.0.transform.bias, but the model's SN-Net network has 2 anchor pairs"),
+    (lambda sd: sd.update({k.replace("stitch_layers.0.", "stitch_layers."): sd.pop(k) for k in list(sd)
+                           if k.startswith("stitch_layers.0.")}),
+     "the checkpoint's stitch_layers.0.transform.weight is the SN-Netv2 code base's layout (stitch_layers.K), not "
+     "SN-Net's (stitch_layers.PAIR.K): load it into a model.version v1 or v2 network"),
+])
+def test_a_released_file_of_another_layout_is_one_line(tmp_path, three, edit, message):
+    """A layer the network has no place for is refused, not renamed into the next pair's layers."""
+    path, sd = released_sn_net(tmp_path, three)
+    edit(sd)
+    torch.save({"model": sd}, path)
+    fresh = SNNet([deit(DEPTH, w, h, seed) for w, h, seed in zip((32, 40, 48), HEADS, (1, 2, 3))], version="sn-net")
+    with pytest.raises(SNNetError) as e:
+        load_official_checkpoint(fresh, path)
+    assert message in str(e.value) and "\n" not in str(e.value)

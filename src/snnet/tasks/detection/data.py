@@ -20,9 +20,8 @@ from ...selection import is_integer, is_number
 from .._files import dataset_root, read_image, split_names
 
 
-def load_coco(path: Path, image_dir: Path | None = None) -> COCO:
-    """A COCO instances file, checked: valid JSON with images, annotations and categories; every image file
-    present (when ``image_dir`` is given); every annotation on a known image and category, its box inside it."""
+def read_coco_json(path: Path) -> dict:
+    """A COCO instances file's contents: valid JSON with images, annotations and categories."""
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -31,7 +30,26 @@ def load_coco(path: Path, image_dir: Path | None = None) -> COCO:
         raise SNNetError(f"{path} is not valid JSON ({first_line(e)})") from None
     if not isinstance(data, dict) or not {"images", "annotations", "categories"} <= set(data):
         raise SNNetError(f"{path} is not a COCO instances file: it needs images, annotations and categories")
-    return coco_from_dict(data, str(path), image_dir)
+    return data
+
+
+def load_coco(path: Path, image_dir: Path | None = None) -> COCO:
+    """A COCO instances file, checked (``read_coco_json``): also every image file present (when ``image_dir`` is
+    given); every annotation on a known image and category, its box inside it."""
+    return coco_from_dict(read_coco_json(path), str(path), image_dir)
+
+
+def check_categories(data: dict, source: str) -> list[dict]:
+    """The file's categories: a non-empty list of objects with integer ids, or a one-line error."""
+    categories = data["categories"]
+    if not isinstance(categories, list):
+        raise SNNetError(f"{source}: 'categories' must be a list, got {type(categories).__name__}")
+    if not categories:
+        raise SNNetError(f"{source}: no categories (the list of classes a COCO instances file names)")
+    for i, c in enumerate(categories):
+        if not isinstance(c, dict) or not is_integer(c.get("id")):
+            raise SNNetError(f"{source}: category {i} has no integer 'id'")
+    return categories
 
 
 def check_coco_fields(data: dict, source: str, with_files: bool) -> None:
@@ -39,14 +57,10 @@ def check_coco_fields(data: dict, source: str, with_files: bool) -> None:
     def fail(what: str):
         raise SNNetError(f"{source}: {what}")
 
-    for key in ("images", "annotations", "categories"):
+    for key in ("images", "annotations"):
         if not isinstance(data[key], list):
             fail(f"'{key}' must be a list, got {type(data[key]).__name__}")
-    if not data["categories"]:
-        fail("no categories")
-    for i, c in enumerate(data["categories"]):
-        if not isinstance(c, dict) or not is_integer(c.get("id")):
-            fail(f"category {i} has no integer 'id'")
+    check_categories(data, source)
     for i, im in enumerate(data["images"]):
         if not isinstance(im, dict):
             fail(f"image {i} is not an object")
@@ -189,10 +203,8 @@ def dataset_classes(cfg: RunConfig) -> int:
     if cfg.data.dataset == "shapes":
         return cfg.data.shapes.num_classes
     check_folders(cfg)
-    try:
-        return len(json.loads(annotation_file(cfg, splits(cfg)[1]).read_text(encoding="utf-8"))["categories"])
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
-        raise SNNetError(f"{annotation_file(cfg, splits(cfg)[1])} is not a COCO instances file") from None
+    path = annotation_file(cfg, splits(cfg)[1])
+    return len(check_categories(read_coco_json(path), str(path)))
 
 
 def build_datasets(cfg: RunConfig, size: int, mean, std, progress: bool = True, train: bool = True):
