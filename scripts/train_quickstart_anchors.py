@@ -20,6 +20,7 @@ import timm
 from safetensors.torch import save_file
 
 from snnet._atomic import atomic_path, atomic_write_text
+from snnet.anchors import CLASS_NAMES_KEY
 from snnet.config import PACKAGE_DIR, load_config
 from snnet.distributed import init_distributed
 from snnet.engine import evaluate_stitches, fit, make_eval_loader
@@ -51,8 +52,8 @@ def main(patch_size: int, roles: list[str], overrides: list[str]) -> None:
         metrics = evaluate_stitches(model, task, loader, [None], env, progress=False)[None]
         print(f"{name}: top-1 {metrics['acc1']:.2f} %, {time.perf_counter() - start:.0f} s")
         state = {k: v.detach().half().contiguous() for k, v in model.state_dict().items()}
-        with atomic_path(ASSETS / f"{name}.safetensors") as tmp:
-            save_file(state, str(tmp))
+        with atomic_path(ASSETS / f"{name}.safetensors") as tmp:  # the classes its head was trained on, recorded
+            save_file(state, str(tmp), metadata={CLASS_NAMES_KEY: json.dumps(task.class_names(cfg))})
         report[name] = {"name": anchor.name, "kwargs": anchor.kwargs, "val_acc1": round(metrics["acc1"], 2),
                         "val_images": metrics["images"], "epochs": cfg.train.epochs}
         atomic_write_text(report_path, json.dumps(report, indent=2) + "\n")

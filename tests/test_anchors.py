@@ -115,3 +115,52 @@ def test_named_anchors_keep_their_config(tmp_path, images):
     assert model.config.anchors[1].kwargs["drop_path_rate"] == 0.4
     loaded = SNNet.from_pretrained(model.save_pretrained(tmp_path / "m"))
     assert loaded.anchors[1].blocks[-1].drop_path1.drop_prob == pytest.approx(0.4)
+
+
+def test_heads_trained_on_other_classes_are_named_and_replaced_on_request(tmp_path):
+    """Issue 28, point 3: the quickstart anchors record the shapes they were trained on; data of the same count
+    of other classes gets a note before training, and model.replace_head=true gives new heads whatever the count."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from snnet.anchors import head_class_names
+    from snnet.config import load_config
+    from snnet.data.scenes import SHAPES
+    from snnet.tasks import build_model, check_heads
+
+    cfg = load_config("quickstart")
+    shipped = cfg.model.anchors[0].checkpoint_path
+    assert head_class_names(AnchorConfig(cfg.model.anchors[0].name, checkpoint_path=shipped)) == list(SHAPES[:10])
+    assert check_heads(cfg, load_weights=True) == []  # the same shapes: nothing to say
+    # the same weights recording ten other classes
+    state = load_file(shipped)
+    for i, anchor in enumerate(cfg.model.anchors):
+        path = tmp_path / f"anchor{i}.safetensors"
+        save_file(load_file(anchor.checkpoint_path), str(path),
+                  metadata={"class_names": json.dumps([f"class{k}" for k in range(10)])})
+        anchor.checkpoint_path = str(path)
+    notes = check_heads(cfg, load_weights=True)
+    assert notes[0] == ("note: anchor 0's head was trained on other classes than the data's (class 0: 'class0' "
+                        "there, 'circle' here); it is kept, read by index: set model.replace_head=true to train new "
+                        "heads") and len(notes) == 2
+    # a checkpoint that records nothing: the count decides, and the note says so
+    bare = tmp_path / "bare.safetensors"
+    save_file(state, str(bare))
+    cfg.model.anchors[0].checkpoint_path = str(bare)
+    assert check_heads(cfg, load_weights=True)[0] == (
+        "note: anchor 0's checkpoint records no class names: its 10-class head is kept because the data has 10 "
+        "classes (set model.replace_head=true if they are others)")
+    with safe_open(str(bare), "pt") as f:
+        assert not (f.metadata() or {}).get("class_names")
+    # model.replace_head=true: new heads although the count matches, the backbone as loaded
+    cfg = load_config("quickstart", ["model.replace_head=true"])
+    assert check_heads(cfg, load_weights=True) == [
+        f"model.replace_head: anchor {i}'s 10-class head is replaced by a new 10-class head" for i in (0, 1)]
+    kept, fresh = build_model(load_config("quickstart"), 10), build_model(cfg, 10)
+    for a, b in zip(kept.anchors, fresh.anchors):
+        assert torch.equal(a.blocks[0].attn.qkv.weight, b.blocks[0].attn.qkv.weight)
+        assert not torch.equal(a.head.weight, b.head.weight) and torch.all(b.head.bias == 0)
+        assert b.head.weight.std() < 0.03  # timm's classifier init (std 0.02), not the trained head
+    torch.testing.assert_close(kept.anchors[0].head.weight, state["head.weight"].float())

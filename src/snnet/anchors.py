@@ -1,6 +1,7 @@
 """Anchors: the two pretrained timm ViTs a stitchable network is built from."""
 from __future__ import annotations
 
+import json
 import math
 import warnings
 from dataclasses import dataclass, field, replace
@@ -207,6 +208,33 @@ def head_classes(config: AnchorConfig) -> int | None:
     if config.pretrained:
         pre = get_pretrained_cfg(config.name)
         return getattr(pre, "num_classes", None)
+    return None
+
+
+CLASS_NAMES_KEY = "class_names"  # a safetensors anchor file's metadata: the JSON list its head was trained on
+
+
+def head_class_names(config: AnchorConfig) -> list[str] | None:
+    """The classes the anchor's weights were trained on, where they record them: a local safetensors file's
+    ``class_names`` metadata, or for timm hub weights the label names of their ImageNet subset (WordNet ids, as
+    an ImageNet folder names its classes). None when nothing records them."""
+    if config.checkpoint_path:
+        path = Path(config.checkpoint_path)
+        if path.suffix != ".safetensors":
+            return None
+        from safetensors import safe_open
+        try:
+            with safe_open(str(path), "pt") as f:
+                raw = (f.metadata() or {}).get(CLASS_NAMES_KEY)
+            names = json.loads(raw) if raw else None
+        except Exception:  # unreadable files fail with their own one-line error where the weights load
+            return None
+        return [str(n) for n in names] if isinstance(names, list) else None
+    pre = get_pretrained_cfg(config.name) if config.pretrained else None
+    if pre is not None:
+        from timm.data import ImageNetInfo, infer_imagenet_subset
+        subset = infer_imagenet_subset(pre)
+        return list(ImageNetInfo(subset).label_names()) if subset else None
     return None
 
 

@@ -155,8 +155,14 @@ class SNNet(Pretrained, ChoosesStitches, nn.Module):
             anchors.append(AnchorConfig(a.name, pretrained=a.pretrained and load_weights,
                                         checkpoint_path=a.checkpoint_path if load_weights else None, kwargs=kwargs,
                                         rel_pos_bias=a.rel_pos_bias, drop_path=a.drop_path))
-        return cls(anchors, version=section.version, lora_rank=section.lora_rank, lora_alpha=section.lora_alpha,
-                   out_indices=section.out_indices)
+        model = cls(anchors, version=section.version, lora_rank=section.lora_rank, lora_alpha=section.lora_alpha,
+                    out_indices=section.out_indices)
+        if section.replace_head and load_weights and not dense:  # new heads even where the class count matches
+            for anchor in model.anchors:
+                anchor.reset_classifier(anchor.num_classes)
+                nn.init.trunc_normal_(anchor.head.weight, std=0.02)  # timm's init of a ViT classifier
+                nn.init.zeros_(anchor.head.bias)
+        return model
 
     @property
     def stitch_ids(self) -> list[int]:

@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 from torchvision import datasets
 from torchvision import transforms as T
 
-from ..anchors import AnchorConfig, head_classes
+from ..anchors import AnchorConfig, head_class_names, head_classes
 from ..config import DistillationSection, RunConfig
 from ..data.scenes import SHAPES
 from ..errors import SNNetError, first_line
@@ -152,17 +152,29 @@ class ClassificationTask(Task):
         classes, unless ``model.replace_head`` trains new ones; local anchor checkpoints are read on the meta
         device, so a corrupt or mis-shaped one fails here."""
         classes = data_classes(cfg)
+        names = cls.class_names(cfg)
         notes = []
         for i, a in enumerate(cfg.model.anchors):
-            head = head_classes(AnchorConfig(a.name, a.pretrained and load_weights,
-                                             a.checkpoint_path if load_weights else None, a.kwargs))
-            if head is None or head == classes:
+            anchor = AnchorConfig(a.name, a.pretrained and load_weights, a.checkpoint_path if load_weights else None,
+                                  a.kwargs)
+            head = head_classes(anchor)
+            if head is None:  # random weights: heads built for the data
                 continue
-            if not cfg.model.replace_head:
+            if cfg.model.replace_head:
+                notes.append(f"model.replace_head: anchor {i}'s {head}-class head is replaced by a new "
+                             f"{classes}-class head")
+            elif head != classes:
                 raise SNNetError(f"the data has {classes} classes but anchor {i} ({a.name}) has a {head}-class "
                                  f"head: set model.replace_head=true to train new {classes}-class heads")
-            notes.append(f"model.replace_head: anchor {i}'s {head}-class head is replaced by a new {classes}-class "
-                         f"head")
+            elif load_weights and (trained_on := head_class_names(anchor)) is not None and names is not None:
+                if trained_on != names:  # the same count of other classes: say so, the user decides
+                    differ = next((k for k, (x, y) in enumerate(zip(trained_on, names)) if x != y), 0)
+                    notes.append(f"note: anchor {i}'s head was trained on other classes than the data's (class "
+                                 f"{differ}: {trained_on[differ]!r} there, {names[differ]!r} here); it is kept, "
+                                 f"read by index: set model.replace_head=true to train new heads")
+            elif load_weights and a.checkpoint_path:
+                notes.append(f"note: anchor {i}'s checkpoint records no class names: its {head}-class head is kept "
+                             f"because the data has {head} classes (set model.replace_head=true if they are others)")
         return notes
 
     @classmethod
