@@ -286,8 +286,7 @@ def cmd_select(args) -> int:
     task = results_task(Path(args.results))
     rows, metric, higher = budget_rows(args, args.results, task)
     rows = precision_rows(rows, metric, args.precision)
-    if args.max_latency_ms is not None:
-        _say_untimed(rows, args.precision)
+    note = _untimed(rows, args.precision) if args.max_latency_ms is not None else None
     best = choose_stitch(rows, metric, higher, args.max_gflops, args.max_latency_ms)
     shown = (*TASKS[task].report_metrics, metric, "latency_ms") + (("precision",) if args.precision != "fp32" else ())
     metrics = tuple(dict.fromkeys(k for k in shown if k in best))
@@ -300,11 +299,13 @@ def cmd_select(args) -> int:
         print("frontier within the budget:")
         costed = [r for r in rows if cost in r and all(m in r for m in metrics)]
         print(format_table([r for r in frontier(costed, metric, higher, cost) if r[key] <= limit], metrics))
+    if note:
+        print(note)
     return 0
 
 
-def _say_untimed(rows: list[dict], precision: str) -> None:
-    """A latency budget chooses among timed rows only: say which precision's rows had no time, or fail when
+def _untimed(rows: list[dict], precision: str) -> str | None:
+    """A latency budget chooses among timed rows only: a note of the rows without a time, or an error when
     ``--precision any`` has no float32 time from the runtime that timed the int8 files."""
     untimed = {p: sum(r["precision"] == p and "latency_ms" not in r for r in rows) for p in ("fp32", "int8")}
     if precision == "any" and untimed["fp32"] == sum(r["precision"] == "fp32" for r in rows):
@@ -314,7 +315,8 @@ def _say_untimed(rows: list[dict], precision: str) -> None:
     if left:
         runtime = " in ONNX Runtime" if precision == "any" else ""
         verb = "has" if sum(untimed.values()) == 1 else "have"
-        print(f"note: {' and '.join(left)} of the results {verb} no latency{runtime}, left out")
+        return f"note: {' and '.join(left)} of the results {verb} no latency{runtime}, left out"
+    return None
 
 
 def results_task(path: Path) -> str:
