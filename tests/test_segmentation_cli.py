@@ -82,7 +82,9 @@ def test_iteration_schedule_is_mmsegmentations_poly(tmp_path):
         assert opt.param_groups[0]["lr"] == pytest.approx((0.01 - 1e-4) * (1 - t / 10) ** 0.9 + 1e-4), t
 
 
-def test_eval_of_a_released_format_checkpoint_on_an_ade20k_folder(tmp_path):
+def released_on_ade20k(tmp_path: Path) -> tuple[Path, Path]:
+    """(config, released-format checkpoint) over an ADE20K-layout folder of 40x56 images, evaluated by 32x32
+    windows every 21 pixels."""
     for split in ("training", "validation"):
         write_layout(tmp_path / "ade", split, ["a", "b", "c"], size=(40, 56), values=(0, 1, 2, 3, 4, 5))
     ckpt = tmp_path / "released.pth"
@@ -91,6 +93,11 @@ def test_eval_of_a_released_format_checkpoint_on_an_ade20k_folder(tmp_path):
                                         "head": {"channels": 16, "num_classes": CLASSES}},
                        data={"dataset": "ade20k", "root": str(tmp_path / "ade"), "eval_batch_size": 2},
                        eval={"mode": "slide", "stride": 21, "visualize": 0})
+    return cfg, ckpt
+
+
+def test_eval_of_a_released_format_checkpoint_on_an_ade20k_folder(tmp_path):
+    cfg, ckpt = released_on_ade20k(tmp_path)
     assert main(["eval", "--config", str(cfg), "--checkpoint", str(ckpt), "--no-progress"]) == 0
     rows = read_jsonl(tmp_path / "run" / "results.jsonl")
     assert len(rows) == 8 and all(r["images"] == 3 for r in rows)
@@ -213,14 +220,7 @@ def test_onnx_files_evaluate_by_sliding_windows(tmp_path, capsys):
     from snnet.export import export_stitch
     from snnet.tasks import build_model
 
-    for split in ("training", "validation"):
-        write_layout(tmp_path / "ade", split, ["a", "b", "c"], size=(40, 56), values=(0, 1, 2, 3, 4, 5))
-    ckpt = tmp_path / "released.pth"
-    write_mmengine_checkpoint(ckpt, reference_state_dict())
-    cfg = write_config(tmp_path, model={"anchors": ANCHORS, "lora_rank": 4, "out_indices": [1, 3, 5],
-                                        "head": {"channels": 16, "num_classes": CLASSES}},
-                       data={"dataset": "ade20k", "root": str(tmp_path / "ade"), "eval_batch_size": 2},
-                       eval={"mode": "slide", "stride": 21, "visualize": 0})
+    cfg, ckpt = released_on_ade20k(tmp_path)
     assert main(["eval", "--config", str(cfg), "--checkpoint", str(ckpt), "--no-progress"]) == 0
     model = load_official_checkpoint(build_model(load_config(cfg), load_weights=False), ckpt).eval()
     export_stitch(model, 3, "onnx", tmp_path / "s3.onnx", (32, 32))
