@@ -498,7 +498,7 @@ def evaluate_exported(files: list[Path], task, cfg: RunConfig, env: DistEnv, run
     """Each exported ONNX stitch through ONNX Runtime on the run's validation data, into the run's results as
     precision-labelled columns (``acc1@int8``, ``acc1@fp32``, ...) beside the PyTorch ones, which stay. With the
     run's ``model``, each file is first checked to compute the stitch its sidecar names."""
-    from .export import check_exported_stitch, precision_label, read_sidecar, sidecar_path
+    from .export import precision_label, read_sidecar, sidecar_path, stitch_checker
     from .results import read_results, write_results
     from .runtime import OnnxStitch
 
@@ -506,7 +506,8 @@ def evaluate_exported(files: list[Path], task, cfg: RunConfig, env: DistEnv, run
         raise SNNetError(f"no results.jsonl in {run_dir}: evaluate the run first (snnet eval), then its ONNX files")
     rows = read_results(run_dir / "results.jsonl")
     by_id = {r["stitch_id"]: r for r in rows}
-    checked = []
+    check = stitch_checker(model, task.val_set) if model is not None else None
+    checked: dict[tuple[int, str], tuple[Path, dict]] = {}  # (stitch, precision): two would write the same columns
     for f in files:
         info = read_sidecar(f)
         if info.get("export_format") != "onnx":
@@ -516,15 +517,15 @@ def evaluate_exported(files: list[Path], task, cfg: RunConfig, env: DistEnv, run
             raise SNNetError(f"{sidecar_path(f)} names no stitch id (stitch_id is {sid!r})")
         if info.get("task", "classification") != task.name or sid not in by_id:
             raise SNNetError(f"{f} is stitch {sid} of a {info.get('task')} model, not in {run_dir / 'results.jsonl'}")
-        same = next((g for g, i in checked if (i["stitch_id"], precision_label(i)) == (sid, precision_label(info))), None)
-        if same is not None:  # both would write the same columns
-            raise SNNetError(f"{same} and {f} are both stitch {sid} in {precision_label(info)}: give one of them")
-        if model is not None:
-            check_exported_stitch(model, f, info, [task.val_set[i][0] for i in range(min(2, len(task.val_set)))])
-        checked.append((f, info))
+        label = precision_label(info)
+        if (sid, label) in checked:
+            raise SNNetError(f"{checked[sid, label][0]} and {f} are both stitch {sid} in {label}: give one of them")
+        if check is not None:
+            check(f, info)
+        checked[sid, label] = f, info
     loader = make_eval_loader(task.val_set, cfg.data.eval_batch_size or int(1.5 * cfg.data.batch_size),
                               cfg.data.workers, env, cfg.eval.max_images, task.eval_collate)
-    for f, info in checked:
+    for f, info in checked.values():
         metrics = evaluate_stitches(OnnxStitch(f), task, loader, [None], env, amp=False, progress=progress)[None]
         label = precision_label(info)
         by_id[info["stitch_id"]].update({f"{k}@{label}": v for k, v in metrics.items() if k != "images"})

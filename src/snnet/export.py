@@ -12,7 +12,7 @@ import importlib.util
 import json
 import tempfile
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -254,37 +254,47 @@ def read_sidecar(path: str | Path) -> dict:
     return info
 
 
-def check_exported_stitch(model: SNNet | DenseModel, path: str | Path, info: dict, images: Sequence[torch.Tensor],
-                          tolerance: float = 0.5) -> None:
-    """The ONNX file ``path`` computes the stitch of ``model`` that its sidecar ``info`` names: on ``images`` (a few
-    of the data's, resized to the file's input) its output is nearest that stitch's and within ``tolerance`` of its
-    norm (int8 rounding moves it by about 1 %, another stitch or run by its whole norm). Else a one-line error
-    naming the stitch it does compute, or none of this model's. Files over image lists (detection) are not probed:
-    their outputs have no fixed shape to compare."""
+def stitch_checker(model: SNNet | DenseModel, dataset, tolerance: float = 0.5) -> Callable[[Path, dict], None]:
+    """A check that an ONNX file computes the stitch of ``model`` its sidecar names: on the first two images of
+    ``dataset`` (resized to the file's input) its output must be nearest that stitch's and within ``tolerance`` of
+    its norm (int8 rounding moves it by about 1 %, another stitch or run by its whole norm); else a one-line error
+    naming the stitch it does compute, or none of this model's. Every stitch's output is computed once per input
+    size, for all the files checked. Files over image lists (detection) are not probed: their outputs have no fixed
+    shape to compare."""
     import torch.nn.functional as F
 
     from .runtime import OnnxStitch
 
-    if model.takes_image_lists:
-        return
-    claimed, (h, w) = info["stitch_id"], info["input_size"]
-    x = torch.cat([F.interpolate(im.as_subclass(torch.Tensor)[None].float(), size=(h, w), mode="bilinear",
-                                 align_corners=False) for im in images])
-    got = OnnxStitch(path)(x).float()
-    ids = model.stitch_ids
-    differ = {}
-    with torch.no_grad(), model.backbone.sharing_prefixes(ids):
-        for sid in model.backbone.depth_first(ids):
-            ref = model.select(sid)(x).float()
-            differ[sid] = float((got - ref).norm() / ref.norm()) if ref.shape == got.shape else float("inf")
-    nearest = min(ids, key=lambda i: (differ[i], i != claimed))
-    if differ[nearest] > tolerance:
-        raise SNNetError(f"{path} is no stitch of this model: its outputs differ from every stitch's (nearest: stitch "
-                         f"{nearest}, by {differ[nearest]:.2g} of their norm); it was exported from another run")
-    # stitches that compute the same function on the probe (as degenerate tiny ones can) are all the file's
-    if differ[claimed] > min(tolerance, 2 * differ[nearest] + 1e-4):
-        raise SNNetError(f"{path} computes stitch {nearest} of this model, not the stitch {claimed} its sidecar names "
-                         f"(outputs differ by {differ[nearest]:.2g} against {differ[claimed]:.2g} of their norm)")
+    references: dict[tuple[int, int], tuple[torch.Tensor, dict[int, torch.Tensor]]] = {}
+
+    def probe(size: tuple[int, int]) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        if size not in references:
+            images = [dataset[i][0].as_subclass(torch.Tensor)[None].float() for i in range(min(2, len(dataset)))]
+            x = torch.cat([F.interpolate(im, size=size, mode="bilinear", align_corners=False) for im in images])
+            ids = model.stitch_ids
+            with torch.no_grad(), model.backbone.sharing_prefixes(ids):
+                references[size] = x, {sid: model.select(sid)(x).float() for sid in model.backbone.depth_first(ids)}
+        return references[size]
+
+    def check(path: Path, info: dict) -> None:
+        if model.takes_image_lists:
+            return
+        x, outputs = probe(tuple(info["input_size"]))
+        got, claimed = OnnxStitch(path)(x).float(), info["stitch_id"]
+        differ = {sid: float((got - ref).norm() / ref.norm()) if ref.shape == got.shape else float("inf")
+                  for sid, ref in outputs.items()}
+        nearest = min(differ, key=lambda i: (differ[i], i != claimed))
+        if differ[nearest] > tolerance:
+            raise SNNetError(f"{path} is no stitch of this model: its outputs differ from every stitch's (nearest: "
+                             f"stitch {nearest}, by {differ[nearest]:.2g} of their norm); it was exported from "
+                             f"another run")
+        # stitches that compute the same function on the probe (as degenerate tiny ones can) are all the file's
+        if differ[claimed] > min(tolerance, 2 * differ[nearest] + 1e-4):
+            raise SNNetError(f"{path} computes stitch {nearest} of this model, not the stitch {claimed} its sidecar "
+                             f"names (outputs differ by {differ[nearest]:.2g} against {differ[claimed]:.2g} of their "
+                             f"norm)")
+
+    return check
 
 
 def precision_label(info: dict) -> str:

@@ -39,10 +39,9 @@ def saved_run_of(config: str | Path, output_dir: str | Path) -> Path | None:
     run = path.parent
     if path.name != "config.yaml" or not path.is_file() or Path(output_dir).resolve() == run.resolve():
         return None
-    from .pretrained import CONFIG_NAME
-
-    marks = (run / "model" / CONFIG_NAME, run / "checkpoint.pt", run / "results.jsonl", run / "log.jsonl")
-    return run if any(m.is_file() for m in marks) else None
+    ran = saved_model_dir(run) is not None or any((run / n).is_file() for n in ("checkpoint.pt", "results.jsonl",
+                                                                             "log.jsonl"))
+    return run if ran else None
 
 
 def run_info(run: Path | None, model) -> dict:

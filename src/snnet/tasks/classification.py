@@ -166,15 +166,18 @@ class ClassificationTask(Task):
             elif head != classes:
                 raise SNNetError(f"the data has {classes} classes but anchor {i} ({a.name}) has a {head}-class "
                                  f"head: set model.replace_head=true to train new {classes}-class heads")
-            elif load_weights and (trained_on := head_class_names(anchor)) is not None and names is not None:
-                if trained_on != names:  # the same count of other classes: say so, the user decides
+            elif load_weights:
+                trained_on = head_class_names(anchor)
+                if trained_on is not None and names is not None and trained_on != names:
+                    # the same count of other classes: say so, the user decides
                     differ = next((k for k, (x, y) in enumerate(zip(trained_on, names)) if x != y), 0)
                     notes.append(f"note: anchor {i}'s head was trained on other classes than the data's (class "
                                  f"{differ}: {trained_on[differ]!r} there, {names[differ]!r} here); it is kept, "
                                  f"read by index: set model.replace_head=true to train new heads")
-            elif load_weights and a.checkpoint_path:
-                notes.append(f"note: anchor {i}'s checkpoint records no class names: its {head}-class head is kept "
-                             f"because the data has {head} classes (set model.replace_head=true if they are others)")
+                elif trained_on is None and a.checkpoint_path:
+                    notes.append(f"note: anchor {i}'s checkpoint records no class names: its {head}-class head is "
+                                 f"kept because the data has {head} classes (set model.replace_head=true if they "
+                                 f"are others)")
         return notes
 
     @classmethod
