@@ -149,6 +149,8 @@ def test_an_onnx_file_must_be_the_stitch_its_sidecar_names(run, tmp_path, capsys
     info = json.loads(sidecar_path(tmp_path / "s5.onnx").read_text())
     shutil.copy(tmp_path / "s5.onnx", tmp_path / "liar.onnx")
     sidecar_path(tmp_path / "liar.onnx").write_text(json.dumps(dict(info, stitch_id=7)))
+    shutil.copy(tmp_path / "s5.onnx", tmp_path / "sized.onnx")
+    sidecar_path(tmp_path / "sized.onnx").write_text(json.dumps(dict(info, input_size="big")))
     other = load_pretrained(run / "model")
     with torch.no_grad():
         for p in other.parameters():
@@ -161,7 +163,8 @@ def test_an_onnx_file_must_be_the_stitch_its_sidecar_names(run, tmp_path, capsys
         (["other.onnx"], [], "other.onnx is no stitch of this model: its outputs differ from every stitch's"),
         (["s5.onnx"], ["--stitches", "5"], "--stitches chooses the stitches --quantize int8 exports; each --onnx "
                                            "file is the stitch its sidecar names: give the files alone"),
-        (["s5.onnx", "s5.onnx"], [], "s5.onnx are both stitch 5 in fp32: give one of them")]:
+        (["s5.onnx", "s5.onnx"], [], "s5.onnx are both stitch 5 in fp32: give one of them"),
+        (["sized.onnx"], [], "sized.onnx.json: input_size is 'big', not [height, width]")]:
         assert snnet(*common, *extra, "--onnx", *(str(tmp_path / f) for f in files)) == 2
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, err

@@ -25,6 +25,7 @@ from .errors import SNNetError, first_line
 from .model import SNNet, embed_tokens, tap_maps
 from .pretrained import saved_config
 from .quantize import quantize_onnx
+from .selection import is_integer
 from .stitch_space import LayerRef, route_steps, route_taps, tap_layers
 from .tasks.dense import DenseModel
 
@@ -279,7 +280,10 @@ def stitch_checker(model: SNNet | DenseModel, dataset, tolerance: float = 0.5) -
     def check(path: Path, info: dict) -> None:
         if model.takes_image_lists:
             return
-        x, outputs = probe(tuple(info["input_size"]))
+        size = info.get("input_size")
+        if not (isinstance(size, list) and len(size) == 2 and all(is_integer(v) and v > 0 for v in size)):
+            raise SNNetError(f"{sidecar_path(path)}: input_size is {size!r}, not [height, width]")
+        x, outputs = probe(tuple(size))
         got, claimed = OnnxStitch(path)(x).float(), info["stitch_id"]
         differ = {sid: float((got - ref).norm() / ref.norm()) if ref.shape == got.shape else float("inf")
                   for sid, ref in outputs.items()}
