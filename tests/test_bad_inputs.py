@@ -20,7 +20,8 @@ import torch
 import yaml
 
 from conftest import tiny_vit
-from snnet import SNNet, SNNetError, best_under_budget, init_stitching_layers, load_official_checkpoint
+from snnet import (SNNet, SNNetError, best_under_budget, init_stitching_layers, load_official_checkpoint, ros_groups,
+                   stitch_space)
 from snnet.cli import main
 from test_cli import ENV, TINY, read_jsonl
 
@@ -83,9 +84,19 @@ def _files(tmp: Path, run_dir: Path) -> dict[str, Path]:
         "textmetric": [json.dumps(rows[0]).encode(), json.dumps(rows[1]).encode(), json.dumps({**rows[2], "acc1": "high"}).encode()],
         "badjson": [json.dumps(rows[0]).encode(), b"{oops"],
         "twice": [json.dumps(rows[0]).encode(), json.dumps(rows[0]).encode()],
+        # hand edits of what a budget reads: costs, times and the int8 columns profile and eval --quantize write
+        "nan8": [json.dumps({**r, "acc1@int8": float("nan") if i == 2 else 1.0}).encode() for i, r in enumerate(rows)],
+        "negflops": [json.dumps({**r, "flops": -5} if i == 1 else r).encode() for i, r in enumerate(rows)],
+        "nanlatency": [json.dumps({**r, "latency_ms": float("nan") if i == 2 else 1.0}).encode() for i, r in enumerate(rows)],
+        "neglatency8": [json.dumps({**r, "acc1@int8": 1.0, "latency_ms@int8": -1.0}).encode() for r in rows],
+        "untimed8": [json.dumps({**r, "acc1@int8": 1.0, "latency_ms": 1.0}).encode() for r in rows],
     }.items():
         results[name] = tmp / f"{name}.jsonl"
         results[name].write_bytes(b"\n".join(lines) + b"\n")
+    badcfg = tmp / "badcfg"  # a run whose config.yaml was edited into broken YAML
+    badcfg.mkdir(exist_ok=True)
+    (badcfg / "results.jsonl").write_bytes((run_dir / "results.jsonl").read_bytes())
+    (badcfg / "config.yaml").write_text("model: [unclosed\n")
     saved = tmp / "saved"
     if not saved.exists():
         SNNet.from_pretrained(run_dir / "model").save_pretrained(saved)
@@ -100,7 +111,26 @@ def _files(tmp: Path, run_dir: Path) -> dict[str, Path]:
     return {"corrupt": corrupt, "evil": evil, "evil_zip": tmp / "evil_zip.pth", "list": not_dict, "bad_st": bad_st, "afile": afile,
             "bad_yaml": bad_yaml, "list_yaml": list_yaml, "empty": empty_dir, "small": Path(__file__).parent.parent
             / "src/snnet/assets/quickstart/small_p4.safetensors", **results,
-            **{f"saved_{n}": tmp / f"saved_{n}" for n in ("wrongtype", "badkwarg")}}
+            "saved": saved, "badcfg": badcfg, **{f"saved_{n}": tmp / f"saved_{n}" for n in ("wrongtype", "badkwarg")}}
+
+
+@pytest.fixture(scope="module")
+def sidecars(run, tmp_path_factory) -> dict[str, Path]:
+    """Stitch 3 of the run exported to ONNX once, beside copies whose sidecars were edited by hand."""
+    run_dir, _ = run
+    tmp = tmp_path_factory.mktemp("sidecars")
+    assert main(["export", "--checkpoint", str(run_dir), "--stitch", "3", "--format", "onnx", "--output",
+                 str(tmp / "s3.onnx")]) == 0
+    info = json.loads((tmp / "s3.onnx.json").read_text())
+    files = {}
+    for name, edit in {"int4": {"precision": "int4"}, "noprecision": {"precision": None},
+                       "quantlist": {"precision": "int8", "quantization": ["static"]},
+                       "int8by": {"precision": "int8", "quantization": {"method": "qat"}},
+                       "mean": {"mean": [0.485, 0.456, 0.406]}, "shortmean": {"mean": [0.5]}}.items():
+        files[f"onnx_{name}"] = tmp / f"{name}.onnx"
+        shutil.copyfile(tmp / "s3.onnx", files[f"onnx_{name}"])
+        (tmp / f"{name}.onnx.json").write_text(json.dumps({**info, **edit, "file": f"{name}.onnx"}))
+    return files
 
 
 T, E = "train", "eval"
@@ -277,6 +307,39 @@ CASES = [  # (command, extra args, text the one error line must hold)
     (None, ["demo", "--run", "{empty}"], "no saved model at {empty}: give a run directory (with model/)"),
     (None, ["demo", "--run", "{run}", "--port", "http"], "argument --port: must be an integer, got 'http'"),
 ]
+CASES += [  # the surfaces added since 2026-12-01: int8 columns, ONNX evaluation, select across precisions
+    (E, ["--calibration-images", "4"], "--calibration-images calibrates static quantisation: add --quantize-method static"),
+    (E, ["--quantize-method", "static"], "--quantize-method applies to --quantize int8"),
+    (E, ["--checkpoint", "{saved}"], "{run} is the run of another model ({run}/model): the results of {saved} would "
+                                     "replace its table; choose another --output-dir"),
+    (E, ["--onnx", "{onnx_int4}"], "{onnx_int4}.json: precision 'int4' is none snnet writes (fp32, int8 by dynamic or "
+                                   "static quantisation)"),
+    (E, ["--onnx", "{onnx_noprecision}"], "{onnx_noprecision}.json: precision None is none snnet writes"),
+    (E, ["--onnx", "{onnx_int8by}"], "{onnx_int8by}.json: precision 'int8' by 'qat' is none snnet writes"),
+    (E, ["--onnx", "{onnx_quantlist}"], "{onnx_quantlist}.json: quantization is ['static'], not a mapping"),
+    (E, ["--onnx", "{onnx_mean}"], "{onnx_mean} takes images normalised with mean [0.485, 0.456, 0.406], the config's "
+                                   "data with [0.5, 0.5, 0.5]: evaluate it with its own run's config"),
+    (E, ["--onnx", "{onnx_shortmean}"], "{onnx_shortmean} takes images normalised with mean [0.5]"),
+    (None, ["train", "--config", "quickstart_segmentation", "model.replace_head=true", "--output-dir", "{run}"],
+     "config key 'model.replace_head' applies to classification: a segmentation backbone's anchors have no "
+     "classifier heads to replace"),
+    (None, ["select", "--results", "{run}", "--max-latency-ms", "nan"], "the latency budget is nan, not a finite number"),
+    (None, ["select", "--results", "{untimed8}", "--max-latency-ms", "1", "--precision", "int8"],
+     "the results have no latency_ms@int8: run `snnet profile --onnx --quantize int8` on the run first"),
+    (None, ["select", "--results", "{nan8}", "--max-gflops", "1", "--precision", "int8"],
+     "{nan8} line 3: acc1@int8 is nan, not a number"),
+    (None, ["select", "--results", "{nan8}", "--max-gflops", "1", "--precision", "any", "--frontier"],
+     "{nan8} line 3: acc1@int8 is nan, not a number"),
+    (None, ["select", "--results", "{negflops}", "--max-gflops", "1"], "{negflops} line 2: flops is -5, below 0"),
+    (None, ["select", "--results", "{nanlatency}", "--max-latency-ms", "1"], "{nanlatency} line 3: latency_ms is nan, not a number"),
+    (None, ["select", "--results", "{neglatency8}", "--max-latency-ms", "1", "--precision", "int8"],
+     "{neglatency8} line 1: latency_ms@int8 is -1.0, below 0"),
+    (None, ["select", "--results", "{badcfg}", "--max-gflops", "1"], "cannot parse {badcfg}/config.yaml"),
+    (None, ["export", "--checkpoint", "{run}", "--stitch", "0", "--format", "onnx", "--output", ""],
+     "--output is empty: give a file name"),
+    (None, ["select", "--results", "{run}/r\udcffsults.jsonl", "--max-gflops", "1"],
+     "argument '{run}/r\\xffsults.jsonl' is not UTF-8 text: snnet records paths in UTF-8 files"),
+]
 if not torch.cuda.is_available():
     CASES.append((T, ["--device", "cuda"], "--device cuda: no CUDA device is available to this process"))
     CASES.append((None, ["profile", "--run", "{run}", "--device", "cuda"], "--device cuda: no CUDA device is available"))
@@ -284,9 +347,9 @@ if not torch.cuda.is_available():
 
 
 @pytest.mark.parametrize("command,extra,message", CASES, ids=[f"{c}:{' '.join(a)}"[:60] for c, a, _ in CASES])
-def test_bad_input_is_one_line_and_changes_nothing(run, tmp_path, capsys, command, extra, message):
+def test_bad_input_is_one_line_and_changes_nothing(run, sidecars, tmp_path, capsys, command, extra, message):
     run_dir, cfg = run
-    names = {k: str(v) for k, v in _files(tmp_path, run_dir).items()}
+    names = {k: str(v) for k, v in {**_files(tmp_path, run_dir), **sidecars}.items()}
     names.update(run=str(run_dir), cfg=str(cfg))
     extra = [a.format(**names) for a in extra]
     message = message.format(**names)
@@ -514,6 +577,13 @@ API_CASES = [
      "metric of stitch 0 is 'high', not a finite number"),
     ("best_under_budget nan", lambda m, t: m.best_under_budget({0: float("nan")}, 1e9), "metric of stitch 0 is nan"),
     ("pareto text", lambda m, t: m.pareto_frontier({0: None}), "metric of stitch 0 is None, not a finite number"),
+    ("anchor share nan", lambda m, t: m.configure_sampling(anchor_share=float("nan")), "anchor share must be a number, got nan"),
+    ("anchor share text", lambda m, t: m.configure_sampling(anchor_share="0.1"), "anchor share must be a number, got '0.1'"),
+    ("ros k zero", lambda m, t: m.configure_sampling(k=0), "the ROS k must be a number > 0 (or None: groups drawn uniformly), got 0"),
+    ("ros gap nan", lambda m, t: m.configure_sampling(gap_gflops=float("nan")), "the ROS gap must be a number of GFLOPs >= 0, got nan"),
+    ("ros_groups flops", lambda m, t: ros_groups({0: 5, 1: float("inf")}, 0.1), "FLOPs of stitch 1 is inf, not a count"),
+    ("stitch_space text", lambda m, t: stitch_space("3", 6), "depths must be integers, got d0='3', d1=6"),
+    ("stitch_space zero", lambda m, t: stitch_space(0, 6), "depths must satisfy 0 < d0 <= d1, got d0=0, d1=6"),
 ]
 
 

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from .errors import SNNetError
+from .errors import SNNetError, first_line
 
 
 def _add_config(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -195,6 +195,7 @@ def cmd_eval(args) -> int:
 
     cfg = _load(args)
     ids = parse_stitch_ids(args.stitches)
+    _quantize_method(args)  # its flags mean nothing without --quantize: said before any work
     env = init_distributed(args.device)
     found = read_trained(args.checkpoint, cfg)
     held = trained_task(found)
@@ -209,6 +210,7 @@ def cmd_eval(args) -> int:
     if heads is not None and heads != classes:
         raise SNNetError(f"the data has {classes} classes but the trained heads have {heads}")
     run_dir = Path(cfg.output_dir)
+    _check_own_run(run_dir, args.checkpoint)
     exported = bool(args.onnx or args.quantize)
     with run_dir_lock(run_dir, env):
         task = build_task(cfg, progress=not args.no_progress and env.is_main, train=False)
@@ -222,6 +224,18 @@ def cmd_eval(args) -> int:
         print(f"results in {run_dir}/: {', '.join(p.name for p in written)}")
     cleanup()
     return 0
+
+
+def _check_own_run(run_dir: Path, checkpoint: str | None) -> None:
+    """A run's results table describes its own model: the evaluation of another checkpoint goes elsewhere."""
+    from .rundir import saved_model_dir
+
+    if checkpoint is None or saved_model_dir(run_dir / "model") is None:
+        return
+    run, target = run_dir.resolve(), Path(checkpoint).resolve()
+    if target != run and run not in target.parents:
+        raise SNNetError(f"{run_dir} is the run of another model ({run_dir / 'model'}): the results of {checkpoint} "
+                         f"would replace its table; choose another --output-dir")
 
 
 def _eval_exported(args, cfg, env, task, found, ids, run_dir: Path) -> list[Path] | None:
@@ -330,7 +344,10 @@ def results_task(path: Path) -> str:
 
     run = path if path.is_dir() else path.parent
     if (run / "config.yaml").is_file():
-        saved = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")) or {}
+        try:
+            saved = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            raise SNNetError(f"cannot parse {run / 'config.yaml'}: {first_line(e)}") from None
         if isinstance(saved, dict) and saved.get("task", DEFAULT_TASK) in TASKS:
             return saved.get("task", DEFAULT_TASK)
     columns = read_results(path)[0]
@@ -377,6 +394,8 @@ def cmd_export(args) -> int:
     from .rundir import RunLock, check_output, run_info, run_of
 
     model_dir, run = run_of(args.checkpoint)
+    if not args.output.strip():
+        raise SNNetError("--output is empty: give a file name")
     output = Path(args.output)
     check_output([output, sidecar_path(output)], model_dir, run)
     if args.quantize and args.format != "onnx":
@@ -656,6 +675,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Options, with ``section.key=value`` overrides accepted anywhere on the line."""
+    for arg in sys.argv[1:] if argv is None else argv:
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:  # bytes the file system holds that no UTF-8 config, sidecar or table can
+            shown = os.fsencode(arg).decode("utf-8", "backslashreplace")
+            raise SNNetError(f"argument '{shown}' is not UTF-8 text: snnet records paths in UTF-8 files (configs, "
+                             f"sidecars, results); rename it") from None
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     unknown = [a for a in extra if a.startswith("-") or "=" not in a]

@@ -493,6 +493,22 @@ def evaluate_and_report(model: SNNet | ChoosesStitches, task, cfg: RunConfig, en
     return files
 
 
+def _check_normalisation(path: Path, info: dict, cfg: RunConfig) -> None:
+    """A file's sidecar tells its users how to normalise images: evaluating it with other numbers would measure a
+    file nobody deploys."""
+    from .tasks import data_defaults
+
+    _, mean, std = data_defaults(cfg)
+    for key, ours in (("mean", mean), ("std", std)):
+        if key not in info:  # files exported without a run (from a saved model alone) do not say
+            continue
+        theirs = info[key]
+        if not (isinstance(theirs, list) and len(theirs) == len(ours) and all(
+                isinstance(v, (int, float)) and abs(v - o) <= 1e-6 for v, o in zip(theirs, ours))):
+            raise SNNetError(f"{path} takes images normalised with {key} {theirs!r}, the config's data with "
+                             f"{list(ours)}: evaluate it with its own run's config")
+
+
 def evaluate_exported(files: list[Path], task, cfg: RunConfig, env: DistEnv, run_dir: Path,
                       progress: bool = True, model: SNNet | None = None) -> list[Path] | None:
     """Each exported ONNX stitch through ONNX Runtime on the run's validation data, into the run's results as
@@ -517,6 +533,7 @@ def evaluate_exported(files: list[Path], task, cfg: RunConfig, env: DistEnv, run
             raise SNNetError(f"{sidecar_path(f)} names no stitch id (stitch_id is {sid!r})")
         if info.get("task", "classification") != task.name or sid not in by_id:
             raise SNNetError(f"{f} is stitch {sid} of a {info.get('task')} model, not in {run_dir / 'results.jsonl'}")
+        _check_normalisation(f, info, cfg)
         label = precision_label(info)
         if (sid, label) in checked:
             raise SNNetError(f"{checked[sid, label][0]} and {f} are both stitch {sid} in {label}: give one of them")

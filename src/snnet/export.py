@@ -25,7 +25,7 @@ from .errors import SNNetError, first_line
 from .model import SNNet, embed_tokens, tap_maps
 from .pretrained import saved_config
 from .quantize import quantize_onnx
-from .selection import is_integer
+from .selection import PRECISIONS, is_integer
 from .stitch_space import LayerRef, route_steps, route_taps, tap_layers
 from .tasks.dense import DenseModel
 
@@ -252,6 +252,12 @@ def read_sidecar(path: str | Path) -> dict:
     info = read_json(side, "export sidecar")
     if not isinstance(info, dict) or info.get("format") != EXPORT_FORMAT or "model" not in info:
         raise SNNetError(f"{side} is not an snnet export sidecar")
+    if not isinstance(info.get("quantization", {}), dict):
+        raise SNNetError(f"{side}: quantization is {info['quantization']!r}, not a mapping")
+    precision, method = info.get("precision", "fp32"), info.get("quantization", {}).get("method", "dynamic")
+    if precision not in PRECISIONS or (precision == "int8" and method not in ("dynamic", "static")):
+        raise SNNetError(f"{side}: precision {precision!r}" + (f" by {method!r}" if precision == "int8" else "")
+                         + " is none snnet writes (fp32, int8 by dynamic or static quantisation)")
     return info
 
 

@@ -13,6 +13,7 @@ from .selection import is_number, pareto_frontier, precision_rows
 BASE_COLUMNS = ("stitch_id", "kind", "route", "gflops", "params_m")
 KIND_COLORS = {"SL": "tab:blue", "LS": "tab:orange", "LSL": "tab:green", "SLS": "tab:red", "SML": "tab:purple",
                "LMS": "tab:brown"}  # anchors are stars
+COUNT_COLUMNS = ("flops", "gflops", "params", "params_m")
 ANCHOR_LABELS = {"S": "small anchor", "L": "large anchor"}  # chains: "anchor A", "anchor B", ...
 
 
@@ -45,7 +46,8 @@ def write_results(run_dir: str | Path, rows: list[dict], stem: str = "results") 
 def read_results(path: str | Path, metric: str | None = None) -> list[dict]:
     """Rows of a ``results.jsonl`` (or a run directory's, else its ``results_subset.jsonl``), checked:
     a one-line error with the line number for bytes that are not UTF-8 or JSON, a row without a numeric
-    stitch_id, flops and gflops, a repeated stitch id, or a missing or non-numeric ``metric``."""
+    stitch_id, flops and gflops, a repeated stitch id, a missing or non-numeric ``metric``, or a count or time
+    that is not a number or below 0."""
     path = Path(path)
     if path.is_dir():
         path = next((p for p in (path / "results.jsonl", path / "results_subset.jsonl") if p.is_file()),
@@ -69,6 +71,7 @@ def read_results(path: str | Path, metric: str | None = None) -> list[dict]:
                 raise SNNetError(f"{path} line {number}: no {key!r} (columns: {', '.join(row)})")
             if not is_number(row[key]) or (key == "stitch_id" and not isinstance(row[key], int)):
                 raise SNNetError(f"{path} line {number}: {key} is {row[key]!r}, not a number")
+        _check_measures(row, metric, f"{path} line {number}")
         if row["stitch_id"] in seen:
             raise SNNetError(f"{path} line {number}: stitch {row['stitch_id']} again (first on line {seen[row['stitch_id']]})")
         seen[row["stitch_id"]] = number
@@ -76,6 +79,18 @@ def read_results(path: str | Path, metric: str | None = None) -> list[dict]:
     if not rows:
         raise SNNetError(f"{path} has no per-stitch rows")
     return rows
+
+
+def _check_measures(row: dict, metric: str | None, where: str) -> None:
+    """What a hand edit can break beyond the required columns, in the columns a budget reads: a count or a time
+    that is not a number or below 0, the ``metric`` of another precision (``acc1@int8``) that is not a number."""
+    for key, value in row.items():
+        cost = key in COUNT_COLUMNS or (key.startswith("latency_") and key != "latency_setting")
+        if cost or (metric is not None and key.startswith(f"{metric}@")):
+            if not is_number(value):
+                raise SNNetError(f"{where}: {key} is {value!r}, not a number")
+            if cost and value < 0:
+                raise SNNetError(f"{where}: {key} is {value!r}, below 0")
 
 
 def frontier(rows: list[dict], metric: str, higher_is_better: bool = True, cost: str = "flops") -> list[dict]:

@@ -5,10 +5,18 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
+from .errors import SNNetError
+from .selection import is_number
+
 
 def ros_groups(flops: dict[int, int], gap_gflops: float) -> list[list[int]]:
     """Group stitches by FLOPs: walking them in ascending order, a stitch more than ``gap_gflops``
     away from the first stitch of the current group starts a new group. Ids ascend in each group."""
+    if not is_number(gap_gflops) or gap_gflops < 0:
+        raise SNNetError(f"the ROS gap must be a number of GFLOPs >= 0, got {gap_gflops!r}")
+    bad = next(((sid, f) for sid, f in flops.items() if not is_number(f) or f < 0), None)
+    if bad is not None:
+        raise SNNetError(f"FLOPs of stitch {bad[0]!r} is {bad[1]!r}, not a count")
     groups: list[list[int]] = []
     first = 0.0
     for sid, f in sorted(flops.items(), key=lambda kv: (kv[1], kv[0])):
@@ -39,9 +47,13 @@ class ROSSampler:
     def __init__(self, groups: list[list[int]], k: float | None = None, seed: int = 0,
                  anchors: Sequence[int] = (), anchor_share: float = 0.0) -> None:
         if not groups or not all(groups):
-            raise ValueError("ROS needs at least one non-empty group")
+            raise SNNetError("ROS needs at least one non-empty group")
+        if k is not None and not (is_number(k) and k > 0):
+            raise SNNetError(f"the ROS k must be a number > 0 (or None: groups drawn uniformly), got {k!r}")
+        if not is_number(anchor_share):
+            raise SNNetError(f"anchor share must be a number, got {anchor_share!r}")
         if anchor_share < 0 or len(anchors) * anchor_share > 1:
-            raise ValueError(f"anchor share {anchor_share} for {len(anchors)} anchors is not a share of the steps "
+            raise SNNetError(f"anchor share {anchor_share} for {len(anchors)} anchors is not a share of the steps "
                              f"(0 to {1 / max(len(anchors), 1):g})")
         self.groups = [list(g) for g in groups]
         self.k = k

@@ -116,8 +116,13 @@ def choose_stitch(rows: list[dict], metric: str, higher_is_better: bool = True, 
     if max_gflops is not None:
         cost, budget, unit, key = {i: r["flops"] for i, r in by_id.items()}, max_gflops * 1e9, "GFLOPs", "gflops"
     else:
+        if not is_number(max_latency_ms):
+            raise SNNetError(f"the latency budget is {max_latency_ms!r}, not a finite number")
         timed = {i: r["latency_ms"] for i, r in by_id.items() if "latency_ms" in r}
         if not timed:
+            if all(r.get("precision") == "int8" for r in rows):
+                raise SNNetError("the results have no latency_ms@int8: run `snnet profile --onnx --quantize int8` on "
+                                 "the run first")
             raise SNNetError("the results have no latency_ms: run `snnet profile` on the run first")
         cost, budget, unit, key = timed, max_latency_ms, "ms", "latency_ms"
     best = best_under_budget(cost, {i: r[metric] for i, r in by_id.items()}, budget, higher_is_better)

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from collections.abc import Sequence
 from typing import NamedTuple
 
+from .errors import SNNetError
+
 SMALL, LARGE = 0, 1
 KINDS = ("anchor", "SL", "LS", "LSL", "SLS", "SML", "LMS")  # SML / LMS: over three anchors, up or down the chain
 
@@ -20,7 +22,7 @@ def anchor_names(n: int) -> tuple[str, ...]:
     if n == 2:
         return ("S", "L")
     if not 2 <= n <= 26:
-        raise ValueError(f"a stitchable network takes 2 to 26 anchors, got {n}")
+        raise SNNetError(f"a stitchable network takes 2 to 26 anchors, got {n}")
     return tuple(chr(ord("A") + a) for a in range(n))
 
 
@@ -131,10 +133,12 @@ def small_block(j: int, d0: int, d1: int) -> int:
 
 def check_depths(d0: int, d1: int) -> int:
     """Validate a depth pair and return the integer ratio ``r = d1 / d0``."""
+    if not all(isinstance(d, int) and not isinstance(d, bool) for d in (d0, d1)):
+        raise SNNetError(f"depths must be integers, got d0={d0!r}, d1={d1!r}")
     if not 0 < d0 <= d1:
-        raise ValueError(f"depths must satisfy 0 < d0 <= d1, got d0={d0}, d1={d1}")
+        raise SNNetError(f"depths must satisfy 0 < d0 <= d1, got d0={d0}, d1={d1}")
     if d1 % d0:
-        raise ValueError(f"depth ratio must be an integer, got d1/d0 = {d1}/{d0}")
+        raise SNNetError(f"depth ratio must be an integer, got d1/d0 = {d1}/{d0}")
     return d1 // d0
 
 
@@ -161,17 +165,17 @@ def check_chain(depths: Sequence[int]) -> int:
     """Validate the depths of a chain of anchors (small to large) and return ``G``, the smallest depth: every depth
     an integer multiple of it, in non-decreasing order. Two anchors keep ``check_depths``'s messages."""
     if len(depths) < 2:
-        raise ValueError(f"a stitchable network needs at least two anchors, got {len(depths)}")
+        raise SNNetError(f"a stitchable network needs at least two anchors, got {len(depths)}")
     if len(depths) == 2:
         check_depths(*depths)
         return depths[0]
     g = depths[0]
     for a, (d, e) in enumerate(zip(depths, depths[1:])):
         if not 0 < d <= e:
-            raise ValueError(f"anchor depths must not decrease along the chain, got {d} then {e} (anchors {a}, {a + 1})")
+            raise SNNetError(f"anchor depths must not decrease along the chain, got {d} then {e} (anchors {a}, {a + 1})")
     for a, d in enumerate(depths):
         if d % g:
-            raise ValueError(f"anchor {a}'s depth {d} is not a multiple of the smallest depth {g}")
+            raise SNNetError(f"anchor {a}'s depth {d} is not a multiple of the smallest depth {g}")
     return g
 
 
@@ -246,7 +250,7 @@ def network_space(depths: Sequence[int], version: str = "v2") -> tuple[Stitch, .
     if version == "sn-net":
         return sn_net_space(depths)
     if version == "v1" and len(depths) != 2:
-        raise ValueError(f"the SN-Net v1 baseline stitches two anchors, got {len(depths)}")
+        raise SNNetError(f"the SN-Net v1 baseline stitches two anchors, got {len(depths)}")
     return stitch_space(*depths, version) if len(depths) == 2 else chain_space(depths)
 
 
@@ -265,7 +269,7 @@ def stitch_space(d0: int, d1: int, version: str = "v2") -> tuple[Stitch, ...]:
             stitches.append(Stitch(i + 1, "SL", (Segment(SMALL, 0, i), Segment(LARGE, (i + 1) * r, d1 - 1)),
                                    (LayerRef("SL", i),)))
         return tuple(stitches)
-    raise ValueError(f"unknown stitch space version {version!r}: expected 'v1' or 'v2' (or network_space's 'sn-net')")
+    raise SNNetError(f"unknown stitch space version {version!r}: expected 'v1' or 'v2' (or network_space's 'sn-net')")
 
 
 def chain_space(depths: Sequence[int]) -> tuple[Stitch, ...]:
@@ -296,9 +300,9 @@ def sn_net_space(depths: Sequence[int]) -> tuple[Stitch, ...]:
     runs the front anchor's blocks 0..j, the pair's layer, the end anchor's blocks k..d-1 and its head without
     its final norm."""
     if len(depths) < 2:
-        raise ValueError(f"a stitchable network needs at least two anchors, got {len(depths)}")
+        raise SNNetError(f"a stitchable network needs at least two anchors, got {len(depths)}")
     if len(set(depths)) != 1:
-        raise ValueError(f"SN-Net's paired stitching takes anchors of equal depth, got {', '.join(map(str, depths))}")
+        raise SNNetError(f"SN-Net's paired stitching takes anchors of equal depth, got {', '.join(map(str, depths))}")
     d, names = depths[0], anchor_names(len(depths))
     out = [Stitch(a, "anchor", (Segment(a, 0, d - 1),), (), names) for a in range(len(depths))]
     for p in range(len(depths) - 1):

@@ -47,6 +47,9 @@ def check_config(cfg: RunConfig) -> Pretrained:
     """What can be checked before any data is read or weights loaded: the anchors built on the meta
     device (bad timm kwargs, incompatible pairs, out_indices), eval stitch ids and the input size.
     Returns the meta model."""
+    if cfg.model.replace_head and cfg.task != "classification":
+        raise SNNetError(f"config key 'model.replace_head' applies to classification: a {cfg.task} backbone's anchors "
+                         f"have no classifier heads to replace")
     model = build_model(cfg, load_weights=False, device="meta")
     for sid in cfg.eval.stitches or ():
         try:
