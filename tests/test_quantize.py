@@ -225,6 +225,34 @@ def test_profile_times_int8_files_beside_float32(run, tmp_path):
     assert (run / "pareto_latency.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_a_new_evaluation_keeps_what_still_holds(run, tmp_path, capsys):
+    """A full PyTorch evaluation replaces the table: the timings of the same stitches stay (they depend on the
+    architecture, not the weights), and so do the int8 figures where the stitch's PyTorch figures came out the same;
+    on other images those are dropped, with a note. An int8 evaluation on other images than the table's is refused."""
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    assert snnet("eval", "--config", str(copy / "config.yaml"), "--quantize", "int8", "--stitches", "0,5") == 0
+    assert snnet("profile", "--run", str(copy), "--stitches", "0,5", "--onnx", "--quantize", "int8", "--repeats", "1",
+                 "--warmup", "0", "--no-progress") == 0
+    measured = {r["stitch_id"]: r for r in read_jsonl(copy / "results.jsonl")}
+    assert snnet("eval", "--config", str(copy / "config.yaml")) == 0
+    assert read_jsonl(copy / "results.jsonl") == list(measured.values())
+    assert "dropped" not in capsys.readouterr().out
+    assert snnet("eval", "--config", str(copy / "config.yaml"), "eval.max_images=16") == 0
+    assert ("note: the PyTorch figures changed (new weights or images), so the earlier figures of exported files "
+            "(acc1@int8, acc5@int8, loss@int8) are dropped") in capsys.readouterr().out
+    rows = {r["stitch_id"]: r for r in read_jsonl(copy / "results.jsonl")}
+    assert rows[5]["images"] == 16 and not any(k.endswith("@int8") and "latency" not in k for k in rows[5])
+    for sid in (0, 5):
+        timings = {k: v for k, v in measured[sid].items() if k.startswith("latency_")}
+        assert len(timings) == 7 and {k: rows[sid][k] for k in timings} == timings
+    before = (copy / "results.jsonl").read_bytes()
+    assert snnet("eval", "--config", str(copy / "config.yaml"), "--quantize", "int8", "--stitches", "5") == 2
+    assert capsys.readouterr().err == (f"snnet: error: {copy / 'results.jsonl'} has stitch 5's figures on 16 images, "
+                                       f"this evaluation reads 40 (eval.max_images): evaluate on the same images\n")
+    assert (copy / "results.jsonl").read_bytes() == before
+
+
 def test_the_demo_answers_with_the_int8_file(run):
     from PIL import Image
 

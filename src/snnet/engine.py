@@ -463,7 +463,7 @@ def evaluate_and_report(model: SNNet | ChoosesStitches, task, cfg: RunConfig, en
                         stitch_ids: list[int] | None = None, progress: bool = True) -> list[Path] | None:
     """Evaluate stitches, then on rank 0 write results.jsonl/.csv and pareto.png (``results_subset.*`` and
     ``pareto_subset.png`` for a subset of the stitches), print the frontier and return the files written."""
-    from .results import format_table, frontier, plot_pareto, result_rows, write_results
+    from .results import carry_over, format_table, frontier, plot_pareto, result_rows, write_results
 
     ids = stitch_ids or cfg.eval.stitches or model.stitch_ids
     for sid in ids:
@@ -478,6 +478,7 @@ def evaluate_and_report(model: SNNet | ChoosesStitches, task, cfg: RunConfig, en
     rows = result_rows(model, metrics)
     # a subset never replaces the table of every stitch
     stem = "results" if sorted(ids) == sorted(model.stitch_ids) else "results_subset"
+    note = carry_over(run_dir / f"{stem}.jsonl", rows)
     with together():  # the table, its plots, the task's report and the printed frontier: all of them or none
         files = list(write_results(run_dir, rows, stem))
         for k, (metric, higher) in enumerate(task.plot_metrics):  # pareto.png, then pareto_<metric>.png
@@ -489,6 +490,8 @@ def evaluate_and_report(model: SNNet | ChoosesStitches, task, cfg: RunConfig, en
               f"({elapsed / len(rows):.2f} s per stitch)")
         print(f"Pareto frontier ({task.primary_metric}, {'higher' if task.higher_is_better else 'lower'} is better):")
         print(format_table(frontier(rows, task.primary_metric, task.higher_is_better), task.report_metrics))
+        if note:
+            print(note)
         sys.stdout.flush()
     return files
 
@@ -540,6 +543,11 @@ def evaluate_exported(files: list[Path], task, cfg: RunConfig, env: DistEnv, run
         if check is not None:
             check(f, info)
         checked[sid, label] = f, info
+    images = len(task.val_set) if cfg.eval.max_images is None else min(cfg.eval.max_images, len(task.val_set))
+    for sid, _ in checked:  # a file's figures stand beside the stitch's PyTorch ones: on the same images
+        if by_id[sid].get("images", images) != images:
+            raise SNNetError(f"{run_dir / 'results.jsonl'} has stitch {sid}'s figures on {by_id[sid]['images']} "
+                             f"images, this evaluation reads {images} (eval.max_images): evaluate on the same images")
     loader = make_eval_loader(task.val_set, cfg.data.eval_batch_size or int(1.5 * cfg.data.batch_size),
                               cfg.data.workers, env, cfg.eval.max_images, task.eval_collate)
     for f, info in checked.values():

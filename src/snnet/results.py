@@ -4,11 +4,12 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from pathlib import Path
 
 from ._atomic import atomic_path, atomic_write_text
 from .errors import SNNetError
-from .selection import is_number, pareto_frontier, precision_rows
+from .selection import IDENTITY_COLUMNS, is_number, pareto_frontier, precision_rows
 
 BASE_COLUMNS = ("stitch_id", "kind", "route", "gflops", "params_m")
 KIND_COLORS = {"SL": "tab:blue", "LS": "tab:orange", "LSL": "tab:green", "SLS": "tab:red", "SML": "tab:purple",
@@ -79,6 +80,38 @@ def read_results(path: str | Path, metric: str | None = None) -> list[dict]:
     if not rows:
         raise SNNetError(f"{path} has no per-stitch rows")
     return rows
+
+
+def carry_over(path: Path, rows: list[dict]) -> str | None:
+    """A new evaluation's ``rows`` take the table at ``path``'s timings of the same stitches (latency depends on the
+    architecture and the setting, not the weights), and its figures of exported files (``acc1@int8``) where the
+    stitch's PyTorch figures came out the same (the same weights on the same images); the rest is dropped, said in
+    the returned note."""
+    if not path.is_file():
+        return None
+    try:
+        old = {r["stitch_id"]: r for r in read_results(path)}
+    except SNNetError:  # a damaged table is replaced whole
+        return None
+    dropped: set[str] = set()
+    for row in rows:
+        before = old.get(row["stitch_id"])
+        if before is None or (before.get("route"), before.get("flops")) != (row["route"], row["flops"]):
+            continue
+        row.update({k: v for k, v in before.items() if k.startswith("latency_")})
+        exported = {k: v for k, v in before.items() if "@" in k and not k.startswith("latency_")}
+        same = all(k in before and is_number(before[k]) and math.isclose(before[k], v, rel_tol=1e-6, abs_tol=1e-9)
+                   for k, v in row.items() if k not in IDENTITY_COLUMNS and k != "images" and "@" not in k
+                   and not k.startswith("latency_") and is_number(v)) and before.get("images") == row.get("images")
+        if same:
+            row.update(exported)
+        else:
+            dropped.update(exported)
+    if not dropped:
+        return None
+    return (f"note: the PyTorch figures changed (new weights or images), so the earlier figures of exported files "
+            f"({', '.join(sorted(dropped)[:4])}{', ...' if len(dropped) > 4 else ''}) are dropped: evaluate those "
+            f"files again (snnet eval --quantize int8 or --onnx)")
 
 
 def _check_measures(row: dict, metric: str | None, where: str) -> None:
