@@ -77,6 +77,17 @@ def together() -> Iterator[None]:
             raise _fail(path, e) from None
 
 
+@contextmanager
+def immediately() -> Iterator[None]:
+    """Inside an enclosing ``together()``, files that replace their targets at once (scratch files a command
+    reads back before its own files are in place)."""
+    token = _pending.set(None)
+    try:
+        yield
+    finally:
+        _pending.reset(token)
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")

@@ -390,21 +390,26 @@ def cmd_export(args) -> int:
 
     from ._atomic import together
     from .pretrained import load_pretrained
-    from .export import export_stitch, sidecar_path
+    from .export import export_network, export_stitch, sidecar_path
     from .rundir import RunLock, check_output, run_info, run_of
 
     model_dir, run = run_of(args.checkpoint)
     if not args.output.strip():
         raise SNNetError("--output is empty: give a file name")
     output = Path(args.output)
-    check_output([output, sidecar_path(output)], model_dir, run)
+    data = [output.with_name(output.name + ".data")] if args.stitch == "all" else []  # weights past 1.8 GB
+    check_output([output, sidecar_path(output), *data], model_dir, run)
     if args.quantize and args.format != "onnx":
         raise SNNetError(f"--quantize int8 takes --format onnx (ONNX Runtime runs it), not {args.format}")
+    if args.stitch == "all" and args.format != "onnx":
+        raise SNNetError(f"--stitch all writes one ONNX file with a stitch_id input: give --format onnx, not "
+                         f"{args.format}")
     method = _quantize_method(args)
     model = load_pretrained(model_dir)
-    sid = pick_stitch(args, model, run)
+    every = args.stitch == "all"
+    sid = None if every else pick_stitch(args, model, run)
     size = tuple(args.img_size) if args.img_size else model.img_size
-    quantized = {}
+    quantized, calibrate = {}, None
     if args.quantize:
         quantized = {"quantize": args.quantize, "method": method}
         if method == "static":
@@ -415,14 +420,23 @@ def cmd_export(args) -> int:
             from .tasks import build_task
 
             task = build_task(load_config(str(run / "config.yaml")), progress=False)
-            quantized.update(_calibration(task, args.calibration_images or 100, size))
+            calibrate = lambda: _calibration(task, args.calibration_images or 100, size)  # noqa: E731
     into_run = run is not None and run.resolve() in output.resolve().parents
-    # a writer into the run holds it, as training does; the pair is in place only once the line is printed
+    how = f"{args.format}" + (f", int8 ({method})" if args.quantize else "")
+    # a writer into the run holds it, as training does; the files are in place only once the line is printed
     with RunLock(run) if into_run else nullcontext(), together():
-        written = export_stitch(model, sid, args.format, output, size, args.batch, run_info(run, model), **quantized)
-        how = f"{args.format}" + (f", int8 ({method})" if args.quantize else "")
-        print(f"stitch {sid} ({model.describe(sid)}, {model.flops(sid, size) / 1e9:.3f} GFLOPs at "
-              f"{size[0]}x{size[1]}) exported as {how}: {', '.join(map(str, written))}")
+        if every:
+            from .results import read_results
+
+            results = {r["stitch_id"]: r for r in read_results(run)} if run and (run / "results.jsonl").is_file() else {}
+            written = export_network(model, output, size, args.batch, run_info(run, model), results, **quantized,
+                                     calibrate=calibrate, progress=not args.no_progress)
+            print(f"{len(model.stitch_ids)} stitches in one file, exported as {how}: {', '.join(map(str, written))}")
+        else:
+            written = export_stitch(model, sid, args.format, output, size, args.batch, run_info(run, model),
+                                    **quantized, **(calibrate() if calibrate else {}))
+            print(f"stitch {sid} ({model.describe(sid)}, {model.flops(sid, size) / 1e9:.3f} GFLOPs at "
+                  f"{size[0]}x{size[1]}) exported as {how}: {', '.join(map(str, written))}")
         sys.stdout.flush()
     return 0
 
@@ -557,6 +571,16 @@ def _at_least(low: int):
     return parse
 
 
+def _stitch_or_all(text: str) -> int | str:
+    """An argparse type: a stitch id, or ``all``."""
+    if text == "all":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a stitch id or all, got {text!r}") from None
+
+
 def _port(text: str) -> int:
     value = _at_least(1)(text)
     if value > 65535:
@@ -638,7 +662,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="one stitch as a standalone ONNX, TorchScript or safetensors model")
     p.add_argument("--checkpoint", required=True, help="a run directory (with model/ and results) or a saved model")
     which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--stitch", type=int, help="stitch id")
+    which.add_argument("--stitch", type=_stitch_or_all,
+                       help="stitch id, or all: every stitch in one ONNX file with a stitch_id input")
     which.add_argument("--max-gflops", type=float, help="the best stitch of the run's results under this budget")
     which.add_argument("--max-latency-ms", type=float, help="the same by measured latency (snnet profile)")
     add_metric_options(p)
@@ -647,6 +672,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--img-size", type=_at_least(1), nargs=2, metavar=("H", "W"), help="input size (default: the anchors')")
     p.add_argument("--batch", type=_at_least(1), default=1, help="example batch for tracing (ONNX keeps the batch dynamic)")
     _add_quantize_flags(p, "quantise the ONNX file with ONNX Runtime's tools")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (--stitch all)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("profile", help="measure every stitch's latency on this device into the run's results")

@@ -532,6 +532,9 @@ def evaluate_exported(files: list[Path], task, cfg: RunConfig, env: DistEnv, run
         if info.get("export_format") != "onnx":
             raise SNNetError(f"{f} is {info.get('export_format')}, not ONNX")
         sid = info.get("stitch_id")
+        if sid == "all":
+            raise SNNetError(f"{f} holds every stitch of its network: eval --onnx takes files of one stitch (export "
+                             f"them with --stitch ID), or use eval --quantize int8")
         if not isinstance(sid, int) or isinstance(sid, bool):
             raise SNNetError(f"{sidecar_path(f)} names no stitch id (stitch_id is {sid!r})")
         if info.get("task", "classification") != task.name or sid not in by_id:

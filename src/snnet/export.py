@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from ._atomic import atomic_path, together
+from ._atomic import atomic_path, immediately, together
 from .errors import SNNetError, first_line
 from .model import SNNet, embed_tokens, tap_maps
 from .pretrained import saved_config
@@ -219,6 +219,60 @@ def export_stitch(model: SNNet | DenseModel, stitch_id: int, fmt: str, output: s
                                                **({"calibration": calibration_info} if calibration_info else {})}
         side_tmp.write_text(json.dumps(sidecar, indent=1) + "\n", encoding="utf-8")
     return [output, side]
+
+
+def export_network(model: SNNet | DenseModel, output: str | Path, img_size: tuple[int, int], batch: int = 1,
+                   info: dict | None = None, results: dict[int, dict] | None = None, quantize: str | None = None,
+                   method: str = "dynamic", calibrate: Callable[[], dict] | None = None,
+                   progress: bool = False) -> list[Path]:
+    """Every stitch of ``model`` in one ONNX file (``snnet.onnx_network``): inputs ``images`` and ``stitch_id``,
+    the weights stored once. Each stitch is exported as ``export_stitch`` does (``quantize``: its int8 file;
+    ``calibrate()``: fresh calibration for each), then the graphs merged. The sidecar lists every stitch with its
+    row of the run's ``results`` where given. Written atomically, with a ``.data`` file for weights past 1.8 GB."""
+    from .onnx_network import NetworkGraph, needs_external_data, save_network
+    from .progress import progress_bar
+
+    output = Path(output)
+    if output.is_dir():
+        raise SNNetError(f"--output {output} is a directory: give a file name")
+    if model.takes_image_lists:
+        raise SNNetError(f"a {model.task} model's stitches export one per file (--stitch ID): the detector's ONNX "
+                         f"graph (TorchScript-based, one image) does not merge into one network")
+    graph, sidecars = NetworkGraph(), {}
+    with tempfile.TemporaryDirectory() as scratch:
+        for sid in progress_bar(model.stitch_ids, desc="export", unit="stitches", enabled=progress):
+            path = Path(scratch) / f"stitch{sid}.onnx"
+            with immediately():  # a scratch file, read back and deleted (its unique weights kept) at once
+                export_stitch(model, sid, "onnx", path, img_size, batch, quantize=quantize, method=method,
+                              **(calibrate() if calibrate else {}))
+            graph.add(sid, path)
+            sidecars[sid] = json.loads(sidecar_path(path).read_text())
+            path.unlink()
+        merged = graph.model()
+        first = sidecars[model.stitch_ids[0]]
+        rows = []
+        for sid, side in sidecars.items():
+            row = {k: side[k] for k in ("stitch_id", "kind", "route", "flops", "gflops", "params")}
+            row.update({k: v for k, v in (results or {}).get(sid, {}).items() if k not in row and k != "images"})
+            rows.append(row)
+        data = output.with_name(output.name + ".data")
+        sidecar = {"format": EXPORT_FORMAT, "file": output.name, "export_format": "onnx", "task": model.task,
+                   "stitch_id": "all", "inputs": {
+                       "images": "(B, 3, H, W), float32, normalised with mean and std",
+                       "stitch_id": "int64, a scalar or shape [1]: the id of one of the stitches below"},
+                   "input_size": list(img_size), "batch": "dynamic", "precision": quantize or "fp32",
+                   **({"quantization": first["quantization"]} if quantize else {}),
+                   **({"external_data": data.name} if needs_external_data(merged) else {}),
+                   **(info or {}), "stitches": rows, "model": saved_config(model)}
+        side = sidecar_path(output)
+        with together(), atomic_path(side) as side_tmp, atomic_path(output) as tmp:
+            if "external_data" in sidecar:
+                with atomic_path(data) as data_tmp:
+                    save_network(merged, tmp, data_tmp, data.name)
+            else:
+                save_network(merged, tmp)
+            side_tmp.write_text(json.dumps(sidecar, indent=1) + "\n", encoding="utf-8")
+    return [output, *([data] if "external_data" in sidecar else []), side]
 
 
 def _onnx(net: nn.Module, example: torch.Tensor, path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -28,15 +29,22 @@ def onnx_session(path: str | Path, threads: int | None = None):
 
 class OnnxStitch(nn.Module):
     """An exported stitch run by ONNX Runtime: float32 images in, the file's output as a tensor on their device; a
-    one-image file (detection) takes a list of (3, H, W) images and gives a dict per image, keyed by its outputs."""
+    one-image file (detection) takes a list of (3, H, W) images and gives a dict per image, keyed by its outputs.
+    A file of every stitch (``snnet export --stitch all``) runs the stitch ``stitch_id`` names (settable)."""
 
-    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+    def __init__(self, path: str | Path, threads: int | None = None, stitch_id: int | None = None) -> None:
         super().__init__()
         self.path = path
         self.session = onnx_session(path, threads)
-        self.input_name = self.session.get_inputs()[0].name
-        self.input_shape = self.session.get_inputs()[0].shape  # ints where fixed, names where dynamic
+        inputs = self.session.get_inputs()
+        self.input_name = inputs[0].name
+        self.input_shape = inputs[0].shape  # ints where fixed, names where dynamic
         self.output_names = [o.name for o in self.session.get_outputs()]
+        self.every_stitch = any(i.name == "stitch_id" for i in inputs)
+        if self.every_stitch == (stitch_id is None):
+            raise SNNetError(f"{path} holds every stitch of a network: say which (stitch_id)" if self.every_stitch
+                             else f"{path} holds one stitch: it takes no stitch_id")
+        self.stitch_id = stitch_id
 
     def _run(self, x: torch.Tensor) -> list[torch.Tensor]:
         fixed = tuple(d for d in self.input_shape[-2:] if isinstance(d, int))
@@ -45,7 +53,10 @@ class OnnxStitch(nn.Module):
                              f"resize the input, or for segmentation evaluate with eval.mode=slide (windows of its "
                              f"size)")
         try:
-            outs = self.session.run(None, {self.input_name: x.detach().float().cpu().numpy()})
+            feed = {self.input_name: x.detach().float().cpu().numpy()}
+            if self.every_stitch:
+                feed["stitch_id"] = np.array(self.stitch_id, np.int64)
+            outs = self.session.run(None, feed)
         except Exception as e:  # ONNX Runtime raises its own types
             raise SNNetError(f"ONNX Runtime cannot run {self.path} on a {tuple(x.shape)} input: {first_line(e)}") from None
         return [torch.from_numpy(o).to(x.device) for o in outs]
