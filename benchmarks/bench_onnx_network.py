@@ -72,7 +72,7 @@ def bench(shapes: str) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "net.onnx"
         start = time.perf_counter()
-        written = export_network(model, out, size)
+        written = export_network(model, out, size, progress=True)
         seconds = time.perf_counter() - start
         file_bytes = sum(p.stat().st_size for p in written if p.suffix != ".json")
         one_each = sum(model.params(s.id) * 4 for s in net.stitches)  # the one-stitch files' weights, about
