@@ -558,6 +558,47 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    """The network behind the Open Inference Protocol until SIGTERM or Ctrl+C (requests in flight finish)."""
+    from .demo import check_address
+    from .distributed import local_device
+    from .serve import Scheduler, Served, create_app, log_figures
+
+    for flag in ("slo_ms", "max_wait_ms", "max_body_mb"):
+        value = getattr(args, flag)
+        if value is not None and not (value > 0 and value < float("inf")):
+            raise SNNetError(f"--{flag.replace('_', '-')} must be a positive number, got {value}")
+    check_address(args.host, args.port)
+    served = Served(args.checkpoint, args.onnx, str(local_device(args.device, "cpu")))
+    batches = tuple(sorted({1, args.max_batch}))
+    print(f"timing {len(served.rows)} stitches at batch {' and '.join(map(str, batches))} ({served.platform}) ...")
+    sys.stdout.flush()
+    scheduler = Scheduler(served.run, served.costs(served.profile(batches)), args.max_batch, args.max_wait_ms,
+                          args.max_queue)
+    app = create_app(served, scheduler, args.name, args.slo_ms, args.max_body_mb)
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning",
+                                           timeout_graceful_shutdown=30))
+    scheduler.start()
+    logger = log_figures(app.state.registry, 60.0)
+    print(f"snnet serve: model {args.name!r} ({served.task.name}, {len(served.rows)} stitches, {served.platform}) on "
+          f"http://{args.host}:{args.port}/v2/models/{args.name} (Ctrl+C stops it)")
+    sys.stdout.flush()
+    import signal
+
+    # uvicorn finishes the requests in flight on SIGTERM, then raises the signal again: here, the command's end
+    previous = signal.signal(signal.SIGTERM, lambda *_: None)
+    try:
+        server.run()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        logger.set()
+        scheduler.stop()
+    print("snnet serve: stopped")
+    return 0
+
+
 def _at_least(low: int):
     """An argparse type: an integer >= ``low``."""
     def parse(text: str) -> int:
@@ -689,6 +730,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also time each stitch's int8 ONNX file (dynamic) under ONNX Runtime: latency_ms@int8")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_profile)
+
+    p = sub.add_parser("serve", help="an HTTP server (Open Inference Protocol, KServe v2) choosing the stitch per "
+                                     "request")
+    p.add_argument("--checkpoint", default="runs/quickstart", help="a run directory or a saved model")
+    p.add_argument("--onnx", help="serve this one-file ONNX export (snnet export --stitch all) by ONNX Runtime")
+    p.add_argument("--host", type=_host, default="127.0.0.1", help="address to serve on (0.0.0.0: every interface)")
+    p.add_argument("--port", type=_port, default=8000)
+    p.add_argument("--name", default="snnet", help="the model's name in the protocol's paths")
+    p.add_argument("--slo-ms", type=float, help="the deadline of a request that names no budget (default: none, "
+                                                 "the most accurate stitch)")
+    p.add_argument("--max-batch", type=_at_least(1), default=8, help="images run together at most")
+    p.add_argument("--max-wait-ms", type=float, default=2.0, help="how long a batch waits for more requests")
+    p.add_argument("--max-queue", type=_at_least(1), default=256, help="requests waiting at most (then 503)")
+    p.add_argument("--max-body-mb", type=float, default=64.0, help="the largest request body (then 413)")
+    p.add_argument("--device", help="cpu or cuda (default: cpu)")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("demo", help="a Gradio page: upload an image, set a budget, see the best stitch answer")
     p.add_argument("--run", default="runs/quickstart", help="an evaluated run directory (default: runs/quickstart)")
