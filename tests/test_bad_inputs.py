@@ -122,7 +122,7 @@ def sidecars(run, tmp_path_factory) -> dict[str, Path]:
     assert main(["export", "--checkpoint", str(run_dir), "--stitch", "3", "--format", "onnx", "--output",
                  str(tmp / "s3.onnx")]) == 0
     info = json.loads((tmp / "s3.onnx.json").read_text())
-    files = {}
+    files = {"onnx_one": tmp / "s3.onnx"}
     for name, edit in {"int4": {"precision": "int4"}, "noprecision": {"precision": None},
                        "quantlist": {"precision": "int8", "quantization": ["static"]},
                        "int8by": {"precision": "int8", "quantization": {"method": "qat"}},
@@ -337,6 +337,16 @@ CASES += [  # the surfaces added since 2026-12-01: int8 columns, ONNX evaluation
     (None, ["select", "--results", "{badcfg}", "--max-gflops", "1"], "cannot parse {badcfg}/config.yaml"),
     (None, ["export", "--checkpoint", "{run}", "--stitch", "0", "--format", "onnx", "--output", ""],
      "--output is empty: give a file name"),
+    (None, ["serve", "--checkpoint", "{run}", "--slo-ms", "nan"], "--slo-ms must be a positive number, got nan"),
+    (None, ["serve", "--checkpoint", "{run}", "--slo-ms", "0"], "--slo-ms must be a positive number, got 0"),
+    (None, ["serve", "--checkpoint", "{run}", "--max-wait-ms", "-1"], "--max-wait-ms must be a non-negative number, got -1"),
+    (None, ["serve", "--checkpoint", "{run}", "--max-body-mb", "inf"], "--max-body-mb must be a positive number, got inf"),
+    (None, ["serve", "--checkpoint", "{run}", "--max-batch", "0"], "argument --max-batch: must be an integer >= 1, got 0"),
+    (None, ["serve", "--checkpoint", "{run}", "--port", "70000"], "argument --port: must be a TCP port 1..65535"),
+    (None, ["serve", "--checkpoint", "/nonexistent"], "no saved model at /nonexistent"),
+    (None, ["serve", "--checkpoint", "{run}", "--onnx", "{onnx_one}"], "{onnx_one} is not this network's one-file "
+     "export: export it with snnet export --checkpoint {run} --stitch all --format onnx"),
+    (None, ["serve", "--checkpoint", "{run}", "--onnx", "{onnx_int4}"], "{onnx_int4}.json: precision 'int4'"),
     (None, ["select", "--results", "{run}/r\udcffsults.jsonl", "--max-gflops", "1"],
      "argument '{run}/r\\xffsults.jsonl' is not UTF-8 text: snnet records paths in UTF-8 files"),
 ]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -564,10 +565,11 @@ def cmd_serve(args) -> int:
     from .distributed import local_device
     from .serve import Scheduler, Served, create_app, log_figures
 
-    for flag in ("slo_ms", "max_wait_ms", "max_body_mb"):
+    for flag, low in (("slo_ms", 0), ("max_body_mb", 0), ("max_wait_ms", None)):
         value = getattr(args, flag)
-        if value is not None and not (value > 0 and value < float("inf")):
-            raise SNNetError(f"--{flag.replace('_', '-')} must be a positive number, got {value}")
+        if value is not None and not (math.isfinite(value) and (value > low if low is not None else value >= 0)):
+            raise SNNetError(f"--{flag.replace('_', '-')} must be a {'positive' if low is not None else 'non-negative'} "
+                             f"number, got {value:g}")
     check_address(args.host, args.port)
     served = Served(args.checkpoint, args.onnx, str(local_device(args.device, "cpu")))
     batches = tuple(sorted({1, args.max_batch}))
