@@ -91,6 +91,18 @@ def test_requests_of_one_stitch_run_as_one_batch_and_the_queue_is_bounded():
     assert not any(f.done() for f in futures)
 
 
+@pytest.mark.parametrize("queued, expected", [(1, 1), (2, 2), (10, 0)])
+def test_a_longer_queue_plans_a_cheaper_stitch(queued, expected):
+    """Every queued deadline request, served in order in batches of the planned stitch, must be predicted in time:
+    one request alone gets the 80 % stitch (10 ms); two share a batch that only the 75 % one finishes within 12 ms
+    (7.5 ms at batch 2); ten need three batches, which only the cheapest keeps within it (2.5 ms a batch of 4)."""
+    scheduler = Scheduler(lambda sid, x: x, COSTS, max_batch=4, clock=Clock())
+    for _ in range(queued):
+        scheduler.submit(torch.zeros(1, 3, 2, 2), Budget(max_latency_ms=12.0))
+    sid, batch = scheduler.next_batch()
+    assert sid == expected and len(batch) == min(queued, 4)
+
+
 def test_the_worker_answers_and_reports_missed_deadlines():
     runs = []
     scheduler = Scheduler(lambda sid, x: runs.append((sid, x.shape[0])) or x + sid, COSTS, max_batch=8,

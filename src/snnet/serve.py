@@ -122,6 +122,10 @@ def choose(budget: Budget, costs: StitchCosts, waited_ms: float, batch: int) -> 
     return min(ids, key=lambda i: (costs.predicted_ms(i, batch), i)), False
 
 
+def _deadline(budget: Budget) -> bool:
+    return budget.stitch_id is None and budget.max_gflops is None and budget.max_latency_ms is not None
+
+
 # ---- the scheduler -----------------------------------------------------------------------------------------
 @dataclass(eq=False)  # requests are one another only when they are the same request
 class Request:
@@ -179,24 +183,52 @@ class Scheduler:
         return len(self.queue)
 
     def next_batch(self) -> tuple[int, list[Request]] | None:
-        """The stitch and requests of the next batch, taken off the queue (None when it is empty)."""
+        """The stitch and requests of the next batch, taken off the queue (None when it is empty): the oldest
+        request's stitch (``plan``), and the queued requests that take it (the same stitch asked for or chosen; a
+        deadline it still meets) up to ``max_batch`` images."""
         if not self.queue:
             return None
         now = self.clock()
+        sid = self.plan(now)
         first = self.queue[0]
-        size = first.images.shape[0]
-        sid, _ = choose(first.budget, self.costs, (now - first.arrival) * 1000, size)
-        batch = [first]
+        size, batch = first.images.shape[0], [first]
+        fastest = min(self.costs.gflops, key=lambda i: (self.costs.predicted_ms(i, 1), i))
         for r in list(self.queue)[1:]:
             n = r.images.shape[0]
             if size + n > self.max_batch:
                 continue
-            if choose(r.budget, self.costs, (now - r.arrival) * 1000, size + n)[0] == sid:
+            waited = (now - r.arrival) * 1000
+            if _deadline(r.budget):
+                joins = sid == fastest or waited + self.costs.predicted_ms(sid, size + n) <= r.budget.max_latency_ms
+            else:
+                joins = choose(r.budget, self.costs, waited, size + n)[0] == sid
+            if joins:
                 batch.append(r)
                 size += n
         for r in batch:
             self.queue.remove(r)
         return sid, batch
+
+    def plan(self, now: float) -> int:
+        """The stitch of the oldest request: asked for, or under a GFLOPs budget, as ``choose`` says; under a
+        deadline the best stitch under which every queued deadline request, served in order in batches of this
+        stitch, is predicted to finish in time (its predicted queue wait plus its batch's milliseconds), else the
+        fastest. Under load the queue waits grow, so the stitch gets cheaper; as it empties, dearer again."""
+        queue = list(self.queue)[:4 * self.max_batch]  # a bounded look-ahead: the plan is redone every batch
+        first = queue[0]
+        if not _deadline(first.budget):
+            return choose(first.budget, self.costs, (now - first.arrival) * 1000, first.images.shape[0])[0]
+        images = min(sum(r.images.shape[0] for r in queue), self.max_batch)
+        for sid in sorted(self.costs.gflops, key=self.costs.rank):
+            per_batch, ahead = self.costs.predicted_ms(sid, images), 0
+            for r in queue:
+                finish = (now - r.arrival) * 1000 + (ahead // self.max_batch + 1) * per_batch
+                if _deadline(r.budget) and finish > r.budget.max_latency_ms:
+                    break
+                ahead += r.images.shape[0]
+            else:
+                return sid
+        return min(self.costs.gflops, key=lambda i: (self.costs.predicted_ms(i, images), i))
 
     def _work(self) -> None:
         while True:
