@@ -198,9 +198,11 @@ def plot(table: list[dict], slo: float, metric: str) -> None:
     axes[0].axhline(slo, color="gray", ls="--", lw=1, label="SLO")
     axes[0].set_yscale("log")
     for ax, label in zip(axes, ("p99 latency (ms)", "requests within the SLO (%)", f"mean {metric} served")):
-        ax.set_xlabel("load (x the largest stitch's batch-1 throughput)")
+        ax.set_xlabel("load (x the largest anchor's rate)")
         ax.set_ylabel(label)
         ax.set_xscale("log", base=2)
+        ax.set_xticks(args.loads, [f"{x:g}x" for x in args.loads])
+        ax.minorticks_off()
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
