@@ -2,7 +2,6 @@
 table (no timing assertions), the Open Inference Protocol in-process (every stitch equal to eager PyTorch, the
 one-file ONNX too, the budget parameters, the bad requests and their status codes, metrics), and a real server on a
 loopback port called by tritonclient, stopped by SIGTERM."""
-import json
 import signal
 import socket
 import subprocess

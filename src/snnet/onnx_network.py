@@ -70,7 +70,7 @@ class NetworkGraph:
     the stitch it names."""
 
     def __init__(self) -> None:
-        self.weights: dict[str, "onnx.TensorProto"] = {}
+        self.weights: dict = {}  # content name -> onnx.TensorProto
         self.users: dict[str, set[int]] = {}
         self.leaves: dict[int, tuple[list, list[str]]] = {}
         self.first = None  # (input value info, output value infos, ir version) of the first file
@@ -88,7 +88,8 @@ class NetworkGraph:
                                  f"{self.opsets[op.domain]}")
         self.leaves[sid] = (nodes, outs)
 
-    def model(self) -> "onnx.ModelProto":
+    def model(self):
+        """The merged ``onnx.ModelProto``."""
         if not self.leaves:
             raise SNNetError("no stitch files to put in one network")
         return _network(self.leaves, self.weights, self.users, self.first, self.opsets)
