@@ -16,8 +16,13 @@ from snnet import from_pretrained
 from snnet.serve import Budget, QueueFull, RequestError, Scheduler, Served, StitchCosts, choose, create_app, read_budget
 from test_cli import ENV, snnet, write_config
 
-COSTS = StitchCosts(gflops={0: 1.0, 1: 4.0, 2: 2.0}, metric={0: 70.0, 1: 80.0, 2: 75.0}, higher_is_better=True,
-                    ms={0: {1: 1.0, 8: 4.5}, 1: {1: 10.0, 8: 45.0}, 2: {1: 5.0, 8: 22.5}})
+def costs() -> StitchCosts:
+    """Three stitches: 80 % at 10 ms, 75 % at 5 ms, 70 % at 1 ms (batch 1), 4.5x that at batch 8."""
+    return StitchCosts(gflops={0: 1.0, 1: 4.0, 2: 2.0}, metric={0: 70.0, 1: 80.0, 2: 75.0}, higher_is_better=True,
+                       ms={0: {1: 1.0, 8: 4.5}, 1: {1: 10.0, 8: 45.0}, 2: {1: 5.0, 8: 22.5}})
+
+
+COSTS = costs()  # read only; a scheduler, which learns into its table, gets its own
 
 
 def test_latency_is_interpolated_between_the_batches_measured():
@@ -71,7 +76,7 @@ class Clock:
 
 def test_requests_of_one_stitch_run_as_one_batch_and_the_queue_is_bounded():
     clock = Clock()
-    scheduler = Scheduler(lambda sid, x: x, COSTS, max_batch=4, max_queue=5, clock=clock)
+    scheduler = Scheduler(lambda sid, x: x, costs(), max_batch=4, max_queue=5, clock=clock)
     one = torch.zeros(1, 3, 2, 2)
     futures = [scheduler.submit(one, Budget(stitch_id=2)), scheduler.submit(one, Budget(stitch_id=0)),
                scheduler.submit(one, Budget(stitch_id=2)), scheduler.submit(torch.zeros(2, 3, 2, 2), Budget(stitch_id=2)),
@@ -95,16 +100,27 @@ def test_a_longer_queue_plans_a_cheaper_stitch(queued, expected):
     """Every queued deadline request, served in order in batches of the planned stitch, must be predicted in time:
     one request alone gets the 80 % stitch (10 ms); two share a batch that only the 75 % one finishes within 12 ms
     (7.5 ms at batch 2); ten need three batches, which only the cheapest keeps within it (2.5 ms a batch of 4)."""
-    scheduler = Scheduler(lambda sid, x: x, COSTS, max_batch=4, clock=Clock())
+    scheduler = Scheduler(lambda sid, x: x, costs(), max_batch=4, clock=Clock())
     for _ in range(queued):
         scheduler.submit(torch.zeros(1, 3, 2, 2), Budget(max_latency_ms=12.0))
     sid, batch = scheduler.next_batch()
     assert sid == expected and len(batch) == min(queued, 4)
 
 
+def test_batches_slower_than_profiled_make_the_plan_cheaper():
+    """Predictions follow what the batches measure (a machine busier than at start-up): after batches twice as
+    slow as profiled, the 80 % stitch (now about 20 ms) no longer fits a 12 ms deadline."""
+    table = costs()
+    assert choose(Budget(max_latency_ms=12.0), table, 0.0, 1)[0] == 1
+    for _ in range(30):
+        table.observe(1, 1, 20.0)
+    assert table.slowdown == pytest.approx(2.0, abs=0.1) and table.predicted_ms(1, 1) == pytest.approx(20, abs=1)
+    assert choose(Budget(max_latency_ms=12.0), table, 0.0, 1)[0] == 2
+
+
 def test_the_worker_answers_and_reports_missed_deadlines():
     runs = []
-    scheduler = Scheduler(lambda sid, x: runs.append((sid, x.shape[0])) or x + sid, COSTS, max_batch=8,
+    scheduler = Scheduler(lambda sid, x: runs.append((sid, x.shape[0])) or x + sid, costs(), max_batch=8,
                           max_wait_ms=0.0)
     scheduler.start()
     try:

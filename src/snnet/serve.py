@@ -43,10 +43,23 @@ class StitchCosts:
     metric: dict[int, float]
     higher_is_better: bool
     ms: dict[int, dict[int, float]]
+    slowdown: float = 1.0  # measured over predicted milliseconds of recent batches (a busier machine than at start)
+
+    def __post_init__(self) -> None:
+        self.ranked = sorted(self.gflops, key=self.rank)  # best first
+        self.sizes = {sid: sorted(ms) for sid, ms in self.ms.items()}
+
+    def observe(self, sid: int, batch: int, ms: float, weight: float = 0.1) -> None:
+        """Learn from a batch that ran: the slowdown moves a ``weight`` of the way to its measured ratio."""
+        ratio = ms / max(self.profiled_ms(sid, batch), 1e-6)
+        self.slowdown += weight * (min(max(ratio, 0.25), 4.0) - self.slowdown)
 
     def predicted_ms(self, sid: int, batch: int) -> float:
-        ms = self.ms[sid]
-        sizes = sorted(ms)
+        return self.slowdown * self.profiled_ms(sid, batch)
+
+    def profiled_ms(self, sid: int, batch: int) -> float:
+        """Milliseconds at ``batch`` as measured at start-up: linear between the sizes measured."""
+        ms, sizes = self.ms[sid], self.sizes[sid]
         if batch <= sizes[0] or len(sizes) == 1:  # below the smallest size measured: no faster than it
             return ms[sizes[0]] * max(1.0, batch / sizes[0])
         lo, hi = next(((a, b) for a, b in zip(sizes, sizes[1:]) if batch <= b), (sizes[-2], sizes[-1]))
@@ -108,9 +121,9 @@ def choose(budget: Budget, costs: StitchCosts, waited_ms: float, batch: int) -> 
     """(stitch, whether its predicted completion meets the budget): the stitch asked for; the best stitch under a
     GFLOPs budget; under a deadline the best stitch whose queue wait so far plus its predicted milliseconds at
     ``batch`` fit, else the fastest (which then misses); with no budget at all, the best stitch."""
-    ids = sorted(costs.gflops, key=costs.rank)
     if budget.stitch_id is not None:
         return budget.stitch_id, True
+    ids = costs.ranked
     if budget.max_gflops is not None:
         return next(i for i in ids if costs.gflops[i] <= budget.max_gflops), True
     if budget.max_latency_ms is None:
@@ -167,13 +180,15 @@ class Scheduler:
         if self.worker.is_alive():
             self.worker.join()
 
-    def submit(self, images: torch.Tensor, budget: Budget) -> Future:
+    def submit(self, images: torch.Tensor, budget: Budget, arrival: float | None = None) -> Future:
+        """Queue a request; ``arrival`` (the scheduler's clock) is when it reached the server, if earlier than
+        now (its body read and parsed since)."""
         with self.cond:
             if self.stopping:
                 raise RequestError("the server is shutting down", status=503)
             if len(self.queue) >= self.max_queue:
                 raise QueueFull(self.max_queue)
-            request = Request(images, budget, self.clock())
+            request = Request(images, budget, self.clock() if arrival is None else arrival)
             self.queue.append(request)
             self.cond.notify_all()
         return request.future
@@ -192,7 +207,7 @@ class Scheduler:
         first = self.queue[0]
         size, batch = first.images.shape[0], [first]
         fastest = min(self.costs.gflops, key=lambda i: (self.costs.predicted_ms(i, 1), i))
-        for r in list(self.queue)[1:]:
+        for r in list(self.queue)[1:4 * self.max_batch]:  # a bounded scan: the rest wait for later batches
             n = r.images.shape[0]
             if size + n > self.max_batch:
                 continue
@@ -218,7 +233,7 @@ class Scheduler:
         if not _deadline(first.budget):
             return choose(first.budget, self.costs, (now - first.arrival) * 1000, first.images.shape[0])[0]
         images = min(sum(r.images.shape[0] for r in queue), self.max_batch)
-        for sid in sorted(self.costs.gflops, key=self.costs.rank):
+        for sid in self.costs.ranked:
             per_batch, ahead = self.costs.predicted_ms(sid, images), 0
             for r in queue:
                 finish = (now - r.arrival) * 1000 + (ahead // self.max_batch + 1) * per_batch
@@ -250,6 +265,7 @@ class Scheduler:
                     r.future.set_exception(e)
                 continue
             done = self.clock()
+            self.costs.observe(sid, sum(r.images.shape[0] for r in batch), (done - start) * 1000)
             if self.on_batch is not None:
                 self.on_batch(sid, sum(r.images.shape[0] for r in batch), batch, done - start)
             offset = 0
@@ -486,8 +502,8 @@ def create_app(served: Served, scheduler: Scheduler, name: str = "snnet", slo_ms
         if model != name:
             raise RequestError(f"unknown model {model!r}: this server serves {name!r}", 404)
 
-    async def infer_images(images: torch.Tensor, budget: Budget) -> tuple[int, torch.Tensor, bool, float]:
-        sid, out, met, seconds = await asyncio.wrap_future(scheduler.submit(images, budget))
+    async def infer_images(images: torch.Tensor, budget: Budget, arrival: float):
+        sid, out, met, seconds = await asyncio.wrap_future(scheduler.submit(images, budget, arrival))
         latency.observe(seconds)
         if not met:
             misses.inc()
@@ -527,6 +543,7 @@ def create_app(served: Served, scheduler: Scheduler, name: str = "snnet", slo_ms
     @app.post("/v2/models/{model}/infer")
     @app.post("/v2/models/{model}/versions/{version}/infer")
     async def infer(model: str, request: HTTPRequest, version: str | None = None):
+        arrival = scheduler.clock()  # the deadline counts from here: reading and parsing the body are part of it
         model_or_404(model)
         body, binaries = parse_infer(await body_of(request), request.headers.get("inference-header-content-length"))
         inputs = body["inputs"]
@@ -540,7 +557,7 @@ def create_app(served: Served, scheduler: Scheduler, name: str = "snnet", slo_ms
             if not isinstance(o, dict) or o.get("name") != "output":
                 raise RequestError(f"unknown output {o.get('name') if isinstance(o, dict) else o!r}: this model "
                                    f"gives output")
-        sid, out, met, seconds = await infer_images(images, budget)
+        sid, out, met, seconds = await infer_images(images, budget, arrival)
         array = out.numpy().astype(np.float32)
         params = {"stitch_id": sid, "deadline_met": met, "latency_ms": round(seconds * 1000, 3),
                   "gflops": served.rows[sid]["gflops"]}
@@ -562,6 +579,7 @@ def create_app(served: Served, scheduler: Scheduler, name: str = "snnet", slo_ms
     @app.post("/v2/models/{model}/image")
     async def image(model: str, request: HTTPRequest):
         """For people: a JPEG or PNG body, the budget as query parameters; the task's answer as JSON."""
+        arrival = scheduler.clock()
         model_or_404(model)
         x, picture = served.image_batch(await body_of(request))
         query = {}
@@ -571,7 +589,7 @@ def create_app(served: Served, scheduler: Scheduler, name: str = "snnet", slo_ms
             except ValueError:
                 raise RequestError(f"{key} must be a number, got {value!r}") from None
         budget = read_budget(query, costs, slo_ms)
-        sid, out, met, seconds = await infer_images(x, budget)
+        sid, out, met, seconds = await infer_images(x, budget, arrival)
         return {"stitch_id": sid, "deadline_met": met, "latency_ms": round(seconds * 1000, 3),
                 **served.answer(out, picture, tuple(x.shape[-2:]))}
 
