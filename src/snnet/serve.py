@@ -164,6 +164,7 @@ class Scheduler:
         self.run, self.costs, self.clock = run, costs, clock
         self.max_batch, self.max_wait, self.max_queue = max_batch, max_wait_ms / 1000, max_queue
         self.on_batch = on_batch
+        self.reply_ms = 0.0  # from a batch's end to its answer leaving (learnt): deadlines keep room for it
         self.queue: deque[Request] = deque()
         self.cond = threading.Condition()
         self.stopping = False
@@ -193,6 +194,10 @@ class Scheduler:
             self.cond.notify_all()
         return request.future
 
+    def replied(self, ms: float, weight: float = 0.1) -> None:
+        """Learn how long answers take to leave once their batch is done."""
+        self.reply_ms += weight * (max(ms, 0.0) - self.reply_ms)
+
     def depth(self) -> int:
         return len(self.queue)
 
@@ -213,7 +218,8 @@ class Scheduler:
                 continue
             waited = (now - r.arrival) * 1000
             if _deadline(r.budget):
-                joins = sid == fastest or waited + self.costs.predicted_ms(sid, size + n) <= r.budget.max_latency_ms
+                joins = sid == fastest or (waited + self.costs.predicted_ms(sid, size + n) + self.reply_ms
+                                           <= r.budget.max_latency_ms)
             else:
                 joins = choose(r.budget, self.costs, waited, size + n)[0] == sid
             if joins:
@@ -226,8 +232,8 @@ class Scheduler:
     def plan(self, now: float) -> int:
         """The stitch of the oldest request: asked for, or under a GFLOPs budget, as ``choose`` says; under a
         deadline the best stitch under which every queued deadline request, served in order in batches of this
-        stitch, is predicted to finish in time (its predicted queue wait plus its batch's milliseconds), else the
-        fastest. Under load the queue waits grow, so the stitch gets cheaper; as it empties, dearer again."""
+        stitch, is predicted to finish in time (its predicted queue wait plus its batch's milliseconds plus the time
+        answers take to leave), else the fastest. Under load the queue waits grow, so the stitch gets cheaper; as it empties, dearer again."""
         queue = list(self.queue)[:4 * self.max_batch]  # a bounded look-ahead: the plan is redone every batch
         first = queue[0]
         if not _deadline(first.budget):
@@ -236,7 +242,7 @@ class Scheduler:
         for sid in self.costs.ranked:
             per_batch, ahead = self.costs.predicted_ms(sid, images), 0
             for r in queue:
-                finish = (now - r.arrival) * 1000 + (ahead // self.max_batch + 1) * per_batch
+                finish = (now - r.arrival) * 1000 + (ahead // self.max_batch + 1) * per_batch + self.reply_ms
                 if _deadline(r.budget) and finish > r.budget.max_latency_ms:
                     break
                 ahead += r.images.shape[0]
@@ -478,16 +484,31 @@ def create_app(served: Served, scheduler: Scheduler, name: str = "snnet", slo_ms
     async def server_error(request: HTTPRequest, e: Exception):  # the model failed: one line, the server goes on
         return _error(f"the model failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", 500)
 
-    @app.middleware("http")
-    async def count_and_bound(request: HTTPRequest, call_next):
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > limit:
-            response = _error(f"the body is {int(length)} bytes, over the server's {max_body_mb:g} MB "
-                              f"(--max-body-mb)", 413)
-        else:
-            response = await call_next(request)
-        requests_total.labels(str(response.status_code)).inc()
-        return response
+    class CountAndBound:
+        """Plain ASGI (Starlette's BaseHTTPMiddleware costs milliseconds a request): a body over the limit is a 413
+        before it is read, and every answer is counted by status."""
+
+        def __init__(self, inner) -> None:
+            self.inner = inner
+
+        async def __call__(self, scope, receive, send):
+            if scope["type"] != "http":
+                return await self.inner(scope, receive, send)
+            length = dict(scope["headers"]).get(b"content-length", b"")
+            if length.isdigit() and int(length) > limit:
+                requests_total.labels("413").inc()
+                return await _error(f"the body is {int(length)} bytes, over the server's {max_body_mb:g} MB "
+                                    f"(--max-body-mb)", 413)(scope, receive, send)
+            status = [500]
+
+            async def counted(message):
+                if message["type"] == "http.response.start":
+                    status[0] = message["status"]
+                await send(message)
+            await self.inner(scope, receive, counted)
+            requests_total.labels(str(status[0])).inc()
+
+    app.add_middleware(CountAndBound)
 
     async def body_of(request: HTTPRequest) -> bytes:
         chunks, size = [], 0
@@ -504,6 +525,7 @@ def create_app(served: Served, scheduler: Scheduler, name: str = "snnet", slo_ms
 
     async def infer_images(images: torch.Tensor, budget: Budget, arrival: float):
         sid, out, met, seconds = await asyncio.wrap_future(scheduler.submit(images, budget, arrival))
+        scheduler.replied((scheduler.clock() - arrival - seconds) * 1000)
         latency.observe(seconds)
         if not met:
             misses.inc()
