@@ -341,6 +341,7 @@ CASES += [  # the surfaces added since 2026-12-01: int8 columns, ONNX evaluation
     (None, ["serve", "--checkpoint", "{run}", "--slo-ms", "0"], "--slo-ms must be a positive number, got 0"),
     (None, ["serve", "--checkpoint", "{run}", "--max-wait-ms", "-1"], "--max-wait-ms must be a non-negative number, got -1"),
     (None, ["serve", "--checkpoint", "{run}", "--max-body-mb", "inf"], "--max-body-mb must be a positive number, got inf"),
+    (None, ["serve", "--checkpoint", "{run}", "--slo-headroom", "1.5"], "--slo-headroom must be in (0, 1], got 1.5"),
     (None, ["serve", "--checkpoint", "{run}", "--max-batch", "0"], "argument --max-batch: must be an integer >= 1, got 0"),
     (None, ["serve", "--checkpoint", "{run}", "--port", "70000"], "argument --port: must be a TCP port 1..65535"),
     (None, ["serve", "--checkpoint", "/nonexistent"], "no saved model at /nonexistent"),

@@ -565,6 +565,8 @@ def cmd_serve(args) -> int:
     from .distributed import local_device
     from .serve import Scheduler, Served, create_app, log_figures
 
+    if not 0 < args.slo_headroom <= 1:
+        raise SNNetError(f"--slo-headroom must be in (0, 1], got {args.slo_headroom:g}")
     for flag, low in (("slo_ms", 0), ("max_body_mb", 0), ("max_wait_ms", None)):
         value = getattr(args, flag)
         if value is not None and not (math.isfinite(value) and (value > low if low is not None else value >= 0)):
@@ -576,7 +578,7 @@ def cmd_serve(args) -> int:
     print(f"timing {len(served.rows)} stitches at batch {' and '.join(map(str, batches))} ({served.platform}) ...")
     sys.stdout.flush()
     scheduler = Scheduler(served.run, served.costs(served.profile(batches)), args.max_batch, args.max_wait_ms,
-                          args.max_queue)
+                          args.max_queue, headroom=args.slo_headroom)
     app = create_app(served, scheduler, args.name, args.slo_ms, args.max_body_mb)
     import uvicorn
 
@@ -742,6 +744,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default="snnet", help="the model's name in the protocol's paths")
     p.add_argument("--slo-ms", type=float, help="the deadline of a request that names no budget (default: none, "
                                                  "the most accurate stitch)")
+    p.add_argument("--slo-headroom", type=float, default=0.85,
+                   help="a deadline's share the scheduler plans to finish within (run times vary; default 0.85)")
     p.add_argument("--max-batch", type=_at_least(1), default=8, help="images run together at most")
     p.add_argument("--max-wait-ms", type=float, default=2.0, help="how long a batch waits for more requests")
     p.add_argument("--max-queue", type=_at_least(1), default=256, help="requests waiting at most (then 503)")

@@ -160,10 +160,12 @@ class Scheduler:
 
     def __init__(self, run: Callable[[int, torch.Tensor], Any], costs: StitchCosts, max_batch: int = 8,
                  max_wait_ms: float = 2.0, max_queue: int = 256, clock: Callable[[], float] = time.perf_counter,
-                 on_batch: Callable[[int, int, list[Request], float], None] | None = None) -> None:
+                 on_batch: Callable[[int, int, list[Request], float], None] | None = None,
+                 headroom: float = 1.0) -> None:
         self.run, self.costs, self.clock = run, costs, clock
         self.max_batch, self.max_wait, self.max_queue = max_batch, max_wait_ms / 1000, max_queue
         self.on_batch = on_batch
+        self.headroom = headroom  # the plan aims to finish within this share of a deadline (run times vary)
         self.reply_ms = 0.0  # from a batch's end to its answer leaving (learnt): deadlines keep room for it
         self.queue: deque[Request] = deque()
         self.cond = threading.Condition()
@@ -219,7 +221,7 @@ class Scheduler:
             waited = (now - r.arrival) * 1000
             if _deadline(r.budget):
                 joins = sid == fastest or (waited + self.costs.predicted_ms(sid, size + n) + self.reply_ms
-                                           <= r.budget.max_latency_ms)
+                                           <= self.headroom * r.budget.max_latency_ms)
             else:
                 joins = choose(r.budget, self.costs, waited, size + n)[0] == sid
             if joins:
@@ -243,7 +245,7 @@ class Scheduler:
             per_batch, ahead = self.costs.predicted_ms(sid, images), 0
             for r in queue:
                 finish = (now - r.arrival) * 1000 + (ahead // self.max_batch + 1) * per_batch + self.reply_ms
-                if _deadline(r.budget) and finish > r.budget.max_latency_ms:
+                if _deadline(r.budget) and finish > self.headroom * r.budget.max_latency_ms:
                     break
                 ahead += r.images.shape[0]
             else:
