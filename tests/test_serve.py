@@ -2,6 +2,7 @@
 table (no timing assertions), the Open Inference Protocol in-process (every stitch equal to eager PyTorch, the
 one-file ONNX too, the budget parameters, the bad requests and their status codes, metrics), and a real server on a
 loopback port called by tritonclient, stopped by SIGTERM."""
+import json
 import signal
 import socket
 import subprocess
@@ -316,3 +317,44 @@ def test_tritonclient_against_a_real_server(run):
         out, _ = server.communicate(timeout=60)
     assert server.returncode == 0, out
     assert f"on http://127.0.0.1:{port}/v2/models/snnet" in out and "Traceback" not in out
+
+
+def test_two_ray_serve_replicas(run):
+    """``snnet serve --replicas 2``: Ray's proxy spreads the protocol's requests over two replicas, each answering
+    as eager PyTorch; SIGTERM stops Ray and the command."""
+    pytest.importorskip("ray.serve")
+    import urllib.request
+
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-m", "snnet.cli", "serve", "--checkpoint", str(run), "--port",
+                               str(port), "--replicas", "2"], env={**ENV, "RAY_USAGE_STATS_ENABLED": "0"},
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and not any("stops it" in line for line in lines):
+            line = server.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+        assert any("on 2 Ray Serve replicas" in line for line in lines), "".join(lines)
+        model = from_pretrained(run / "model").eval()
+        x = torch.randn(1, 3, 32, 32)
+        replicas = set()
+        for k in range(24):
+            sid = model.stitch_ids[k % len(model.stitch_ids)]
+            body = {"parameters": {"stitch_id": sid}, "inputs": [
+                {"name": "images", "shape": [1, 3, 32, 32], "datatype": "FP32", "data": x.reshape(-1).tolist()}]}
+            request = urllib.request.Request(f"http://127.0.0.1:{port}/v2/models/snnet/infer",
+                                             json.dumps(body).encode(), {"Content-Type": "application/json"})
+            with urllib.request.urlopen(request, timeout=60) as reply:
+                replicas.add(reply.headers["x-snnet-replica"])
+                out = json.loads(reply.read())["outputs"][0]
+            with torch.no_grad():
+                np.testing.assert_allclose(np.asarray(out["data"], np.float32).reshape(out["shape"]),
+                                           model.select(sid)(x).numpy(), rtol=0, atol=1e-5)
+        assert len(replicas) == 2, replicas
+    finally:
+        server.send_signal(signal.SIGTERM)
+        rest, _ = server.communicate(timeout=180)
+    assert server.returncode == 0 and "snnet serve: stopped" in rest, "".join(lines) + rest

@@ -560,10 +560,11 @@ def cmd_demo(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    """The network behind the Open Inference Protocol until SIGTERM or Ctrl+C (requests in flight finish)."""
+    """The network behind the Open Inference Protocol until SIGTERM or Ctrl+C (requests in flight finish): one
+    process (uvicorn), or ``--replicas N`` Ray Serve replicas behind Ray's HTTP proxy."""
+    import signal
+
     from .demo import check_address
-    from .distributed import local_device
-    from .serve import Scheduler, Served, create_app, log_figures
 
     if not 0 < args.slo_headroom <= 1:
         raise SNNetError(f"--slo-headroom must be in (0, 1], got {args.slo_headroom:g}")
@@ -573,34 +574,70 @@ def cmd_serve(args) -> int:
             raise SNNetError(f"--{flag.replace('_', '-')} must be a {'positive' if low is not None else 'non-negative'} "
                              f"number, got {value:g}")
     check_address(args.host, args.port)
-    served = Served(args.checkpoint, args.onnx, str(local_device(args.device, "cpu")))
-    batches = tuple(sorted({1, args.max_batch}))
-    print(f"timing {len(served.rows)} stitches at batch {' and '.join(map(str, batches))} ({served.platform}) ...")
-    sys.stdout.flush()
-    scheduler = Scheduler(served.run, served.costs(served.profile(batches)), args.max_batch, args.max_wait_ms,
-                          args.max_queue, headroom=args.slo_headroom)
-    app = create_app(served, scheduler, args.name, args.slo_ms, args.max_body_mb)
+    options = {k: getattr(args, k) for k in ("checkpoint", "onnx", "device", "name", "slo_ms", "slo_headroom",
+                                             "max_batch", "max_wait_ms", "max_queue", "max_body_mb")}
+    where = f"http://{args.host}:{args.port}/v2/models/{args.name}"
+    # uvicorn finishes the requests in flight on SIGTERM, then raises the signal again: here, the command's end
+    previous = signal.signal(signal.SIGTERM, lambda *_: None)
+    try:
+        if args.replicas:
+            _serve_ray(options, args, where)
+        else:
+            _serve_here(options, args, where)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    print("snnet serve: stopped")
+    return 0
+
+
+def _serve_here(options: dict, args, where: str) -> None:
     import uvicorn
 
+    from .serve import build_server, log_figures
+
+    app, scheduler, served = build_server(**options, log=print)
     server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning",
                                            timeout_graceful_shutdown=30))
     scheduler.start()
     logger = log_figures(app.state.registry, 60.0)
     print(f"snnet serve: model {args.name!r} ({served.task.name}, {len(served.rows)} stitches, {served.platform}) on "
-          f"http://{args.host}:{args.port}/v2/models/{args.name} (Ctrl+C stops it)")
+          f"{where} (Ctrl+C stops it)")
     sys.stdout.flush()
-    import signal
-
-    # uvicorn finishes the requests in flight on SIGTERM, then raises the signal again: here, the command's end
-    previous = signal.signal(signal.SIGTERM, lambda *_: None)
     try:
         server.run()
     finally:
-        signal.signal(signal.SIGTERM, previous)
         logger.set()
         scheduler.stop()
-    print("snnet serve: stopped")
-    return 0
+
+
+def _serve_ray(options: dict, args, where: str) -> None:
+    """Ray Serve: ``--replicas`` copies of the same application, Ray's proxy spreading requests over them."""
+    import signal
+    import threading
+
+    from .serve import ray_application
+
+    try:
+        import ray
+        from ray import serve
+    except ImportError:
+        raise SNNetError("--replicas runs on Ray Serve: pip install 'snnet[ray]'") from None
+    stop = threading.Event()
+    ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        serve.start(http_options={"host": args.host, "port": args.port})
+        serve.run(ray_application(options, args.replicas), name="snnet", route_prefix="/", blocking=False)
+        print(f"snnet serve: model {args.name!r} on {args.replicas} Ray Serve replicas, {where} (Ctrl+C stops it)")
+        sys.stdout.flush()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        try:
+            while not stop.wait(0.5):  # short waits: the handler runs between them
+                pass
+        except KeyboardInterrupt:
+            pass
+        serve.shutdown()
+    finally:
+        ray.shutdown()
 
 
 def _at_least(low: int):
@@ -751,6 +788,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-queue", type=_at_least(1), default=256, help="requests waiting at most (then 503)")
     p.add_argument("--max-body-mb", type=float, default=64.0, help="the largest request body (then 413)")
     p.add_argument("--device", help="cpu or cuda (default: cpu)")
+    p.add_argument("--replicas", type=_at_least(1), help="run as this many Ray Serve replicas (pip install "
+                                                          "'snnet[ray]')")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("demo", help="a Gradio page: upload an image, set a budget, see the best stitch answer")

@@ -10,6 +10,7 @@ import base64
 import io
 import json
 import math
+import os
 import threading
 import time
 from collections import deque
@@ -475,6 +476,7 @@ def create_app(served: Served, scheduler: Scheduler, name: str = "snnet", slo_ms
     scheduler.on_batch = on_batch
 
     limit = int(max_body_mb * 1024 * 1024)
+    replica = str(os.getpid()).encode()  # which process answered (several under Ray Serve)
     costs = scheduler.costs
     app = FastAPI(title="snnet serve", docs_url=None, redoc_url=None)
 
@@ -506,6 +508,7 @@ def create_app(served: Served, scheduler: Scheduler, name: str = "snnet", slo_ms
             async def counted(message):
                 if message["type"] == "http.response.start":
                     status[0] = message["status"]
+                    message["headers"] = [*message.get("headers", []), (b"x-snnet-replica", replica)]
                 await send(message)
             await self.inner(scope, receive, counted)
             requests_total.labels(str(status[0])).inc()
@@ -648,3 +651,48 @@ def log_figures(registry, every_s: float) -> threading.Event:
 
     threading.Thread(target=loop, name="snnet-serve-log", daemon=True).start()
     return stop
+
+
+def build_server(checkpoint: str, onnx: str | None = None, device: str | None = None, name: str = "snnet",
+                 slo_ms: float | None = None, slo_headroom: float = 0.85, max_batch: int = 8,
+                 max_wait_ms: float = 2.0, max_queue: int = 256, max_body_mb: float = 64.0,
+                 log: Callable[[str], None] = lambda _: None):
+    """(application, scheduler, served network) of ``snnet serve``'s options: the network loaded and every stitch
+    timed at batch 1 and ``max_batch``. The scheduler is started by the caller."""
+    from .distributed import local_device
+
+    served = Served(checkpoint, onnx, str(local_device(device, "cpu")))
+    batches = tuple(sorted({1, max_batch}))
+    log(f"timing {len(served.rows)} stitches at batch {' and '.join(map(str, batches))} ({served.platform}) ...")
+    scheduler = Scheduler(served.run, served.costs(served.profile(batches)), max_batch, max_wait_ms, max_queue,
+                          headroom=slo_headroom)
+    return create_app(served, scheduler, name, slo_ms, max_body_mb), scheduler, served
+
+
+def ray_application(options: dict, replicas: int):
+    """The Ray Serve application of ``build_server(**options)``: ``replicas`` replicas, each its own network,
+    scheduler and HTTP application, to which Ray's proxy hands the requests it routes there."""
+    from ray import serve
+
+    @serve.deployment(num_replicas=replicas, ray_actor_options={"num_cpus": 0}, graceful_shutdown_timeout_s=10,
+                      graceful_shutdown_wait_loop_s=0.5)
+    class SNNetReplica:
+        def __init__(self, options: dict) -> None:
+            import httpx
+
+            self.app, self.scheduler, _ = build_server(**options)
+            self.scheduler.start()
+            self.client = httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app), base_url="http://replica")
+
+        async def __call__(self, request):
+            from starlette.responses import Response
+
+            reply = await self.client.request(request.method, request.url.path, params=request.query_params,
+                                              content=await request.body(), headers=request.headers.raw)
+            return Response(reply.content, reply.status_code, headers={
+                k: v for k, v in reply.headers.items() if k.lower() not in ("content-length", "transfer-encoding")})
+
+        def __del__(self) -> None:
+            self.scheduler.stop()
+
+    return SNNetReplica.bind(options)
