@@ -388,6 +388,7 @@ def pick_stitch(args, model, run: Path | None) -> int:
 
 def cmd_export(args) -> int:
     from contextlib import nullcontext
+    from functools import partial
 
     from ._atomic import together
     from .pretrained import load_pretrained
@@ -421,7 +422,7 @@ def cmd_export(args) -> int:
             from .tasks import build_task
 
             task = build_task(load_config(str(run / "config.yaml")), progress=False)
-            calibrate = lambda: _calibration(task, args.calibration_images or 100, size)  # noqa: E731
+            calibrate = partial(_calibration, task, args.calibration_images or 100, size)  # fresh batches per file
     into_run = run is not None and run.resolve() in output.resolve().parents
     how = f"{args.format}" + (f", int8 ({method})" if args.quantize else "")
     # a writer into the run holds it, as training does; the files are in place only once the line is printed

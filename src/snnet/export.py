@@ -248,30 +248,30 @@ def export_network(model: SNNet | DenseModel, output: str | Path, img_size: tupl
             graph.add(sid, path)
             sidecars[sid] = json.loads(sidecar_path(path).read_text())
             path.unlink()
-        merged = graph.model()
-        first = sidecars[model.stitch_ids[0]]
-        rows = []
-        for sid, side in sidecars.items():
-            row = {k: side[k] for k in ("stitch_id", "kind", "route", "flops", "gflops", "params")}
-            row.update({k: v for k, v in (results or {}).get(sid, {}).items() if k not in row and k != "images"})
-            rows.append(row)
-        data = output.with_name(output.name + ".data")
-        sidecar = {"format": EXPORT_FORMAT, "file": output.name, "export_format": "onnx", "task": model.task,
-                   "stitch_id": "all", "inputs": {
-                       "images": "(B, 3, H, W), float32, normalised with mean and std",
-                       "stitch_id": "int64, a scalar or shape [1]: the id of one of the stitches below"},
-                   "input_size": list(img_size), "batch": "dynamic", "precision": quantize or "fp32",
-                   **({"quantization": first["quantization"]} if quantize else {}),
-                   **({"external_data": data.name} if needs_external_data(merged) else {}),
-                   **(info or {}), "stitches": rows, "model": saved_config(model)}
-        side = sidecar_path(output)
-        with together(), atomic_path(side) as side_tmp, atomic_path(output) as tmp:
-            if "external_data" in sidecar:
-                with atomic_path(data) as data_tmp:
-                    save_network(merged, tmp, data_tmp, data.name)
-            else:
-                save_network(merged, tmp)
-            side_tmp.write_text(json.dumps(sidecar, indent=1) + "\n", encoding="utf-8")
+    merged = graph.model()
+    first = sidecars[model.stitch_ids[0]]
+    rows = []
+    for sid, side in sidecars.items():
+        row = {k: side[k] for k in ("stitch_id", "kind", "route", "flops", "gflops", "params")}
+        row.update({k: v for k, v in (results or {}).get(sid, {}).items() if k not in row and k != "images"})
+        rows.append(row)
+    data = output.with_name(output.name + ".data")
+    sidecar = {"format": EXPORT_FORMAT, "file": output.name, "export_format": "onnx", "task": model.task,
+               "stitch_id": "all", "inputs": {
+                   "images": "(B, 3, H, W), float32, normalised with mean and std",
+                   "stitch_id": "int64, a scalar or shape [1]: the id of one of the stitches below"},
+               "input_size": list(img_size), "batch": "dynamic", "precision": quantize or "fp32",
+               **({"quantization": first["quantization"]} if quantize else {}),
+               **({"external_data": data.name} if needs_external_data(merged) else {}),
+               **(info or {}), "stitches": rows, "model": saved_config(model)}
+    side = sidecar_path(output)
+    with together(), atomic_path(side) as side_tmp, atomic_path(output) as tmp:
+        if "external_data" in sidecar:
+            with atomic_path(data) as data_tmp:
+                save_network(merged, tmp, data_tmp, data.name)
+        else:
+            save_network(merged, tmp)
+        side_tmp.write_text(json.dumps(sidecar, indent=1) + "\n", encoding="utf-8")
     return [output, *([data] if "external_data" in sidecar else []), side]
 
 

@@ -21,11 +21,12 @@ ALIGN = 4096  # external weights on page boundaries, which ONNX Runtime maps int
 
 
 def _weight_name(tensor) -> str:
-    """A name that only identical tensors share: the hash of type, shape and bytes."""
+    """A name that only identical tensors share: the hash of type, shape and bytes (a tensor's raw bytes as they
+    are; only one stored in typed fields is converted first)."""
     from onnx import numpy_helper
 
-    array = numpy_helper.to_array(tensor)
-    digest = hashlib.sha1(f"{array.dtype}{array.shape}".encode() + array.tobytes()).hexdigest()
+    data = tensor.raw_data if tensor.HasField("raw_data") else numpy_helper.to_array(tensor).tobytes()
+    digest = hashlib.sha1(f"{tensor.data_type}{list(tensor.dims)}".encode() + data).hexdigest()
     return f"w{digest[:20]}"
 
 
@@ -105,6 +106,10 @@ def _network(leaves: dict, weights: dict, users: dict[str, set[int]], first, ops
     out_infos = first[1]
     count = [0]
 
+    def outputs(names: Sequence[str]) -> list:
+        """Value infos of a (sub)graph's outputs ``names``: the stitches' output types, any shape."""
+        return [helper.make_tensor_value_info(n, o.type.tensor_type.elem_type, None) for n, o in zip(names, out_infos)]
+
     def placed(lo: int, hi: int, mid: int | None) -> list:
         """The weights whose users all lie in ids[lo:hi] but not all in one half of it (split at ``mid``)."""
         return [weights[k] for k, (a, b) in span.items() if lo <= a and b < hi
@@ -122,9 +127,8 @@ def _network(leaves: dict, weights: dict, users: dict[str, set[int]], first, ops
         for a, b in ((lo, mid), (mid, hi)):
             inner = [f"t{k}_{a}/{i}" for i in range(len(names))]
             nodes, inits = subtree(a, b, inner)
-            branches.append(helper.make_graph(nodes, f"stitches_{ids[a]}_to_{ids[b - 1]}", [], [
-                helper.make_tensor_value_info(n, o.type.tensor_type.elem_type, None) for n, o in zip(inner, out_infos)],
-                initializer=inits))
+            branches.append(helper.make_graph(nodes, f"stitches_{ids[a]}_to_{ids[b - 1]}", [], outputs(inner),
+                                              initializer=inits))
         pivot = numpy_helper.from_array(np.array(ids[mid], np.int64), f"pivot{k}")
         return [helper.make_node("Less", ["sid", pivot.name], [f"below{k}"]),
                 helper.make_node("If", [f"below{k}"], list(names), then_branch=branches[0], else_branch=branches[1])
@@ -133,18 +137,15 @@ def _network(leaves: dict, weights: dict, users: dict[str, set[int]], first, ops
     names = [o.name for o in out_infos]
     inner = [f"known/{n}" for n in names]
     nodes, inits = subtree(0, len(ids), inner)
-    known = helper.make_graph(nodes, "known_stitch", [], [
-        helper.make_tensor_value_info(n, o.type.tensor_type.elem_type, None) for n, o in zip(inner, out_infos)],
-        initializer=inits)
+    known = helper.make_graph(nodes, "known_stitch", [], outputs(inner), initializer=inits)
     # another id: a Gather past the end of the id list fails the run, its node named for the reason
     unknown_nodes = [helper.make_node("Abs", ["sid"], ["abs_sid"]),
                      helper.make_node("Add", ["abs_sid", "num_ids"], ["past_end"]),
                      helper.make_node("Gather", ["ids", "past_end"], ["never"], name="unknown_stitch_id")]
-    unknown_outs = []
-    for i, o in enumerate(out_infos):
-        unknown_nodes.append(helper.make_node("Cast", ["never"], [f"unknown/{i}"], to=o.type.tensor_type.elem_type))
-        unknown_outs.append(helper.make_tensor_value_info(f"unknown/{i}", o.type.tensor_type.elem_type, None))
-    unknown = helper.make_graph(unknown_nodes, "unknown_stitch", [], unknown_outs)
+    never = [f"unknown/{i}" for i in range(len(out_infos))]
+    unknown_nodes += [helper.make_node("Cast", ["never"], [n], to=o.type.tensor_type.elem_type)
+                      for n, o in zip(never, out_infos)]
+    unknown = helper.make_graph(unknown_nodes, "unknown_stitch", [], outputs(never))
     top = [
         helper.make_node("Reshape", ["stitch_id", "scalar_shape"], ["sid"]),
         helper.make_node("Equal", ["ids", "sid"], ["matches"]),

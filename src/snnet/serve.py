@@ -66,6 +66,10 @@ class StitchCosts:
         lo, hi = next(((a, b) for a, b in zip(sizes, sizes[1:]) if batch <= b), (sizes[-2], sizes[-1]))
         return ms[lo] + (ms[hi] - ms[lo]) * (batch - lo) / (hi - lo)
 
+    def fastest(self, batch: int) -> int:
+        """The stitch predicted quickest at ``batch`` (the lower id on a tie)."""
+        return min(self.gflops, key=lambda i: (self.predicted_ms(i, batch), i))
+
     def rank(self, sid: int) -> tuple:
         """Better first: the higher (or lower) metric, then fewer GFLOPs; by GFLOPs alone without metrics."""
         if self.metric:
@@ -132,7 +136,7 @@ def choose(budget: Budget, costs: StitchCosts, waited_ms: float, batch: int) -> 
     for sid in ids:
         if waited_ms + costs.predicted_ms(sid, batch) <= budget.max_latency_ms:
             return sid, True
-    return min(ids, key=lambda i: (costs.predicted_ms(i, batch), i)), False
+    return costs.fastest(batch), False
 
 
 def _deadline(budget: Budget) -> bool:
@@ -167,7 +171,7 @@ class Scheduler:
         self.max_batch, self.max_wait, self.max_queue = max_batch, max_wait_ms / 1000, max_queue
         self.on_batch = on_batch
         self.headroom = headroom  # the plan aims to finish within this share of a deadline (run times vary)
-        self.reply_ms = 0.0  # from a batch's end to its answer leaving (learnt): deadlines keep room for it
+        self.reply_ms = 0.0  # from a batch's end to its request's handler resuming (learnt): deadlines keep room
         self.queue: deque[Request] = deque()
         self.cond = threading.Condition()
         self.stopping = False
@@ -198,7 +202,7 @@ class Scheduler:
         return request.future
 
     def replied(self, ms: float, weight: float = 0.1) -> None:
-        """Learn how long answers take to leave once their batch is done."""
+        """Learn how long a request's handler takes to resume once its batch is done."""
         self.reply_ms += weight * (max(ms, 0.0) - self.reply_ms)
 
     def depth(self) -> int:
@@ -214,7 +218,7 @@ class Scheduler:
         sid = self.plan(now)
         first = self.queue[0]
         size, batch = first.images.shape[0], [first]
-        fastest = min(self.costs.gflops, key=lambda i: (self.costs.predicted_ms(i, 1), i))
+        fastest = self.costs.fastest(1)
         for r in list(self.queue)[1:4 * self.max_batch]:  # a bounded scan: the rest wait for later batches
             n = r.images.shape[0]
             if size + n > self.max_batch:
@@ -236,7 +240,8 @@ class Scheduler:
         """The stitch of the oldest request: asked for, or under a GFLOPs budget, as ``choose`` says; under a
         deadline the best stitch under which every queued deadline request, served in order in batches of this
         stitch, is predicted to finish in time (its predicted queue wait plus its batch's milliseconds plus the time
-        answers take to leave), else the fastest. Under load the queue waits grow, so the stitch gets cheaper; as it empties, dearer again."""
+        its handler takes to resume), else the fastest. Under load the queue waits grow, so the stitch gets cheaper;
+        as it empties, dearer again."""
         queue = list(self.queue)[:4 * self.max_batch]  # a bounded look-ahead: the plan is redone every batch
         first = queue[0]
         if not _deadline(first.budget):
@@ -251,7 +256,7 @@ class Scheduler:
                 ahead += r.images.shape[0]
             else:
                 return sid
-        return min(self.costs.gflops, key=lambda i: (self.costs.predicted_ms(i, images), i))
+        return self.costs.fastest(images)
 
     def _work(self) -> None:
         while True:
@@ -273,10 +278,10 @@ class Scheduler:
                 for r in batch:
                     r.future.set_exception(e)
                 continue
-            done = self.clock()
-            self.costs.observe(sid, sum(r.images.shape[0] for r in batch), (done - start) * 1000)
+            done, images = self.clock(), sum(r.images.shape[0] for r in batch)
+            self.costs.observe(sid, images, (done - start) * 1000)
             if self.on_batch is not None:
-                self.on_batch(sid, sum(r.images.shape[0] for r in batch), batch, done - start)
+                self.on_batch(sid, images, batch, done - start)
             offset = 0
             for r in batch:
                 n = r.images.shape[0]
