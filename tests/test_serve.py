@@ -221,6 +221,8 @@ def _images(x, **extra):
 
 
 X = torch.zeros(1, 3, 32, 32)
+PNG = bytes.fromhex("89504e470d0a1a0a0000000d4948445200000001000000010802000000907753de0000000c4944415478da63f8cf"
+                    "c000000301010018dd8db00000000049454e44ae426082")  # one black pixel
 BAD_REQUESTS = [  # (method, path, body (JSON) or bytes, status, error)
     ("get", "/v2/models/resnet", None, 404, "unknown model 'resnet': this server serves 'snnet'"),
     ("post", "/v2/models/resnet/infer", _images(X), 404, "unknown model 'resnet'"),
@@ -242,6 +244,14 @@ BAD_REQUESTS = [  # (method, path, body (JSON) or bytes, status, error)
      "max_latency_ms must be a positive number, got 0"),
     ("post", "/v2/models/snnet/infer", {**_images(X), "outputs": [{"name": "probs"}]}, 400,
      "unknown output 'probs': this model gives output"),
+    ("post", "/v2/models/snnet/infer", {"inputs": [{**_images(X)["inputs"][0], "data": None}]}, 400,
+     "input images: data must be a list of numbers, got NoneType"),
+    ("post", "/v2/models/snnet/infer", {**_images(X), "outputs": "output"}, 400,
+     "outputs must be a list of objects, got str"),
+    ("get", "/v2/models/snnet/versions/7", None, 404, "unknown version '7' of 'snnet': it has version '1' only"),
+    ("post", "/v2/models/snnet/versions/2/infer", _images(X), 404, "unknown version '2' of 'snnet'"),
+    ("post", "/v2/models/snnet/image?stitch=5", PNG, 400,
+     "unknown query parameter 'stitch': give stitch_id, max_gflops or max_latency_ms"),
     ("post", "/v2/models/snnet/infer", b"{not json", 400, "the body is not a JSON inference request"),
     ("post", "/v2/models/snnet/infer", {"inputs": "images"}, 400, "an inference request needs an inputs list"),
     ("post", "/v2/models/snnet/image", b"GIF89a not really", 400, "the body is not an image: send a JPEG or PNG file"),
@@ -259,6 +269,24 @@ def test_bad_requests_are_4xx_with_a_json_error_and_the_server_goes_on(run, meth
         reply = getattr(client, method)(path, **kw)
         assert reply.status_code == status and error in reply.json()["error"], reply.text
         assert _infer(client, X, stitch_id=0).status_code == 200  # and the next request is served
+    finally:
+        scheduler.stop()
+
+
+def test_an_image_too_large_to_decode_is_400(run, monkeypatch):
+    from io import BytesIO
+
+    from PIL import Image
+
+    served = Served(str(run))
+    client, scheduler = _client(served)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # PIL refuses twice that: 10000 pixels here
+    png = BytesIO()
+    Image.new("RGB", (100, 100)).save(png, format="PNG")
+    try:
+        reply = client.post("/v2/models/snnet/image", content=png.getvalue())
+        assert reply.status_code == 400 and reply.json()["error"].startswith(
+            "the image is too large to decode: Image size (10000 pixels) exceeds limit of 2000 pixels")
     finally:
         scheduler.stop()
 

@@ -374,6 +374,8 @@ class Served:
         try:
             image = Image.open(io.BytesIO(data))
             image.load()
+        except Image.DecompressionBombError as e:
+            raise RequestError(f"the image is too large to decode: {e}") from None
         except (UnidentifiedImageError, OSError, ValueError):
             raise RequestError("the body is not an image: send a JPEG or PNG file") from None
         return self.transform(image.convert("RGB"))[None], image
@@ -418,6 +420,8 @@ def _tensor(spec: Any, binary: bytes | None, img_size: tuple[int, int], max_batc
         array = np.frombuffer(binary, dtype="<f4")
     else:
         data = spec.get("data")
+        if not isinstance(data, list):
+            raise RequestError(f"input images: data must be a list of numbers, got {type(data).__name__}")
         try:
             array = np.asarray(data, dtype=np.float32).reshape(-1)
         except (TypeError, ValueError):
@@ -529,9 +533,11 @@ def create_app(served: Served, scheduler: Scheduler, name: str = "snnet", slo_ms
             chunks.append(chunk)
         return b"".join(chunks)
 
-    def model_or_404(model: str) -> None:
+    def model_or_404(model: str, version: str | None = None) -> None:
         if model != name:
             raise RequestError(f"unknown model {model!r}: this server serves {name!r}", 404)
+        if version not in (None, "1"):
+            raise RequestError(f"unknown version {version!r} of {name!r}: it has version '1' only", 404)
 
     async def infer_images(images: torch.Tensor, budget: Budget, arrival: float):
         sid, out, met, seconds = await asyncio.wrap_future(scheduler.submit(images, budget, arrival))
@@ -557,7 +563,7 @@ def create_app(served: Served, scheduler: Scheduler, name: str = "snnet", slo_ms
     @app.get("/v2/models/{model}")
     @app.get("/v2/models/{model}/versions/{version}")
     async def model_metadata(model: str, version: str | None = None):
-        model_or_404(model)
+        model_or_404(model, version)
         out_shape = [-1, served.model.num_classes] if served.task.name == "classification" else [-1, -1, -1, -1]
         return {"name": name, "versions": ["1"], "platform": served.platform,
                 "inputs": [{"name": "images", "datatype": "FP32", "shape": [-1, 3, *served.img_size]}],
@@ -569,14 +575,14 @@ def create_app(served: Served, scheduler: Scheduler, name: str = "snnet", slo_ms
     @app.get("/v2/models/{model}/ready")
     @app.get("/v2/models/{model}/versions/{version}/ready")
     async def model_ready(model: str, version: str | None = None):
-        model_or_404(model)
+        model_or_404(model, version)
         return {"name": name, "ready": True}
 
     @app.post("/v2/models/{model}/infer")
     @app.post("/v2/models/{model}/versions/{version}/infer")
     async def infer(model: str, request: HTTPRequest, version: str | None = None):
         arrival = scheduler.clock()  # the deadline counts from here: reading and parsing the body are part of it
-        model_or_404(model)
+        model_or_404(model, version)
         body, binaries = parse_infer(await body_of(request), request.headers.get("inference-header-content-length"))
         inputs = body["inputs"]
         names = [s.get("name") if isinstance(s, dict) else None for s in inputs]
@@ -585,7 +591,9 @@ def create_app(served: Served, scheduler: Scheduler, name: str = "snnet", slo_ms
         images = _tensor(inputs[0], binaries.get("images"), served.img_size, scheduler.max_batch)
         budget = read_budget(body.get("parameters"), costs, slo_ms)
         wanted = body.get("outputs") or [{"name": "output"}]
-        for o in wanted if isinstance(wanted, list) else [wanted]:
+        if not isinstance(wanted, list):
+            raise RequestError(f"outputs must be a list of objects, got {type(wanted).__name__}")
+        for o in wanted:
             if not isinstance(o, dict) or o.get("name") != "output":
                 raise RequestError(f"unknown output {o.get('name') if isinstance(o, dict) else o!r}: this model "
                                    f"gives output")
@@ -616,6 +624,8 @@ def create_app(served: Served, scheduler: Scheduler, name: str = "snnet", slo_ms
         x, picture = served.image_batch(await body_of(request))
         query = {}
         for key, value in request.query_params.items():
+            if key not in ("stitch_id", "max_gflops", "max_latency_ms"):
+                raise RequestError(f"unknown query parameter {key!r}: give stitch_id, max_gflops or max_latency_ms")
             try:
                 query[key] = int(value) if key == "stitch_id" else float(value)
             except ValueError:
