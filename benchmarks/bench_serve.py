@@ -34,6 +34,9 @@ parser.add_argument("--seconds", type=float, default=20, help="arrivals per poli
 parser.add_argument("--slo-factor", type=float, default=2.0)
 parser.add_argument("--max-batch", type=int, default=8)
 parser.add_argument("--threads", type=int, default=os.cpu_count())
+parser.add_argument("--policies", nargs="+", default=["largest", "smallest", "adaptive"],
+                    choices=["largest", "smallest", "adaptive"])
+parser.add_argument("--slo-headroom", type=float, default=0.7, help="the server's --slo-headroom")
 parser.add_argument("--plot", default="serve_load.png")
 args = parser.parse_args()
 ENV = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "HF_HUB_OFFLINE": "1"}
@@ -70,7 +73,7 @@ def start(model: Path, noop: bool = False) -> tuple[subprocess.Popen, int]:
             "from snnet.cli import main\nsys.exit(main(sys.argv[2:]))")
     proc = subprocess.Popen([sys.executable, "-c", code, "noop" if noop else "model", "serve", "--checkpoint",
                              str(model), "--port", str(port), "--max-batch", str(args.max_batch), "--max-queue",
-                             "100000"], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                             "100000", "--slo-headroom", str(args.slo_headroom)], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     import urllib.request
     deadline = time.time() + 600
     while time.time() < deadline:
@@ -160,7 +163,8 @@ def main() -> None:
         print(f"{'load':>5} {'policy':<9} {'done/s':>7} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'in SLO':>7} "
               f"{'mean ' + metric:>12}")
         for factor in args.loads:
-            for name, params in policies.items():
+            for name in args.policies:
+                params = policies[name]
                 got = asyncio.run(load(port, size, factor * capacity, params))
                 ms = np.array([r[0] for r in got]) * 1000
                 within = float(np.mean(ms <= slo))

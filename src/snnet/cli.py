@@ -782,8 +782,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default="snnet", help="the model's name in the protocol's paths")
     p.add_argument("--slo-ms", type=float, help="the deadline of a request that names no budget (default: none, "
                                                  "the most accurate stitch)")
-    p.add_argument("--slo-headroom", type=float, default=0.85,
-                   help="a deadline's share the scheduler plans to finish within (run times vary; default 0.85)")
+    p.add_argument("--slo-headroom", type=float, default=0.7,
+                   help="a deadline's share the scheduler plans to finish within (run times vary; default 0.7)")
     p.add_argument("--max-batch", type=_at_least(1), default=8, help="images run together at most")
     p.add_argument("--max-wait-ms", type=float, default=2.0, help="how long a batch waits for more requests")
     p.add_argument("--max-queue", type=_at_least(1), default=256, help="requests waiting at most (then 503)")

@@ -669,7 +669,7 @@ def log_figures(registry, every_s: float) -> threading.Event:
 
 
 def build_server(checkpoint: str, onnx: str | None = None, device: str | None = None, name: str = "snnet",
-                 slo_ms: float | None = None, slo_headroom: float = 0.85, max_batch: int = 8,
+                 slo_ms: float | None = None, slo_headroom: float = 0.7, max_batch: int = 8,
                  max_wait_ms: float = 2.0, max_queue: int = 256, max_body_mb: float = 64.0,
                  log: Callable[[str], None] = lambda _: None):
     """(application, scheduler, served network) of ``snnet serve``'s options: the network loaded and every stitch
