@@ -215,6 +215,46 @@ def test_budgets_and_the_image_endpoint(run):
         scheduler.stop()
 
 
+def test_a_mean_budget_serves_the_runs_best_cascade_within_it(run, tmp_path):
+    """cascade.jsonl of the run (snnet cascade): each answer is the cascade's, with its images' exit stitches."""
+    import shutil
+
+    from snnet.cascade import Cascade
+
+    here = tmp_path / "run"
+    shutil.copytree(run, here)
+    points = [{"stitches": [0], "thresholds": [], "confidence": "max_prob", "gflops": 0.003, "acc1": 30.0},
+              {"stitches": [0, 5, 1], "thresholds": [0.12, 0.1], "confidence": "max_prob", "gflops": 0.01,
+               "acc1": 40.0}]
+    (here / "cascade.jsonl").write_text("".join(json.dumps(p) + "\n" for p in points))
+    served = Served(str(here))
+    client, scheduler = _client(served)
+    model = from_pretrained(here / "model").eval()
+    torch.manual_seed(1)
+    x = torch.randn(4, 3, 32, 32)
+    try:
+        body = _infer(client, x, max_mean_gflops=0.02).json()
+        params = body["parameters"]
+        cascade = Cascade(model, [0, 5, 1], [0.12, 0.1])
+        with torch.no_grad():
+            expected = cascade.run(x)
+        assert params["cascade"] == [0, 5, 1] and params["thresholds"] == [0.12, 0.1]
+        assert params["stitch_ids"] == [[0, 5, 1][k] for k in expected.exits.tolist()]
+        assert params["gflops"] == pytest.approx(float(expected.flops.mean()) / 1e9)
+        out = np.asarray(body["outputs"][0]["data"], np.float32).reshape(body["outputs"][0]["shape"])
+        np.testing.assert_allclose(out, expected.logits.numpy(), rtol=0, atol=1e-5)
+        assert _infer(client, x[:1], max_mean_gflops=0.005).json()["parameters"]["cascade"] == [0]
+        reply = _infer(client, x, max_mean_gflops=0.001)
+        assert reply.status_code == 400 and reply.json()["error"] == "no cascade fits 0.001 GFLOPs (the cheapest needs 0.003)"
+        meta = client.get("/v2/models/snnet").json()
+        assert [c["stitches"] for c in meta["parameters"]["cascades"]] == [[0], [0, 5, 1]]
+        png = client.post("/v2/models/snnet/image?max_mean_gflops=0.02", content=PNG).json()
+        assert png["cascade"] == [0, 5, 1] and png["stitch_id"] in (0, 5, 1) and len(png["top5"]) == 5
+        assert 'snnet_stitch_requests_total{stitch_id="cascade1"} 2.0' in client.get("/metrics").text
+    finally:
+        scheduler.stop()
+
+
 def _images(x, **extra):
     return {"inputs": [{"name": "images", "shape": list(x.shape), "datatype": "FP32", "data": x.reshape(-1).tolist(),
                         **extra}]}
@@ -242,6 +282,10 @@ BAD_REQUESTS = [  # (method, path, body (JSON) or bytes, status, error)
      "max_gflops 1e-09 is below the cheapest stitch"),
     ("post", "/v2/models/snnet/infer", {**_images(X), "parameters": {"max_latency_ms": 0}}, 400,
      "max_latency_ms must be a positive number, got 0"),
+    ("post", "/v2/models/snnet/infer", {**_images(X), "parameters": {"max_mean_gflops": 1}}, 400,
+     "max_mean_gflops chooses a cascade, and the run has no cascades (snnet cascade --run RUN finds them)"),
+    ("post", "/v2/models/snnet/infer", {**_images(X), "parameters": {"max_mean_gflops": 1, "max_gflops": 1}}, 400,
+     "parameters give max_gflops and max_mean_gflops: give one of"),
     ("post", "/v2/models/snnet/infer", {**_images(X), "outputs": [{"name": "probs"}]}, 400,
      "unknown output 'probs': this model gives output"),
     ("post", "/v2/models/snnet/infer", {"inputs": [{**_images(X)["inputs"][0], "data": None}]}, 400,
@@ -251,7 +295,7 @@ BAD_REQUESTS = [  # (method, path, body (JSON) or bytes, status, error)
     ("get", "/v2/models/snnet/versions/7", None, 404, "unknown version '7' of 'snnet': it has version '1' only"),
     ("post", "/v2/models/snnet/versions/2/infer", _images(X), 404, "unknown version '2' of 'snnet'"),
     ("post", "/v2/models/snnet/image?stitch=5", PNG, 400,
-     "unknown query parameter 'stitch': give stitch_id, max_gflops or max_latency_ms"),
+     "unknown query parameter 'stitch': give one of stitch_id, max_gflops, max_latency_ms, max_mean_gflops"),
     ("post", "/v2/models/snnet/infer", b"{not json", 400, "the body is not a JSON inference request"),
     ("post", "/v2/models/snnet/infer", {"inputs": "images"}, 400, "an inference request needs an inputs list"),
     ("post", "/v2/models/snnet/image", b"GIF89a not really", 400, "the body is not an image: send a JPEG or PNG file"),

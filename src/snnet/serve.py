@@ -1,6 +1,7 @@
 """``snnet serve``: one loaded network behind the Open Inference Protocol (KServe v2 REST, as Triton speaks it), the
 stitch chosen per request: by the request's ``parameters`` (``stitch_id``, ``max_gflops``, ``max_latency_ms``) or
-the server's ``--slo-ms``, moving to cheaper stitches as the queue grows. Requests of one stitch run as one batch.
+the server's ``--slo-ms``, moving to cheaper stitches as the queue grows; ``max_mean_gflops`` runs the run's best
+cascade (``snnet cascade``) within that mean. Requests of one stitch (or cascade) run as one batch.
 
 Layers: ``StitchCosts`` and ``choose`` (the policy, pure), ``Scheduler`` (the bounded queue and the worker that
 batches), ``create_app`` (HTTP, metrics). The model is PyTorch or the one-file ONNX of ``export --stitch all``.
@@ -79,22 +80,33 @@ class StitchCosts:
 
 @dataclass
 class Budget:
-    """A request's budget, checked: a stitch, a GFLOPs budget, or a deadline in ms from its arrival."""
+    """A request's budget, checked: a stitch, a GFLOPs budget, a deadline in ms from its arrival, or a cascade
+    (its key, ``cascade_key``)."""
     stitch_id: int | None = None
     max_gflops: float | None = None
     max_latency_ms: float | None = None
+    cascade: str | None = None
 
 
-def read_budget(parameters: Any, costs: StitchCosts, slo_ms: float | None) -> Budget:
-    """The budget of a request's ``parameters`` (at most one of stitch_id, max_gflops, max_latency_ms; else the
-    server's SLO), or a RequestError naming what is wrong."""
+BUDGETS = ("stitch_id", "max_gflops", "max_latency_ms", "max_mean_gflops")
+
+
+def cascade_key(index: int) -> str:
+    """The scheduler's name for the run's ``index``-th cascade (stitches are ints, cascades strings)."""
+    return f"cascade{index}"
+
+
+def read_budget(parameters: Any, costs: StitchCosts, slo_ms: float | None,
+                cascades: list[dict] | str = "the run has no cascades") -> Budget:
+    """The budget of a request's ``parameters`` (at most one of ``BUDGETS``; else the server's SLO), or a
+    RequestError naming what is wrong. ``cascades``: the run's operating points, or why there are none."""
     if parameters is None:
         parameters = {}
     if not isinstance(parameters, dict):
         raise RequestError(f"parameters must be an object, got {type(parameters).__name__}")
-    given = [k for k in ("stitch_id", "max_gflops", "max_latency_ms") if k in parameters]
+    given = [k for k in BUDGETS if k in parameters]
     if len(given) > 1:
-        raise RequestError(f"parameters give {' and '.join(given)}: give one of stitch_id, max_gflops, max_latency_ms")
+        raise RequestError(f"parameters give {' and '.join(given)}: give one of {', '.join(BUDGETS)}")
     if not given:
         return Budget(max_latency_ms=slo_ms)
     key, value = given[0], parameters[given[0]]
@@ -105,6 +117,15 @@ def read_budget(parameters: Any, costs: StitchCosts, slo_ms: float | None) -> Bu
         return Budget(stitch_id=value)
     if not is_number(value) or value <= 0:
         raise RequestError(f"{key} must be a positive number, got {value!r}")
+    if key == "max_mean_gflops":
+        from .cascade import best_cascade
+
+        if isinstance(cascades, str):
+            raise RequestError(f"max_mean_gflops chooses a cascade, and {cascades}")
+        try:
+            return Budget(cascade=cascade_key(cascades.index(best_cascade(cascades, value))))
+        except SNNetError as e:
+            raise RequestError(str(e)) from None
     if key == "max_gflops":
         cheapest = min(costs.gflops.values())
         if value < cheapest:
@@ -122,10 +143,12 @@ def _id_ranges(ids: list[int]) -> str:
     return ", ".join(runs)
 
 
-def choose(budget: Budget, costs: StitchCosts, waited_ms: float, batch: int) -> tuple[int, bool]:
-    """(stitch, whether its predicted completion meets the budget): the stitch asked for; the best stitch under a
-    GFLOPs budget; under a deadline the best stitch whose queue wait so far plus its predicted milliseconds at
-    ``batch`` fit, else the fastest (which then misses); with no budget at all, the best stitch."""
+def choose(budget: Budget, costs: StitchCosts, waited_ms: float, batch: int) -> tuple[int | str, bool]:
+    """(stitch or cascade, whether its predicted completion meets the budget): the stitch or cascade asked for; the
+    best stitch under a GFLOPs budget; under a deadline the best stitch whose queue wait so far plus its predicted
+    milliseconds at ``batch`` fit, else the fastest (which then misses); with no budget at all, the best stitch."""
+    if budget.cascade is not None:
+        return budget.cascade, True
     if budget.stitch_id is not None:
         return budget.stitch_id, True
     ids = costs.ranked
@@ -140,7 +163,8 @@ def choose(budget: Budget, costs: StitchCosts, waited_ms: float, batch: int) -> 
 
 
 def _deadline(budget: Budget) -> bool:
-    return budget.stitch_id is None and budget.max_gflops is None and budget.max_latency_ms is not None
+    return (budget.stitch_id is None and budget.max_gflops is None and budget.cascade is None
+            and budget.max_latency_ms is not None)
 
 
 # ---- the scheduler -----------------------------------------------------------------------------------------
@@ -224,9 +248,10 @@ class Scheduler:
             if size + n > self.max_batch:
                 continue
             waited = (now - r.arrival) * 1000
-            if _deadline(r.budget):
-                joins = sid == fastest or (waited + self.costs.predicted_ms(sid, size + n) + self.reply_ms
-                                           <= self.headroom * r.budget.max_latency_ms)
+            if _deadline(r.budget):  # a deadline joins a stitch's batch (a cascade's time is not known ahead)
+                joins = isinstance(sid, int) and (sid == fastest or (
+                    waited + self.costs.predicted_ms(sid, size + n) + self.reply_ms
+                    <= self.headroom * r.budget.max_latency_ms))
             else:
                 joins = choose(r.budget, self.costs, waited, size + n)[0] == sid
             if joins:
@@ -279,7 +304,8 @@ class Scheduler:
                     r.future.set_exception(e)
                 continue
             done, images = self.clock(), sum(r.images.shape[0] for r in batch)
-            self.costs.observe(sid, images, (done - start) * 1000)
+            if isinstance(sid, int):  # a cascade's time depends on its images: it teaches the stitches' table nothing
+                self.costs.observe(sid, images, (done - start) * 1000)
             if self.on_batch is not None:
                 self.on_batch(sid, images, batch, done - start)
             offset = 0
@@ -334,13 +360,36 @@ class Served:
         else:
             self.onnx, self.precision = None, "fp32"
             self.model.to(self.device)
+        self.cascades, self.cascade_runs = self._cascades(run)
         from .config import load_config
 
         cfg = load_config(str(run / "config.yaml")) if run is not None and (run / "config.yaml").is_file() else None
         self.transform = self.task.demo_transform(cfg, self.model, tuple(self.mean), tuple(self.std))
 
+    def _cascades(self, run) -> tuple[list[dict] | str, dict]:
+        """The run's cascades (``snnet cascade``) and a runner per scheduler key, or why there are none."""
+        from .cascade import Cascade, CascadeOutput, read_cascades
+
+        if run is None or not (run / "cascade.jsonl").is_file():
+            return "the run has no cascades (snnet cascade --run RUN finds them)", {}
+        if self.onnx is not None:
+            return "cascades run on the PyTorch network, not --onnx", {}
+        rows = read_cascades(run / "cascade.jsonl")
+        runs = {}
+        for k, r in enumerate(rows):
+            cascade = Cascade(self.model, r["stitches"], r["thresholds"], r.get("confidence", "max_prob"))
+
+            def answer(images: torch.Tensor, cascade=cascade) -> CascadeOutput:
+                out = cascade.run(images.to(self.device))
+                return CascadeOutput(out.logits.float().cpu(), out.exits, out.flops)
+            runs[cascade_key(k)] = answer
+        return rows, runs
+
     @torch.inference_mode()
-    def run(self, sid: int, images: torch.Tensor) -> torch.Tensor:
+    def run(self, sid: int | str, images: torch.Tensor):
+        """Logits of stitch ``sid`` on ``images``, or the ``CascadeOutput`` of a cascade's key."""
+        if isinstance(sid, str):
+            return self.cascade_runs[sid](images)
         if self.onnx is not None:
             self.onnx.stitch_id = sid
             return self.onnx(images)
@@ -476,7 +525,8 @@ def create_app(served: Served, scheduler: Scheduler, name: str = "snnet", slo_ms
     queue_depth.set_function(scheduler.depth)
     batch_size = Histogram("snnet_batch_images", "images per batch run", buckets=(1, 2, 4, 8, 16, 32, 64),
                            registry=registry)
-    per_stitch = Counter("snnet_stitch_requests", "requests served, by stitch", ["stitch_id"], registry=registry)
+    per_stitch = Counter("snnet_stitch_requests", "requests served, by stitch (or cascade)", ["stitch_id"],
+                         registry=registry)
     misses = Counter("snnet_deadline_misses", "requests answered after their deadline", registry=registry)
 
     def on_batch(sid: int, images: int, batch: list, seconds: float) -> None:
@@ -539,6 +589,15 @@ def create_app(served: Served, scheduler: Scheduler, name: str = "snnet", slo_ms
         if version not in (None, "1"):
             raise RequestError(f"unknown version {version!r} of {name!r}: it has version '1' only", 404)
 
+    def served_by(sid: int | str, out) -> dict:
+        """What answered: the stitch and its GFLOPs, or the cascade, each image's exit stitch and the mean GFLOPs."""
+        if not isinstance(sid, str):
+            return {"stitch_id": sid, "gflops": served.rows[sid]["gflops"]}
+        point = served.cascades[int(sid.removeprefix("cascade"))]
+        return {"cascade": point["stitches"], "thresholds": point["thresholds"],
+                "stitch_ids": [point["stitches"][k] for k in out.exits.tolist()],
+                "gflops": float(out.flops.mean()) / 1e9}
+
     async def infer_images(images: torch.Tensor, budget: Budget, arrival: float):
         sid, out, met, seconds = await asyncio.wrap_future(scheduler.submit(images, budget, arrival))
         scheduler.replied((scheduler.clock() - arrival - seconds) * 1000)
@@ -570,7 +629,8 @@ def create_app(served: Served, scheduler: Scheduler, name: str = "snnet", slo_ms
                 "outputs": [{"name": "output", "datatype": "FP32", "shape": out_shape}],
                 "parameters": {"task": served.task.name, "precision": served.precision, "metric": served.metric,
                                "slo_ms": slo_ms, "mean": served.mean, "std": served.std,
-                               "stitches": list(served.rows.values())}}
+                               "stitches": list(served.rows.values()),
+                               "cascades": served.cascades if isinstance(served.cascades, list) else []}}
 
     @app.get("/v2/models/{model}/ready")
     @app.get("/v2/models/{model}/versions/{version}/ready")
@@ -589,7 +649,7 @@ def create_app(served: Served, scheduler: Scheduler, name: str = "snnet", slo_ms
         if names != ["images"]:
             raise RequestError(f"inputs are {names}: this model takes one input, images")
         images = _tensor(inputs[0], binaries.get("images"), served.img_size, scheduler.max_batch)
-        budget = read_budget(body.get("parameters"), costs, slo_ms)
+        budget = read_budget(body.get("parameters"), costs, slo_ms, served.cascades)
         wanted = body.get("outputs") or [{"name": "output"}]
         if not isinstance(wanted, list):
             raise RequestError(f"outputs must be a list of objects, got {type(wanted).__name__}")
@@ -598,9 +658,8 @@ def create_app(served: Served, scheduler: Scheduler, name: str = "snnet", slo_ms
                 raise RequestError(f"unknown output {o.get('name') if isinstance(o, dict) else o!r}: this model "
                                    f"gives output")
         sid, out, met, seconds = await infer_images(images, budget, arrival)
-        array = out.numpy().astype(np.float32)
-        params = {"stitch_id": sid, "deadline_met": met, "latency_ms": round(seconds * 1000, 3),
-                  "gflops": served.rows[sid]["gflops"]}
+        params = {"deadline_met": met, "latency_ms": round(seconds * 1000, 3), **served_by(sid, out)}
+        array = (out.logits if isinstance(sid, str) else out).numpy().astype(np.float32)
         binary = bool((body.get("parameters") or {}).get("binary_data_output")) or any(
             (o.get("parameters") or {}).get("binary_data") for o in wanted)
         output = {"name": "output", "datatype": "FP32", "shape": list(array.shape)}
@@ -624,16 +683,19 @@ def create_app(served: Served, scheduler: Scheduler, name: str = "snnet", slo_ms
         x, picture = served.image_batch(await body_of(request))
         query = {}
         for key, value in request.query_params.items():
-            if key not in ("stitch_id", "max_gflops", "max_latency_ms"):
-                raise RequestError(f"unknown query parameter {key!r}: give stitch_id, max_gflops or max_latency_ms")
+            if key not in BUDGETS:
+                raise RequestError(f"unknown query parameter {key!r}: give one of {', '.join(BUDGETS)}")
             try:
                 query[key] = int(value) if key == "stitch_id" else float(value)
             except ValueError:
                 raise RequestError(f"{key} must be a number, got {value!r}") from None
-        budget = read_budget(query, costs, slo_ms)
+        budget = read_budget(query, costs, slo_ms, served.cascades)
         sid, out, met, seconds = await infer_images(x, budget, arrival)
-        return {"stitch_id": sid, "deadline_met": met, "latency_ms": round(seconds * 1000, 3),
-                **served.answer(out, picture, tuple(x.shape[-2:]))}
+        by = served_by(sid, out)
+        if "stitch_ids" in by:  # one image: the stitch it left at
+            by["stitch_id"] = by.pop("stitch_ids")[0]
+        return {**by, "deadline_met": met, "latency_ms": round(seconds * 1000, 3),
+                **served.answer(out.logits if isinstance(sid, str) else out, picture, tuple(x.shape[-2:]))}
 
     @app.get("/metrics")
     async def metrics():
