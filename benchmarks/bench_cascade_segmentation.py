@@ -1,9 +1,10 @@
 """Would a cascade pay for segmentation? Two-stage cascades over a trained segmentation run's frontier stitches,
-an image leaving the first stage when its mean per-pixel top softmax probability reaches the threshold, against
-the static frontier (issue 30, point 5).
+an image leaving the first stage when its confidence reaches the threshold, against the static frontier (issue 30,
+point 5). Confidence (``--confidence``): the top class probability averaged over the image's pixels (``mean``), or
+over the pixels predicted as an object, not background (``objects``).
 
 Every frontier stitch runs once on ``--calibration-images`` training images and on the validation images, keeping
-each image's confidence (the mean over its pixels of the largest class probability) and its per-class areas
+each image's confidence and its per-class areas
 (intersection, union, predicted, labelled), so a cascade's mIoU is exact: the summed areas of each image at its
 exit stage. Thresholds (16 quantiles of the first stage's confidence) and pairs are chosen on the training images;
 the chosen points are then scored on the validation images. FLOPs per image: the stages' backbones with shared
@@ -33,6 +34,9 @@ parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--run", default="runs/quickstart_segmentation")
 parser.add_argument("--calibration-images", type=int, default=1000)
 parser.add_argument("--threads", type=int, default=os.cpu_count())
+parser.add_argument("--confidence", choices=["mean", "objects"], default="mean",
+                    help="mean: the top class probability averaged over all pixels; objects: over the pixels not "
+                         "predicted background (class 0), 1 where there are none")
 args = parser.parse_args()
 torch.set_num_threads(args.threads)
 run = Path(args.run)
@@ -48,7 +52,13 @@ def per_image(model, task, dataset, ids: list[int]) -> dict[int, tuple[np.ndarra
             for i in range(0, len(dataset), 32):
                 images, labels = zip(*(dataset[j] for j in range(i, min(i + 32, len(dataset)))))
                 logits = model(torch.stack(images)).float()
-                conf.append(logits.softmax(1).amax(1).mean((1, 2)))
+                top = logits.softmax(1).amax(1)
+                if args.confidence == "mean":
+                    conf.append(top.mean((1, 2)))
+                else:
+                    objects = logits.argmax(1) != 0
+                    conf.append(torch.where(objects.any((1, 2)), (top * objects).sum((1, 2))
+                                            / objects.sum((1, 2)).clamp(min=1), torch.ones(len(top))))
                 for lg, lb in zip(logits, labels):
                     pred = F.interpolate(lg[None], size=lb.shape[-2:], mode="bilinear", align_corners=False)[0]
                     areas.append(area_sums(pred.argmax(0), lb.as_subclass(torch.Tensor), task.num_classes,
@@ -89,7 +99,7 @@ def main() -> None:
     cal = per_image(model, task, calibration, ids)
     val = per_image(model, task, task.val_set, ids)
     print(f"{run}: {len(static)} stitches, frontier {ids}; {len(calibration)} training images for the search, "
-          f"{len(task.val_set)} validation images; confidence: the mean over pixels of the top class probability")
+          f"{len(task.val_set)} validation images; confidence: {args.confidence}")
     for sid in ids:
         print(f"  stitch {sid:>2}: {model.flops(sid) / 1e9:.4f} GFLOPs, validation mIoU {miou(val[sid][1]):.2f} "
               f"(as the table: {next(r['mIoU'] for r in static if r['stitch_id'] == sid):.2f}), mean confidence "
