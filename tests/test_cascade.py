@@ -226,3 +226,25 @@ def test_select_cascade_bad_input_is_one_line(tmp_path, capsys, content, extra, 
     assert main(["select", "--results", str(path), "--cascade", *extra]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err
+
+
+def test_a_cascade_over_sn_net_v1_stitches_equals_its_stages(images):
+    model = SNNet([tiny_vit(3, 32, seed=1), tiny_vit(6, 48, heads=3, seed=2)], version="v1", lora_rank=4).eval()
+    later = [s.id for s in model.stitches if s.kind != "anchor"][-1]
+    assert torch.allclose(Cascade(model, [0, later], [1.0])(images), eager(model, later, images), atol=1e-5)
+    assert torch.allclose(Cascade(model, [0, later], [0.0])(images), eager(model, 0, images), atol=1e-5)
+
+
+def test_the_command_refuses_torchrun_and_a_table_of_another_network(run, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(run, other)
+    rows = read_jsonl(other / "results.jsonl")
+    (other / "results.jsonl").write_text("".join(json.dumps({**r, "stitch_id": r["stitch_id"] + 1000}) + "\n"
+                                                 for r in rows))
+    assert main(["cascade", "--run", str(other)]) == 2
+    assert "has no row for a stitch of" in capsys.readouterr().err
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["cascade", "--run", str(run)]) == 2
+    assert capsys.readouterr().err.strip() == "snnet: error: snnet cascade runs in one process: start it without torchrun"

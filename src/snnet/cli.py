@@ -585,6 +585,8 @@ def cmd_cascade(args) -> int:
     from .results import read_results
     from .rundir import RunLock, run_of
 
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise SNNetError("snnet cascade runs in one process: start it without torchrun")
     model_dir, run = run_of(args.run)
     if run is None or not (run / "results.jsonl").is_file():
         raise SNNetError(f"no results.jsonl beside {model_dir}: a cascade draws its stages from the run's frontier; "
@@ -618,6 +620,8 @@ def _cascade(args, cfg, model, rows: list[dict], run: Path, device) -> int:
     task = build_task(cfg, progress=False, train=True)
     flops = model.flops_table()
     known = [r for r in rows if r["stitch_id"] in flops]
+    if not known:
+        raise SNNetError(f"{run / 'results.jsonl'} has no row for a stitch of {run / 'model'}: evaluate the run again")
     stages = candidate_stitches(model.stitches, [r["stitch_id"] for r in frontier(known, "acc1")], flops,
                                 args.max_candidates)
     # held-out training images under the evaluation transform, a seeded sample (an ImageFolder is sorted by class)
