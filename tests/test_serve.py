@@ -430,3 +430,27 @@ def test_two_ray_serve_replicas(run):
         server.send_signal(signal.SIGTERM)
         rest, _ = server.communicate(timeout=180)
     assert server.returncode == 0 and "snnet serve: stopped" in rest, "".join(lines) + rest
+
+
+def test_max_replicas_autoscales_between_the_two_counts():
+    """The deployment ``--replicas 1 --max-replicas 3`` builds (Ray not started): autoscaled from 1 to 3 replicas,
+    each taking its queue's worth of requests."""
+    pytest.importorskip("ray.serve")
+    from snnet.serve import ray_application
+
+    options = {"checkpoint": "unused", "max_batch": 4, "max_queue": 32}
+    deployment = ray_application(options, 1, 3)._bound_deployment
+    scaling = deployment._deployment_config.autoscaling_config
+    assert (scaling.min_replicas, scaling.max_replicas, scaling.target_ongoing_requests) == (1, 3, 4)
+    assert deployment.max_ongoing_requests == 32
+    fixed = ray_application(options, 2, 2)._bound_deployment
+    assert fixed.num_replicas == 2 and fixed._deployment_config.autoscaling_config is None
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--max-replicas", "2"], "--max-replicas needs --replicas N, and at least N"),
+    (["--replicas", "3", "--max-replicas", "2"], "--max-replicas 2 is below --replicas 3"),
+])
+def test_max_replicas_without_replicas_is_one_line(run, capsys, extra, message):
+    assert snnet("serve", "--checkpoint", str(run), *extra) == 2
+    assert capsys.readouterr().err.strip() == f"snnet: error: {message}"

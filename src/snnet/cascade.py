@@ -61,7 +61,8 @@ def resume_points(stitches: Sequence[Stitch]) -> list[tuple[int | None, int]]:
         best: tuple[int | None, int] = (None, 0)
         for j in range(k):
             shared = shared_steps(routes[j], route)
-            if shared > best[1]:  # the earliest such stage: it ran that step itself (a later one may have resumed past it)
+            # the earliest such stage ran that step itself (a later one may have resumed past it)
+            if shared > best[1]:
                 best = (j, shared)
         points.append(best)
     return points
@@ -363,5 +364,6 @@ def best_cascade(rows: list[dict], max_gflops: float) -> dict:
     best = best_under_budget(dict(enumerate(r["gflops"] for r in rows)), dict(enumerate(r["acc1"] for r in rows)),
                              max_gflops)
     if best is None:
-        raise SNNetError(f"no cascade fits {max_gflops} GFLOPs (the cheapest needs {min(r['gflops'] for r in rows):.3f})")
+        cheapest = min(r["gflops"] for r in rows)
+        raise SNNetError(f"no cascade fits {max_gflops} GFLOPs (the cheapest needs {cheapest:.3f})")
     return rows[best]

@@ -326,7 +326,8 @@ def _select_cascade(args) -> int:
     from .selection import is_number
 
     if args.max_gflops is None:
-        raise SNNetError("a cascade's budget is its mean GFLOPs per image: give --max-gflops (latency varies per image)")
+        raise SNNetError("a cascade's budget is its mean GFLOPs per image: give --max-gflops (latency varies per "
+                         "image)")
     if args.metric not in (None, "acc1") or args.precision != "fp32":
         raise SNNetError("--cascade chooses by acc1 at float32: drop --metric and --precision")
     rows = read_cascades(Path(args.results))
@@ -643,7 +644,8 @@ def _cascade(args, cfg, model, rows: list[dict], run: Path, device) -> int:
     with together():  # the table, its plot and the printed figures: all of them or none
         atomic_write_text(run / "cascade.jsonl", "".join(json.dumps(r) + "\n" for r in found))
         plot = plot_cascades(known, found, run / "pareto_cascade.png",
-                             f"cascades of up to {args.max_stages} stages ({args.confidence}) over {len(known)} stitches")
+                             f"cascades of up to {args.max_stages} stages ({args.confidence}) over {len(known)} "
+                             f"stitches")
         print(f"{len(found)} operating points from {len(front)} on the calibration frontier ({len(calibration)} "
               f"training images, {len(stages)} candidate stitches), validated on {found[0]['images']} images in "
               f"{time.perf_counter() - start:.0f} s")
@@ -681,6 +683,9 @@ def cmd_serve(args) -> int:
             raise SNNetError(f"--{flag.replace('_', '-')} must be a {'positive' if low is not None else 'non-negative'} "
                              f"number, got {value:g}")
     check_address(args.host, args.port)
+    if args.max_replicas is not None and (args.replicas is None or args.max_replicas < args.replicas):
+        raise SNNetError("--max-replicas needs --replicas N, and at least N" if args.replicas is None else
+                         f"--max-replicas {args.max_replicas} is below --replicas {args.replicas}")
     options = {k: getattr(args, k) for k in ("checkpoint", "onnx", "device", "name", "slo_ms", "slo_headroom",
                                              "max_batch", "max_wait_ms", "max_queue", "max_body_mb")}
     where = f"http://{args.host}:{args.port}/v2/models/{args.name}"
@@ -733,8 +738,11 @@ def _serve_ray(options: dict, args, where: str) -> None:
     ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         serve.start(http_options={"host": args.host, "port": args.port})
-        serve.run(ray_application(options, args.replicas), name="snnet", route_prefix="/", blocking=False)
-        print(f"snnet serve: model {args.name!r} on {args.replicas} Ray Serve replicas, {where} (Ctrl+C stops it)")
+        serve.run(ray_application(options, args.replicas, args.max_replicas), name="snnet", route_prefix="/",
+                  blocking=False)
+        scaling = f" (up to {args.max_replicas} under load)" if (args.max_replicas or 0) > args.replicas else ""
+        print(f"snnet serve: model {args.name!r} on {args.replicas} Ray Serve replicas{scaling}, {where} "
+              f"(Ctrl+C stops it)")
         sys.stdout.flush()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         try:
@@ -899,6 +907,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="cpu or cuda (default: cpu)")
     p.add_argument("--replicas", type=_at_least(1), help="run as this many Ray Serve replicas (pip install "
                                                           "'snnet[ray]')")
+    p.add_argument("--max-replicas", type=_at_least(1),
+                   help="with --replicas N: Ray Serve adds replicas up to this many as requests queue (N at least)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("cascade", help="find cascades of stitches that stop early on easy images (anytime inference)")

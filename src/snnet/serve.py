@@ -746,13 +746,20 @@ def build_server(checkpoint: str, onnx: str | None = None, device: str | None = 
     return create_app(served, scheduler, name, slo_ms, max_body_mb), scheduler, served
 
 
-def ray_application(options: dict, replicas: int):
-    """The Ray Serve application of ``build_server(**options)``: ``replicas`` replicas, each its own network,
+def ray_application(options: dict, replicas: int, max_replicas: int | None = None):
+    """The Ray Serve application of ``build_server(**options)``: ``replicas`` replicas (autoscaled up to
+    ``max_replicas`` where more, Ray adding one as each holds over a batch of requests), each its own network,
     scheduler and HTTP application, to which Ray's proxy hands the requests it routes there."""
     from ray import serve
 
-    @serve.deployment(num_replicas=replicas, ray_actor_options={"num_cpus": 0}, graceful_shutdown_timeout_s=10,
-                      graceful_shutdown_wait_loop_s=0.5)
+    max_batch, max_queue = options.get("max_batch", 8), options.get("max_queue", 256)
+    scale = ({"autoscaling_config": {"min_replicas": replicas, "max_replicas": max_replicas,
+                                     "target_ongoing_requests": max_batch}}
+             if max_replicas is not None and max_replicas > replicas else {"num_replicas": replicas})
+
+    # a replica takes up to its own queue's bound (Ray's default, 5, would keep its batches below --max-batch)
+    @serve.deployment(**scale, max_ongoing_requests=max_queue, ray_actor_options={"num_cpus": 0},
+                      graceful_shutdown_timeout_s=10, graceful_shutdown_wait_loop_s=0.5)
     class SNNetReplica:
         def __init__(self, options: dict) -> None:
             import httpx
