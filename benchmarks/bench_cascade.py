@@ -84,7 +84,8 @@ def deit_timing() -> None:
     cascade = Cascade(model, [0, 1], [float(conf.median())])
     out = cascade.run(x)
     flops_saved = 1 - float(out.flops.mean()) / model.flops(1, (s, s))
-    print(f"\nDeiT3-S/L shapes at {s}x{s} (random weights): cascade [0, 1] with {100 * float((out.exits == 0).float().mean()):.0f} % "
+    early = 100 * float((out.exits == 0).float().mean())
+    print(f"\nDeiT3-S/L shapes at {s}x{s} (random weights): cascade [0, 1] with {early:.0f} % "
           f"leaving at the small anchor, against the large anchor alone ({args.threads} threads, median of "
           f"{args.repeats}, interleaved)")
     for b in args.batches:

@@ -248,7 +248,8 @@ def test_select_metric_errors_are_one_line(tmp_path, capsys, extra, message):
 def test_export_and_select_choose_by_one_rule(tmp_path):
     """A depth model's budget export picks the stitch select prints (rmse, lower is better)."""
     import argparse
-    from snnet.cli import budget_rows, pick_stitch
+    from snnet.cli.export import pick_stitch
+    from snnet.cli.options import budget_rows
 
     class DepthLike:
         task = "depth"

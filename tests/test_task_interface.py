@@ -158,3 +158,16 @@ def test_an_unregistered_task_is_a_one_line_error(tmp_path, capsys):
     assert main(["flops", "--config", str(config)]) == 2
     assert capsys.readouterr().err.strip() == ("snnet: error: config key 'task' must be 'classification', "
                                                "'segmentation', 'depth' or 'detection', got 'toy_cover'")
+
+
+def test_a_name_registered_twice_is_refused(toy_task):
+    from snnet.errors import SNNetError
+
+    other_task = type("OtherCover", (CoverTask,), {})
+    other_model = type("OtherCoverModel", (CoverModel,), {})
+    with pytest.raises(SNNetError, match="task 'toy_cover' is registered twice: CoverTask and OtherCover"):
+        register_task(other_task)
+    with pytest.raises(SNNetError, match="a model class for task 'toy_cover' is registered twice: CoverModel and "
+                                         "OtherCoverModel"):
+        register_model(other_model)
+    assert register_task(CoverTask) is CoverTask and TASKS["toy_cover"] is CoverTask  # the same class again: a no-op

@@ -1,5 +1,5 @@
 """The released SN-Net and SN-Netv2 checkpoints (SPEC sections 7 and 10), weights only: one filter renames a
-released state dict to ours."""
+released state dict to ours; and what a command's ``--checkpoint`` names, read as a model (``read_trained``)."""
 from __future__ import annotations
 
 import re
@@ -100,4 +100,72 @@ def load_official_checkpoint(model: "SNNet | DenseModel", path: str | Path, obj:
         state = {**{k: v for k, v in state.items() if not k.startswith("backbone.")},
                  **{f"backbone.{k}": v for k, v in official_filter_fn(backbone, model.backbone).items()}}
     load_state_checked(model, state, f"checkpoint {path}")
+    return model
+
+
+def read_trained(path: str | None, cfg):
+    """What ``--checkpoint`` names, read before any data so a bad file fails fast: a saved model or a state dict.
+
+    A run directory, a saved model, a training checkpoint or a released .pth.
+    """
+    from .pretrained import load_pretrained
+    from .files import load_torch_checkpoint
+    from .engine import CHECKPOINT_NAME
+    from .rundir import saved_model_dir
+    from .tasks import TASKS
+
+    target = Path(path) if path else Path(cfg.output_dir) / "model"
+    if not target.exists():
+        raise SNNetError(f"nothing to evaluate at {target}: pass --checkpoint (a run or model directory, "
+                         f"a checkpoint.pt or a released snnetv2_*.pth)")
+    if target.is_dir():
+        saved = saved_model_dir(target)  # a saved model of any task: config.json says which
+        if saved is not None:
+            return load_pretrained(saved)
+        if (target / CHECKPOINT_NAME).is_file():
+            target = target / CHECKPOINT_NAME
+        else:
+            raise SNNetError(f"no trained model in {target}: pass --checkpoint")
+    # a released file of some tasks (segmentation) is mmengine's, with its logging state (read as inert stand-ins)
+    return {"path": target, "obj": load_torch_checkpoint(target, logging_state=TASKS[cfg.task].released_logging_state)}
+
+
+def trained_task(found) -> str | None:
+    """The task a trained model or snnet training checkpoint was made for (None for a released file)."""
+    from .config import DEFAULT_TASK
+
+    if not isinstance(found, dict):
+        return found.task
+    obj = found["obj"]
+    saved = obj.get("config") if isinstance(obj, dict) else None
+    return saved.get("task", DEFAULT_TASK) if isinstance(saved, dict) else None
+
+
+def trained_classes(found) -> int | None:
+    """Classes of the trained heads in :func:`read_trained`'s result, when it has them."""
+    import torch
+
+    if not isinstance(found, dict):
+        return found.num_classes
+    obj = found["obj"]
+    state = obj.get("model", obj.get("state_dict", obj))
+    for key in ("anchors.1.head.weight", "decode_head.conv_seg.weight"):  # classifier, segmentation head
+        head = state.get(key) if isinstance(state, dict) else None
+        if isinstance(head, torch.Tensor) and head.ndim >= 2:
+            return int(head.shape[0])
+    return None
+
+
+def model_for_eval(found, cfg, num_classes: int):
+    """The model of :func:`read_trained`'s result; state dicts go into the config's model."""
+    from .tasks import build_model
+
+    if not isinstance(found, dict):
+        return found
+    obj = found["obj"]
+    model = build_model(cfg, num_classes, load_weights=False)
+    if {"optimizer", "scheduler", "rng", "config"} <= set(obj):  # our own training checkpoint
+        load_state_checked(model, obj["model"], f"checkpoint {found['path']}")
+    else:
+        load_official_checkpoint(model, found["path"], obj)
     return model

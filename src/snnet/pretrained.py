@@ -26,8 +26,12 @@ MODEL_CLASSES: dict[str, type["Pretrained"]] = {}  # task name -> the model clas
 
 
 def register_model(cls: type["Pretrained"]) -> type["Pretrained"]:
-    """Class decorator: ``config.json`` files of ``cls.task`` are rebuilt by ``cls.from_section``."""
-    MODEL_CLASSES[cls.task] = cls
+    """Class decorator: ``config.json`` files of ``cls.task`` are rebuilt by ``cls.from_section``; another class for a
+    task taken is refused."""
+    held = MODEL_CLASSES.setdefault(cls.task, cls)
+    if held is not cls:
+        raise SNNetError(f"a model class for task {cls.task!r} is registered twice: {held.__qualname__} and "
+                         f"{cls.__qualname__}")
     return cls
 
 

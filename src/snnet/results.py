@@ -114,6 +114,27 @@ def carry_over(path: Path, rows: list[dict]) -> str | None:
             f"files again (snnet eval --quantize int8 or --onnx)")
 
 
+def merge_latency(rows: list[dict], timed: dict[int, tuple[float, float]],
+                  extra: dict[tuple[str, str], dict[int, tuple[float, float]]], setting: str) -> int:
+    """Put measured latencies into a results table in place: ``timed`` {stitch: (median ms, IQR)}, ``extra``
+    {(median column, IQR column): {stitch: (median, IQR)}} (ONNX, int8), all measured in ``setting``. One table holds
+    one setting: another setting's figures go; this setting's that were not measured again stay. Returns how many
+    rows lost figures of another setting without new ones."""
+    stale = 0
+    for r in rows:
+        retimed = r["stitch_id"] in timed
+        if r.get("latency_setting", setting) != setting:
+            stale += not retimed
+            for key in [k for k in r if k.startswith("latency_")]:
+                del r[key]
+        if retimed:
+            r["latency_ms"], r["latency_iqr_ms"] = timed[r["stitch_id"]]
+            r["latency_setting"] = setting
+            for (ms, iqr), by_id in extra.items():
+                r[ms], r[iqr] = by_id[r["stitch_id"]]
+    return stale
+
+
 def _check_measures(row: dict, metric: str | None, where: str) -> None:
     """What a hand edit can break beyond the required columns, in the columns a budget reads: a count or a time
     that is not a number or below 0, the ``metric`` of another precision (``acc1@int8``) that is not a number."""

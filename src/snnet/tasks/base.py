@@ -29,8 +29,10 @@ from ..registry import TASKS
 
 
 def register_task(cls: type["Task"]) -> type["Task"]:
-    """Class decorator: configs with ``task: <cls.name>`` run ``cls``."""
-    TASKS[cls.name] = cls
+    """Class decorator: configs with ``task: <cls.name>`` run ``cls``; another class of a name taken is refused."""
+    held = TASKS.setdefault(cls.name, cls)
+    if held is not cls:
+        raise SNNetError(f"task {cls.name!r} is registered twice: {held.__qualname__} and {cls.__qualname__}")
     return cls
 
 

@@ -1,0 +1,40 @@
+"""``snnet flops``: Per-stitch FLOPs, parameters and routes of a config, no data needed."""
+from __future__ import annotations
+
+import json
+
+from ..errors import SNNetError
+from .options import add_config, at_least, load_run_config
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("flops", help="per-stitch FLOPs, parameters and routes of a config (no data needed)")
+    add_config(p)
+    p.add_argument("--img-size", type=at_least(1), help="input size (default: the anchors')")
+    p.add_argument("--dense", action="store_true", help="count the dense backbone (taps, no head)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    """The stitch table of a config: no weights, no data (anchors are built on the meta device)."""
+    from ..tasks import build_model
+
+    cfg = load_run_config(args, writes=False)
+    model = build_model(cfg, load_weights=False, device="meta")
+    size = (args.img_size, args.img_size) if args.img_size is not None else None
+    if args.dense and model.backbone is not model:  # a task model over a dense backbone
+        raise SNNetError(f"--dense is for classification configs: {cfg.task} FLOPs count the dense backbone "
+                         f"and the head already")
+    dense = {"dense": True} if args.dense else {}
+    flops = {s.id: model.flops(s.id, size, **dense) for s in model.stitches}
+    rows = [{"stitch_id": s.id, "kind": s.kind, "gflops": flops[s.id] / 1e9,
+             "params_m": model.params(s.id) / 1e6, "route": s.describe()} for s in model.stitches]
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    print(f"{'id':>4} {'kind':<6} {'GFLOPs':>9} {'params(M)':>9}  route")
+    for r in rows:
+        print(f"{r['stitch_id']:>4} {r['kind']:<6} {r['gflops']:9.3f} {r['params_m']:9.2f}  {r['route']}")
+    print(f"{len(rows)} stitches ({cfg.model.version}, {cfg.task})")
+    return 0
