@@ -2,7 +2,7 @@
 evaluation transform? Measured side by side on one config (default: the quickstart), same images, same seed.
 
 For each source the stitching layers are fitted from the anchors alone (``train.init_images`` training images,
-``snnet.engine.init_batches``), then measured on held-out clean validation images:
+``snnet.training.init_batches``), then measured on held-out clean validation images:
   residual - per layer, the fraction of the target's variance the fit leaves unexplained,
              ||X W^T + b - Y||^2 / ||Y - mean(Y)||^2, over ``--residual-images`` validation images (mean over
              the SL layers and over the LS layers);
@@ -18,7 +18,9 @@ import torch
 
 from snnet.config import load_config
 from snnet.distributed import DistEnv
-from snnet.engine import evaluate_stitches, init_batches, make_eval_loader, seed_everything
+from snnet.evaluation import evaluate_stitches, make_eval_loader
+from snnet.run_state import seed_everything
+from snnet.training import init_batches
 from snnet.least_squares import init_stitching_layers
 from snnet.stitch_space import LARGE, SMALL, fit_pairs
 from snnet.tasks import build_model, build_task

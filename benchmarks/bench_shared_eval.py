@@ -4,7 +4,7 @@
               S/B/L network) on ``--deit-batches`` random batches of ``--deit-batch-size`` images at 224:
               ``model.select(id)(x)`` for every id, then the same ids in depth-first order inside
               ``model.sharing_prefixes``; logits compared with ``torch.equal``.
-  <config>  - ``snnet.engine.evaluate_stitches`` with the config's real task, data and model (every stitch, the
+  <config>  - ``snnet.evaluation.evaluate_stitches`` with the config's real task, data and model (every stitch, the
               first ``--images`` validation images), ``share_prefixes`` off then on; metrics compared exactly.
 Both print wall times, their ratio, and the analytic FLOPs ratio (SPEC section 4 counts: every route in full
 against each distinct route prefix once; heads and tap projections once per stitch in both).
@@ -20,7 +20,7 @@ import torch
 
 from snnet import SNNet, load_config
 from snnet.distributed import init_distributed
-from snnet.engine import evaluate_stitches, make_eval_loader
+from snnet.evaluation import evaluate_stitches, make_eval_loader
 from snnet.flops import prefix_shared_flops, stitch_flops
 from snnet.tasks import build_model, build_task
 

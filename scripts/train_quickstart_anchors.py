@@ -1,6 +1,6 @@
 """Train quickstart anchors from scratch and ship them with the package.
 
-The anchors are plain timm ViTs trained with snnet's own loop (``snnet.engine.fit``) on the built-in
+The anchors are plain timm ViTs trained with snnet's own loop (``snnet.training.fit``) on the built-in
 shapes scenes; the recipe is ``configs/quickstart_anchors.yaml`` (its anchors are the roles small, medium,
 large). The weights go to ``src/snnet/assets/quickstart/{role}_p{patch}.safetensors`` (float16), their
 validation accuracy to ``anchors.json`` beside them. Each anchor resumes if interrupted.
@@ -23,7 +23,8 @@ from snnet._atomic import atomic_path, atomic_write_text
 from snnet.anchors import CLASS_NAMES_KEY
 from snnet.config import PACKAGE_DIR, load_config
 from snnet.distributed import init_distributed
-from snnet.engine import evaluate_stitches, fit, make_eval_loader
+from snnet.evaluation import evaluate_stitches, make_eval_loader
+from snnet.training import fit
 from snnet.tasks import build_task
 
 ASSETS = PACKAGE_DIR / "assets" / "quickstart"

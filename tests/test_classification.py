@@ -54,7 +54,7 @@ def test_unknown_crop_is_a_one_line_error():
 def test_adam_optimizers_run_torchs_fused_kernel_with_the_same_updates(name):
     from timm.optim import create_optimizer_v2
 
-    from snnet.engine import create_optimizer
+    from snnet.training import create_optimizer
     cfg = tiny_config(f"train.optimizer={name}", "train.weight_decay=0.05")
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.LayerNorm(16), torch.nn.Linear(16, 3))

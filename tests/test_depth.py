@@ -266,7 +266,7 @@ def test_train_then_eval_through_the_cli(tmp_path, capsys):
 def test_parameter_groups_and_one_cycle_are_what_the_reference_ran(tmp_path):
     """mmcv 1.x ran the NYUv2 config with one learning rate for every group (the one-cycle hook overrides the
     backbone's lr_mult 0.1) and weight decay 0 only on names holding pos_embed or cls_token (norms decayed)."""
-    from snnet.engine import OneCycle, create_optimizer
+    from snnet.training import OneCycle, create_optimizer
     cfg = load_config("nyuv2_dpt_deit3_s_l", ["data.root=/x"])
     model = tiny_depth()
     opt = create_optimizer(model, cfg, torch.device("cpu"))

@@ -291,7 +291,7 @@ def test_polygon_masks_are_read_as_well_as_rle(tmp_path):
 
 
 def test_the_coco_recipe_schedule_warms_up_then_steps_at_its_milestones():
-    from snnet.engine import Schedule, create_scheduler
+    from snnet.training import Schedule, create_scheduler
     cfg = load_config("coco_maskrcnn_deit3_s_l", ["train.iterations=1000", "train.warmup_iterations=10",
                                                   "train.decay_milestones=[889, 963]"])
     opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1e-4)

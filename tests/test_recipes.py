@@ -12,7 +12,7 @@ from snnet import AnchorConfig, SNNetError, create_anchor
 from snnet.anchors import drop_path_rates
 from snnet.cli import main
 from snnet.config import load_config
-from snnet.engine import create_optimizer
+from snnet.training import create_optimizer
 from snnet.tasks import build_model
 from test_cli import read_jsonl, write_config
 
@@ -85,7 +85,7 @@ def expected_cosine_lr(t: int, epochs: int, warmup: int, lr: float, warmup_lr: f
 def test_epoch_learning_rates_with_the_reference_lag(tmp_path, monkeypatch, lag):
     """main.py calls lr_scheduler.step(epoch) after epoch `epoch`: epoch e >= 1 trains at lr(e - 1), epochs 0 and
     1 both at the warm-up start; timm's convention (lag 0) steps to e + 1. A run stopped and resumed keeps it."""
-    import snnet.engine as engine
+    import snnet.training as training
     train = {"epochs": 4, "warmup_epochs": 2, "lr": 1e-3, "warmup_lr": 1e-5, "min_lr": 1e-5, "scheduler_lag": lag}
     cfg = write_config(tmp_path, train=train, data={"shapes": {"image_size": 32, "num_train": 32, "num_val": 8}})
     assert main(["train", "--config", str(cfg), "--no-progress"]) == 0
@@ -93,7 +93,7 @@ def test_epoch_learning_rates_with_the_reference_lag(tmp_path, monkeypatch, lag)
     want = [expected_cosine_lr(max(e - lag, 0), 4, 2, 1e-3, 1e-5, 1e-5) for e in range(4)]
     assert got == pytest.approx(want, rel=1e-9)
 
-    save = engine.save_checkpoint
+    save = training.save_checkpoint
 
     def stop_after_epoch_1(path, model, optimizer, scheduler, scaler, epoch, *args):
         save(path, model, optimizer, scheduler, scaler, epoch, *args)
@@ -101,9 +101,9 @@ def test_epoch_learning_rates_with_the_reference_lag(tmp_path, monkeypatch, lag)
             raise KeyboardInterrupt
 
     resumed = tmp_path / "resumed"
-    monkeypatch.setattr(engine, "save_checkpoint", stop_after_epoch_1)
+    monkeypatch.setattr(training, "save_checkpoint", stop_after_epoch_1)
     assert main(["train", "--config", str(cfg), "--no-progress", f"output_dir={resumed}"]) == 130  # interrupted
-    monkeypatch.setattr(engine, "save_checkpoint", save)
+    monkeypatch.setattr(training, "save_checkpoint", save)
     assert main(["train", "--config", str(cfg), "--no-progress", f"output_dir={resumed}"]) == 0
     assert [line["lr"] for line in read_jsonl(resumed / "log.jsonl")] == pytest.approx(want, rel=1e-9)
     assert {n: load_config(n).train.scheduler_lag for n in IMAGENET} == dict.fromkeys(IMAGENET, 1)
@@ -218,7 +218,7 @@ def test_opencv_hsv_round_trip_and_the_transform_draws():
 
 def init_images(*overrides: str):
     from snnet.distributed import DistEnv
-    from snnet.engine import init_batches
+    from snnet.training import init_batches
     from snnet.tasks import build_task
     cfg = load_config("quickstart", ["data.shapes.num_train=40", "data.shapes.num_val=4", "train.init_images=7",
                                      "train.init_batch_size=7", *overrides])
@@ -326,7 +326,7 @@ def test_distillation_loss_is_deits(tmp_path, kind):
 
 def test_distillation_and_repeated_augmentation_errors_and_sampler(tmp_path):
     from snnet.distributed import DistEnv
-    from snnet.engine import make_train_loader
+    from snnet.training import make_train_loader
 
     with pytest.raises(SNNetError, match="'nope_net' is not a timm model"):
         load_config(str(write_config(tmp_path, train={"distillation": {"teacher": "nope_net"}})))

@@ -72,7 +72,7 @@ def test_train_then_eval_through_the_cli(tmp_path, capsys):
 
 
 def test_iteration_schedule_is_mmsegmentations_poly(tmp_path):
-    from snnet.engine import Schedule, create_scheduler
+    from snnet.training import Schedule, create_scheduler
     cfg = load_config(write_config(tmp_path), ["train.iterations=10", "train.min_lr=1e-4", "train.lr=0.01",
                                               "train.optimizer=momentum"])
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.01)
@@ -154,7 +154,7 @@ def test_torchrun_two_processes_match_one(tmp_path):
 
 
 def test_an_interrupted_iteration_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
-    import snnet.engine as engine
+    import snnet.training as training
     cfg = write_config(tmp_path, train={**TINY["train"], "iterations": 4, "checkpoint_interval": 2})
     straight = tmp_path / "straight"
     assert main(["train", "--config", str(cfg), "--no-progress", "--output-dir", str(straight)]) == 0
@@ -165,7 +165,7 @@ def test_an_interrupted_iteration_run_resumes_to_the_same_weights(tmp_path, monk
         if len(calls) == 1:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(engine, "barrier", interrupt_after_first_round)
+    monkeypatch.setattr(training, "barrier", interrupt_after_first_round)
     assert main(["train", "--config", str(cfg), "--no-progress"]) == 130
     assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["epoch"] == 0
     assert main(["train", "--config", str(cfg), "--no-progress"]) == 0  # resumes at iteration 2

@@ -110,7 +110,7 @@ def read_trained(path: str | None, cfg):
     """
     from .pretrained import load_pretrained
     from .files import load_torch_checkpoint
-    from .engine import CHECKPOINT_NAME
+    from .run_state import CHECKPOINT_NAME
     from .rundir import saved_model_dir
     from .tasks import TASKS
 

@@ -131,3 +131,8 @@ def choose_stitch(rows: list[dict], metric: str, higher_is_better: bool = True, 
         raise SNNetError(f"no stitch fits {budget if unit == 'ms' else max_gflops} {unit} "
                          f"(the cheapest needs {cheapest:.3f})")
     return by_id[best]
+
+
+def is_stitchable(model: object) -> bool:
+    """An SNNet, or a task model over one (the loop then does the least-squares start and ROS)."""
+    return isinstance(model, ChoosesStitches)

@@ -26,7 +26,7 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from ..distributed import cleanup, init_distributed
-    from ..engine import check_data, evaluate_and_report
+    from ..evaluation import check_data, evaluate_and_report
     from ..tasks import build_task, check_config, num_classes
 
     cfg = load_run_config(args)
@@ -79,7 +79,7 @@ def _eval_exported(args, cfg, env, task, found, ids, run_dir: Path) -> list[Path
     each file through ONNX Runtime into the run's results (precision-labelled columns)."""
     import tempfile
 
-    from ..engine import evaluate_exported
+    from ..evaluation import evaluate_exported
     from ..export import export_stitch
     from ..tasks import build_task
 

@@ -20,7 +20,9 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from ..distributed import cleanup, init_distributed
-    from ..engine import CHECKPOINT_NAME, LOG_NAME, check_data, evaluate_and_report, find_resume, fit
+    from ..evaluation import check_data, evaluate_and_report
+    from ..run_state import CHECKPOINT_NAME, LOG_NAME, find_resume
+    from ..training import fit
     from ..tasks import build_task, check_config, check_heads
 
     start = time.perf_counter()

@@ -18,7 +18,7 @@ class ConvBNReLU(nn.Module):
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
         self.conv = init_conv_module(nn.Conv2d(in_channels, out_channels, 1, bias=False))
-        self.bn = nn.BatchNorm2d(out_channels)  # SyncBatchNorm under torchrun (engine.fit converts it)
+        self.bn = nn.BatchNorm2d(out_channels)  # SyncBatchNorm under torchrun (training.fit converts it)
         self.activate = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,289 @@
+"""The one training loop: least-squares start, ROS steps, checkpoints, resume.
+
+A task (``snnet.tasks.*``) supplies datasets, a training loss and per-batch metric sums; the loop
+does the rest the same way for every task, on one process or many under torchrun.
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import torch
+from timm.data.distributed_sampler import RepeatAugSampler
+from timm.optim import create_optimizer_v2
+from timm.scheduler import create_scheduler_v2
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler, Subset
+
+from ._atomic import atomic_write_text
+from .pretrained import load_state_checked
+from .config import RunConfig, dump_config
+from .distributed import DistEnv, all_reduce_sum, autocast, barrier, broadcast_buffers
+from .errors import SNNetError
+from .progress import progress_bar
+from .least_squares import init_stitching_layers
+from .run_state import (CHECKPOINT_NAME, EpochLog, find_resume, load_checkpoint, save_checkpoint, seed_everything,
+                        set_rng_state)
+from .selection import is_stitchable
+
+
+
+def make_train_loader(dataset, cfg: RunConfig, env: DistEnv, collate=None) -> DataLoader:
+    if cfg.augment.repeated_aug > 1:  # DeiT's RASampler, which timm's is; shuffled by the epoch alone, as DeiT's
+        sampler = RepeatAugSampler(dataset, num_replicas=env.world_size, rank=env.rank, shuffle=True,
+                                   num_repeats=cfg.augment.repeated_aug)
+    else:
+        sampler = DistributedSampler(dataset, num_replicas=env.world_size, rank=env.rank, shuffle=True,
+                                     seed=cfg.train.seed, drop_last=True)
+    return DataLoader(dataset, batch_size=cfg.data.batch_size, sampler=sampler, num_workers=cfg.data.workers,
+                      pin_memory=env.device.type == "cuda", drop_last=True, persistent_workers=False,
+                      collate_fn=collate)
+
+
+def round_batches(loader: DataLoader, round_index: int, steps: int, passes_per_round: int):
+    """The ``steps`` batches of one round (an epoch, or ``checkpoint_interval`` iterations): whole passes
+    over the data, each shuffled by a seed that depends only on the round, so a resumed run sees the same."""
+    done, p = 0, 0
+    while done < steps:
+        loader.sampler.set_epoch(round_index * passes_per_round + p)
+        before = done
+        for batch in loader:
+            if done == steps:
+                return
+            done += 1
+            yield batch
+        if done == before:
+            raise SNNetError("the training data yields no full batch: lower data.batch_size or add images")
+        p += 1
+
+
+def init_batches(task, cfg: RunConfig, env: DistEnv):
+    """The least-squares fit's images: a seeded random sample of training images (an ImageFolder is sorted by
+    class), split across ranks, under the training pipeline (with the task's batch mixing, e.g. CutMix) or the
+    evaluation transform (``train.init_transform``)."""
+    train = cfg.train.init_transform == "train"
+    source = task.train_set if train else task.init_set
+    g = torch.Generator().manual_seed(cfg.train.seed)
+    chosen = torch.randperm(len(source), generator=g)[:cfg.train.init_images].tolist()
+    loader = DataLoader(Subset(source, chosen[env.rank::env.world_size]), batch_size=cfg.train.init_batch_size,
+                        shuffle=False, num_workers=cfg.data.workers, collate_fn=task.train_collate if train else None)
+    mix = getattr(task, "mixup", None) if train else None  # classification's CutMix / Mixup, as its training steps
+    for images, targets, *_ in loader:
+        if not isinstance(images, torch.Tensor):  # lists of equal-size training crops (detection)
+            images = torch.stack(images)
+        if mix is not None:
+            n = len(images) - len(images) % 2  # timm's batch mixing pairs image i with image n - 1 - i
+            images = torch.cat([mix(images[:n], targets[:n])[0], images[n:]])
+        yield images
+
+
+class Schedule:
+    """Rounds of training steps: epochs, or for ``train.iterations`` rounds of ``checkpoint_interval`` steps
+    (a checkpoint and a log line after each round either way)."""
+
+    def __init__(self, cfg: RunConfig, loader_len: int) -> None:
+        t = cfg.train
+        self.by_iteration = t.iterations is not None
+        if self.by_iteration:
+            self.total_steps, self.round_steps = t.iterations, t.checkpoint_interval
+            self.rounds = math.ceil(t.iterations / t.checkpoint_interval)
+        else:
+            self.round_steps = loader_len if t.steps_per_epoch is None else min(loader_len, t.steps_per_epoch)
+            self.rounds = t.epochs
+            self.total_steps = self.rounds * self.round_steps
+        self.passes_per_round = max(1, math.ceil(self.round_steps / max(loader_len, 1)))
+
+    def steps_in(self, r: int) -> int:
+        return min(self.round_steps, self.total_steps - r * self.round_steps)
+
+    def label(self, r: int) -> str:
+        if self.by_iteration:
+            return f"iterations {r * self.round_steps + self.steps_in(r)}/{self.total_steps}"
+        return f"epoch {r + 1}/{self.rounds}"
+
+
+class OneCycle:
+    """torch's OneCycleLR behind timm's scheduler interface, stepped every iteration: the learning rate rises
+    from max/25 to max over the first 30 % of the steps and falls to max/2500 (cosine), while Adam's beta1
+    (or SGD's momentum) cycles between 0.95 and 0.85 (mmcv's OneCycle hooks, the depth recipe)."""
+
+    def __init__(self, optimizer, total_steps: int) -> None:
+        self.sched = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=max(total_steps, 1),
+            pct_start=0.3, div_factor=25, final_div_factor=100, base_momentum=0.85, max_momentum=0.95)
+
+    def step(self, epoch: int) -> None:
+        pass
+
+    def step_update(self, num_updates: int) -> None:
+        while self.sched.last_epoch < min(num_updates, self.sched.total_steps - 1):
+            self.sched.step()
+
+    def state_dict(self) -> dict:
+        return self.sched.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sched.load_state_dict(state)
+
+
+def param_groups(model: torch.nn.Module, cfg: RunConfig) -> list[dict] | torch.nn.Module:
+    """mmcv-style groups when the config asks for them: no weight decay on parameters whose names hold one of
+    ``train.no_decay_keys``, the backbone's learning rate times ``train.backbone_lr_scale``; else the model
+    (timm then leaves biases and norms undecayed)."""
+    t = cfg.train
+    if t.no_decay_keys is None and t.backbone_lr_scale == 1.0:
+        return model
+    groups: dict[tuple[float, float], list] = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            decay = 0.0 if any(k in name for k in t.no_decay_keys or ()) else t.weight_decay
+            scale = t.backbone_lr_scale if name.startswith("backbone.") else 1.0
+            groups.setdefault((decay, scale), []).append(p)
+    return [{"params": ps, "weight_decay": d, "lr": t.lr * s} for (d, s), ps in groups.items()]
+
+
+def create_optimizer(model: torch.nn.Module, cfg: RunConfig, device: torch.device) -> torch.optim.Optimizer:
+    """timm's optimizer of ``train.optimizer``; Adam and AdamW use torch's fused kernels on CPU and CUDA (one
+    kernel over all parameters instead of about ten ops per tensor: a third of the optimizer step's time)."""
+    t = cfg.train
+    extra = {"fused": True} if t.optimizer in ("adam", "adamw") and device.type in ("cpu", "cuda") else {}
+    if t.opt_eps is not None:
+        extra["eps"] = t.opt_eps
+    if t.opt_betas is not None:
+        extra["betas"] = tuple(t.opt_betas)
+    return create_optimizer_v2(param_groups(model, cfg), opt=t.optimizer, lr=t.lr, weight_decay=t.weight_decay,
+                               momentum=t.momentum, filter_bias_and_bn=not t.weight_decay_all, **extra)
+
+
+def create_scheduler(optimizer, cfg: RunConfig, schedule: Schedule):
+    """timm's scheduler: stepped per epoch, or per iteration for an iteration-based run; or torch's one-cycle."""
+    t = cfg.train
+    if t.scheduler == "onecycle":
+        return OneCycle(optimizer, schedule.total_steps)
+    extra = {"decay_rate": t.poly_power} if t.scheduler == "poly" else {}
+    if t.scheduler == "multistep" and t.decay_milestones:
+        extra = {"decay_milestones": list(t.decay_milestones), "decay_rate": 0.1}
+    if schedule.by_iteration:
+        # in updates: timm's t_initial = num_epochs x updates_per_epoch
+        return create_scheduler_v2(optimizer, sched=t.scheduler, num_epochs=t.iterations,
+                                   warmup_epochs=t.warmup_iterations, warmup_lr=t.warmup_lr, min_lr=t.min_lr,
+                                   step_on_epochs=False, updates_per_epoch=1, **extra)[0]
+    # train.epochs=0 is a valid run (evaluate the least-squares start); timm needs a positive length
+    return create_scheduler_v2(optimizer, sched=t.scheduler, num_epochs=max(t.epochs, 1),
+                               warmup_epochs=t.warmup_epochs, warmup_lr=t.warmup_lr, min_lr=t.min_lr, **extra)[0]
+
+
+def train_one_epoch(model, task, loader: DataLoader, optimizer, scheduler, scaler, cfg: RunConfig, env: DistEnv,
+                    schedule: Schedule, r: int, progress: bool) -> dict[str, float]:
+    """One round of the schedule; the scheduler is updated after every step (epoch-based ones ignore it)."""
+    model.train()
+    total, count, seen = 0.0, 0, 0
+    steps = schedule.steps_in(r)
+    start = time.perf_counter()
+    bar = progress_bar(total=steps, desc=schedule.label(r), enabled=progress and env.is_main, unit="step")
+    for step, batch in enumerate(round_batches(loader, r, steps, schedule.passes_per_round)):
+        with autocast(env.device, cfg.train.amp):
+            loss = task.training_loss(model, batch, env.device, r * schedule.round_steps + step)
+        if not math.isfinite(loss.item()):
+            raise SNNetError(f"loss is {loss.item()} at {schedule.label(r)}, step {step}: lower train.lr or enable clipping")
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if cfg.train.clip_grad:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], cfg.train.clip_grad)
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step_update(num_updates=r * schedule.round_steps + step + 1)
+        total += loss.item()
+        count += 1
+        seen += len(batch[0])
+        bar.set_postfix(loss=f"{total / count:.4f}")
+        bar.update()
+    bar.close()
+    elapsed = time.perf_counter() - start
+    sums = all_reduce_sum(torch.tensor([total, count, seen], dtype=torch.float64, device=env.device))
+    return {"train_loss": (sums[0] / max(sums[1], 1)).item(), "images_per_sec": sums[2].item() / elapsed,
+            "epoch_time_s": elapsed}
+
+
+def fit(cfg: RunConfig, task, env: DistEnv, resume: str | None = "auto", progress: bool = True,
+        model: torch.nn.Module | None = None) -> torch.nn.Module:
+    """Train for ``cfg.train.epochs`` epochs (or ``cfg.train.iterations`` steps), checkpointing after each
+    epoch (or ``checkpoint_interval`` steps); returns the model.
+
+    By default the model is the SNNet of ``cfg.model`` (least-squares start, ROS steps); any other
+    classifier given as ``model`` trains with the same loop (the quickstart's anchors do).
+    """
+    run_dir = Path(cfg.output_dir)
+    ckpt_path = find_resume(run_dir, resume)
+    seed_everything(cfg.train.seed + env.rank)
+    if model is None:
+        from .tasks import build_model
+        model = build_model(cfg, task.num_classes, load_weights=ckpt_path is None)
+    stitchable = is_stitchable(model)
+    model.to(env.device)
+    if stitchable:
+        ros_seed = cfg.train.seed + (0 if cfg.train.ros_same_on_all_ranks else env.rank)
+        model.configure_sampling(cfg.train.ros_gap, cfg.train.ros_k, seed=ros_seed,
+                                 anchor_share=cfg.train.ros_anchor_share)
+
+    state = None
+    if ckpt_path is not None:
+        state = load_checkpoint(ckpt_path)
+        load_state_checked(model, state["model"], f"{ckpt_path} (to start afresh: --no-resume or another --output-dir)")
+    elif stitchable:
+        n = init_stitching_layers(model.backbone, init_batches(task, cfg, env), progress=progress and env.is_main)
+        if env.is_main:
+            how = "training pipeline" if cfg.train.init_transform == "train" else "evaluation transform"
+            print(f"stitching layers fitted by least squares on {n} images ({how})")
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = create_optimizer(model, cfg, env.device)
+    loader = make_train_loader(task.train_set, cfg, env, task.train_collate)
+    schedule = Schedule(cfg, len(loader))
+    scheduler = create_scheduler(optimizer, cfg, schedule)
+    scaler = torch.amp.GradScaler(env.device.type, enabled=cfg.train.amp and env.device.type == "cuda")
+    start = 0
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        start = state["epoch"] + 1
+        if len(state["rng"]) == env.world_size:
+            set_rng_state(model, state["rng"][env.rank])
+        if env.is_main:
+            print(f"resumed from {ckpt_path} after {schedule.label(start - 1)}")
+    lag = cfg.train.scheduler_lag  # epoch r trains at lr(r - lag)
+    scheduler.step(max(start - lag, 0))
+    scheduler.step_update(num_updates=min(start * schedule.round_steps, schedule.total_steps))
+    if env.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
+        n_train = sum(p.numel() for p in params)
+        what = (f"{len(model.stitch_ids)} stitches, {len(model.sampler.groups)} ROS groups, " if stitchable else "")
+        print(f"{what}{n_train / 1e6:.2f} M trainable parameters, training on {env.world_size} x {env.device.type}")
+
+    net = model
+    if env.distributed:
+        if env.device.type == "cuda":  # the heads' BatchNorm, synchronised as the reference's (CUDA only in torch)
+            net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        # every rank samples its own stitch, so parameters unused on one rank are expected
+        net = DistributedDataParallel(net, device_ids=[env.device.index] if env.device.type == "cuda" else None,
+                                      find_unused_parameters=True)
+    log = EpochLog(run_dir, start) if env.is_main else None
+    for r in range(start, schedule.rounds):
+        lr = optimizer.param_groups[0]["lr"]
+        stats = train_one_epoch(net, task, loader, optimizer, scheduler, scaler, cfg, env, schedule, r, progress)
+        scheduler.step(max(r + 1 - lag, 0))
+        if log is not None:
+            extra = {"iteration": r * schedule.round_steps + schedule.steps_in(r)} if schedule.by_iteration else {}
+            log.write({"epoch": r, **extra, "lr": lr, **stats})
+            print(f"{schedule.label(r)}: loss {stats['train_loss']:.4f}, "
+                  f"{stats['images_per_sec']:.1f} img/s, {stats['epoch_time_s']:.1f} s")
+        save_checkpoint(run_dir / CHECKPOINT_NAME, model, optimizer, scheduler, scaler, r, cfg, env)
+        barrier()
+    if log is not None:
+        log.close()
+    broadcast_buffers(model)  # every rank evaluates the model rank 0 saves
+    return model
