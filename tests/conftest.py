@@ -1,13 +1,22 @@
-"""Tiny anchors built on the fly: DeiT-3 style (layer scale, position embedding without class slot)."""
+"""What the tests share: tiny anchors built on the fly (DeiT-3 style: layer scale, position embedding without class slot),
+a tiny run config and the snnet command, torchrun on a free port."""
 from __future__ import annotations
 
+import json
 import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the tests may reach a hub; set before timm reads it
 
 import pytest  # noqa: E402
 import timm  # noqa: E402
 import torch  # noqa: E402
+import yaml  # noqa: E402
+
+from snnet.cli import main  # noqa: E402
 
 IMG = 32
 
@@ -40,3 +49,70 @@ def pair_s_l():
 def images():
     torch.manual_seed(123)
     return torch.randn(3, 3, IMG, IMG)
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+TINY = {
+    "model": {"anchors": [
+        {"name": "deit3_small_patch16_224", "kwargs": {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 3, "num_heads": 2}},
+        {"name": "deit3_small_patch16_224", "kwargs": {"img_size": 32, "patch_size": 8, "embed_dim": 48, "depth": 6, "num_heads": 3}},
+    ], "lora_rank": 4},
+    "data": {"dataset": "shapes", "batch_size": 16, "workers": 0, "mean": [0.5] * 3, "std": [0.5] * 3,
+             "shapes": {"image_size": 32, "num_train": 96, "num_val": 40}},
+    "augment": {"crop": "simple", "auto_augment": "3a", "color_jitter": 0.3, "cutmix": 1.0, "label_smoothing": 0.1,
+                "eval_crop_ratio": 1.0},
+    "train": {"epochs": 1, "optimizer": "adamw", "lr": 1e-3, "warmup_epochs": 0, "init_images": 32, "ros_gap": 0.0005},
+}
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+
+
+def write_config(tmp_path: Path, **sections) -> Path:
+    cfg = json.loads(json.dumps(TINY))
+    for name, values in sections.items():
+        cfg.setdefault(name, {}).update(values)
+    cfg["output_dir"] = str(tmp_path / "run")
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def snnet(*args: str) -> int:
+    return main([*args, "--no-progress"] if args[0] in ("train", "eval") else list(args))
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def torchrun_train(cfg: Path) -> None:
+    """``snnet train`` under torchrun, two CPU processes (on a free port)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+           "-m", "snnet.cli", "train", "--config", str(cfg), "--no-progress"]
+    done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "training on 2 x cpu" in done.stdout
+
+
+def torchrun_then_single(cfg: Path, out: Path) -> tuple[list[dict], list[dict]]:
+    """Train under torchrun into the config's run directory (its evaluation shares route prefixes), then
+    evaluate its model in one process into ``out``: (rows of torchrun, rows of one process). Three of the
+    stitches are evaluated once more one at a time: their rows must equal the shared ones to the last digit."""
+    from snnet.config import load_config
+    torchrun_train(cfg)
+    run = Path(load_config(cfg).output_dir)
+    single = main(["eval", "--config", str(cfg), "--output-dir", str(out), "--checkpoint", str(run / "model"),
+                   "--no-progress"])
+    assert single == 0
+    rows = read_jsonl(out / "results.jsonl")
+    some = [rows[0]["stitch_id"], rows[len(rows) // 2]["stitch_id"], rows[-1]["stitch_id"]]
+    plain = out.with_name(out.name + "_plain")
+    assert main(["eval", "--config", str(cfg), "--output-dir", str(plain), "--checkpoint", str(run / "model"),
+                 "--no-progress", "--no-share-prefixes", "--stitches", ",".join(map(str, some))]) == 0
+    assert read_jsonl(plain / "results_subset.jsonl") == [r for r in rows if r["stitch_id"] in some]
+    return read_jsonl(run / "results.jsonl"), rows

@@ -23,7 +23,7 @@ from conftest import tiny_vit
 from snnet import (SNNet, SNNetError, best_under_budget, init_stitching_layers, load_official_checkpoint, ros_groups,
                    stitch_space)
 from snnet.cli import main
-from test_cli import ENV, TINY, read_jsonl
+from conftest import ENV, TINY, read_jsonl
 
 QUICK = {"data": {"shapes": {"image_size": 32, "num_train": 32, "num_val": 8}},
          "train": {"epochs": 1, "init_images": 8}}

@@ -14,7 +14,7 @@ from snnet.cli import main
 from snnet.errors import SNNetError
 from snnet.flops import step_flops, stitch_flops
 from snnet.stitch_space import route_steps
-from test_cli import TINY, read_jsonl
+from conftest import TINY, read_jsonl
 
 
 @pytest.fixture(scope="module")

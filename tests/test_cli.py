@@ -14,39 +14,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from snnet import SNNet
 from snnet.cli import main
+from conftest import ENV, TINY, read_jsonl, snnet, torchrun_then_single, write_config
 from test_checkpoint import to_official
-
-TINY = {
-    "model": {"anchors": [
-        {"name": "deit3_small_patch16_224", "kwargs": {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 3, "num_heads": 2}},
-        {"name": "deit3_small_patch16_224", "kwargs": {"img_size": 32, "patch_size": 8, "embed_dim": 48, "depth": 6, "num_heads": 3}},
-    ], "lora_rank": 4},
-    "data": {"dataset": "shapes", "batch_size": 16, "workers": 0, "mean": [0.5] * 3, "std": [0.5] * 3,
-             "shapes": {"image_size": 32, "num_train": 96, "num_val": 40}},
-    "augment": {"crop": "simple", "auto_augment": "3a", "color_jitter": 0.3, "cutmix": 1.0, "label_smoothing": 0.1,
-                "eval_crop_ratio": 1.0},
-    "train": {"epochs": 1, "optimizer": "adamw", "lr": 1e-3, "warmup_epochs": 0, "init_images": 32, "ros_gap": 0.0005},
-}
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-
-
-def write_config(tmp_path: Path, **sections) -> Path:
-    cfg = json.loads(json.dumps(TINY))
-    for name, values in sections.items():
-        cfg.setdefault(name, {}).update(values)
-    cfg["output_dir"] = str(tmp_path / "run")
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
-
-
-def snnet(*args: str) -> int:
-    return main([*args, "--no-progress"] if args[0] in ("train", "eval") else list(args))
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
 
 def test_train_then_eval_end_to_end(tmp_path, capsys):
     cfg = write_config(tmp_path)
@@ -208,34 +177,6 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path):
     assert a["rng"][0]["ros"] == b["rng"][0]["ros"]
 
 
-def torchrun_train(cfg: Path, port: int) -> None:
-    """``snnet train`` under torchrun, two CPU processes."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
-           "-m", "snnet.cli", "train", "--config", str(cfg), "--no-progress"]
-    done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "training on 2 x cpu" in done.stdout
-
-
-def torchrun_then_single(cfg: Path, port: int, out: Path) -> tuple[list[dict], list[dict]]:
-    """Train under torchrun into the config's run directory (its evaluation shares route prefixes), then
-    evaluate its model in one process into ``out``: (rows of torchrun, rows of one process). Three of the
-    stitches are evaluated once more one at a time: their rows must equal the shared ones to the last digit."""
-    from snnet.config import load_config
-    torchrun_train(cfg, port)
-    run = Path(load_config(cfg).output_dir)
-    single = main(["eval", "--config", str(cfg), "--output-dir", str(out), "--checkpoint", str(run / "model"),
-                   "--no-progress"])
-    assert single == 0
-    rows = read_jsonl(out / "results.jsonl")
-    some = [rows[0]["stitch_id"], rows[len(rows) // 2]["stitch_id"], rows[-1]["stitch_id"]]
-    plain = out.with_name(out.name + "_plain")
-    assert main(["eval", "--config", str(cfg), "--output-dir", str(plain), "--checkpoint", str(run / "model"),
-                 "--no-progress", "--no-share-prefixes", "--stitches", ",".join(map(str, some))]) == 0
-    assert read_jsonl(plain / "results_subset.jsonl") == [r for r in rows if r["stitch_id"] in some]
-    return read_jsonl(run / "results.jsonl"), rows
-
-
 def test_torchrun_matches_one_process_over_three_anchors(tmp_path):
     """A chain of three anchors (issue 20): least squares summed over both ranks, ROS with an anchor share, and the
     prefix-shared evaluation of every stitch equal to one process's."""
@@ -244,7 +185,7 @@ def test_torchrun_matches_one_process_over_three_anchors(tmp_path):
     cfg = write_config(tmp_path, model={"anchors": [large, small, middle]},
                        data={"shapes": {"image_size": 32, "num_train": 64, "num_val": 21}},
                        train={"ros_anchor_share": 0.1})
-    dist_rows, single = torchrun_then_single(cfg, 29541, tmp_path / "single")
+    dist_rows, single = torchrun_then_single(cfg, tmp_path / "single")
     assert len(dist_rows) == 17 and {r["kind"] for r in dist_rows} >= {"SML", "LMS"}
     assert all(r["images"] == 21 for r in dist_rows)
     for a, b in zip(dist_rows, single):
@@ -254,7 +195,7 @@ def test_torchrun_matches_one_process_over_three_anchors(tmp_path):
 
 def test_torchrun_two_processes_match_single_process_eval(tmp_path):
     cfg = write_config(tmp_path, data={"shapes": {"image_size": 32, "num_train": 64, "num_val": 37}})
-    dist_rows, single = torchrun_then_single(cfg, 29533, tmp_path / "single")
+    dist_rows, single = torchrun_then_single(cfg, tmp_path / "single")
     assert all(r["images"] == 37 for r in dist_rows)  # odd count: no padding, no duplicates
     for a, b in zip(dist_rows, single):
         assert (a["stitch_id"], a["acc1"], a["acc5"]) == (b["stitch_id"], b["acc1"], b["acc5"])

@@ -4,7 +4,6 @@ Screenshots go to ``artifacts/demo/`` at the repository root (or ``$SNNET_ARTIFA
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -17,18 +16,12 @@ from PIL import Image
 
 from snnet.cli import main
 from snnet.data.scenes import SceneConfig, render_scene
-from test_cli import ENV, write_config
+from conftest import ENV, free_port, write_config
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = Path(os.environ.get("SNNET_ARTIFACTS", Path(__file__).resolve().parents[1] / "artifacts")) / "demo"
 BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                 "--disable-sync", "--no-first-run", "--disable-quic"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextmanager

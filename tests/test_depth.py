@@ -332,10 +332,10 @@ def test_depth_config_errors_are_one_line(tmp_path, capsys, overrides, message, 
 
 
 def test_torchrun_two_processes_match_one(tmp_path):
-    from test_cli import torchrun_then_single
+    from conftest import torchrun_then_single
     path = tmp_path / "tiny_depth.yaml"
     path.write_text(yaml.safe_dump(dict(TINY, output_dir=str(tmp_path / "run"))))
-    dist_rows, single = torchrun_then_single(path, 29547, tmp_path / "single")
+    dist_rows, single = torchrun_then_single(path, tmp_path / "single")
     assert all(r["images"] == 5 for r in dist_rows)
     for a, b in zip(dist_rows, single):  # per-image sums summed over ranks
         assert a["stitch_id"] == b["stitch_id"]

@@ -262,13 +262,13 @@ def test_train_then_eval_through_the_cli(tmp_path, capsys, tiny_config):
 
 
 def test_torchrun_gathers_detections_to_the_same_ap(tmp_path, tiny_config):
-    from test_cli import torchrun_then_single
+    from conftest import torchrun_then_single
     cfg = yaml.safe_load(open(tiny_config))
     cfg["data"]["shapes"]["num_val"] = 5
     cfg["output_dir"] = str(tmp_path / "run")
     path = tmp_path / "det.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    dist_rows, single = torchrun_then_single(path, 29553, tmp_path / "single")
+    dist_rows, single = torchrun_then_single(path, tmp_path / "single")
     assert all(r["images"] == 5 for r in dist_rows)
     for a, b in zip(dist_rows, single):
         assert a["stitch_id"] == b["stitch_id"]
@@ -404,7 +404,7 @@ def test_detection_files_quantise_evaluate_and_profile_through_the_cli(tmp_path,
     run's columns beside the float32 file's, which equals the model's, and its ONNX Runtime latency; TorchScript
     is refused in one line."""
     from snnet.export import sidecar_path
-    from test_cli import read_jsonl, snnet
+    from conftest import read_jsonl, snnet
 
     cfg = json.loads(json.dumps(TINY))
     cfg["train"]["epochs"], cfg["output_dir"] = 0, str(tmp_path / "run")

@@ -13,7 +13,7 @@ from snnet import SNNet, build_model, load_config
 from snnet.cli import main
 from snnet.errors import SNNetError
 from snnet.export import StitchNet, deployable, export_stitch, load_exported
-from test_cli import ENV, read_jsonl, write_config
+from conftest import ENV, read_jsonl, write_config
 
 FORMATS = ("safetensors", "torchscript", "onnx")
 

@@ -9,7 +9,7 @@ import torch
 
 from snnet.export import sidecar_path
 from snnet.runtime import OnnxStitch
-from test_cli import read_jsonl, snnet, write_config
+from conftest import read_jsonl, snnet, write_config
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from snnet.cli import main
 from snnet.config import load_config
 from snnet.training import create_optimizer
 from snnet.tasks import build_model
-from test_cli import read_jsonl, write_config
+from conftest import read_jsonl, write_config
 
 IMAGENET = {"imagenet_deit3_s_l": (0.05, 0.4), "imagenet_deit3_s_b": (0.05, 0.15), "imagenet_deit3_b_l": (0.15, 0.4),
             "imagenet_deit3_s_b_l": (0.05, 0.15, 0.4)}

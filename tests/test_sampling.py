@@ -126,12 +126,12 @@ def test_torchrun_ranks_draw_one_stitch_or_their_own(tmp_path, same):
     per step on all ranks; otherwise each rank draws its own (seed + rank)."""
     import subprocess
     import sys
-    from test_cli import ENV, write_config
+    from conftest import ENV, free_port, write_config
     cfg = write_config(tmp_path, train={"ros_same_on_all_ranks": same, "init_images": 8},
                        data={"batch_size": 4, "shapes": {"image_size": 32, "num_train": 96, "num_val": 4}})
     script = Path(__file__).with_name("record_ros_draws.py")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-           str(29541 + same), str(script), str(tmp_path), "train", "--config", str(cfg), "--no-progress"]
+           str(free_port()), str(script), str(tmp_path), "train", "--config", str(cfg), "--no-progress"]
     done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     a, b = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))

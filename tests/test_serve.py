@@ -4,7 +4,6 @@ one-file ONNX too, the budget parameters, the bad requests and their status code
 loopback port called by tritonclient, stopped by SIGTERM."""
 import json
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,7 +14,7 @@ import torch
 
 from snnet import from_pretrained
 from snnet.serve import Budget, QueueFull, RequestError, Scheduler, Served, StitchCosts, choose, create_app, read_budget
-from test_cli import ENV, snnet, write_config
+from conftest import ENV, free_port, snnet, write_config
 
 def costs() -> StitchCosts:
     """Three stitches: 80 % at 10 ms, 75 % at 5 ms, 70 % at 1 ms (batch 1), 4.5x that at batch 8."""
@@ -347,16 +346,10 @@ def test_a_full_queue_is_503_with_retry_after(run):
 
 
 # ---- a real server, tritonclient as its client ----------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_tritonclient_against_a_real_server(run):
     import tritonclient.http as httpclient
 
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "snnet.cli", "serve", "--checkpoint", str(run), "--port",
                                str(port), "--max-batch", "4"], env=ENV, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True)
@@ -397,7 +390,7 @@ def test_two_ray_serve_replicas(run):
     pytest.importorskip("ray.serve")
     import urllib.request
 
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "snnet.cli", "serve", "--checkpoint", str(run), "--port",
                                str(port), "--replicas", "2"], env={**ENV, "RAY_USAGE_STATS_ENABLED": "0"},
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
