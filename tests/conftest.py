@@ -16,6 +16,7 @@ import timm  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
+from snnet import SNNet  # noqa: E402
 from snnet.cli import main  # noqa: E402
 
 IMG = 32
@@ -37,6 +38,17 @@ def tiny_vit(depth: int, width: int, heads: int = 2, arch: str = "deit3_small_pa
             elif name.endswith("bias"):
                 p.normal_(0, 0.02)
     return model.eval()
+
+
+def lora_model(small, large, version="v2", rank=4, **kw) -> SNNet:
+    """A model whose stitching layers and low-rank updates are all non-trivial."""
+    model = SNNet([small, large], version=version, lora_rank=rank, **kw).eval()
+    torch.manual_seed(7)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "layers" in name:
+                p.normal_(0, 0.1)
+    return model
 
 
 @pytest.fixture

@@ -7,25 +7,18 @@ import pytest
 import torch
 import yaml
 
-from conftest import tiny_vit
+from conftest import TINY, lora_model, read_jsonl, tiny_vit
 from snnet import SNNet
 from snnet.cascade import Cascade, StageScores, exit_flops, resume_points, search, spread
 from snnet.cli import main
 from snnet.errors import SNNetError
 from snnet.flops import step_flops, stitch_flops
 from snnet.stitch_space import route_steps
-from conftest import TINY, read_jsonl
 
 
 @pytest.fixture(scope="module")
 def model():
-    m = SNNet([tiny_vit(3, 32, seed=1), tiny_vit(6, 48, heads=3, seed=2)], lora_rank=4).eval()
-    torch.manual_seed(7)
-    with torch.no_grad():
-        for name, p in m.named_parameters():
-            if "layers" in name:
-                p.normal_(0, 0.1)
-    return m
+    return lora_model(tiny_vit(3, 32, seed=1), tiny_vit(6, 48, heads=3, seed=2))
 
 
 def stitch_of(model, kind: str, nth: int = 0) -> int:

@@ -5,23 +5,12 @@ import pytest
 import timm
 import torch
 
-from conftest import tiny_vit
+from conftest import lora_model, tiny_vit
 from snnet import SNNet
 from snnet.anchors import anchor_shape
 from snnet.flops import prefix_shared_flops, step_flops, stitch_flops
 from snnet.route_tree import depth_first, kept_depths, tree_nodes
 from snnet.stitch_space import route_steps, stitch_space
-
-
-def _lora_model(small, large, version="v2", rank=4, **kw) -> SNNet:
-    """A model whose stitching layers and low-rank updates are all non-trivial."""
-    model = SNNet([small, large], version=version, lora_rank=rank, **kw).eval()
-    torch.manual_seed(7)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "layers" in name:
-                p.normal_(0, 0.1)
-    return model
 
 
 def _one_at_a_time(model: SNNet, x: torch.Tensor, ids, dense: bool = False) -> dict:
@@ -51,7 +40,7 @@ PAIRS = {  # (small depth, width, heads), (large depth, width, heads)
 @pytest.mark.parametrize("pair", ["unequal", "equal"])
 def test_shared_logits_equal_one_stitch_at_a_time(version, pair, images):
     (d0, c0, h0), (d1, c1, h1) = PAIRS[pair]
-    model = _lora_model(tiny_vit(d0, c0, h0, seed=1), tiny_vit(d1, c1, h1, seed=2), version)
+    model = lora_model(tiny_vit(d0, c0, h0, seed=1), tiny_vit(d1, c1, h1, seed=2), version)
     with torch.no_grad():
         plain = _one_at_a_time(model, images, model.stitch_ids)
         shared = _shared(model, images, model.stitch_ids)
@@ -61,7 +50,7 @@ def test_shared_logits_equal_one_stitch_at_a_time(version, pair, images):
 
 
 def test_a_subset_in_any_order_and_twice(pair_s_l, images):
-    model = _lora_model(*pair_s_l)
+    model = lora_model(*pair_s_l)
     ids = [8, 1, 5, 3, 6]
     with torch.no_grad():
         plain = _one_at_a_time(model, images, ids)
@@ -72,7 +61,7 @@ def test_a_subset_in_any_order_and_twice(pair_s_l, images):
 
 
 def test_dense_taps_equal_one_stitch_at_a_time(pair_s_l, images):
-    model = _lora_model(*pair_s_l, out_indices=[1, 2, 4, 5])  # two taps on one small block for some routes
+    model = lora_model(*pair_s_l, out_indices=[1, 2, 4, 5])  # two taps on one small block for some routes
     with torch.no_grad():
         plain = _one_at_a_time(model, images, model.stitch_ids, dense=True)
         shared = _shared(model, images, model.stitch_ids, dense=True)
@@ -83,7 +72,7 @@ def test_dense_taps_equal_one_stitch_at_a_time(pair_s_l, images):
 
 def test_inputs_are_told_apart_by_value(pair_s_l, images):
     """Windows and flips alternate between stitches: each input keeps its own walk."""
-    model = _lora_model(*pair_s_l)
+    model = lora_model(*pair_s_l)
     flipped = images.flip(-1)
     with torch.no_grad():
         plain = {sid: (model.select(sid)(images), model(flipped)) for sid in model.stitch_ids}
@@ -97,7 +86,7 @@ def test_inputs_are_told_apart_by_value(pair_s_l, images):
 
 def test_every_tree_node_runs_once_and_few_activations_live(pair_s_l, images):
     """Counted with hooks on the blocks: calls, and block outputs still referenced at each call."""
-    model = _lora_model(*pair_s_l)
+    model = lora_model(*pair_s_l)
     blocks = [b for a in model.anchors for b in a.blocks]
     calls, outputs, live_peak = [0], [], [0]
 
