@@ -63,7 +63,8 @@ def _select_cascade(args) -> int:
     rows = read_cascades(Path(args.results))
     best = best_cascade(rows, args.max_gflops)
     print(f"best cascade under {args.max_gflops} GFLOPs on average by acc1:")
-    print(f"  stitches {best['stitches']}, thresholds {best['thresholds']} ({best.get('confidence', 'max_prob')})")
+    print(f"  stitches {best['stitches']}, thresholds {[round(t, 4) for t in best['thresholds']]} "
+          f"({best.get('confidence', 'max_prob')})")
     print(f"  {best['gflops']:.4f} GFLOPs per image on average, acc1 {best['acc1']:.2f}"
           + (f", acc5 {best['acc5']:.2f}" if is_number(best.get("acc5")) else "")
           + (f"; exits per stage {', '.join(f'{100 * x:.0f} %' for x in best['exit_share'])}"
