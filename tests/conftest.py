@@ -2,8 +2,10 @@
 a tiny run config and the snnet command, torchrun on a free port."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -128,3 +130,29 @@ def torchrun_then_single(cfg: Path, out: Path) -> tuple[list[dict], list[dict]]:
                  "--no-progress", "--no-share-prefixes", "--stitches", ",".join(map(str, some))]) == 0
     assert read_jsonl(plain / "results_subset.jsonl") == [r for r in rows if r["stitch_id"] in some]
     return read_jsonl(run / "results.jsonl"), rows
+
+
+def to_official(model: SNNet) -> dict:
+    """Our state dict under the released key names (the inverse of the filter being tested)."""
+    out = {}
+    for k, v in model.state_dict().items():
+        k = re.sub(r"\.ls([12])\.gamma$", r".gamma_\1", k)
+        k = re.sub(r"^sl_layers\.(\d+)\.", r"stitch_layers.0.\1.transform.", k)
+        k = re.sub(r"^ls_layers\.(\d+)\.", r"stitch_layers.1.\1.transform.", k)
+        out[k] = v.clone()
+    return out
+
+
+def randomize_layers(model: SNNet, seed: int = 0) -> None:
+    """Stitching layers with non-zero LoRA so every parameter affects outputs."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for layer in [*model.sl_layers, *model.ls_layers]:
+            for p in layer.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+
+
+def snapshot(directory: Path) -> dict[str, tuple[str, int]]:
+    """Every file under ``directory``: its hash and modification time."""
+    return {str(p.relative_to(directory)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+            for p in sorted(directory.rglob("*")) if p.is_file()}

@@ -176,3 +176,15 @@ def reference_seg_logits(sd, cfg_id, x, depths, heads, large_out=(9, 14, 19, 23)
     last = taps[-1][:, 1:].transpose(1, 2).reshape(x.shape[0], -1, *grid)
     logits = _setr_head(sd, "decode_head.", last, 1)
     return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def reference_v2_ids(d0, d1):
+    """The reference enumeration, written from its description: (comb, stitch cfgs) per id."""
+    r = d1 // d0
+    m = [j * d0 // d1 for j in range(d1)]
+    sl = [(i, (i + 1) * r) for i in range(d0)]
+    ls = [(j, m[j] + 1) for j in range(d1) if j < d1 - 1 and (d0 == d1 or j % 2 == 1)]
+    cfgs = [("S",), ("L",)] + [("SL", c) for c in sl] + [("LS", c) for c in ls]
+    cfgs += [("LSL", a, b) for a in ls for b in sl if b[0] != d0 - 1 and b[0] >= a[1]]
+    cfgs += [("SLS", a, b) for a in sl for b in ls if b[0] >= a[1]]
+    return cfgs

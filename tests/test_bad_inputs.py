@@ -1,6 +1,5 @@
 """Bad input, table-driven: exit code 2, one `snnet: error:` line naming the key or file, no traceback,
 and not one file of an existing run directory changed. Then the API's one-line SNNetErrors."""
-import hashlib
 import json
 import os
 import pickle
@@ -19,11 +18,10 @@ import pytest
 import torch
 import yaml
 
-from conftest import tiny_vit
 from snnet import (SNNet, SNNetError, best_under_budget, init_stitching_layers, load_official_checkpoint, ros_groups,
                    stitch_space)
 from snnet.cli import main
-from conftest import ENV, TINY, read_jsonl
+from conftest import ENV, TINY, read_jsonl, snapshot, tiny_vit
 
 QUICK = {"data": {"shapes": {"image_size": 32, "num_train": 32, "num_val": 8}},
          "train": {"epochs": 1, "init_images": 8}}
@@ -49,11 +47,6 @@ def _no_warnings():
         warnings.simplefilter("always")
         yield
     assert not caught, [str(w.message) for w in caught]
-
-
-def snapshot(directory: Path) -> dict[str, tuple[str, int]]:
-    return {str(p.relative_to(directory)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
-            for p in sorted(directory.rglob("*")) if p.is_file()}
 
 
 def _files(tmp: Path, run_dir: Path) -> dict[str, Path]:

@@ -7,21 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import IMG, tiny_vit
+from conftest import IMG, randomize_layers, tiny_vit, to_official
 from reference_impl import reference_logits
 from snnet import SNNet, SNNetError, load_official_checkpoint
-from test_model import _randomize_layers
-
-
-def to_official(model: SNNet) -> dict:
-    """Our state dict under the released key names (the inverse of the filter being tested)."""
-    out = {}
-    for k, v in model.state_dict().items():
-        k = re.sub(r"\.ls([12])\.gamma$", r".gamma_\1", k)
-        k = re.sub(r"^sl_layers\.(\d+)\.", r"stitch_layers.0.\1.transform.", k)
-        k = re.sub(r"^ls_layers\.(\d+)\.", r"stitch_layers.1.\1.transform.", k)
-        out[k] = v.clone()
-    return out
 
 
 def released_file(tmp_path, model, **extra):
@@ -35,7 +23,7 @@ def released_file(tmp_path, model, **extra):
 @pytest.fixture
 def trained(pair_s_l):
     model = SNNet(list(pair_s_l), lora_rank=3).eval()
-    _randomize_layers(model, seed=4)
+    randomize_layers(model, seed=4)
     return model
 
 
@@ -54,7 +42,7 @@ def test_released_format_reproduces_every_stitch(tmp_path, trained, images):
 
 def test_bare_state_dict_and_v1_names_load(tmp_path, pair_s_l, images):
     v1 = SNNet(list(pair_s_l), version="v1").eval()
-    _randomize_layers(v1)
+    randomize_layers(v1)
     sd = {re.sub(r"^stitch_layers\.0\.", "stitch_layers.", k): v for k, v in to_official(v1).items()}
     torch.save(sd, tmp_path / "v1.pth")
     fresh = SNNet([tiny_vit(3, 32, seed=8), tiny_vit(6, 48, heads=3, seed=9)], version="v1").eval()
@@ -186,7 +174,7 @@ def test_anchors_given_as_modules_save_and_load(tmp_path, images, capsys, build)
     else:
         small, large = tiny_vit(3, 32, seed=1), tiny_vit(6, 48, heads=3, seed=2)
     model = SNNet([large, small], lora_rank=2).eval()
-    _randomize_layers(model)
+    randomize_layers(model)
     model.save_pretrained(tmp_path / "m")
     names = [a["name"] for a in json.loads((tmp_path / "m" / "config.json").read_text())["anchors"]]
     assert names == (["VisionTransformer"] * 2 if build == "plain" else ["deit3_small_patch16_224"] * 2)

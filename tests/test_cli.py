@@ -14,8 +14,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from snnet import SNNet
 from snnet.cli import main
-from conftest import ENV, TINY, read_jsonl, snnet, torchrun_then_single, write_config
-from test_checkpoint import to_official
+from conftest import ENV, TINY, read_jsonl, snnet, to_official, torchrun_then_single, write_config
 
 def test_train_then_eval_end_to_end(tmp_path, capsys):
     cfg = write_config(tmp_path)

@@ -2,18 +2,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import IMG, tiny_vit
+from conftest import IMG, randomize_layers, tiny_vit
 from snnet import SNNet, SNNetError, init_stitching_layers
-from test_stitch_space import reference_v2_ids
-
-
-def _randomize_layers(model: SNNet, seed: int = 0) -> None:
-    """Stitching layers with non-zero LoRA so every parameter affects outputs."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for layer in [*model.sl_layers, *model.ls_layers]:
-            for p in layer.parameters():
-                p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+from reference_impl import reference_v2_ids
 
 
 def _linear(model: SNNet, direction: str, k: int, x: torch.Tensor) -> torch.Tensor:
@@ -55,7 +46,7 @@ def hand_logits(model: SNNet, cfg: tuple, x: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("rank", [0, 3])
 def test_every_stitch_equals_hand_execution(pair_s_l, images, rank):
     model = SNNet(list(pair_s_l), lora_rank=rank).eval()
-    _randomize_layers(model)
+    randomize_layers(model)
     configs = reference_v2_ids(*model.depths)
     assert len(configs) == len(model.stitch_ids) + 1
     with torch.no_grad():
@@ -77,7 +68,7 @@ def test_anchor_stitches_equal_plain_timm(pair_s_l, images):
 def test_dense_features_of_anchor_stitches_match_timm_intermediates(pair_s_l, images):
     S, L = pair_s_l
     model = SNNet([S, L], out_indices=(1, 3), lora_rank=2).eval()
-    _randomize_layers(model)
+    randomize_layers(model)
     with torch.no_grad():
         large = L.forward_intermediates(images, indices=[1, 3], intermediates_only=True)
         for got, want in zip(model.select(1).forward_features(images), large):
@@ -147,7 +138,7 @@ def test_only_the_sampled_route_gets_gradients(pair_s_l, images):
 
 def test_merge_lora_keeps_outputs(pair_s_l, images):
     model = SNNet(list(pair_s_l), lora_rank=3).eval()
-    _randomize_layers(model)
+    randomize_layers(model)
     with torch.no_grad():
         before = {sid: model.select(sid)(images) for sid in model.stitch_ids}
         model.merge_lora()

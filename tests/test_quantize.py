@@ -173,7 +173,7 @@ def test_an_onnx_file_must_be_the_stitch_its_sidecar_names(run, tmp_path, capsys
 
 def test_a_moved_run_is_evaluated_where_it_now_is(run, tmp_path, capsys):
     """Its config.yaml still names the old output_dir, where the original run still is: that one stays as it was."""
-    from test_bad_inputs import snapshot
+    from conftest import snapshot
 
     moved = tmp_path / "moved"
     shutil.copytree(run, moved)

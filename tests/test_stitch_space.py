@@ -2,20 +2,10 @@ from collections import Counter
 
 import pytest
 
+from reference_impl import reference_v2_ids
+
 from snnet.stitch_space import (LARGE, SMALL, LayerRef, Segment, all_configurations_v2, excluded_id_v2, fit_pairs,
                                 ls_sources, num_stitching_layers, route_taps, small_block, stitch_space)
-
-
-def reference_v2_ids(d0, d1):
-    """The reference enumeration, written from its description: (comb, stitch cfgs) per id."""
-    r = d1 // d0
-    m = [j * d0 // d1 for j in range(d1)]
-    sl = [(i, (i + 1) * r) for i in range(d0)]
-    ls = [(j, m[j] + 1) for j in range(d1) if j < d1 - 1 and (d0 == d1 or j % 2 == 1)]
-    cfgs = [("S",), ("L",)] + [("SL", c) for c in sl] + [("LS", c) for c in ls]
-    cfgs += [("LSL", a, b) for a in ls for b in sl if b[0] != d0 - 1 and b[0] >= a[1]]
-    cfgs += [("SLS", a, b) for a in sl for b in ls if b[0] >= a[1]]
-    return cfgs
 
 
 @pytest.mark.parametrize("d0,d1", [(12, 24), (12, 12), (6, 12), (4, 8), (3, 3)])
