@@ -120,11 +120,11 @@ def test_eval_names_a_network_file_it_cannot_take(run, network, capsys):
 @pytest.mark.parametrize("task", ["segmentation", "depth"])
 def test_dense_networks_in_one_file(tmp_path, task):
     """Every stitch of a segmentation or depth model in one file, each equal to eager PyTorch."""
-    import test_segmentation_cli
+    import segmentation_fixtures
     from snnet.config import dump_config, load_config
 
     if task == "segmentation":
-        cfg = test_segmentation_cli.write_config(tmp_path, train={"iterations": 1, "checkpoint_interval": 1})
+        cfg = segmentation_fixtures.write_config(tmp_path, train={"iterations": 1, "checkpoint_interval": 1})
     else:
         cfg = tmp_path / "depth.yaml"
         cfg.write_text(dump_config(load_config("quickstart_depth", [

@@ -277,10 +277,10 @@ def test_dense_stitches_evaluate_through_onnx_runtime(tmp_path, task, monkeypatc
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     monkeypatch.chdir(cwd)
-    import test_segmentation_cli
+    import segmentation_fixtures
 
     if task == "segmentation":
-        cfg = test_segmentation_cli.write_config(tmp_path, train={"iterations": 1, "checkpoint_interval": 1})
+        cfg = segmentation_fixtures.write_config(tmp_path, train={"iterations": 1, "checkpoint_interval": 1})
         metric = "mIoU"
     else:
         from snnet.config import load_config

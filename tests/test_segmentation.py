@@ -3,14 +3,15 @@ from __future__ import annotations
 
 import math
 import sys
-import types
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-from reference_impl import _rel_pos_index, reference_configs, reference_seg_logits
+from reference_impl import reference_configs, reference_seg_logits
+from segmentation_fixtures import (CHANNELS, CLASSES, DEPTHS, HEADS, IMG, OUT, PATCH, RANK, WIDTHS, reference_state_dict,
+                                   write_layout, write_mmengine_checkpoint)
 
 from snnet import SNNet, SNNetError, build_model, load_config, load_official_checkpoint
 from snnet.anchors import AnchorConfig
@@ -19,9 +20,6 @@ from snnet.tasks.segmentation import SegmentationModel
 from snnet.tasks.segmentation.data import SegmentationFolder, prepare_label, rescale_size
 from snnet.tasks.segmentation.metrics import area_sums, summarize
 
-DEPTHS, WIDTHS, HEADS, PATCH, IMG = (3, 6), (32, 48), (2, 3), 8, 32
-OUT = (1, 3, 5)  # large taps; small ones (0, 1, 2): every stitch has three
-CLASSES, CHANNELS, RANK = 5, 16, 4
 
 
 def tiny_segmentation(rel_pos: bool = True, aux_weight: float = 0.4, img: int = IMG) -> SegmentationModel:
@@ -172,17 +170,6 @@ def test_keep_ratio_rescale_is_mmcvs():
 
 
 # ---- data layouts ------------------------------------------------------------------------------------
-def write_layout(root, split, names, label_suffix=".png", size=(12, 10), values=(0, 1, 2), image_ext=".jpg"):
-    (root / "images" / split).mkdir(parents=True, exist_ok=True)
-    (root / "annotations" / split).mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    for n in names:
-        Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(root / "images" / split / f"{n}{image_ext}")
-        lab = rng.choice(values, size).astype(np.uint8)
-        Image.fromarray(lab).save(root / "annotations" / split / f"{n}{label_suffix}")
-    return root
-
-
 @pytest.mark.parametrize("dataset,splits,suffix,classes,reduce", [
     ("ade20k", ("training", "validation"), ".png", 150, True),
     ("coco_stuff10k", ("train2014", "test2014"), "_labelTrainIds.png", 171, True),
@@ -239,88 +226,6 @@ def test_bad_labels_are_one_line_errors(tmp_path, case, message):
 
 
 # ---- the reference's checkpoint format -------------------------------------------------------------
-def reference_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
-    """Every key SPEC section 10 lists, with random values, for the tiny model above."""
-    g = torch.Generator().manual_seed(seed)
-    r = lambda *shape: torch.randn(*shape, generator=g) * 0.3  # noqa: E731
-    grid = (IMG // PATCH, IMG // PATCH)
-    sd = {}
-    for a, (d, c, h) in enumerate(zip(DEPTHS, WIDTHS, HEADS)):
-        p = f"backbone.anchors.{a}."
-        sd[p + "cls_token"], sd[p + "pos_embed"] = r(1, 1, c), r(1, grid[0] * grid[1], c)
-        sd[p + "patch_embed.projection.weight"], sd[p + "patch_embed.projection.bias"] = r(c, 3, PATCH, PATCH), r(c)
-        for i in range(d):
-            q = f"{p}layers.{i}."
-            for ln in ("ln1", "ln2"):
-                sd[f"{q}{ln}.weight"], sd[f"{q}{ln}.bias"] = 1 + r(c), r(c)
-            sd[q + "attn.qkv.weight"], sd[q + "attn.qkv.bias"] = r(3 * c, c), r(3 * c)
-            sd[q + "attn.proj.weight"], sd[q + "attn.proj.bias"] = r(c, c), r(c)
-            sd[q + "attn.relative_position_bias_table"] = r((2 * grid[0] - 1) * (2 * grid[1] - 1) + 3, h)
-            sd[q + "attn.relative_position_index"] = _rel_pos_index(*grid)
-            sd[q + "ffn.layers.0.0.weight"], sd[q + "ffn.layers.0.0.bias"] = r(4 * c, c), r(4 * c)
-            sd[q + "ffn.layers.1.weight"], sd[q + "ffn.layers.1.bias"] = r(c, 4 * c), r(c)
-            sd[q + "gamma_1"], sd[q + "gamma_2"] = r(c) / 3, r(c) / 3
-    for f, (cin, cout, n) in enumerate(((WIDTHS[0], WIDTHS[1], DEPTHS[0]), (WIDTHS[1], WIDTHS[0], 2))):
-        for k in range(n):
-            q = f"backbone.stitch_layers.{f}.{k}.transform."
-            sd[q + "weight"], sd[q + "bias"] = r(cout, cin) / 3, r(cout)
-            sd[q + "lora_A"], sd[q + "lora_B"] = r(RANK, cin), r(cout, RANK)
-    heads = [("decode_head.", 1)] + [(f"auxiliary_head.{i}.", 2) for i in range(len(OUT) - 1)]
-    for p, convs in heads:
-        sd[p + "norm.weight"], sd[p + "norm.bias"] = 1 + r(WIDTHS[1]), r(WIDTHS[1])
-        for k in range(convs):
-            q = f"{p}up_convs.{k}.0."
-            sd[q + "conv.weight"] = r(CHANNELS, WIDTHS[1] if k == 0 else CHANNELS, 1, 1)
-            sd[q + "bn.weight"], sd[q + "bn.bias"] = 1 + r(CHANNELS), r(CHANNELS)
-            sd[q + "bn.running_mean"], sd[q + "bn.running_var"] = r(CHANNELS), 0.5 + r(CHANNELS).abs()
-            sd[q + "bn.num_batches_tracked"] = torch.tensor(1000)
-        sd[p + "conv_seg.weight"], sd[p + "conv_seg.bias"] = r(CLASSES, CHANNELS, 1, 1), r(CLASSES)
-    return sd
-
-
-class _FakeMMEngine:
-    """A stand-in ``mmengine`` (and its HistoryBuffer) present only while the test file is written."""
-
-    def __enter__(self):
-        mod = types.ModuleType("mmengine.logging.history_buffer")
-
-        class HistoryBuffer:
-            def __init__(self):
-                self._log_history = np.array([1.5, 1.25])
-                self._count_history = np.array([1, 1])
-                self.max_length = 1000000
-
-            def update(self, value):
-                raise AssertionError("a loader ran mmengine code")
-
-        HistoryBuffer.__module__, HistoryBuffer.__qualname__ = mod.__name__, "HistoryBuffer"
-        mod.HistoryBuffer = HistoryBuffer
-        self.names = ["mmengine", "mmengine.logging", "mmengine.logging.history_buffer"]
-        for name in self.names:
-            sys.modules[name] = mod if name == mod.__name__ else types.ModuleType(name)
-        self.cls = HistoryBuffer
-        return self
-
-    def __exit__(self, *exc):
-        for name in self.names:
-            sys.modules.pop(name, None)
-
-
-def write_mmengine_checkpoint(path, state_dict):
-    with _FakeMMEngine() as mm:
-        buf = mm.cls()
-        torch.save({
-            "meta": {"dataset_meta": {"classes": tuple(f"c{i}" for i in range(CLASSES)), "palette": [[0, 0, 0]] * CLASSES},
-                     "cfg": "model = dict(type='EncoderDecoder')", "iter": 160000, "seed": np.int64(0)},
-            "state_dict": state_dict,
-            "message_hub": {"log_scalars": {"train/loss": buf}, "runtime_info": {"iter": 160000, "lr": np.float64(1e-4)},
-                            "resumed_keys": {"iter": True}, "hook": buf.update},  # a bound method pickles via getattr
-            "optimizer": {"state": {}, "param_groups": [{"lr": 1e-4, "params": [0, 1]}]},
-            "param_schedulers": [{"eta_min": 1e-4, "power": 0.9, "last_step": 160000}],
-        }, path)
-    assert "mmengine" not in sys.modules
-
-
 def test_a_reference_checkpoint_loads_and_every_stitch_matches_an_independent_forward(tmp_path):
     sd = reference_state_dict()
     path = tmp_path / "iter_160000.pth"

@@ -2,48 +2,17 @@
 a released-format checkpoint, torchrun."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 from conftest import read_jsonl, torchrun_then_single
-from test_segmentation import CLASSES, reference_state_dict, write_layout, write_mmengine_checkpoint
+from segmentation_fixtures import (ANCHORS, CLASSES, TINY, reference_state_dict, write_config, write_layout,
+                                   write_mmengine_checkpoint)
 
 from snnet import SegmentationModel, load_config
 from snnet.cli import main
-
-ANCHORS = [
-    {"name": "deit3_small_patch16_224", "rel_pos_bias": True,
-     "kwargs": {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 3, "num_heads": 2}},
-    {"name": "deit3_small_patch16_224", "rel_pos_bias": True,
-     "kwargs": {"img_size": 32, "patch_size": 8, "embed_dim": 48, "depth": 6, "num_heads": 3}},
-]
-TINY = {
-    "task": "segmentation",
-    "model": {"anchors": ANCHORS, "lora_rank": 4, "out_indices": [1, 3, 5], "head": {"channels": 16}},
-    "data": {"dataset": "shapes", "input_size": 32, "batch_size": 8, "workers": 0, "mean": [0.5] * 3,
-             "std": [0.5] * 3, "shapes": {"image_size": 32, "num_classes": 4, "num_train": 24, "num_val": 11}},
-    "augment": {"scale": [128, 32], "ratio_range": [0.5, 2.0]},
-    "train": {"iterations": 3, "checkpoint_interval": 2, "optimizer": "adamw", "lr": 1e-3, "scheduler": "poly",
-              "init_images": 16, "ros_gap": 0.0001},
-    "eval": {"visualize": 2},
-}
-
-
-def write_config(tmp_path: Path, **sections) -> Path:
-    cfg = json.loads(json.dumps(TINY))
-    for name, values in sections.items():
-        if isinstance(values, dict):
-            cfg.setdefault(name, {}).update(values)
-        else:
-            cfg[name] = values
-    cfg["output_dir"] = str(tmp_path / "run")
-    path = tmp_path / "tiny_seg.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
-
 
 def test_train_then_eval_through_the_cli(tmp_path, capsys):
     cfg = write_config(tmp_path)
