@@ -24,9 +24,11 @@ import torch.nn.functional as F
 from torch.utils.data import Subset
 
 from snnet import load_config
+from snnet.cascade import threshold_grid
 from snnet.flops import prefix_shared_flops
 from snnet.pretrained import load_pretrained
 from snnet.results import frontier, read_results
+from snnet.selection import pareto_frontier
 from snnet.tasks import build_task
 from snnet.tasks.segmentation.metrics import area_sums, summarize
 
@@ -107,15 +109,11 @@ def main() -> None:
     points = []
     for a, b in itertools.combinations(ids, 2):
         f = cost((a, b))
-        for t in np.unique(np.quantile(cal[a][0], np.linspace(0, 1, 16))):
+        for t in threshold_grid(cal[a][0], 16):
             areas, share = cascade(cal, a, b, t)
             points.append((share * f[0] + (1 - share) * f[1], miou(areas), a, b, float(t)))
-    points.sort(key=lambda p: (p[0], -p[1]))
-    best, picked = -1.0, []
-    for p in points:
-        if p[1] > best:
-            picked.append(p)
-            best = p[1]
+    picked = [points[i] for i in pareto_frontier(dict(enumerate(p[0] for p in points)),
+                                                 dict(enumerate(p[1] for p in points)))]
     xs, ys = [r["gflops"] for r in front], [r["mIoU"] for r in front]
     print(f"{'GFLOPs':>8} {'mIoU':>7} {'static':>7} {'gain':>6}  cascade (threshold) -> share leaving early")
     gains = []

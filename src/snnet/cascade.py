@@ -18,7 +18,7 @@ import numpy as np
 
 from .errors import SNNetError
 from .flops import AnchorShape, prefix_shared_flops
-from .selection import best_under_budget, is_integer, is_number
+from .selection import best_under_budget, is_integer, is_number, pareto_frontier
 from .stitch_space import Stitch, route_steps
 
 if TYPE_CHECKING:
@@ -170,23 +170,28 @@ class StageScores:
     correct5: np.ndarray
 
 
-def stage_scores(model: SNNet, batches: Iterable, stitch_ids: Sequence[int], confidence: str,
-                 device: torch.device) -> dict[int, StageScores]:
-    """Every stitch in ``stitch_ids`` on every (images, targets) batch, the routes sharing their prefixes."""
-    import torch
+class StageScorer:
+    """A task for ``snnet.evaluation.evaluate_stitches`` whose batch states are per image, kept in order: its
+    ``confidence`` and whether its top-1 and top-5 are right; ``finalize`` gives a stitch's :class:`StageScores`."""
 
-    model.eval()
-    parts: dict[int, list[tuple]] = {s: [] for s in stitch_ids}
-    with torch.no_grad(), model.sharing_prefixes(stitch_ids) as cache:
-        for images, targets in batches:
-            images, targets = images.to(device), targets.to(device)
-            for sid in model.depth_first(stitch_ids):
-                logits = model.select(sid)(images)
-                top = logits.topk(min(5, logits.shape[1]), dim=1).indices == targets[:, None]
-                parts[sid].append((confidence_of(logits, confidence), top[:, 0], top.any(1)))
-            cache.clear()
-    return {sid: StageScores(*(torch.cat([p[i] for p in got]).cpu().numpy() for i in range(3)))
-            for sid, got in parts.items()}
+    def __init__(self, confidence: str) -> None:
+        self.confidence = confidence
+
+    def eval_batch(self, model, batch, device: torch.device) -> list[tuple]:
+        images, targets = (t.to(device) for t in batch)
+        logits = model(images)
+        top = logits.topk(min(5, logits.shape[1]), dim=1).indices == targets[:, None]
+        return [(confidence_of(logits, self.confidence), top[:, 0], top.any(1))]  # lists add up by concatenation
+
+    @staticmethod
+    def reduce(parts: list[tuple], device: torch.device) -> list[tuple]:
+        return parts  # one process
+
+    @staticmethod
+    def finalize(parts: list[tuple]) -> StageScores:
+        import torch
+
+        return StageScores(*(torch.cat([p[i] for p in parts]).cpu().numpy() for i in range(3)))
 
 
 def candidate_stitches(stitches: Sequence[Stitch], frontier_ids: Sequence[int], flops: dict[int, int],
@@ -206,7 +211,7 @@ def candidate_stitches(stitches: Sequence[Stitch], frontier_ids: Sequence[int], 
     return sorted(front + relatives[:limit - len(front)], key=lambda i: (flops[i], i))
 
 
-def _thresholds(conf: np.ndarray, grid: int) -> np.ndarray:
+def threshold_grid(conf: np.ndarray, grid: int) -> np.ndarray:
     """Candidate thresholds of one stage: quantiles of its confidence (every image exits at the lowest)."""
     return np.unique(np.quantile(conf, np.linspace(0, 1, grid)).clip(0, 1))
 
@@ -226,7 +231,7 @@ def search(scores: dict[int, StageScores], costs: Callable[[tuple[int, ...]], li
                 points.append((f[0], float(s[0].correct1.mean()), stages, ()))
                 continue
             # exit[k]: (thresholds of stage k, images), whether an image reaches stage k's threshold
-            ts = [_thresholds(x.confidence, grid) for x in s[:-1]]
+            ts = [threshold_grid(x.confidence, grid) for x in s[:-1]]
             grids = np.meshgrid(*ts, indexing="ij")
             flat = np.stack([g.ravel() for g in grids], 1)  # (combinations, m - 1)
             left = np.ones((len(flat), len(s[0].correct1)), dtype=bool)
@@ -239,14 +244,9 @@ def search(scores: dict[int, StageScores], costs: Callable[[tuple[int, ...]], li
                 left = left & ~leave
             acc = correct.mean(1)
             points += [(cost[i], acc[i], stages, tuple(float(t) for t in flat[i])) for i in range(len(flat))]
-    points.sort(key=lambda p: (p[0], -p[1]))
-    front, best = [], -1.0
-    for gflops, acc, stages, thresholds in points:
-        if acc > best:
-            front.append({"stitches": list(stages), "thresholds": list(thresholds), "gflops": gflops,
-                          "acc1": 100 * acc})
-            best = acc
-    return front
+    front = pareto_frontier(dict(enumerate(p[0] for p in points)), dict(enumerate(p[1] for p in points)))
+    return [{"stitches": list(points[i][2]), "thresholds": list(points[i][3]), "gflops": points[i][0],
+             "acc1": 100 * points[i][1]} for i in front]
 
 
 def spread(front: list[dict], count: int) -> list[dict]:

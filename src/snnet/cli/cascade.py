@@ -59,8 +59,10 @@ def _cascade(args, cfg, model, rows: list[dict], run: Path, device) -> int:
     from torch.utils.data import DataLoader, Subset
 
     from .._atomic import atomic_write_text, together
-    from ..cascade import candidate_stitches, evaluate_cascades, exit_flops, plot_cascades, search, spread, \
-        stage_scores
+    from ..cascade import (StageScorer, candidate_stitches, evaluate_cascades, exit_flops, plot_cascades, search,
+                           spread)
+    from ..distributed import DistEnv
+    from ..evaluation import evaluate_stitches
     from ..progress import progress_bar
     from ..results import frontier
     from ..tasks import build_task
@@ -79,8 +81,9 @@ def _cascade(args, cfg, model, rows: list[dict], run: Path, device) -> int:
     calibration = Subset(task.init_set, chosen[:args.calibration_images].tolist())
     batch = cfg.data.eval_batch_size or int(1.5 * cfg.data.batch_size)
     loader = DataLoader(calibration, batch_size=batch, num_workers=cfg.data.workers)
-    bar = progress_bar(loader, desc=f"calibration: {len(stages)} stitches", unit="batch", enabled=not args.no_progress)
-    scores = stage_scores(model, bar, stages, args.confidence, device)
+    # the one evaluation path (route prefixes shared), keeping each image's figures; float32, as cascades run
+    scores = evaluate_stitches(model, StageScorer(args.confidence), loader, stages, DistEnv(0, 1, 0, device),
+                               amp=False, progress=not args.no_progress)
     front = search(scores, lambda ids: exit_flops([model.stitch(i) for i in ids], model.shapes), args.max_stages)
     points = spread(front, args.points)
     val = Subset(task.val_set, range(min(cfg.eval.max_images or len(task.val_set), len(task.val_set))))
