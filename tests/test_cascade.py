@@ -241,3 +241,12 @@ def test_the_command_refuses_torchrun_and_a_table_of_another_network(run, tmp_pa
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert main(["cascade", "--run", str(run)]) == 2
     assert capsys.readouterr().err.strip() == "snnet: error: snnet cascade runs in one process: start it without torchrun"
+
+
+@pytest.mark.parametrize("stages", ["0", "4", "99999999999999999999"])
+def test_a_search_over_too_many_stages_is_one_line_before_any_work(run, capsys, stages):
+    assert main(["cascade", "--run", str(run), "--max-stages", stages]) == 2
+    err = capsys.readouterr().err.strip()
+    assert ("--max-stages must be 1 to 3, got 4" in err if stages == "4" else "--max-stages" in err) and "\n" not in err
+    with pytest.raises(SNNetError, match="--max-stages must be 1 to 3, got 10"):
+        search({}, lambda stages: [], max_stages=10)

@@ -28,6 +28,16 @@ if TYPE_CHECKING:
 
 # the per-image score an exit compares with its threshold; max_prob is the default (see docs/cascades.md)
 CONFIDENCES = ("max_prob", "margin")
+# the search tries grid ** (stages - 1) threshold sets for every sequence of that many stitches: 4 stages over 16
+# candidates would be 1820 sequences of 4096 sets each
+MAX_SEARCH_STAGES = 3
+
+
+def check_search_stages(max_stages: int) -> None:
+    """A one-line error for a search over more stages than it can try in reasonable time."""
+    if not 1 <= max_stages <= MAX_SEARCH_STAGES:
+        raise SNNetError(f"--max-stages must be 1 to {MAX_SEARCH_STAGES}, got {max_stages}: the search tries a grid "
+                         f"of thresholds for every stage of every sequence, which grows 16-fold a stage")
 
 
 def check_stages(stitch_ids: Sequence[int], thresholds: Sequence[float], confidence: str, known: Sequence[int]) -> None:
@@ -221,6 +231,7 @@ def search(scores: dict[int, StageScores], costs: Callable[[tuple[int, ...]], li
     """The calibration frontier of cascades over ``scores``' stitches (stages in the order given, which should be
     ascending FLOPs; ``costs(stages)``: FLOPs of leaving at each stage): rows of ``stitches``, ``thresholds``,
     ``gflops`` (mean) and ``acc1``, by ascending GFLOPs, each more accurate than the one before."""
+    check_search_stages(max_stages)
     ids = list(scores)
     points: list[tuple[float, float, tuple[int, ...], tuple[float, ...]]] = []
     for m in range(1, max_stages + 1):

@@ -14,7 +14,7 @@ from .options import at_least
 def add_parser(sub) -> None:
     p = sub.add_parser("cascade", help="find cascades of stitches that stop early on easy images (anytime inference)")
     p.add_argument("--run", default="runs/quickstart", help="an evaluated classification run (default: runs/quickstart)")
-    p.add_argument("--max-stages", type=at_least(1), default=3, help="stitches in a cascade at most (default 3)")
+    p.add_argument("--max-stages", type=at_least(1), default=3, help="stitches in a cascade at most: 1 to 3 (default 3)")
     p.add_argument("--calibration-images", type=at_least(1), default=2000,
                    help="training images the search fits thresholds on (never validation images; default 2000)")
     p.add_argument("--max-candidates", type=at_least(1), default=16,
@@ -29,12 +29,14 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    from ..cascade import check_search_stages
     from ..config import load_config
     from ..distributed import local_device
     from ..pretrained import load_pretrained
     from ..results import read_results
     from ..rundir import RunLock, run_of
 
+    check_search_stages(args.max_stages)  # before any work
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise SNNetError("snnet cascade runs in one process: start it without torchrun")
     model_dir, run = run_of(args.run)
