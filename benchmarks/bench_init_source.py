@@ -22,7 +22,7 @@ from snnet.evaluation import evaluate_stitches, make_eval_loader
 from snnet.run_state import seed_everything
 from snnet.training import init_batches
 from snnet.least_squares import init_stitching_layers
-from snnet.stitch_space import LARGE, SMALL, fit_pairs
+from snnet.stitch_space import LARGE, SMALL, layer_fits
 from snnet.tasks import build_model, build_task
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -49,8 +49,8 @@ def block_outputs(model, images: torch.Tensor) -> tuple[list[torch.Tensor], list
 def residuals(model, images: torch.Tensor) -> dict[str, list[float]]:
     small, large = block_outputs(model, images)
     out = {"SL": [], "LS": []}
-    for ref, s_blk, l_blk in fit_pairs(*model.depths, model.config.version):
-        x, y = (small[s_blk], large[l_blk]) if ref.direction == "SL" else (large[l_blk], small[s_blk])
+    for ref, (_, src), (_, dst) in layer_fits(model.depths, model.config.version):  # (anchor, block) pairs
+        x, y = (small[src], large[dst]) if ref.direction == "SL" else (large[src], small[dst])
         layer = model.stitching_layer(ref)
         pred = x @ layer.effective_weight().T + layer.bias
         y = y.reshape(-1, y.shape[-1]).double()
@@ -69,7 +69,7 @@ for source in ("train", "eval"):
     cfg = load_config(args.config, [*args.overrides, f"train.init_transform={source}"])
     seed_everything(cfg.train.seed)  # the same augmentation draws would need the same generator state
     model = build_model(cfg, task.num_classes)
-    n = init_stitching_layers(model.backbone, init_batches(task, cfg, env), progress=False)
+    n = init_stitching_layers(model.backbone, init_batches(task, cfg.train, cfg.data.workers, env), progress=False)
     res = residuals(model.backbone.eval(), held_out)
     acc = evaluate_stitches(model, task, loader, model.stitch_ids, env, progress=False)
     results[source] = (n, res, {sid: m[task.primary_metric] for sid, m in acc.items()})

@@ -6,7 +6,7 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from conftest import IMG, tiny_vit
+from helpers import IMG, tiny_vit
 from snnet import AnchorConfig, SNNet, SNNetError, create_anchor
 from snnet.anchors import anchor_config_of, order_anchors
 

@@ -21,7 +21,7 @@ import yaml
 from snnet import (SNNet, SNNetError, best_under_budget, init_stitching_layers, load_official_checkpoint, ros_groups,
                    stitch_space)
 from snnet.cli import main
-from conftest import ENV, TINY, read_jsonl, snapshot, tiny_vit
+from helpers import ENV, TINY, read_jsonl, snapshot, tiny_vit
 
 QUICK = {"data": {"shapes": {"image_size": 32, "num_train": 32, "num_val": 8}},
          "train": {"epochs": 1, "init_images": 8}}

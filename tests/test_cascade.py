@@ -7,7 +7,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import TINY, lora_model, read_jsonl, tiny_vit
+from helpers import TINY, lora_model, read_jsonl, tiny_vit
 from snnet import SNNet
 from snnet.cascade import Cascade, StageScores, exit_flops, resume_points, search, spread
 from snnet.cli import main

@@ -2,7 +2,7 @@
 parameters by rule, least squares per neighbour pair, save/load and export; bad chains as one-line errors."""
 import pytest
 import torch
-from conftest import tiny_vit
+from helpers import tiny_vit
 
 from snnet import SNNet, SNNetError
 from snnet.export import deployable

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import IMG, randomize_layers, tiny_vit, to_official
+from helpers import IMG, randomize_layers, tiny_vit, to_official
 from reference_impl import reference_logits
 from snnet import SNNet, SNNetError, load_official_checkpoint
 
@@ -221,11 +221,10 @@ def test_config_files_saved_before_the_registry_still_load(name):
 
 
 def test_every_task_has_one_registered_model_class_with_its_metric():
-    from snnet.pretrained import MODEL_CLASSES
     from snnet.tasks import TASKS
 
-    assert sorted(MODEL_CLASSES) == sorted(TASKS)
+    assert sorted(TASKS) == ["classification", "depth", "detection", "segmentation"]
     for name, task in TASKS.items():
-        model = MODEL_CLASSES[name]
+        model = task.model_class
         assert model.task == name and model.primary_metric == task.primary_metric
         assert model.higher_is_better == task.metric_directions[task.primary_metric] == task.higher_is_better

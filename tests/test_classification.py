@@ -40,7 +40,7 @@ def test_training_transforms(crop, auto_augment):
     task = build_task(cfg, progress=False)
     image, target = task.train_set[0]
     assert image.shape == (3, 32, 32) and image.dtype == torch.float32 and 0 <= target < 10
-    tf = build_transform(cfg, True, 32, (0.5,) * 3, (0.5,) * 3)
+    tf = build_transform(cfg.augment, cfg.data.interpolation, True, 32, (0.5,) * 3, (0.5,) * 3)
     has_rand = any(isinstance(t, RandAugment) for t in tf.transforms[1].transforms)
     assert has_rand == (auto_augment is not None and auto_augment.startswith("rand"))
 
@@ -59,7 +59,7 @@ def test_adam_optimizers_run_torchs_fused_kernel_with_the_same_updates(name):
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.LayerNorm(16), torch.nn.Linear(16, 3))
     twin = copy.deepcopy(model)
-    fused = create_optimizer(model, cfg, torch.device("cpu"))
+    fused = create_optimizer(model, cfg.train, torch.device("cpu"))
     loop = create_optimizer_v2(twin, opt=name, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, foreach=False)
     assert fused.defaults["fused"] and not loop.defaults["fused"]
     for _ in range(5):
@@ -70,4 +70,4 @@ def test_adam_optimizers_run_torchs_fused_kernel_with_the_same_updates(name):
             opt.step()
     for p, q in zip(model.parameters(), twin.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
-    assert not create_optimizer(model, tiny_config("train.optimizer=lamb"), torch.device("cpu")).defaults.get("fused")
+    assert not create_optimizer(model, tiny_config("train.optimizer=lamb").train, torch.device("cpu")).defaults.get("fused")

@@ -14,7 +14,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from snnet import SNNet
 from snnet.cli import main
-from conftest import ENV, TINY, read_jsonl, snnet, to_official, torchrun_then_single, write_config
+from helpers import ENV, TINY, read_jsonl, snnet, to_official, torchrun_then_single, write_config
 
 def test_train_then_eval_end_to_end(tmp_path, capsys):
     cfg = write_config(tmp_path)
@@ -199,3 +199,24 @@ def test_torchrun_two_processes_match_single_process_eval(tmp_path):
     for a, b in zip(dist_rows, single):
         assert (a["stitch_id"], a["acc1"], a["acc5"]) == (b["stitch_id"], b["acc1"], b["acc5"])
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+
+def test_help_and_import_snnet_load_nothing_heavy():
+    """``snnet --help`` and each ``snnet CMD --help`` build the parser only; ``import snnet`` resolves its names
+    on first use (issue 31: the help under 1 s, benchmarks/bench_cli.py)."""
+    probe = ("import sys\nimport snnet\nfrom snnet.cli import main\n"
+             "for argv in ([], *([c] for c in sys.argv[1:])):\n"
+             "    try:\n        main([*argv, '--help'])\n    except SystemExit as e:\n        assert e.code == 0, argv\n"
+             "print('HEAVY', sorted(m for m in ('torch', 'timm', 'torchvision', 'numpy', 'matplotlib', 'pydantic', "
+             "'snnet.model', 'snnet.config') if m in sys.modules))")
+    commands = ["train", "eval", "flops", "select", "export", "profile", "serve", "cascade", "demo"]
+    out = subprocess.run([sys.executable, "-c", probe, *commands], env=ENV, capture_output=True, text=True, check=True)
+    assert out.stdout.splitlines()[-1] == "HEAVY []"
+    assert all(f"usage: snnet {c} " in out.stdout for c in commands)
+    # the names still resolve, each to its object
+    import snnet
+    from snnet.pretrained import load_pretrained
+    from snnet.stitch_space import stitch_space
+    assert snnet.SNNet is SNNet and snnet.from_pretrained is load_pretrained and snnet.stitch_space is stitch_space
+    assert set(snnet.__all__) <= set(dir(snnet))
+    with pytest.raises(AttributeError, match="module 'snnet' has no attribute 'nothing'"):
+        snnet.nothing

@@ -16,7 +16,7 @@ from PIL import Image
 
 from snnet.cli import main
 from snnet.data.scenes import SceneConfig, render_scene
-from conftest import ENV, free_port, write_config
+from helpers import ENV, free_port, write_config
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = Path(os.environ.get("SNNET_ARTIFACTS", Path(__file__).resolve().parents[1] / "artifacts")) / "demo"

@@ -186,7 +186,7 @@ def test_joint_augmentation_keeps_image_and_depth_aligned():
     from snnet.tasks.depth.data import _apply, build_transforms
     cfg = load_config("quickstart_depth", ["data.precrop=[2, 62, 4, 76]", "augment.color_prob=0",
                                            "data.mean=[0, 0, 0]", "data.std=[1, 1, 1]"])
-    train, _, _ = build_transforms(cfg, (40, 48), cfg.data.mean, cfg.data.std)
+    train, _, _ = build_transforms(cfg.data, cfg.augment, (40, 48), cfg.data.mean, cfg.data.std)
     ramp = np.tile(np.arange(80, dtype=np.float64), (64, 1))  # column index
     image = np.zeros((64, 80, 3), np.uint8)
     image[..., 0] = (ramp * 3).astype(np.uint8)
@@ -269,7 +269,7 @@ def test_parameter_groups_and_one_cycle_are_what_the_reference_ran(tmp_path):
     from snnet.training import OneCycle, create_optimizer
     cfg = load_config("nyuv2_dpt_deit3_s_l", ["data.root=/x"])
     model = tiny_depth()
-    opt = create_optimizer(model, cfg, torch.device("cpu"))
+    opt = create_optimizer(model, cfg.train, torch.device("cpu"))
     by_param = {id(p): g for g in opt.param_groups for p in g["params"]}
     frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
     assert frozen and all("_layers." in n and n.endswith(".weight") for n in frozen)  # stitching layers' W
@@ -332,7 +332,7 @@ def test_depth_config_errors_are_one_line(tmp_path, capsys, overrides, message, 
 
 
 def test_torchrun_two_processes_match_one(tmp_path):
-    from conftest import torchrun_then_single
+    from helpers import torchrun_then_single
     path = tmp_path / "tiny_depth.yaml"
     path.write_text(yaml.safe_dump(dict(TINY, output_dir=str(tmp_path / "run"))))
     dist_rows, single = torchrun_then_single(path, tmp_path / "single")

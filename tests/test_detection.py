@@ -262,7 +262,7 @@ def test_train_then_eval_through_the_cli(tmp_path, capsys, tiny_config):
 
 
 def test_torchrun_gathers_detections_to_the_same_ap(tmp_path, tiny_config):
-    from conftest import torchrun_then_single
+    from helpers import torchrun_then_single
     cfg = yaml.safe_load(open(tiny_config))
     cfg["data"]["shapes"]["num_val"] = 5
     cfg["output_dir"] = str(tmp_path / "run")
@@ -295,7 +295,7 @@ def test_the_coco_recipe_schedule_warms_up_then_steps_at_its_milestones():
     cfg = load_config("coco_maskrcnn_deit3_s_l", ["train.iterations=1000", "train.warmup_iterations=10",
                                                   "train.decay_milestones=[889, 963]"])
     opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1e-4)
-    sched = create_scheduler(opt, cfg, Schedule(cfg, loader_len=100))
+    sched = create_scheduler(opt, cfg.train, Schedule(cfg.train, loader_len=100))
     lr = {}  # the learning rate of update n (1-based): set after n - 1 completed updates
     for n in (1, 6, 11, 500, 888, 889, 962, 963, 1000):
         sched.step_update(num_updates=n - 1)
@@ -329,7 +329,7 @@ def test_training_crops_are_padded_with_the_normalised_mean():
     from torchvision import tv_tensors
     from snnet.tasks.detection.data import build_transforms
     cfg = load_config("quickstart_detection", ["augment.ratio_range=[0.25,0.25]", "augment.hflip=0"])
-    train, _, _ = build_transforms(cfg, 64, (0.5, 0.4, 0.3), (0.2, 0.2, 0.2))
+    train, _, _ = build_transforms(cfg.augment, 64, (0.5, 0.4, 0.3), (0.2, 0.2, 0.2))
     image = tv_tensors.Image(torch.full((3, 64, 64), 255, dtype=torch.uint8))
     boxes = tv_tensors.BoundingBoxes(torch.tensor([[0.0, 0, 64, 64]]), format="XYXY", canvas_size=(64, 64))
     out, target = train(image, {"boxes": boxes, "labels": torch.tensor([1])})
@@ -404,7 +404,7 @@ def test_detection_files_quantise_evaluate_and_profile_through_the_cli(tmp_path,
     run's columns beside the float32 file's, which equals the model's, and its ONNX Runtime latency; TorchScript
     is refused in one line."""
     from snnet.export import sidecar_path
-    from conftest import read_jsonl, snnet
+    from helpers import read_jsonl, snnet
 
     cfg = json.loads(json.dumps(TINY))
     cfg["train"]["epochs"], cfg["output_dir"] = 0, str(tmp_path / "run")

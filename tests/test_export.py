@@ -13,7 +13,7 @@ from snnet import SNNet, build_model, load_config
 from snnet.cli import main
 from snnet.errors import SNNetError
 from snnet.export import StitchNet, deployable, export_stitch, load_exported
-from conftest import ENV, read_jsonl, write_config
+from helpers import ENV, read_jsonl, write_config
 
 FORMATS = ("safetensors", "torchscript", "onnx")
 
@@ -184,11 +184,11 @@ def _dataset_splits(cfg) -> tuple[str, str]:
     from snnet.tasks.detection.data import splits as detection_splits
     from snnet.tasks.segmentation.data import dataset_info
     if cfg.task == "segmentation":
-        return dataset_info(cfg)[2:4]
+        return dataset_info(cfg.data, cfg.model.head.num_classes)[2:4]
     if cfg.task == "classification":
         from snnet.tasks.classification import image_folder_roots
-        return tuple(p.name for p in image_folder_roots(cfg))
-    return (depth_splits if cfg.task == "depth" else detection_splits)(cfg)
+        return tuple(p.name for p in image_folder_roots(cfg.data))
+    return (depth_splits if cfg.task == "depth" else detection_splits)(cfg.data)
 
 
 @pytest.mark.parametrize("name,splits", [

@@ -6,10 +6,9 @@ import timm
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from conftest import tiny_vit
+from helpers import anchor_flops, tiny_vit
 from snnet import SNNet
 from snnet.anchors import anchor_shape
-from snnet.flops import anchor_flops
 
 DATA = Path(__file__).parent / "data"
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from conftest import IMG
+from helpers import IMG
 from snnet import SNNet, SNNetError, init_stitching_layers
 from snnet.least_squares import NormalEquations
 

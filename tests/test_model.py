@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import IMG, randomize_layers, tiny_vit
+from helpers import IMG, randomize_layers
 from snnet import SNNet, SNNetError, init_stitching_layers
 from reference_impl import reference_v2_ids
 

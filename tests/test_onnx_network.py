@@ -9,7 +9,7 @@ import torch
 
 from snnet import SNNetError, from_pretrained
 from snnet.runtime import OnnxStitch, onnx_session
-from conftest import read_jsonl, snnet, write_config
+from helpers import read_jsonl, snnet, write_config
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ import subprocess
 import sys
 
 from snnet.progress import LineBar
-from conftest import ENV, write_config
+from helpers import ENV, write_config
 
 
 def test_a_line_bar_writes_one_line_at_its_end():

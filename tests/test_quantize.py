@@ -9,7 +9,7 @@ import torch
 
 from snnet.export import sidecar_path
 from snnet.runtime import OnnxStitch
-from conftest import read_jsonl, snnet, write_config
+from helpers import read_jsonl, snnet, write_config
 
 
 @pytest.fixture(scope="module")
@@ -173,7 +173,7 @@ def test_an_onnx_file_must_be_the_stitch_its_sidecar_names(run, tmp_path, capsys
 
 def test_a_moved_run_is_evaluated_where_it_now_is(run, tmp_path, capsys):
     """Its config.yaml still names the old output_dir, where the original run still is: that one stays as it was."""
-    from conftest import snapshot
+    from helpers import snapshot
 
     moved = tmp_path / "moved"
     shutil.copytree(run, moved)

@@ -9,12 +9,11 @@ import torch
 from timm.layers import DropPath
 
 from snnet import AnchorConfig, SNNetError, create_anchor
-from snnet.anchors import drop_path_rates
 from snnet.cli import main
 from snnet.config import load_config
 from snnet.training import create_optimizer
 from snnet.tasks import build_model
-from conftest import read_jsonl, write_config
+from helpers import drop_path_rates, read_jsonl, write_config
 
 IMAGENET = {"imagenet_deit3_s_l": (0.05, 0.4), "imagenet_deit3_s_b": (0.05, 0.15), "imagenet_deit3_b_l": (0.15, 0.4),
             "imagenet_deit3_s_b_l": (0.05, 0.15, 0.4)}
@@ -62,7 +61,7 @@ def test_imagenet_lamb_as_apex_fusedlamb_ran(name):
     _, model = meta_model("imagenet_deit3_s_l", "model.anchors.0.kwargs.depth=2", "model.anchors.1.kwargs.depth=4",
                           "model.anchors.0.kwargs.embed_dim=60", "model.anchors.1.kwargs.embed_dim=128")
     model = model.to_empty(device="cpu")
-    opt = create_optimizer(model, cfg, torch.device("cpu"))
+    opt = create_optimizer(model, cfg.train, torch.device("cpu"))
     assert type(opt).__name__ == "Lamb"
     decay = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
     for g in opt.param_groups:
@@ -224,7 +223,7 @@ def init_images(*overrides: str):
                                      "train.init_batch_size=7", *overrides])
     torch.manual_seed(0)
     task = build_task(cfg, progress=False)
-    images = torch.cat(list(init_batches(task, cfg, DistEnv(0, 1, 0, torch.device("cpu")))))
+    images = torch.cat(list(init_batches(task, cfg.train, cfg.data.workers, DistEnv(0, 1, 0, torch.device("cpu")))))
     g = torch.Generator().manual_seed(cfg.train.seed)
     chosen = torch.randperm(len(task.train_set), generator=g)[:7].tolist()
     return images, torch.stack([task.init_set[i][0] for i in chosen])
@@ -280,7 +279,7 @@ def test_sn_net_recipe_as_its_code_base_ran_it():
     for anchor in model.anchors:
         assert drop_path_rates(anchor) == pytest.approx([0.1 * i / 11 for i in range(12)])
     _, small = meta_model("imagenet_sn_net_deit_ti_s_b", *(f"model.anchors.{i}.kwargs.depth=2" for i in range(3)))
-    opt = create_optimizer(small.to_empty(device="cpu"), cfg, torch.device("cpu"))
+    opt = create_optimizer(small.to_empty(device="cpu"), cfg.train, torch.device("cpu"))
     assert type(opt).__name__ == "AdamW"
     decay = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
     for g in opt.param_groups:
@@ -335,7 +334,8 @@ def test_distillation_and_repeated_augmentation_errors_and_sampler(tmp_path):
     # DeiT's RASampler: a shuffled list of each image three times, dealt to the ranks in turn, each rank keeping
     # floor(N / 256) x 256 / ranks of them: 256 of 512 images, the 171 first of the shuffle
     cfg = load_config(str(write_config(tmp_path, augment={"repeated_aug": 3})))
-    ranks = [list(make_train_loader(list(range(512)), cfg, DistEnv(r, 2, r, torch.device("cpu"))).sampler)
+    ranks = [list(make_train_loader(list(range(512)), cfg.data, cfg.augment.repeated_aug, cfg.train.seed,
+                                    DistEnv(r, 2, r, torch.device("cpu"))).sampler)
              for r in (0, 1)]
     assert [len(r) for r in ranks] == [256, 256] and len(set(ranks[0]) | set(ranks[1])) == 171
     assert all(ranks[0].count(i) + ranks[1].count(i) == 3 for i in set(ranks[0][:80]))

@@ -5,7 +5,7 @@ import pytest
 import timm
 import torch
 
-from conftest import lora_model, tiny_vit
+from helpers import lora_model, tiny_vit
 from snnet import SNNet
 from snnet.anchors import anchor_shape
 from snnet.flops import prefix_shared_flops, step_flops, stitch_flops

@@ -73,7 +73,7 @@ def test_a_minimum_share_per_anchor():
 
 def test_the_model_gives_its_anchors_their_share():
     from snnet import SNNet
-    from conftest import tiny_vit
+    from helpers import tiny_vit
 
     model = SNNet([tiny_vit(2, 32), tiny_vit(4, 48)])
     model.configure_sampling(0.0, seed=1, anchor_share=0.5)
@@ -126,7 +126,7 @@ def test_torchrun_ranks_draw_one_stitch_or_their_own(tmp_path, same):
     per step on all ranks; otherwise each rank draws its own (seed + rank)."""
     import subprocess
     import sys
-    from conftest import ENV, free_port, write_config
+    from helpers import ENV, free_port, write_config
     cfg = write_config(tmp_path, train={"ros_same_on_all_ranks": same, "init_images": 8},
                        data={"batch_size": 4, "shapes": {"image_size": 32, "num_train": 96, "num_val": 4}})
     script = Path(__file__).with_name("record_ros_draws.py")

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import read_jsonl, torchrun_then_single
+from helpers import read_jsonl, torchrun_then_single
 from segmentation_fixtures import (ANCHORS, CLASSES, TINY, reference_state_dict, write_config, write_layout,
                                    write_mmengine_checkpoint)
 
@@ -45,7 +45,7 @@ def test_iteration_schedule_is_mmsegmentations_poly(tmp_path):
     cfg = load_config(write_config(tmp_path), ["train.iterations=10", "train.min_lr=1e-4", "train.lr=0.01",
                                               "train.optimizer=momentum"])
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.01)
-    sched = create_scheduler(opt, cfg, Schedule(cfg, loader_len=3))
+    sched = create_scheduler(opt, cfg.train, Schedule(cfg.train, loader_len=3))
     for t in range(11):
         sched.step_update(num_updates=t)
         assert opt.param_groups[0]["lr"] == pytest.approx((0.01 - 1e-4) * (1 - t / 10) ** 0.9 + 1e-4), t

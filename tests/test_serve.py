@@ -14,7 +14,7 @@ import torch
 
 from snnet import from_pretrained
 from snnet.serve import Budget, QueueFull, RequestError, Scheduler, Served, StitchCosts, choose, create_app, read_budget
-from conftest import ENV, free_port, snnet, write_config
+from helpers import ENV, free_port, snnet, write_config
 
 def costs() -> StitchCosts:
     """Three stitches: 80 % at 10 ms, 75 % at 5 ms, 70 % at 1 ms (batch 1), 4.5x that at batch 8."""

@@ -8,14 +8,14 @@ import pytest
 import timm
 import torch
 import yaml
-from conftest import IMG, tiny_vit
+from helpers import IMG, anchor_flops, tiny_vit
 from reference_impl import sn_net_logits
 from torch import nn
 
 from snnet import SNNet, SNNetError, init_stitching_layers, load_official_checkpoint
 from snnet.anchors import anchor_shape
 from snnet.cli import main
-from snnet.flops import anchor_flops, stitch_flops
+from snnet.flops import stitch_flops
 from snnet.stitch_space import LayerRef, Segment, paired_positions, sn_net_space
 
 TABLE = Path(__file__).parent / "data" / "sn_net_deit_ti_s_b.jsonl"  # its results/stitches_res.txt

@@ -4,8 +4,8 @@ import pytest
 
 from reference_impl import reference_v2_ids
 
-from snnet.stitch_space import (LARGE, SMALL, LayerRef, Segment, all_configurations_v2, excluded_id_v2, fit_pairs,
-                                ls_sources, num_stitching_layers, route_taps, small_block, stitch_space)
+from snnet.stitch_space import (LARGE, SMALL, LayerRef, Segment, all_configurations_v2, excluded_id_v2,
+                                layer_fits, ls_sources, num_stitching_layers, route_taps, stitch_space)
 
 
 @pytest.mark.parametrize("d0,d1", [(12, 24), (12, 12), (6, 12), (4, 8), (3, 3)])
@@ -80,7 +80,7 @@ def test_every_stitch_gives_one_tap_per_index(d0, d1, out):
         taps = route_taps(s, out, d0, d1)
         assert len(taps) == len(out)
         for (anchor, block), idx in zip(taps, out):
-            assert block == (idx if anchor == LARGE else small_block(idx, d0, d1))
+            assert block == (idx if anchor == LARGE else idx * d0 // d1)  # m(j): SPEC section 3
 
 
 def test_small_taps_of_published_heads():
@@ -90,8 +90,10 @@ def test_small_taps_of_published_heads():
     assert [b for _, b in small] == [2, 5, 8, 11]
 
 
-def test_fit_pairs():
-    pairs = fit_pairs(12, 24)
-    assert pairs[0] == (LayerRef("SL", 0), 0, 1) and pairs[11] == (LayerRef("SL", 11), 11, 23)
-    assert pairs[12] == (LayerRef("LS", 0), 0, 1) and pairs[-1] == (LayerRef("LS", 10), 10, 21)
-    assert len(fit_pairs(12, 24, "v1")) == 12
+def test_layer_fits_of_two_anchors():
+    """SL layer i maps small block i to large block (i+1)r-1; LS layer k maps large block (k+1)r-1 (the ``j`` of
+    LS(j)) back to small block k = m(j) (SPEC section 3)."""
+    fits = layer_fits((12, 24))
+    assert fits[0] == (LayerRef("SL", 0), (SMALL, 0), (LARGE, 1)) and fits[11] == (LayerRef("SL", 11), (SMALL, 11), (LARGE, 23))
+    assert fits[12] == (LayerRef("LS", 0), (LARGE, 1), (SMALL, 0)) and fits[-1] == (LayerRef("LS", 10), (LARGE, 21), (SMALL, 10))
+    assert len(layer_fits((12, 24), "v1")) == 12

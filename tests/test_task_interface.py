@@ -16,7 +16,6 @@ from snnet.cli import main
 from snnet.config import load_config
 from snnet.data import render_scene
 from snnet.export import load_exported
-from snnet.pretrained import MODEL_CLASSES, register_model
 from snnet.results import read_results
 from snnet.tasks import TASKS, Task, register_task
 
@@ -100,13 +99,12 @@ CONFIG = {
 
 
 @pytest.fixture
-def toy_task():
-    """CoverTask and CoverModel registered for one test (the decorators, called as functions), then removed."""
+def toy_task(monkeypatch):
+    """CoverTask (and with it CoverModel) registered for one test (the decorator, called as a function), then
+    removed."""
+    monkeypatch.setattr(TASKS, "_entries", dict(TASKS._entries))  # the table as it was comes back after the test
     register_task(CoverTask)
-    register_model(CoverModel)
     yield CoverTask
-    TASKS.pop(CoverTask.name)
-    MODEL_CLASSES.pop(CoverModel.task)
 
 
 def test_a_fifth_task_runs_through_the_public_entry_points(toy_task, tmp_path, capsys):
@@ -167,7 +165,9 @@ def test_a_name_registered_twice_is_refused(toy_task):
     other_model = type("OtherCoverModel", (CoverModel,), {})
     with pytest.raises(SNNetError, match="task 'toy_cover' is registered twice: CoverTask and OtherCover"):
         register_task(other_task)
-    with pytest.raises(SNNetError, match="a model class for task 'toy_cover' is registered twice: CoverModel and "
-                                         "OtherCoverModel"):
-        register_model(other_model)
+    other_task.model_class = other_model
+    other_model.task = "toy_other"
+    with pytest.raises(SNNetError, match="task 'toy_cover' \\(OtherCover\\) names the model class OtherCoverModel, "
+                                         "whose task is 'toy_other'"):
+        register_task(other_task)
     assert register_task(CoverTask) is CoverTask and TASKS["toy_cover"] is CoverTask  # the same class again: a no-op

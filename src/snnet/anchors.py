@@ -11,13 +11,16 @@ from typing import Any
 import timm
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import load_file
+from timm.data import ImageNetInfo, infer_imagenet_subset
 from timm.layers import DropPath, LayerScale
 from timm.models import get_pretrained_cfg, split_model_name_tag
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 from torch import nn
 
-from .files import load_torch_checkpoint
 from .errors import SNNetError, first_line
+from .files import load_torch_checkpoint
 from .flops import AnchorShape
 from .rel_pos import grid_of, rel_pos_attention
 
@@ -105,11 +108,6 @@ def set_drop_path(model: VisionTransformer, rates: list[float]) -> None:
         blk.drop_path2 = DropPath(rate) if rate > 0 else nn.Identity()
 
 
-def drop_path_rates(model: VisionTransformer) -> list[float]:
-    """Each block's stochastic-depth rate (0 where it has none)."""
-    return [getattr(blk.drop_path1, "drop_prob", 0.0) for blk in model.blocks]
-
-
 def resize_pos_embed(pos: torch.Tensor, grid: tuple[int, int], old_grid: tuple[int, int] | None = None) -> torch.Tensor:
     """A patch-only position embedding (1, Gh*Gw, C) on ``old_grid`` (default: square) resized to ``grid``:
     bicubic, align_corners False, no antialiasing, as the reference resizes them (timm would antialias)."""
@@ -132,7 +130,6 @@ def _grid_size(config: AnchorConfig) -> tuple[int, int]:
 def _read_weights(path: Path) -> dict[str, Any]:
     """A state dict from safetensors, or from a torch file without running pickled code."""
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
         try:
             return load_file(str(path))
         except Exception as e:  # safetensors raises its own error types for a damaged header
@@ -222,7 +219,6 @@ def head_class_names(config: AnchorConfig) -> list[str] | None:
         path = Path(config.checkpoint_path)
         if path.suffix != ".safetensors":
             return None
-        from safetensors import safe_open
         try:
             with safe_open(str(path), "pt") as f:
                 raw = (f.metadata() or {}).get(CLASS_NAMES_KEY)
@@ -232,7 +228,6 @@ def head_class_names(config: AnchorConfig) -> list[str] | None:
         return [str(n) for n in names] if isinstance(names, list) else None
     pre = get_pretrained_cfg(config.name) if config.pretrained else None
     if pre is not None:
-        from timm.data import ImageNetInfo, infer_imagenet_subset
         subset = infer_imagenet_subset(pre)
         return list(ImageNetInfo(subset).label_names()) if subset else None
     return None

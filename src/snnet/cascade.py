@@ -15,15 +15,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
+from ._atomic import atomic_path
 from .errors import SNNetError
 from .flops import AnchorShape, prefix_shared_flops
+from .results import frontier
 from .selection import best_under_budget, is_integer, is_number, pareto_frontier
 from .stitch_space import Stitch, route_steps
 
 if TYPE_CHECKING:
-    import torch
-
     from .model import SNNet
 
 # the per-image score an exit compares with its threshold; max_prob is the default (see docs/cascades.md)
@@ -135,8 +138,6 @@ class Cascade:
     def run(self, images: torch.Tensor) -> CascadeOutput:
         """Run the cascade on a batch (no gradients; the model as the constructor left it, in eval mode): logits,
         exit stages, FLOPs per image."""
-        import torch
-
         model = self.model
         n, size = images.shape[0], tuple(images.shape[-2:])
         if size not in self._costs:
@@ -199,8 +200,6 @@ class StageScorer:
 
     @staticmethod
     def finalize(parts: list[tuple]) -> StageScores:
-        import torch
-
         return StageScores(*(torch.cat([p[i] for p in parts]).cpu().numpy() for i in range(3)))
 
 
@@ -273,8 +272,6 @@ def evaluate_cascades(model: SNNet, task, batches: Iterable, points: list[dict],
                       device: torch.device) -> list[dict]:
     """Each operating point (``stitches``, ``thresholds``) run as a :class:`Cascade` on every batch (loaded once):
     the task's metrics, the mean GFLOPs per image and the share of images leaving at each stage."""
-    import torch
-
     cascades = [Cascade(model, p["stitches"], p["thresholds"], confidence) for p in points]
     sums: list = [None] * len(cascades)
     exits = [np.zeros(len(c.stitch_ids)) for c in cascades]
@@ -304,12 +301,6 @@ def evaluate_cascades(model: SNNet, task, batches: Iterable, points: list[dict],
 def plot_cascades(static: list[dict], cascades: list[dict], path: Path, title: str) -> Path:
     """``pareto_cascade.png``: every stitch and the static frontier, the cascades' operating points and theirs (all
     on the validation images), top-1 against mean GFLOPs per image."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    from ._atomic import atomic_path
-    from .results import frontier
-
     fig = Figure(figsize=(7, 4.5), dpi=120)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()

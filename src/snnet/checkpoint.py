@@ -9,9 +9,13 @@ from typing import TYPE_CHECKING
 import torch
 from timm.layers import resample_abs_pos_embed
 
+from .config import DEFAULT_TASK
 from .errors import SNNetError
 from .files import load_torch_checkpoint
-from .pretrained import load_state_checked
+from .pretrained import load_pretrained, load_state_checked
+from .run_state import CHECKPOINT_NAME
+from .rundir import saved_model_dir
+from .tasks import TASKS, build_model
 
 if TYPE_CHECKING:
     from .model import SNNet
@@ -108,12 +112,6 @@ def read_trained(path: str | None, cfg):
 
     A run directory, a saved model, a training checkpoint or a released .pth.
     """
-    from .pretrained import load_pretrained
-    from .files import load_torch_checkpoint
-    from .run_state import CHECKPOINT_NAME
-    from .rundir import saved_model_dir
-    from .tasks import TASKS
-
     target = Path(path) if path else Path(cfg.output_dir) / "model"
     if not target.exists():
         raise SNNetError(f"nothing to evaluate at {target}: pass --checkpoint (a run or model directory, "
@@ -132,8 +130,6 @@ def read_trained(path: str | None, cfg):
 
 def trained_task(found) -> str | None:
     """The task a trained model or snnet training checkpoint was made for (None for a released file)."""
-    from .config import DEFAULT_TASK
-
     if not isinstance(found, dict):
         return found.task
     obj = found["obj"]
@@ -143,8 +139,6 @@ def trained_task(found) -> str | None:
 
 def trained_classes(found) -> int | None:
     """Classes of the trained heads in :func:`read_trained`'s result, when it has them."""
-    import torch
-
     if not isinstance(found, dict):
         return found.num_classes
     obj = found["obj"]
@@ -158,8 +152,6 @@ def trained_classes(found) -> int | None:
 
 def model_for_eval(found, cfg, num_classes: int):
     """The model of :func:`read_trained`'s result; state dicts go into the config's model."""
-    from .tasks import build_model
-
     if not isinstance(found, dict):
         return found
     obj = found["obj"]

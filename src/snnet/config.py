@@ -10,10 +10,15 @@ import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import timm
 import yaml
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, ValidationError,
                       field_validator, model_validator)
+from timm.data import create_transform
+from timm.optim import list_optimizers
 
+from .anchors import check_model_name
+from .data import SceneConfig
 from .errors import SNNetError, first_line
 from .registry import TASKS
 
@@ -68,7 +73,6 @@ class AnchorSection(Section):
     @field_validator("name")
     @classmethod
     def _known_model(cls, name: str) -> str:
-        from .anchors import check_model_name
         check_model_name(name)
         return name
 
@@ -141,7 +145,6 @@ class ShapesSection(Section):
 
     def scene_config(self):
         """The generator's config."""
-        from .data import SceneConfig
         return SceneConfig(image_size=self.image_size, num_classes=self.num_classes, seed=self.seed, **self.scene)
 
 
@@ -239,7 +242,6 @@ class AugmentSection(Section):
     @classmethod
     def _timm_policy(cls, policy: str | None) -> str | None:
         if policy:
-            from timm.data import create_transform
             try:
                 create_transform(32, is_training=True, auto_augment=policy)
             except Exception:
@@ -262,7 +264,6 @@ class DistillationSection(Section):
     @field_validator("teacher")
     @classmethod
     def _timm_model(cls, name: str) -> str:
-        import timm
         if not timm.is_model(name):
             raise ValueError(f"{name!r} is not a timm model")
         return name
@@ -317,7 +318,6 @@ class TrainSection(Section):
     @field_validator("optimizer")
     @classmethod
     def _timm_optimizer(cls, name: str) -> str:
-        from timm.optim import list_optimizers
         known = list_optimizers()
         if name.lower().split("_")[-1] not in known:  # timm also takes "lookahead_<name>"
             close = difflib.get_close_matches(name.lower(), known, n=1)

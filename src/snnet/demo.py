@@ -15,7 +15,16 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .config import load_config
+from .data.scenes import SceneConfig, render_scene
 from .errors import SNNetError, first_line
+from .export import export_stitch
+from .pretrained import load_pretrained
+from .results import frontier, read_results
+from .rundir import run_info, run_of
+from .runtime import OnnxStitch
+from .selection import choose_stitch
+from .tasks import TASKS
 from .tasks.dense import DISPLAY
 
 AUTO = "best under the budget"
@@ -25,11 +34,6 @@ class DemoRun:
     """A run directory's model, results and preprocessing, and what the page computes from them."""
 
     def __init__(self, run: str | Path, device: str = "cpu") -> None:
-        from .pretrained import load_pretrained
-        from .results import frontier, read_results
-        from .rundir import run_info, run_of
-        from .tasks import TASKS
-
         model_dir, run_dir = run_of(str(run))
         if run_dir is None or not (run_dir / "results.jsonl").is_file():
             raise SNNetError(f"{run} has no results.jsonl: the demo needs an evaluated run")
@@ -52,15 +56,11 @@ class DemoRun:
 
     def _transform(self, run_dir: Path):
         """The task's preprocessing of an upload (classification: the run's own, from its config.yaml)."""
-        from .config import load_config
-
         cfg = load_config(str(run_dir / "config.yaml")) if (run_dir / "config.yaml").is_file() else None
         return self.spec.demo_transform(cfg, self.model, tuple(self.mean), tuple(self.std))
 
     def choose(self, budget: float, explicit: str | None) -> int:
         """The explicit stitch, else the best stitch under ``budget`` (the cheapest when nothing fits)."""
-        from .selection import choose_stitch
-
         if explicit and explicit != AUTO:
             sid = int(str(explicit).split()[0])
             if sid not in self.by_id:
@@ -74,9 +74,6 @@ class DemoRun:
 
     def int8_stitch(self, stitch_id: int, img_size: tuple[int, int]):
         """The stitch's int8 ONNX file (dynamic quantisation) under ONNX Runtime, exported on first use."""
-        from .export import export_stitch
-        from .runtime import OnnxStitch
-
         if not self.int8:
             raise SNNetError("int8 needs onnxruntime: pip install 'snnet[export]'")
         if stitch_id not in self._int8_files:
@@ -137,8 +134,6 @@ class DemoRun:
 
 def example_images(folder: Path, count: int = 4) -> list[str]:
     """A few validation scenes of the built-in data, rendered here (nothing is downloaded)."""
-    from .data.scenes import SceneConfig, render_scene
-
     paths = []
     for i in range(count):
         path = folder / f"scene_{i}.png"

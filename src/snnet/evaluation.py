@@ -14,10 +14,13 @@ from ._atomic import together
 from .config import RunConfig
 from .distributed import DistEnv, autocast
 from .errors import SNNetError
-from .progress import progress_bar
+from .export import precision_label, read_sidecar, sidecar_path, stitch_checker
 from .model import SNNet
+from .progress import progress_bar
+from .results import carry_over, format_table, frontier, plot_pareto, read_results, result_rows, write_results
+from .runtime import OnnxStitch
 from .selection import ChoosesStitches, is_stitchable
-
+from .tasks import data_defaults
 
 
 def make_eval_loader(dataset, batch_size: int, workers: int, env: DistEnv, max_images: int | None = None,
@@ -70,8 +73,6 @@ def evaluate_and_report(model: SNNet | ChoosesStitches, task, cfg: RunConfig, en
                         stitch_ids: list[int] | None = None, progress: bool = True) -> list[Path] | None:
     """Evaluate stitches, then on rank 0 write results.jsonl/.csv and pareto.png (``results_subset.*`` and
     ``pareto_subset.png`` for a subset of the stitches), print the frontier and return the files written."""
-    from .results import carry_over, format_table, frontier, plot_pareto, result_rows, write_results
-
     ids = stitch_ids or cfg.eval.stitches or model.stitch_ids
     for sid in ids:
         model.stitch(sid)  # unknown ids fail before any work
@@ -106,8 +107,6 @@ def evaluate_and_report(model: SNNet | ChoosesStitches, task, cfg: RunConfig, en
 def _check_normalisation(path: Path, info: dict, cfg: RunConfig) -> None:
     """A file's sidecar tells its users how to normalise images: evaluating it with other numbers would measure a
     file nobody deploys."""
-    from .tasks import data_defaults
-
     _, mean, std = data_defaults(cfg)
     for key, ours in (("mean", mean), ("std", std)):
         if key not in info:  # files exported without a run (from a saved model alone) do not say
@@ -124,10 +123,6 @@ def evaluate_exported(files: list[Path], task, cfg: RunConfig, env: DistEnv, run
     """Each exported ONNX stitch through ONNX Runtime on the run's validation data, into the run's results as
     precision-labelled columns (``acc1@int8``, ``acc1@fp32``, ...) beside the PyTorch ones, which stay. With the
     run's ``model``, each file is first checked to compute the stitch its sidecar names."""
-    from .export import precision_label, read_sidecar, sidecar_path, stitch_checker
-    from .results import read_results, write_results
-    from .runtime import OnnxStitch
-
     if not (run_dir / "results.jsonl").is_file():
         raise SNNetError(f"no results.jsonl in {run_dir}: evaluate the run first (snnet eval), then its ONNX files")
     rows = read_results(run_dir / "results.jsonl")

@@ -17,14 +17,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 
 from ._atomic import atomic_path, immediately, together
 from .errors import SNNetError, first_line
+from .files import read_json, read_safetensors
 from .model import SNNet, embed_tokens, tap_maps
-from .pretrained import saved_config
+from .onnx_network import NetworkGraph, needs_external_data, save_network
+from .pretrained import load_state_checked, model_from_config, saved_config
+from .progress import progress_bar
 from .quantize import quantize_onnx
+from .runtime import OnnxStitch
 from .selection import PRECISIONS, is_integer
 from .stitch_space import LayerRef, route_steps, route_taps, tap_layers
 from .tasks.dense import DenseModel
@@ -229,9 +234,6 @@ def export_network(model: SNNet | DenseModel, output: str | Path, img_size: tupl
     the weights stored once. Each stitch is exported as ``export_stitch`` does (``quantize``: its int8 file;
     ``calibrate()``: fresh calibration for each), then the graphs merged. The sidecar lists every stitch with its
     row of the run's ``results`` where given. Written atomically, with a ``.data`` file for weights past 1.8 GB."""
-    from .onnx_network import NetworkGraph, needs_external_data, save_network
-    from .progress import progress_bar
-
     output = Path(output)
     if output.is_dir():
         raise SNNetError(f"--output {output} is a directory: give a file name")
@@ -297,8 +299,6 @@ def _onnx(net: nn.Module, example: torch.Tensor, path: Path) -> None:
 
 def read_sidecar(path: str | Path) -> dict:
     """The JSON sidecar of an exported stitch file, checked to be snnet's."""
-    from .files import read_json
-
     path = Path(path)
     side = sidecar_path(path)
     if not path.is_file() or not side.is_file():
@@ -322,10 +322,6 @@ def stitch_checker(model: SNNet | DenseModel, dataset, tolerance: float = 0.5) -
     naming the stitch it does compute, or none of this model's. Every stitch's output is computed once per input
     size, for all the files checked. Files over image lists (detection) are not probed: their outputs have no fixed
     shape to compare."""
-    import torch.nn.functional as F
-
-    from .runtime import OnnxStitch
-
     references: dict[tuple[int, int], tuple[torch.Tensor, dict[int, torch.Tensor]]] = {}
 
     def probe(size: tuple[int, int]) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
@@ -369,9 +365,6 @@ def precision_label(info: dict) -> str:
 
 def load_exported(path: str | Path) -> nn.Module:
     """The plain ``nn.Module`` of a stitch exported as safetensors (its sidecar says how to rebuild it)."""
-    from .pretrained import load_state_checked, model_from_config
-    from .files import read_safetensors
-
     path = Path(path)
     side = sidecar_path(path)
     info = read_sidecar(path)

@@ -93,12 +93,6 @@ def linear_flops(tokens: int, in_features: int, out_features: int) -> int:
     return tokens * in_features * out_features
 
 
-def anchor_flops(shape: AnchorShape, img_size: tuple[int, int] | None = None) -> int:
-    """A plain anchor at ``img_size`` (default: its own input size)."""
-    n = num_tokens(shape, img_size)
-    return embed_flops(shape, img_size) + shape.depth * block_flops(shape, n) + head_flops(shape, n)
-
-
 def step_flops(step: Step, shapes: Sequence[AnchorShape], img_size: tuple[int, int] | None = None) -> int:
     """One operation of a route (``snnet.stitch_space.route_steps``): embedding, block or stitching layer
     (``shapes``: the anchors', smallest first; every anchor has the smallest's tokens)."""

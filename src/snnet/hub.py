@@ -7,8 +7,12 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from huggingface_hub import HfApi, ModelCardData, snapshot_download
+from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+
 from ._atomic import atomic_write_text
 from .errors import SNNetError, first_line
+from .results import frontier, result_rows
 
 CARD_NAME = "README.md"
 PLOT_NAME = "pareto.png"
@@ -17,10 +21,6 @@ PLOT_NAME = "pareto.png"
 def model_card(model, results: list[dict] | None = None, with_plot: bool = False) -> str:
     """The card's text: metadata (``library_name: snnet``), what the model is, how to load it, and per stitch
     its FLOPs and parameters (and metrics, when ``results`` are given) with the frontier marked."""
-    from huggingface_hub import ModelCardData
-
-    from .results import frontier, result_rows
-
     task = model.task
     cfg = model.config.to_dict()
     net = getattr(model, "backbone", model)
@@ -87,8 +87,6 @@ def resolve(name_or_path: str | Path, revision: str | None = None) -> Path:
     name = str(name_or_path)
     if name.count("/") != 1 or name.startswith((".", "/")):
         raise SNNetError(f"no saved model at {name}: give a directory or a Hub repo id such as org/name")
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 
     try:
         return Path(snapshot_download(name, revision=revision, allow_patterns=["*.json", "*.safetensors", "*.md", "*.png"]))
@@ -104,8 +102,6 @@ def resolve(name_or_path: str | Path, revision: str | None = None) -> Path:
 def push_to_hub(model, repo_id: str, results: list[dict] | None = None, plot: str | Path | None = None,
                 private: bool = False, token: str | None = None, commit_message: str = "Upload snnet model") -> str:
     """Save the model with its card into a temporary folder and upload it to ``repo_id``; returns the commit URL."""
-    from huggingface_hub import HfApi
-
     api = HfApi(token=token)
     with tempfile.TemporaryDirectory() as tmp:
         model.save_pretrained(tmp, results=results, plot=plot)

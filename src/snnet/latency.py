@@ -9,9 +9,11 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 
 from .errors import SNNetError
+from .progress import progress_bar
 from .runtime import onnx_session
 
 
@@ -44,8 +46,6 @@ def example_input(model: torch.nn.Module, batch: int, img_size: tuple[int, int],
 def stitch_latency(model: torch.nn.Module, stitch_ids: Sequence[int], img_size: tuple[int, int], batch: int = 1,
                    repeats: int = 10, warmup: int = 3, progress: bool = False) -> dict[int, tuple[float, float]]:
     """(median ms, IQR ms) of one eval-mode forward of each stitch on the model's device."""
-    from .progress import progress_bar
-
     device = next(model.parameters()).device
     model.eval()
     x = example_input(model, batch, img_size, device)
@@ -59,8 +59,6 @@ def stitch_latency(model: torch.nn.Module, stitch_ids: Sequence[int], img_size: 
 def onnx_latency(path: str, batch: int, img_size: tuple[int, int], threads: int, repeats: int = 10,
                  warmup: int = 3) -> tuple[float, float]:
     """(median ms, IQR ms) of an exported ONNX model under ONNX Runtime on the CPU."""
-    import numpy as np
-
     session = onnx_session(path, threads)
     one_image = len(session.get_inputs()[0].shape) == 3  # detection's files take one (3, H, W) image
     if one_image and batch != 1:

@@ -13,12 +13,12 @@ from torch import nn
 from .anchors import AnchorConfig, anchor_config_of, anchor_shape, create_anchor, order_anchors, resize_pos_embed
 from .errors import SNNetError
 from .flops import stitch_flops
-from .pretrained import Pretrained, register_model
+from .pretrained import Pretrained
 from .route_tree import PrefixCache, depth_first
 from .sampling import ROSSampler
 from .selection import ChoosesStitches, is_integer, is_number
-from .stitch_space import (SMALL, VERSIONS, LayerRef, Step, Stitch, network_space, num_stitching_layers,
-                           route_steps, route_taps, tap_layers)
+from .stitch_space import (SMALL, VERSIONS, LayerRef, Step, Stitch, network_space, num_stitching_layers, route_steps,
+                           route_taps, tap_layers)
 from .stitching_layers import StitchingLayer
 
 if TYPE_CHECKING:
@@ -52,7 +52,6 @@ def _default_out_indices(d1: int) -> list[int]:
     return sorted({max(0, (k + 1) * d1 // 4 - 1) for k in range(4)})
 
 
-@register_model
 class SNNet(Pretrained, ChoosesStitches, nn.Module):
     """SN-Netv2 over two or more timm ViT anchors (a chain: docs/anchors.md), its v1 baseline over two, or SN-Net
     (CVPR 2023, ``version="sn-net"``) over anchors of equal depth.

@@ -5,35 +5,21 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import torch
 from safetensors.torch import save_file
 
 from ._atomic import atomic_path, atomic_write_text
+from .config import DEFAULT_TASK, ModelSection, validate
 from .errors import SNNetError
 from .files import read_json, read_safetensors
 from .hub import push_to_hub, resolve, write_model_card
-
-if TYPE_CHECKING:
-    from .config import ModelSection
+from .registry import TASKS
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 FORMAT_VERSION = 1
-
-MODEL_CLASSES: dict[str, type["Pretrained"]] = {}  # task name -> the model class that rebuilds its config.json
-
-
-def register_model(cls: type["Pretrained"]) -> type["Pretrained"]:
-    """Class decorator: ``config.json`` files of ``cls.task`` are rebuilt by ``cls.from_section``; another class for a
-    task taken is refused."""
-    held = MODEL_CLASSES.setdefault(cls.task, cls)
-    if held is not cls:
-        raise SNNetError(f"a model class for task {cls.task!r} is registered twice: {held.__qualname__} and "
-                         f"{cls.__qualname__}")
-    return cls
-
 
 class Pretrained:
     """``save_pretrained``, ``from_pretrained`` and ``push_to_hub`` for SNNet and the task models. A model class
@@ -136,21 +122,19 @@ def load_pretrained(directory: str | Path, revision: str | None = None) -> Pretr
 
 def model_from_config(raw: object, source: str) -> Pretrained:
     """The model a saved ``config.json`` describes (``source`` names it in errors), with untrained weights."""
-    from .config import DEFAULT_TASK, ModelSection, validate
-
     if not isinstance(raw, dict):
         raise SNNetError(f"{source} is not a valid snnet config (a {type(raw).__name__}, not a mapping)")
     raw = dict(raw)  # the caller's dict stays as it is
     raw.pop("format_version", None)
     task = raw.pop("task", DEFAULT_TASK)  # files from before the key was written are classification models
-    if task not in MODEL_CLASSES:
-        raise SNNetError(f"{source}: unknown task {task!r} (snnet knows {', '.join(MODEL_CLASSES)})")
+    if task not in TASKS:
+        raise SNNetError(f"{source}: unknown task {task!r} (snnet knows {', '.join(TASKS)})")
     input_size = None  # a depth model's FLOPs size, kept beside the head's keys
     if isinstance(raw.get("head"), dict):
         raw["head"] = dict(raw["head"])
         input_size = raw["head"].pop("input_size", None)
     section = validate(ModelSection, raw, f"{source}: ")  # the run config's schema for these keys
-    return MODEL_CLASSES[task].from_section(section, section.head.num_classes, load_weights=False,
+    return TASKS[task].model_class.from_section(section, section.head.num_classes, load_weights=False,
                                             input_size=tuple(input_size) if input_size else None)
 
 

@@ -7,6 +7,8 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from tqdm.auto import tqdm
+
 LOG_INTERVAL_S = 60.0  # a long bar (an ImageNet epoch) still shows it is alive
 
 
@@ -56,8 +58,6 @@ def progress_bar(iterable: Iterable | None = None, *, total: int | None = None, 
                  enabled: bool = True):
     """A bar over ``iterable`` (or ``total`` steps): tqdm on a terminal, :class:`LineBar` otherwise; a disabled
     one (``enabled=False``) shows nothing."""
-    from tqdm.auto import tqdm
-
     if enabled and not _is_terminal(sys.stderr):
         return LineBar(iterable, total, desc, unit)
     return tqdm(iterable, total=total, desc=desc, unit=unit, leave=False, disable=not enabled)

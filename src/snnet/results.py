@@ -7,11 +7,13 @@ import json
 import math
 from pathlib import Path
 
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
 from ._atomic import atomic_path, atomic_write_text
 from .errors import SNNetError
 from .selection import IDENTITY_COLUMNS, is_number, pareto_frontier, precision_rows
 
-BASE_COLUMNS = ("stitch_id", "kind", "route", "gflops", "params_m")
 KIND_COLORS = {"SL": "tab:blue", "LS": "tab:orange", "LSL": "tab:green", "SLS": "tab:red", "SML": "tab:purple",
                "LMS": "tab:brown"}  # anchors are stars
 COUNT_COLUMNS = ("flops", "gflops", "params", "params_m")
@@ -177,9 +179,6 @@ def plot_pareto(rows: list[dict], path: str | Path, metric: str, higher_is_bette
                 title: str = "", cost: str = "gflops") -> Path:
     """Every stitch as a point (coloured by kind) at its ``cost`` (gflops or latency_ms), the frontier as a
     line, the anchors marked."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     fig = Figure(figsize=(7, 4.5), dpi=120)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()

@@ -7,15 +7,18 @@ import socket
 import tempfile
 from pathlib import Path
 
+from timm.models import get_pretrained_cfg
+
+from .config import load_config
 from .errors import SNNetError
+from .pretrained import CONFIG_NAME
+from .tasks import class_names, data_defaults
 
 LOCK_NAME = ".snnet.lock"
 
 
 def saved_model_dir(path: Path) -> Path | None:
     """The saved model in ``path``: ``path`` itself or its ``model/`` (a run directory), if either has one."""
-    from .pretrained import CONFIG_NAME
-
     return next((d for d in (path, path / "model") if (d / CONFIG_NAME).is_file()), None)
 
 
@@ -46,11 +49,6 @@ def saved_run_of(config: str | Path, output_dir: str | Path) -> Path | None:
 
 def run_info(run: Path | None, model) -> dict:
     """Normalisation and class names for an exported stitch: the run's config, else the anchors' timm defaults."""
-    from timm.models import get_pretrained_cfg
-
-    from .config import load_config
-    from .tasks import class_names, data_defaults
-
     if run is not None and (run / "config.yaml").is_file():
         cfg = load_config(str(run / "config.yaml"))
         _, mean, std = data_defaults(cfg)

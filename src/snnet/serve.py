@@ -21,9 +21,20 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+from PIL import Image, UnidentifiedImageError
 
+from . import __version__
+from .cascade import Cascade, CascadeOutput, best_cascade, read_cascades
+from .config import load_config
+from .distributed import local_device
 from .errors import SNNetError
+from .export import read_sidecar
+from .pretrained import load_pretrained
+from .results import read_results
+from .rundir import run_info, run_of
+from .runtime import OnnxStitch
 from .selection import is_integer, is_number
+from .tasks import TASKS
 
 DATATYPES = {"FP32": np.float32}
 
@@ -118,7 +129,6 @@ def read_budget(parameters: Any, costs: StitchCosts, slo_ms: float | None,
     if not is_number(value) or value <= 0:
         raise RequestError(f"{key} must be a positive number, got {value!r}")
     if key == "max_mean_gflops":
-        from .cascade import best_cascade
 
         if isinstance(cascades, str):
             raise RequestError(f"max_mean_gflops chooses a cascade, and {cascades}")
@@ -322,11 +332,6 @@ class Served:
     ``run(stitch, images)`` in PyTorch or ONNX Runtime, and the people endpoint's preprocessing."""
 
     def __init__(self, checkpoint: str, onnx: str | None = None, device: str = "cpu") -> None:
-        from .pretrained import load_pretrained
-        from .results import read_results
-        from .rundir import run_info, run_of
-        from .tasks import TASKS
-
         model_dir, run = run_of(checkpoint)
         self.model = load_pretrained(model_dir).eval()
         if self.model.takes_image_lists:
@@ -346,8 +351,6 @@ class Served:
         self.platform = "pytorch"
         self.device = torch.device(device)
         if onnx is not None:
-            from .export import read_sidecar
-            from .runtime import OnnxStitch
 
             side = read_sidecar(onnx)
             ids = [s.get("stitch_id") for s in side.get("stitches", [])]
@@ -361,15 +364,12 @@ class Served:
             self.onnx, self.precision = None, "fp32"
             self.model.to(self.device)
         self.cascades, self.cascade_runs = self._cascades(run)
-        from .config import load_config
 
         cfg = load_config(str(run / "config.yaml")) if run is not None and (run / "config.yaml").is_file() else None
         self.transform = self.task.demo_transform(cfg, self.model, tuple(self.mean), tuple(self.std))
 
     def _cascades(self, run) -> tuple[list[dict] | str, dict]:
         """The run's cascades (``snnet cascade``) and a runner per scheduler key, or why there are none."""
-        from .cascade import Cascade, CascadeOutput, read_cascades
-
         if run is None or not (run / "cascade.jsonl").is_file():
             return "the run has no cascades (snnet cascade --run RUN finds them)", {}
         if self.onnx is not None:
@@ -418,8 +418,6 @@ class Served:
 
     def image_batch(self, data: bytes) -> tuple[torch.Tensor, Any]:
         """An uploaded JPEG/PNG as the network's input batch of one (the run's own preprocessing), and the image."""
-        from PIL import Image, UnidentifiedImageError
-
         try:
             image = Image.open(io.BytesIO(data))
             image.load()
@@ -434,7 +432,6 @@ class Served:
         result = self.task.answer(out, image, input_hw, self.classes, self.task.score_threshold or 0.0)
         if isinstance(result, dict):
             return {"top5": result}
-        from PIL import Image
 
         picture, legend = result if isinstance(result, tuple) else (result, "")
         buf = io.BytesIO()
@@ -513,7 +510,8 @@ def create_app(served: Served, scheduler: Scheduler, name: str = "snnet", slo_ms
                max_body_mb: float = 64.0):
     """The FastAPI application: the Open Inference Protocol's health, metadata and infer endpoints, an image
     endpoint for people, and Prometheus metrics."""
-    from fastapi import FastAPI, Request as HTTPRequest
+    from fastapi import FastAPI
+    from fastapi import Request as HTTPRequest
     from fastapi.responses import JSONResponse, Response
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -616,7 +614,6 @@ def create_app(served: Served, scheduler: Scheduler, name: str = "snnet", slo_ms
 
     @app.get("/v2")
     async def server_metadata():
-        from . import __version__
         return {"name": "snnet", "version": __version__, "extensions": ["binary_tensor_data"]}
 
     @app.get("/v2/models/{model}")
@@ -736,8 +733,6 @@ def build_server(checkpoint: str, onnx: str | None = None, device: str | None = 
                  log: Callable[[str], None] = lambda _: None):
     """(application, scheduler, served network) of ``snnet serve``'s options: the network loaded and every stitch
     timed at batch 1 and ``max_batch``. The scheduler is started by the caller."""
-    from .distributed import local_device
-
     served = Served(checkpoint, onnx, str(local_device(device, "cpu")))
     batches = tuple(sorted({1, max_batch}))
     log(f"timing {len(served.rows)} stitches at batch {' and '.join(map(str, batches))} ({served.platform}) ...")

@@ -14,7 +14,6 @@ from typing import NamedTuple
 from .errors import SNNetError
 
 SMALL, LARGE = 0, 1
-KINDS = ("anchor", "SL", "LS", "LSL", "SLS", "SML", "LMS")  # SML / LMS: over three anchors, up or down the chain
 
 
 def anchor_names(n: int) -> tuple[str, ...]:
@@ -124,11 +123,6 @@ def route_steps(stitch: Stitch) -> tuple[Step, ...]:
             layer = stitch.layers[k]
             steps.append(Step("layer", layer.direction, layer.index, layer.pair))
     return tuple(steps)
-
-
-def small_block(j: int, d0: int, d1: int) -> int:
-    """``m(j)``: the small block matching large block ``j`` (nearest-neighbour interpolation)."""
-    return j * d0 // d1
 
 
 def check_depths(d0: int, d1: int) -> int:
@@ -356,13 +350,3 @@ def layer_fits(depths: Sequence[int], version: str = "v2") -> list[tuple[LayerRe
         if version == "v2":
             fits += [(LayerRef("LS", k - 1, p), at(p + 1, k), at(p, k)) for k in range(1, g)]
     return fits
-
-
-def fit_pairs(d0: int, d1: int, version: str = "v2") -> list[tuple[LayerRef, int, int]]:
-    """(layer, small block, large block) whose outputs each stitching layer of two anchors is fitted between.
-
-    SL layer i maps small block i to large block (i+1)r-1; LS layer k maps large block (k+1)r-1
-    (the ``j`` of LS(j)) back to small block k = m(j) (SPEC section 3).
-    """
-    return [(ref, src[1], dst[1]) if ref.direction == "SL" else (ref, dst[1], src[1])
-            for ref, src, dst in layer_fits((d0, d1), version)]

@@ -17,26 +17,29 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from ._atomic import atomic_write_text
-from .pretrained import load_state_checked
-from .config import RunConfig, dump_config
+from .config import DataSection, RunConfig, TrainSection, dump_config
 from .distributed import DistEnv, all_reduce_sum, autocast, barrier, broadcast_buffers
 from .errors import SNNetError
-from .progress import progress_bar
 from .least_squares import init_stitching_layers
+from .pretrained import load_state_checked
+from .progress import progress_bar
 from .run_state import (CHECKPOINT_NAME, EpochLog, find_resume, load_checkpoint, save_checkpoint, seed_everything,
                         set_rng_state)
 from .selection import is_stitchable
+from .tasks import build_model
 
 
-
-def make_train_loader(dataset, cfg: RunConfig, env: DistEnv, collate=None) -> DataLoader:
-    if cfg.augment.repeated_aug > 1:  # DeiT's RASampler, which timm's is; shuffled by the epoch alone, as DeiT's
+def make_train_loader(dataset, data: DataSection, repeated_aug: int, seed: int, env: DistEnv,
+                      collate=None) -> DataLoader:
+    """Each rank's shuffled share of ``dataset`` in batches of ``data.batch_size`` (``repeated_aug`` > 1: each
+    image that many times, on different ranks)."""
+    if repeated_aug > 1:  # DeiT's RASampler, which timm's is; shuffled by the epoch alone, as DeiT's
         sampler = RepeatAugSampler(dataset, num_replicas=env.world_size, rank=env.rank, shuffle=True,
-                                   num_repeats=cfg.augment.repeated_aug)
+                                   num_repeats=repeated_aug)
     else:
         sampler = DistributedSampler(dataset, num_replicas=env.world_size, rank=env.rank, shuffle=True,
-                                     seed=cfg.train.seed, drop_last=True)
-    return DataLoader(dataset, batch_size=cfg.data.batch_size, sampler=sampler, num_workers=cfg.data.workers,
+                                     seed=seed, drop_last=True)
+    return DataLoader(dataset, batch_size=data.batch_size, sampler=sampler, num_workers=data.workers,
                       pin_memory=env.device.type == "cuda", drop_last=True, persistent_workers=False,
                       collate_fn=collate)
 
@@ -58,17 +61,17 @@ def round_batches(loader: DataLoader, round_index: int, steps: int, passes_per_r
         p += 1
 
 
-def init_batches(task, cfg: RunConfig, env: DistEnv):
+def init_batches(task, train: TrainSection, workers: int, env: DistEnv):
     """The least-squares fit's images: a seeded random sample of training images (an ImageFolder is sorted by
     class), split across ranks, under the training pipeline (with the task's batch mixing, e.g. CutMix) or the
     evaluation transform (``train.init_transform``)."""
-    train = cfg.train.init_transform == "train"
-    source = task.train_set if train else task.init_set
-    g = torch.Generator().manual_seed(cfg.train.seed)
-    chosen = torch.randperm(len(source), generator=g)[:cfg.train.init_images].tolist()
-    loader = DataLoader(Subset(source, chosen[env.rank::env.world_size]), batch_size=cfg.train.init_batch_size,
-                        shuffle=False, num_workers=cfg.data.workers, collate_fn=task.train_collate if train else None)
-    mix = getattr(task, "mixup", None) if train else None  # classification's CutMix / Mixup, as its training steps
+    pipeline = train.init_transform == "train"
+    source = task.train_set if pipeline else task.init_set
+    g = torch.Generator().manual_seed(train.seed)
+    chosen = torch.randperm(len(source), generator=g)[:train.init_images].tolist()
+    loader = DataLoader(Subset(source, chosen[env.rank::env.world_size]), batch_size=train.init_batch_size,
+                        shuffle=False, num_workers=workers, collate_fn=task.train_collate if pipeline else None)
+    mix = getattr(task, "mixup", None) if pipeline else None  # classification's CutMix / Mixup, as its training steps
     for images, targets, *_ in loader:
         if not isinstance(images, torch.Tensor):  # lists of equal-size training crops (detection)
             images = torch.stack(images)
@@ -82,8 +85,7 @@ class Schedule:
     """Rounds of training steps: epochs, or for ``train.iterations`` rounds of ``checkpoint_interval`` steps
     (a checkpoint and a log line after each round either way)."""
 
-    def __init__(self, cfg: RunConfig, loader_len: int) -> None:
-        t = cfg.train
+    def __init__(self, t: TrainSection, loader_len: int) -> None:
         self.by_iteration = t.iterations is not None
         if self.by_iteration:
             self.total_steps, self.round_steps = t.iterations, t.checkpoint_interval
@@ -127,11 +129,10 @@ class OneCycle:
         self.sched.load_state_dict(state)
 
 
-def param_groups(model: torch.nn.Module, cfg: RunConfig) -> list[dict] | torch.nn.Module:
+def param_groups(model: torch.nn.Module, t: TrainSection) -> list[dict] | torch.nn.Module:
     """mmcv-style groups when the config asks for them: no weight decay on parameters whose names hold one of
     ``train.no_decay_keys``, the backbone's learning rate times ``train.backbone_lr_scale``; else the model
     (timm then leaves biases and norms undecayed)."""
-    t = cfg.train
     if t.no_decay_keys is None and t.backbone_lr_scale == 1.0:
         return model
     groups: dict[tuple[float, float], list] = {}
@@ -143,22 +144,20 @@ def param_groups(model: torch.nn.Module, cfg: RunConfig) -> list[dict] | torch.n
     return [{"params": ps, "weight_decay": d, "lr": t.lr * s} for (d, s), ps in groups.items()]
 
 
-def create_optimizer(model: torch.nn.Module, cfg: RunConfig, device: torch.device) -> torch.optim.Optimizer:
+def create_optimizer(model: torch.nn.Module, t: TrainSection, device: torch.device) -> torch.optim.Optimizer:
     """timm's optimizer of ``train.optimizer``; Adam and AdamW use torch's fused kernels on CPU and CUDA (one
     kernel over all parameters instead of about ten ops per tensor: a third of the optimizer step's time)."""
-    t = cfg.train
     extra = {"fused": True} if t.optimizer in ("adam", "adamw") and device.type in ("cpu", "cuda") else {}
     if t.opt_eps is not None:
         extra["eps"] = t.opt_eps
     if t.opt_betas is not None:
         extra["betas"] = tuple(t.opt_betas)
-    return create_optimizer_v2(param_groups(model, cfg), opt=t.optimizer, lr=t.lr, weight_decay=t.weight_decay,
+    return create_optimizer_v2(param_groups(model, t), opt=t.optimizer, lr=t.lr, weight_decay=t.weight_decay,
                                momentum=t.momentum, filter_bias_and_bn=not t.weight_decay_all, **extra)
 
 
-def create_scheduler(optimizer, cfg: RunConfig, schedule: Schedule):
+def create_scheduler(optimizer, t: TrainSection, schedule: Schedule):
     """timm's scheduler: stepped per epoch, or per iteration for an iteration-based run; or torch's one-cycle."""
-    t = cfg.train
     if t.scheduler == "onecycle":
         return OneCycle(optimizer, schedule.total_steps)
     extra = {"decay_rate": t.poly_power} if t.scheduler == "poly" else {}
@@ -174,7 +173,7 @@ def create_scheduler(optimizer, cfg: RunConfig, schedule: Schedule):
                                warmup_epochs=t.warmup_epochs, warmup_lr=t.warmup_lr, min_lr=t.min_lr, **extra)[0]
 
 
-def train_one_epoch(model, task, loader: DataLoader, optimizer, scheduler, scaler, cfg: RunConfig, env: DistEnv,
+def train_one_epoch(model, task, loader: DataLoader, optimizer, scheduler, scaler, t: TrainSection, env: DistEnv,
                     schedule: Schedule, r: int, progress: bool) -> dict[str, float]:
     """One round of the schedule; the scheduler is updated after every step (epoch-based ones ignore it)."""
     model.train()
@@ -183,15 +182,15 @@ def train_one_epoch(model, task, loader: DataLoader, optimizer, scheduler, scale
     start = time.perf_counter()
     bar = progress_bar(total=steps, desc=schedule.label(r), enabled=progress and env.is_main, unit="step")
     for step, batch in enumerate(round_batches(loader, r, steps, schedule.passes_per_round)):
-        with autocast(env.device, cfg.train.amp):
+        with autocast(env.device, t.amp):
             loss = task.training_loss(model, batch, env.device, r * schedule.round_steps + step)
         if not math.isfinite(loss.item()):
             raise SNNetError(f"loss is {loss.item()} at {schedule.label(r)}, step {step}: lower train.lr or enable clipping")
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
-        if cfg.train.clip_grad:
+        if t.clip_grad:
             scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], cfg.train.clip_grad)
+            torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], t.clip_grad)
         scaler.step(optimizer)
         scaler.update()
         scheduler.step_update(num_updates=r * schedule.round_steps + step + 1)
@@ -219,7 +218,6 @@ def fit(cfg: RunConfig, task, env: DistEnv, resume: str | None = "auto", progres
     ckpt_path = find_resume(run_dir, resume)
     seed_everything(cfg.train.seed + env.rank)
     if model is None:
-        from .tasks import build_model
         model = build_model(cfg, task.num_classes, load_weights=ckpt_path is None)
     stitchable = is_stitchable(model)
     model.to(env.device)
@@ -233,16 +231,18 @@ def fit(cfg: RunConfig, task, env: DistEnv, resume: str | None = "auto", progres
         state = load_checkpoint(ckpt_path)
         load_state_checked(model, state["model"], f"{ckpt_path} (to start afresh: --no-resume or another --output-dir)")
     elif stitchable:
-        n = init_stitching_layers(model.backbone, init_batches(task, cfg, env), progress=progress and env.is_main)
+        batches = init_batches(task, cfg.train, cfg.data.workers, env)
+        n = init_stitching_layers(model.backbone, batches, progress=progress and env.is_main)
         if env.is_main:
             how = "training pipeline" if cfg.train.init_transform == "train" else "evaluation transform"
             print(f"stitching layers fitted by least squares on {n} images ({how})")
 
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = create_optimizer(model, cfg, env.device)
-    loader = make_train_loader(task.train_set, cfg, env, task.train_collate)
-    schedule = Schedule(cfg, len(loader))
-    scheduler = create_scheduler(optimizer, cfg, schedule)
+    optimizer = create_optimizer(model, cfg.train, env.device)
+    loader = make_train_loader(task.train_set, cfg.data, cfg.augment.repeated_aug, cfg.train.seed, env,
+                               task.train_collate)
+    schedule = Schedule(cfg.train, len(loader))
+    scheduler = create_scheduler(optimizer, cfg.train, schedule)
     scaler = torch.amp.GradScaler(env.device.type, enabled=cfg.train.amp and env.device.type == "cuda")
     start = 0
     if state is not None:
@@ -274,7 +274,7 @@ def fit(cfg: RunConfig, task, env: DistEnv, resume: str | None = "auto", progres
     log = EpochLog(run_dir, start) if env.is_main else None
     for r in range(start, schedule.rounds):
         lr = optimizer.param_groups[0]["lr"]
-        stats = train_one_epoch(net, task, loader, optimizer, scheduler, scaler, cfg, env, schedule, r, progress)
+        stats = train_one_epoch(net, task, loader, optimizer, scheduler, scaler, cfg.train, env, schedule, r, progress)
         scheduler.step(max(r + 1 - lag, 0))
         if log is not None:
             extra = {"iteration": r * schedule.round_steps + schedule.steps_in(r)} if schedule.by_iteration else {}

@@ -7,35 +7,24 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+from torch.utils.data import DataLoader, Subset
+
+from .._atomic import atomic_write_text, together
+from ..cascade import (StageScorer, candidate_stitches, check_search_stages, evaluate_cascades, exit_flops,
+                       plot_cascades, search, spread)
+from ..config import load_config
+from ..distributed import DistEnv, local_device
 from ..errors import SNNetError
-from .options import at_least
-
-
-def add_parser(sub) -> None:
-    p = sub.add_parser("cascade", help="find cascades of stitches that stop early on easy images (anytime inference)")
-    p.add_argument("--run", default="runs/quickstart", help="an evaluated classification run (default: runs/quickstart)")
-    p.add_argument("--max-stages", type=at_least(1), default=3, help="stitches in a cascade at most: 1 to 3 (default 3)")
-    p.add_argument("--calibration-images", type=at_least(1), default=2000,
-                   help="training images the search fits thresholds on (never validation images; default 2000)")
-    p.add_argument("--max-candidates", type=at_least(1), default=16,
-                   help="stitches the stages are drawn from at most (the frontier first; default 16)")
-    p.add_argument("--points", type=at_least(1), default=12, help="operating points validated at most (default 12)")
-    p.add_argument("--confidence", choices=["max_prob", "margin"], default="max_prob",
-                   help="the score an exit compares with its threshold: the top softmax probability, or its margin "
-                        "over the second")
-    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=run)
+from ..evaluation import evaluate_stitches
+from ..pretrained import load_pretrained
+from ..progress import progress_bar
+from ..results import frontier, read_results
+from ..rundir import RunLock, run_of
+from ..tasks import build_task
 
 
 def run(args) -> int:
-    from ..cascade import check_search_stages
-    from ..config import load_config
-    from ..distributed import local_device
-    from ..pretrained import load_pretrained
-    from ..results import read_results
-    from ..rundir import RunLock, run_of
-
     check_search_stages(args.max_stages)  # before any work
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise SNNetError("snnet cascade runs in one process: start it without torchrun")
@@ -56,19 +45,6 @@ def run(args) -> int:
 
 
 def _cascade(args, cfg, model, rows: list[dict], run: Path, device) -> int:
-
-    import torch
-    from torch.utils.data import DataLoader, Subset
-
-    from .._atomic import atomic_write_text, together
-    from ..cascade import (StageScorer, candidate_stitches, evaluate_cascades, exit_flops, plot_cascades, search,
-                           spread)
-    from ..distributed import DistEnv
-    from ..evaluation import evaluate_stitches
-    from ..progress import progress_bar
-    from ..results import frontier
-    from ..tasks import build_task
-
     start = time.perf_counter()
     cfg.data.shapes.preload = False  # the built-in scenes: render only the images read
     task = build_task(cfg, progress=False, train=True)

@@ -1,34 +1,20 @@
 """``snnet eval``: Evaluate stitches of a trained model, a released checkpoint, or exported ONNX files."""
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
-from ..errors import SNNetError
 from ..checkpoint import model_for_eval, read_trained, trained_classes, trained_task
-from .options import (add_config, add_quantize_flags, add_share_flag, calibration_batches, load_run_config,
-                      parse_stitch_ids, quantize_method, run_dir_lock)
-
-
-def add_parser(sub) -> None:
-    p = sub.add_parser("eval", help="evaluate stitches of a trained model or a released checkpoint")
-    add_config(p)
-    p.add_argument("--checkpoint", help="run dir, saved model dir, checkpoint.pt or a released snnetv2_*.pth "
-                                        "(default: <output_dir>/model)")
-    p.add_argument("--stitches", help="comma-separated stitch ids (default: all); a subset writes results_subset.*")
-    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--onnx", nargs="+", metavar="FILE",
-                   help="exported ONNX stitches to evaluate with ONNX Runtime into the run's results (acc1@int8, ...)")
-    add_quantize_flags(p, "export the stitches to int8 ONNX and evaluate those")
-    add_share_flag(p)
-    p.set_defaults(func=run)
+from ..distributed import cleanup, init_distributed
+from ..errors import SNNetError
+from ..evaluation import check_data, evaluate_and_report, evaluate_exported
+from ..export import export_stitch
+from ..rundir import saved_model_dir
+from ..tasks import build_task, check_config, num_classes
+from .options import calibration_batches, load_run_config, parse_stitch_ids, quantize_method, run_dir_lock
 
 
 def run(args) -> int:
-    from ..distributed import cleanup, init_distributed
-    from ..evaluation import check_data, evaluate_and_report
-    from ..tasks import build_task, check_config, num_classes
-
     cfg = load_run_config(args)
     ids = parse_stitch_ids(args.stitches)
     quantize_method(args)  # its flags mean nothing without --quantize: said before any work
@@ -64,8 +50,6 @@ def run(args) -> int:
 
 def _check_own_run(run_dir: Path, checkpoint: str | None) -> None:
     """A run's results table describes its own model: the evaluation of another checkpoint goes elsewhere."""
-    from ..rundir import saved_model_dir
-
     if checkpoint is None or saved_model_dir(run_dir / "model") is None:
         return
     run, target = run_dir.resolve(), Path(checkpoint).resolve()
@@ -77,12 +61,6 @@ def _check_own_run(run_dir: Path, checkpoint: str | None) -> None:
 def _eval_exported(args, cfg, env, task, found, ids, run_dir: Path) -> list[Path] | None:
     """``snnet eval --onnx FILE ...``, or ``--quantize int8``: the stitches exported to int8 ONNX on the fly, then
     each file through ONNX Runtime into the run's results (precision-labelled columns)."""
-    import tempfile
-
-    from ..evaluation import evaluate_exported
-    from ..export import export_stitch
-    from ..tasks import build_task
-
     if args.onnx and args.quantize:
         raise SNNetError("give --onnx files or --quantize int8 (which exports them), not both")
     if args.onnx and ids:

@@ -2,40 +2,23 @@
 from __future__ import annotations
 
 import sys
+from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
 
+from .._atomic import together
+from ..config import load_config
 from ..errors import SNNetError
-from .options import (add_metric_options, add_quantize_flags, at_least, budget_rows, calibration_batches,
-                      quantize_method, stitch_or_all)
-
-
-def add_parser(sub) -> None:
-    p = sub.add_parser("export", help="one stitch as a standalone ONNX, TorchScript or safetensors model")
-    p.add_argument("--checkpoint", required=True, help="a run directory (with model/ and results) or a saved model")
-    which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--stitch", type=stitch_or_all,
-                       help="stitch id, or all: every stitch in one ONNX file with a stitch_id input")
-    which.add_argument("--max-gflops", type=float, help="the best stitch of the run's results under this budget")
-    which.add_argument("--max-latency-ms", type=float, help="the same by measured latency (snnet profile)")
-    add_metric_options(p)
-    p.add_argument("--format", required=True, choices=["onnx", "torchscript", "safetensors"])
-    p.add_argument("--output", required=True, help="file to write; a JSON sidecar goes beside it (<output>.json)")
-    p.add_argument("--img-size", type=at_least(1), nargs=2, metavar=("H", "W"), help="input size (default: the anchors')")
-    p.add_argument("--batch", type=at_least(1), default=1, help="example batch for tracing (ONNX keeps the batch dynamic)")
-    add_quantize_flags(p, "quantise the ONNX file with ONNX Runtime's tools")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar (--stitch all)")
-    p.set_defaults(func=run)
+from ..export import export_network, export_stitch, sidecar_path
+from ..pretrained import load_pretrained
+from ..results import read_results
+from ..rundir import RunLock, check_output, run_info, run_of
+from ..selection import choose_stitch
+from ..tasks import build_task
+from .options import budget_rows, calibration_batches, quantize_method
 
 
 def run(args) -> int:
-    from contextlib import nullcontext
-    from functools import partial
-
-    from .._atomic import together
-    from ..pretrained import load_pretrained
-    from ..export import export_network, export_stitch, sidecar_path
-    from ..rundir import RunLock, check_output, run_info, run_of
-
     model_dir, run = run_of(args.checkpoint)
     if not args.output.strip():
         raise SNNetError("--output is empty: give a file name")
@@ -59,8 +42,6 @@ def run(args) -> int:
             if run is None or not (run / "config.yaml").is_file():
                 raise SNNetError("static quantisation calibrates on the run's training images: give --checkpoint "
                                  "a run directory with its config.yaml")
-            from ..config import load_config
-            from ..tasks import build_task
 
             task = build_task(load_config(str(run / "config.yaml")), progress=False)
             calibrate = partial(calibration_batches, task, args.calibration_images or 100, size)  # fresh batches per file
@@ -69,7 +50,6 @@ def run(args) -> int:
     # a writer into the run holds it, as training does; the files are in place only once the line is printed
     with RunLock(run) if into_run else nullcontext(), together():
         if every:
-            from ..results import read_results
 
             results = {r["stitch_id"]: r for r in read_results(run)} if run and (run / "results.jsonl").is_file() else {}
             written = export_network(model, output, size, args.batch, run_info(run, model), results, **quantized,
@@ -86,8 +66,6 @@ def run(args) -> int:
 
 def pick_stitch(args, model, run: Path | None) -> int:
     """``--stitch``, or the best stitch of the run's results under ``--max-gflops`` / ``--max-latency-ms``."""
-    from ..selection import choose_stitch
-
     if args.stitch is not None:
         return model.stitch(args.stitch).id
     if run is None or not (run / "results.jsonl").is_file():

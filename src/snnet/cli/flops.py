@@ -4,22 +4,12 @@ from __future__ import annotations
 import json
 
 from ..errors import SNNetError
-from .options import add_config, at_least, load_run_config
-
-
-def add_parser(sub) -> None:
-    p = sub.add_parser("flops", help="per-stitch FLOPs, parameters and routes of a config (no data needed)")
-    add_config(p)
-    p.add_argument("--img-size", type=at_least(1), help="input size (default: the anchors')")
-    p.add_argument("--dense", action="store_true", help="count the dense backbone (taps, no head)")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=run)
+from ..tasks import build_model
+from .options import load_run_config
 
 
 def run(args) -> int:
     """The stitch table of a config: no weights, no data (anchors are built on the meta device)."""
-    from ..tasks import build_model
-
     cfg = load_run_config(args, writes=False)
     model = build_model(cfg, load_weights=False, device="meta")
     size = (args.img_size, args.img_size) if args.img_size is not None else None

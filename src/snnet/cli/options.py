@@ -1,40 +1,22 @@
-"""What the commands share: option types and groups, the run config they load, the run lock, budgets."""
+"""What the commands share when they run: the run config they load, the run lock, stitch ids, budgets."""
 from __future__ import annotations
 
-import argparse
 import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from .. import quantize
+from ..config import load_config, repeated_ids
+from ..distributed import on_main
 from ..errors import SNNetError
-
-
-def add_config(p: argparse.ArgumentParser, required: bool = True) -> None:
-    p.add_argument("--config", required=required,
-                   help="YAML file, or a packaged config name (quickstart, imagenet_deit3_s_l, ...)")
-    p.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides, e.g. train.epochs=5")
-    p.add_argument("--output-dir", help="run directory (default: the config's output_dir)")
-
-
-def add_share_flag(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--no-share-prefixes", action="store_true",
-                   help="evaluate one stitch at a time (same results as sharing route prefixes, slower)")
-
-
-def add_quantize_flags(p: argparse.ArgumentParser, what: str) -> None:
-    p.add_argument("--quantize", choices=["int8"], help=what)
-    p.add_argument("--quantize-method", choices=["dynamic", "static"],
-                   help="dynamic (weights int8, activations at run time; default) or static QDQ (calibrated)")
-    p.add_argument("--calibration-images", type=at_least(1),
-                   help="static: training images to calibrate on, read through the run's data config (default 100)")
+from ..results import read_results
+from ..rundir import RunLock, check_run_dir, saved_run_of
+from ..tasks import TASKS, metric_direction
 
 
 def load_run_config(args, writes: bool = True):
     """The config of ``--config`` and its overrides; a command that ``writes`` into the run follows a moved one."""
-    from ..config import load_config
-    from ..rundir import saved_run_of
-
     cfg = load_config(args.config, args.overrides)
     if getattr(args, "output_dir", None):
         cfg.output_dir = args.output_dir
@@ -53,9 +35,6 @@ def load_run_config(args, writes: bool = True):
 @contextmanager
 def run_dir_lock(run_dir: Path, env) -> Iterator[None]:
     """Hold the run directory (checked writable, locked by rank 0) for a training or an evaluation."""
-    from ..distributed import on_main
-    from ..rundir import RunLock, check_run_dir
-
     lock = on_main(lambda: RunLock(check_run_dir(run_dir)).acquire(), env)
     try:
         for note in lock.notes if lock is not None else ():
@@ -68,8 +47,6 @@ def run_dir_lock(run_dir: Path, env) -> Iterator[None]:
 
 def parse_stitch_ids(text: str | None) -> list[int] | None:
     """``--stitches 0,5,25``: distinct integers, or a one-line error."""
-    from ..config import repeated_ids
-
     if not text:
         return None
     try:
@@ -79,62 +56,6 @@ def parse_stitch_ids(text: str | None) -> list[int] | None:
     if repeated := repeated_ids(ids):
         raise SNNetError(f"--stitches repeats stitch ids {repeated}")
     return ids
-
-
-def at_least(low: int):
-    """An argparse type: an integer >= ``low``."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {value}")
-        return value
-    return parse
-
-
-def stitch_or_all(text: str) -> int | str:
-    """An argparse type: a stitch id, or ``all``."""
-    if text == "all":
-        return text
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a stitch id or all, got {text!r}") from None
-
-
-def tcp_port(text: str) -> int:
-    value = at_least(1)(text)
-    if value > 65535:
-        raise argparse.ArgumentTypeError(f"must be a TCP port 1..65535, got {value}")
-    return value
-
-
-def host_name(text: str) -> str:
-    import ipaddress
-    import re
-
-    if re.fullmatch(r"[0-9.]+", text):  # dotted numbers must be an IPv4 address
-        try:
-            ipaddress.IPv4Address(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be an IP address or a host name, got {text!r}") from None
-    return text
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse with one-line errors (argparse prints its usage lines first)."""
-
-    def error(self, message: str):
-        raise SNNetError(message)
-
-
-def add_metric_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--metric", help="metric a budget chooses by (default: the task's: acc1, mIoU, rmse, bbox_AP)")
-    direction = p.add_mutually_exclusive_group()
-    direction.add_argument("--higher-is-better", action="store_true", help="for a --metric column snnet does not write")
-    direction.add_argument("--lower-is-better", action="store_true", help="for a --metric column snnet does not write")
 
 
 def quantize_method(args) -> str:
@@ -150,10 +71,8 @@ def quantize_method(args) -> str:
 def calibration_batches(task, num_images: int, size: tuple[int, int]) -> dict:
     """Static quantisation's calibration: ``num_images`` of the training ``task``'s images (its run's own data
     config, with the evaluation transform: what a deployed stitch sees)."""
-    from ..quantize import calibration_batches
-
     cfg = task.cfg
-    batches = calibration_batches(task.init_set, num_images, size, cfg.train.seed)
+    batches = quantize.calibration_batches(task.init_set, num_images, size, cfg.train.seed)
     return {"calibration": batches, "calibration_info": {
         "images": num_images, "split": "train", "transform": "eval", "seed": cfg.train.seed,
         "dataset": cfg.data.dataset, "root": cfg.data.root}}
@@ -163,9 +82,6 @@ def budget_rows(args, results: str | Path, task: str) -> tuple[list[dict], str, 
     """(results rows, metric, higher is better) a budget chooses by, the one rule of select and export:
     ``--metric`` (a column of the results; its direction known for every metric a task writes, or given by
     --higher-is-better / --lower-is-better for any other column), else the task's primary metric."""
-    from ..results import read_results
-    from ..tasks import TASKS, metric_direction
-
     metric = args.metric or TASKS[task].primary_metric
     rows = read_results(results, metric)
     known = metric_direction(metric)

@@ -2,33 +2,25 @@
 from __future__ import annotations
 
 import sys
+import tempfile
 from pathlib import Path
 
+import torch
+
+from .._atomic import together
+from ..distributed import local_device
 from ..errors import SNNetError
-from .options import at_least, parse_stitch_ids
-
-
-def add_parser(sub) -> None:
-    p = sub.add_parser("profile", help="measure every stitch's latency on this device into the run's results")
-    p.add_argument("--run", default="runs/quickstart", help="run directory (default: runs/quickstart)")
-    p.add_argument("--stitches", help="comma-separated stitch ids (default: every stitch in the results)")
-    p.add_argument("--batch", type=at_least(1), default=1)
-    p.add_argument("--img-size", type=at_least(1), nargs=2, metavar=("H", "W"), help="input size (default: the anchors')")
-    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--threads", type=at_least(1), help="CPU threads (default: torch's)")
-    p.add_argument("--repeats", type=at_least(1), default=10, help="timed forwards per stitch (median and IQR)")
-    p.add_argument("--warmup", type=at_least(0), default=3)
-    p.add_argument("--onnx", action="store_true", help="also time each stitch exported to ONNX Runtime (CPU)")
-    p.add_argument("--quantize", choices=["int8"],
-                   help="also time each stitch's int8 ONNX file (dynamic) under ONNX Runtime: latency_ms@int8")
-    p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=run)
+from ..export import export_stitch
+from ..latency import onnx_latency, stitch_latency
+from ..pretrained import load_pretrained
+from ..quantize import quantize_onnx
+from ..results import merge_latency, plot_pareto, read_results, write_results
+from ..rundir import RunLock, run_of
+from ..tasks import TASKS
+from .options import parse_stitch_ids
 
 
 def run(args) -> int:
-    from ..distributed import local_device
-    from ..rundir import RunLock, run_of
-
     model_dir, run = run_of(args.run)
     if run is None or not (run / "results.jsonl").is_file():
         raise SNNetError(f"no results.jsonl beside {model_dir}: evaluate the run first (snnet eval)")
@@ -38,14 +30,6 @@ def run(args) -> int:
 
 
 def _profile(args, run: Path, model_dir: Path, device) -> int:
-    import torch
-
-    from ..pretrained import load_pretrained
-    from ..latency import onnx_latency, stitch_latency
-    from .._atomic import together
-    from ..results import merge_latency, plot_pareto, read_results, write_results
-    from ..tasks import TASKS
-
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     model = load_pretrained(model_dir).to(device)
@@ -60,10 +44,7 @@ def _profile(args, run: Path, model_dir: Path, device) -> int:
     # (median column, IQR column) -> {stitch: (median, IQR)}
     extra: dict[tuple[str, str], dict[int, tuple[float, float]]] = {}
     if args.onnx or args.quantize:
-        import tempfile
 
-        from ..export import export_stitch
-        from ..quantize import quantize_onnx
         model = model.cpu()
         with tempfile.TemporaryDirectory() as tmp:
             for sid in ids:

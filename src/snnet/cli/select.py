@@ -3,32 +3,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import yaml
+
+from ..cascade import best_cascade, read_cascades
+from ..config import DEFAULT_TASK
 from ..errors import SNNetError, first_line
-from .options import add_metric_options, budget_rows
-
-
-def add_parser(sub) -> None:
-    p = sub.add_parser("select", help="the best stitch under a GFLOPs or latency budget, from a results file")
-    p.add_argument("--results", required=True, help="results.jsonl or a run directory")
-    budget = p.add_mutually_exclusive_group(required=True)
-    budget.add_argument("--max-gflops", type=float)
-    budget.add_argument("--max-latency-ms", type=float, help="needs latency_ms in the results (snnet profile)")
-    add_metric_options(p)
-    p.add_argument("--frontier", action="store_true", help="also list the frontier within the budget")
-    p.add_argument("--cascade", action="store_true",
-                   help="choose among the run's cascades (snnet cascade) by their mean GFLOPs per image")
-    p.add_argument("--precision", choices=["fp32", "int8", "any"], default="fp32",
-                   help="the PyTorch float32 figures (default), the int8 files' (snnet eval / profile --quantize), "
-                        "or the best of both per stitch")
-    p.set_defaults(func=run)
+from ..results import format_table, frontier, read_results
+from ..selection import choose_stitch, is_number, precision_rows
+from ..tasks import TASKS
+from .options import budget_rows
 
 
 def run(args) -> int:
     if args.cascade:
         return _select_cascade(args)
-    from ..results import format_table, frontier
-    from ..selection import choose_stitch, precision_rows
-    from ..tasks import TASKS
 
     task = results_task(Path(args.results))
     rows, metric, higher = budget_rows(args, args.results, task)
@@ -52,9 +40,6 @@ def run(args) -> int:
 
 
 def _select_cascade(args) -> int:
-    from ..cascade import best_cascade, read_cascades
-    from ..selection import is_number
-
     if args.max_gflops is None:
         raise SNNetError("a cascade's budget is its mean GFLOPs per image: give --max-gflops (latency varies per "
                          "image)")
@@ -95,12 +80,6 @@ def _untimed(rows: list[dict], precision: str) -> str | None:
 def results_task(path: Path) -> str:
     """The task a results table belongs to: its run's config.yaml says, else the first task whose primary metric
     is a column (the table is read for that only)."""
-    import yaml
-
-    from ..config import DEFAULT_TASK
-    from ..results import read_results
-    from ..tasks import TASKS
-
     run = path if path.is_dir() else path.parent
     if (run / "config.yaml").is_file():
         try:

@@ -2,43 +2,18 @@
 from __future__ import annotations
 
 import math
+import signal
 import sys
+import threading
 
+from ..demo import check_address
 from ..errors import SNNetError
-from .options import at_least, host_name, tcp_port
-
-
-def add_parser(sub) -> None:
-    p = sub.add_parser("serve", help="an HTTP server (Open Inference Protocol, KServe v2) choosing the stitch per "
-                                     "request")
-    p.add_argument("--checkpoint", default="runs/quickstart", help="a run directory or a saved model")
-    p.add_argument("--onnx", help="serve this one-file ONNX export (snnet export --stitch all) by ONNX Runtime")
-    p.add_argument("--host", type=host_name, default="127.0.0.1", help="address to serve on (0.0.0.0: every interface)")
-    p.add_argument("--port", type=tcp_port, default=8000)
-    p.add_argument("--name", default="snnet", help="the model's name in the protocol's paths")
-    p.add_argument("--slo-ms", type=float, help="the deadline of a request that names no budget (default: none, "
-                                                 "the most accurate stitch)")
-    p.add_argument("--slo-headroom", type=float, default=0.7,
-                   help="a deadline's share the scheduler plans to finish within (run times vary; default 0.7)")
-    p.add_argument("--max-batch", type=at_least(1), default=8, help="images run together at most")
-    p.add_argument("--max-wait-ms", type=float, default=2.0, help="how long a batch waits for more requests")
-    p.add_argument("--max-queue", type=at_least(1), default=256, help="requests waiting at most (then 503)")
-    p.add_argument("--max-body-mb", type=float, default=64.0, help="the largest request body (then 413)")
-    p.add_argument("--device", help="cpu or cuda (default: cpu)")
-    p.add_argument("--replicas", type=at_least(1), help="run as this many Ray Serve replicas (pip install "
-                                                          "'snnet[ray]')")
-    p.add_argument("--max-replicas", type=at_least(1),
-                   help="with --replicas N: Ray Serve adds replicas up to this many as requests queue (N at least)")
-    p.set_defaults(func=run)
+from ..serve import build_server, log_figures, ray_application
 
 
 def run(args) -> int:
     """The network behind the Open Inference Protocol until SIGTERM or Ctrl+C (requests in flight finish): one
     process (uvicorn), or ``--replicas N`` Ray Serve replicas behind Ray's HTTP proxy."""
-    import signal
-
-    from ..demo import check_address
-
     if not 0 < args.slo_headroom <= 1:
         raise SNNetError(f"--slo-headroom must be in (0, 1], got {args.slo_headroom:g}")
     for flag, low in (("slo_ms", 0), ("max_body_mb", 0), ("max_wait_ms", None)):
@@ -69,7 +44,6 @@ def run(args) -> int:
 def _serve_here(options: dict, args, where: str) -> None:
     import uvicorn
 
-    from ..serve import build_server, log_figures
 
     app, scheduler, served = build_server(**options, log=print)
     server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning",
@@ -88,11 +62,6 @@ def _serve_here(options: dict, args, where: str) -> None:
 
 def _serve_ray(options: dict, args, where: str) -> None:
     """Ray Serve: ``--replicas`` copies of the same application, Ray's proxy spreading requests over them."""
-    import signal
-    import threading
-
-    from ..serve import ray_application
-
     try:
         import ray
         from ray import serve

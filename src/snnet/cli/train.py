@@ -4,27 +4,17 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from .options import add_config, add_share_flag, load_run_config, run_dir_lock
-
-
-def add_parser(sub) -> None:
-    p = sub.add_parser("train", help="train an SN-Net, then evaluate every stitch")
-    add_config(p)
-    p.add_argument("--resume", help="checkpoint to resume from (default: the run directory's own, if any)")
-    p.add_argument("--no-resume", action="store_true", help="start fresh even if the run directory has a checkpoint")
-    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    add_share_flag(p)
-    p.set_defaults(func=run)
+from ..distributed import cleanup, init_distributed
+from ..evaluation import check_data, evaluate_and_report
+from ..hub import write_model_card
+from ..results import read_results
+from ..run_state import CHECKPOINT_NAME, LOG_NAME, find_resume
+from ..tasks import build_task, check_config, check_heads
+from ..training import fit
+from .options import load_run_config, run_dir_lock
 
 
 def run(args) -> int:
-    from ..distributed import cleanup, init_distributed
-    from ..evaluation import check_data, evaluate_and_report
-    from ..run_state import CHECKPOINT_NAME, LOG_NAME, find_resume
-    from ..training import fit
-    from ..tasks import build_task, check_config, check_heads
-
     start = time.perf_counter()
     cfg = load_run_config(args)
     env = init_distributed(args.device)
@@ -43,8 +33,6 @@ def run(args) -> int:
             model.save_pretrained(run_dir / "model")
         written = evaluate_and_report(model, task, cfg, env, run_dir, progress=not args.no_progress)
     if env.is_main and run_dir / "results.jsonl" in written:  # the model card gets the evaluated table
-        from ..hub import write_model_card
-        from ..results import read_results
         write_model_card(run_dir / "model", model, read_results(run_dir / "results.jsonl"), run_dir / "pareto.png")
     if env.is_main:
         names = [p.name for p in [*written, run_dir / LOG_NAME, run_dir / CHECKPOINT_NAME] if p.exists()]

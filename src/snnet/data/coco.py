@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from pycocotools import mask as mask_utils
 
 from .scenes import SHAPES, SceneConfig, render_all
 
@@ -14,8 +15,6 @@ from .scenes import SHAPES, SceneConfig, render_all
 def scenes_coco(config: SceneConfig, split: str, num_images: int) -> tuple[dict, list[np.ndarray]]:
     """(COCO instances dict, images): one category per shape (ids 1..K), one instance per visible object, masks
     as RLE, boxes as [x, y, w, h] in pixels."""
-    from pycocotools import mask as mask_utils
-
     images, annotations, pixels = [], [], []
     scenes = render_all(config, split, num_images, ("image", "boxes", "classes", "masks"), progress=False)
     for i, (image, boxes, classes, masks) in enumerate(scenes):

@@ -17,6 +17,8 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ..progress import progress_bar
+
 SHAPES = ("circle", "square", "triangle", "star", "cross", "ring", "hexagon", "crescent", "heart", "arrow",
           "semicircle", "ellipse")
 
@@ -284,7 +286,6 @@ def render_all(config: SceneConfig, split: str, num_images: int, fields: tuple[s
                progress: bool = True) -> list[tuple]:
     """``fields`` of scenes 0..num_images-1, rendered in forked worker processes (one per core) when there
     are enough of them to pay for the fork; identical to rendering them one by one."""
-    from ..progress import progress_bar
     render = partial(_render_fields, config, split, fields)
     workers = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1, 8)
     bar = dict(total=num_images, desc=f"rendering {split} scenes", unit="img", enabled=progress)

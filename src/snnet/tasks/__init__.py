@@ -9,7 +9,7 @@ from ..registry import TASKS
 from ..rel_pos import grid_of
 from .base import Task, data_defaults, eval_size, register_task
 from .dense import DenseModel, DenseTask
-# importing the task modules registers them (TASKS) and their model classes (pretrained.MODEL_CLASSES)
+# importing the task modules registers them (TASKS), each with its model class
 from .classification import ClassificationTask
 from .segmentation import SegmentationTask
 from .depth import DepthTask

@@ -36,14 +36,14 @@ def read_map(path: Path, kind: str, modes: tuple[str, ...], expected: str, why: 
         raise SNNetError(f"cannot read {kind} {path}: {type(e).__name__}") from None
 
 
-def dataset_root(cfg, where: str) -> Path | None:
+def dataset_root(data, where: str) -> Path | None:
     """The dense dataset's root folder, None for the built-in scenes; a one-line error when ``data.root`` is not
     set (``where`` says what it must point at)."""
-    if cfg.data.dataset == "shapes":
+    if data.dataset == "shapes":
         return None
-    if not cfg.data.root:
+    if not data.root:
         raise SNNetError(f"config key 'data.root' is not set: point it at {where}")
-    return Path(cfg.data.root)
+    return Path(data.root)
 
 
 def collate_lists(batch: list) -> tuple[list, list]:

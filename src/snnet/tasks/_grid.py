@@ -8,6 +8,8 @@ from typing import Callable
 
 import numpy as np
 import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
 from .._atomic import atomic_path
 from ..results import frontier
@@ -44,9 +46,6 @@ def denormalize(task, image: torch.Tensor) -> torch.Tensor:
 
 def save_grid(path: Path, panels: list[list[tuple[str, object, dict]]]) -> Path:
     """``panels[i][j]`` = (title shown on the first row, pixels, ``imshow`` options); written atomically."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     rows, cols = len(panels), max(len(r) for r in panels)
     fig = Figure(figsize=(2.3 * cols, 2.1 * rows + 0.4), dpi=100)
     FigureCanvasAgg(fig)

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 from timm.models import get_pretrained_cfg
+from torchvision import transforms as T
 
 from ..anchors import AnchorConfig, head_classes
 from ..config import RunConfig
@@ -29,11 +30,9 @@ from ..registry import TASKS
 
 
 def register_task(cls: type["Task"]) -> type["Task"]:
-    """Class decorator: configs with ``task: <cls.name>`` run ``cls``; another class of a name taken is refused."""
-    held = TASKS.setdefault(cls.name, cls)
-    if held is not cls:
-        raise SNNetError(f"task {cls.name!r} is registered twice: {held.__qualname__} and {cls.__qualname__}")
-    return cls
+    """Class decorator: configs with ``task: <cls.name>`` run ``cls``, saved models of that task rebuild as its
+    ``model_class``; another class of a name taken is refused."""
+    return TASKS.register(cls)
 
 
 class Task:
@@ -131,8 +130,6 @@ class Task:
     @classmethod
     def demo_transform(cls, cfg: RunConfig | None, model: Pretrained, mean, std):
         """An uploaded PIL image to the model's normalised input (``cfg``: the run's config.yaml, when it has one)."""
-        from torchvision import transforms as T
-
         resize = [] if model.takes_image_lists else [T.Resize(model.img_size)]  # it fits any size itself
         return T.Compose([*resize, T.ToTensor(), T.Normalize(mean, std)])
 

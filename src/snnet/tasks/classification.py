@@ -15,7 +15,8 @@ from torchvision import datasets
 from torchvision import transforms as T
 
 from ..anchors import AnchorConfig, head_class_names, head_classes
-from ..config import DistillationSection, RunConfig
+from ..config import AugmentSection, DataSection, DistillationSection, RunConfig
+from ..data import ShapesClassification
 from ..data.scenes import SHAPES
 from ..errors import SNNetError, first_line
 from ..model import SNNet
@@ -31,9 +32,9 @@ def _read_rgb(path: str) -> Image.Image:
         raise SNNetError(f"cannot read image {path}: {type(e).__name__}") from None
 
 
-def build_transform(cfg: RunConfig, train: bool, input_size: int, mean, std):
-    """timm's ImageNet pipelines; ``crop: simple`` is DeiT-3's resize + padded random crop."""
-    aug, interp = cfg.augment, cfg.data.interpolation
+def build_transform(aug: AugmentSection, interp: str, train: bool, input_size: int, mean, std):
+    """timm's ImageNet pipelines (``interp``: ``data.interpolation``); ``crop: simple`` is DeiT-3's resize + padded
+    random crop."""
     if not train:
         return create_transform(input_size, is_training=False, crop_pct=aug.eval_crop_ratio,
                                 interpolation=interp, mean=mean, std=std)
@@ -50,26 +51,24 @@ def build_transform(cfg: RunConfig, train: bool, input_size: int, mean, std):
     return T.Compose([primary, secondary, final])
 
 
-def build_datasets(cfg: RunConfig, input_size: int, mean, std, progress: bool = True,
+def build_datasets(data: DataSection, aug: AugmentSection, input_size: int, mean, std, progress: bool = True,
                    train: bool = True) -> tuple[Dataset | None, Dataset, Dataset | None, list[str]]:
     """(train, val, init, class names) from an ImageFolder tree or the built-in shapes scenes; without
     ``train``, train and init are None.
 
     ``init`` holds the training images under the deterministic eval pipeline, for the least-squares fit.
     """
-    data = cfg.data
-    train_tf = build_transform(cfg, True, input_size, mean, std)
-    val_tf = build_transform(cfg, False, input_size, mean, std)
+    train_tf = build_transform(aug, data.interpolation, True, input_size, mean, std)
+    val_tf = build_transform(aug, data.interpolation, False, input_size, mean, std)
     if data.dataset == "shapes":
-        from ..data import ShapesClassification
         s = data.shapes
         scenes = s.scene_config()
         train_set = (ShapesClassification("train", s.num_train, scenes, train_tf, preload=s.preload, progress=progress)
                      if train else None)
         val = ShapesClassification("val", s.num_val, scenes, val_tf, preload=s.preload, progress=progress)
     else:
-        data_classes(cfg)  # class folders present and the same in both splits
-        roots = image_folder_roots(cfg)
+        data_classes(data)  # class folders present and the same in both splits
+        roots = image_folder_roots(data)
         folder = lambda root, tf: datasets.ImageFolder(str(root), transform=tf, loader=_read_rgb)
         try:
             train_set, val = folder(roots[0], train_tf) if train else None, folder(roots[1], val_tf)
@@ -89,9 +88,8 @@ def build_teacher(d: DistillationSection, num_classes: int) -> torch.nn.Module:
     return teacher.eval().requires_grad_(False)
 
 
-def image_folder_roots(cfg: RunConfig) -> list[Path]:
+def image_folder_roots(data: DataSection) -> list[Path]:
     """``root/train`` and ``root/val`` of an ImageFolder dataset, or a one-line error."""
-    data = cfg.data
     if not data.root:
         raise SNNetError("config key 'data.root' is not set: point it at a folder with train/ and val/ image folders")
     roots = [Path(data.root) / split for split in split_names(data, "train", "val")]
@@ -106,11 +104,11 @@ def class_folders(root: Path) -> list[str]:
     return sorted(e.name for e in os.scandir(root) if e.is_dir())
 
 
-def data_classes(cfg: RunConfig) -> int:
+def data_classes(data: DataSection) -> int:
     """How many classes the data has, read cheaply (folder names, not images) before any data is loaded."""
-    if cfg.data.dataset == "shapes":
-        return cfg.data.shapes.num_classes
-    roots = image_folder_roots(cfg)
+    if data.dataset == "shapes":
+        return data.shapes.num_classes
+    roots = image_folder_roots(data)
     train, val = (class_folders(r) for r in roots)
     if not train:
         raise SNNetError(f"no class folders in {roots[0]}")
@@ -136,7 +134,7 @@ class ClassificationTask(Task):
 
     @classmethod
     def check_data(cls, cfg: RunConfig) -> int:
-        return data_classes(cfg)
+        return data_classes(cfg.data)
 
     @classmethod
     def class_names(cls, cfg: RunConfig) -> list[str] | None:
@@ -151,7 +149,7 @@ class ClassificationTask(Task):
         """The anchors' classifiers (their kwargs', or their weights' when ``load_weights``) must have the data's
         classes, unless ``model.replace_head`` trains new ones; local anchor checkpoints are read on the meta
         device, so a corrupt or mis-shaped one fails here."""
-        classes = data_classes(cfg)
+        classes = data_classes(cfg.data)
         names = cls.class_names(cfg)
         notes = []
         for i, a in enumerate(cfg.model.anchors):
@@ -185,7 +183,7 @@ class ClassificationTask(Task):
         """The run's own evaluation preprocessing when its config.yaml is there."""
         if cfg is None:
             return super().demo_transform(cfg, model, mean, std)
-        return build_transform(cfg, False, model.img_size[-1], tuple(mean), tuple(std))
+        return build_transform(cfg.augment, cfg.data.interpolation, False, model.img_size[-1], tuple(mean), tuple(std))
 
     @classmethod
     def answer(cls, out: torch.Tensor, image, input_hw, classes: list[str] | None, min_score: float) -> dict:
@@ -197,8 +195,8 @@ class ClassificationTask(Task):
 
     def __init__(self, cfg: RunConfig, input_size: int, mean, std, progress: bool = True, train: bool = True) -> None:
         super().__init__(cfg, input_size, mean, std, progress, train)
-        self.train_set, self.val_set, self.init_set, self.classes = build_datasets(cfg, input_size, mean, std, progress,
-                                                                                   train)
+        self.train_set, self.val_set, self.init_set, self.classes = build_datasets(cfg.data, cfg.augment, input_size,
+                                                                                   mean, std, progress, train)
         self.num_classes = len(self.classes)
         aug = cfg.augment
         self.mixup = None

@@ -11,7 +11,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from ...config import RunConfig
+from ...config import AugmentSection, DataSection
 from ...data import ShapesMaps
 from ...errors import SNNetError
 from .._files import IMAGE_SUFFIXES, dataset_root, read_image, read_map, split_names, with_transform
@@ -126,10 +126,10 @@ class ColorAug(v2.Transform):
         return tv_tensors.wrap((x.clamp(0, 255) / 255), like=inpt)
 
 
-def build_transforms(cfg: RunConfig, crop: tuple[int, int], mean, std) -> tuple[v2.Compose, v2.Compose, v2.Compose]:
+def build_transforms(data: DataSection, aug: AugmentSection, crop: tuple[int, int], mean,
+                     std) -> tuple[v2.Compose, v2.Compose, v2.Compose]:
     """(train, eval, least-squares init) pipelines; eval keeps the full image (the flip test runs in the model)."""
-    aug = cfg.augment
-    pre = [Crop(tuple(cfg.data.precrop))] if cfg.data.precrop else []
+    pre = [Crop(tuple(data.precrop))] if data.precrop else []
     to_float = v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True)
     normalize = v2.Normalize(mean, std)
     # images rotate bilinearly, depth (a Mask) by nearest neighbour, both filling 0: as mmcv.imrotate in the reference
@@ -140,35 +140,35 @@ def build_transforms(cfg: RunConfig, crop: tuple[int, int], mean, std) -> tuple[
     return train, v2.Compose([to_float, normalize]), init
 
 
-def build_datasets(cfg: RunConfig, crop: tuple[int, int], mean, std, progress: bool = True, train: bool = True):
+def build_datasets(data: DataSection, aug: AugmentSection, crop: tuple[int, int], mean, std, progress: bool = True,
+                   train: bool = True):
     """(train, val, init) for the configured dataset; without ``train``, train and init are None."""
-    train_tf, val_tf, init_tf = build_transforms(cfg, crop, mean, std)
-    data = cfg.data
+    train_tf, val_tf, init_tf = build_transforms(data, aug, crop, mean, std)
     if data.dataset == "shapes":
         train_set, val = ShapesMaps.splits(data.shapes, "depth", _apply, train_tf, val_tf, progress, train)
     else:
-        check_folders(cfg)
+        check_folders(data)
         root = Path(data.root)
         pairs = nyu_pairs if data.dataset == "nyuv2" else folder_pairs
-        train_name, val_name = splits(cfg)
+        train_name, val_name = splits(data)
         read = lambda name, tf: DepthPairs(pairs(root, name), data.depth_scale, tf)
         train_set, val = read(train_name, train_tf) if train else None, read(val_name, val_tf)
     return train_set, val, with_transform(train_set, init_tf) if train else None
 
 
-def splits(cfg: RunConfig) -> tuple[str, str]:
+def splits(data: DataSection) -> tuple[str, str]:
     """NYUv2's split files, or a depth folder's split names."""
-    defaults = ("nyu_train.txt", "nyu_test.txt") if cfg.data.dataset == "nyuv2" else ("train", "val")
-    return split_names(cfg.data, *defaults)
+    defaults = ("nyu_train.txt", "nyu_test.txt") if data.dataset == "nyuv2" else ("train", "val")
+    return split_names(data, *defaults)
 
 
-def check_folders(cfg: RunConfig) -> None:
+def check_folders(data: DataSection) -> None:
     """The dataset's root and split files or folders exist, before any run directory is touched."""
-    root = dataset_root(cfg, f"the {cfg.data.dataset} folder")
+    root = dataset_root(data, f"the {data.dataset} folder")
     if root is None:
         return
-    for name in splits(cfg):
-        if cfg.data.dataset == "nyuv2":
+    for name in splits(data):
+        if data.dataset == "nyuv2":
             path = Path(name) if Path(name).is_absolute() else root / name
             if not path.is_file():
                 raise SNNetError(f"split file not found: {path}")

@@ -7,12 +7,10 @@ import torch.nn.functional as F
 from ...errors import SNNetError
 from ...flops import BILINEAR_FLOPS_PER_OUTPUT
 from ...model import SNNet
-from ...pretrained import register_model
 from ..dense import DenseModel
 from .heads import REASSEMBLE_CHANNELS, DPTHead
 
 
-@register_model
 class DepthModel(DenseModel):
     """``model(images)`` returns the active stitch's depth (B, 1, H, W) at the input size, in metres; in eval mode
     clamped to [min_depth, max_depth] before the resize, as the reference's ``encode_decode``. FLOPs are reported

@@ -26,7 +26,10 @@ class DepthTask(DenseTask):
     input_size_pairs = True
     grid = prediction_grid
     num_sums = len(METRICS) + 1  # per-image metric sums, then the number of images with valid pixels
-    check_folders = staticmethod(check_folders)
+
+    @classmethod
+    def check_folders(cls, cfg: RunConfig) -> None:
+        check_folders(cfg.data)
 
     @classmethod
     def draw_answer(cls, out: torch.Tensor, shown, scale: int, classes, min_score: float):
@@ -37,7 +40,8 @@ class DepthTask(DenseTask):
                  train: bool = True) -> None:
         crop = tuple(input_size) if isinstance(input_size, tuple) else (input_size, input_size)
         super().__init__(cfg, crop, mean, std, progress, train)
-        self.train_set, self.val_set, self.init_set = build_datasets(cfg, crop, mean, std, progress, train)
+        self.train_set, self.val_set, self.init_set = build_datasets(cfg.data, cfg.augment, crop, mean, std, progress,
+                                                                     train)
         # crops beyond the maps fail on the first image, before any training (they would score an empty mask)
         if cfg.data.eval_crop and len(self.val_set):
             valid_mask(self.val_set[0][1][0], cfg.data.min_depth, cfg.data.max_depth, tuple(cfg.data.eval_crop))

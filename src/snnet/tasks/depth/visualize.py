@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from matplotlib import colormaps
 
 from .._grid import denormalize, grid_inputs, save_grid
 
@@ -29,8 +30,6 @@ def prediction_grid(task, model, rows: list[dict], path: Path, device: torch.dev
 def depth_answer(depth: torch.Tensor, shown: np.ndarray) -> tuple[np.ndarray, str]:
     """The demo's answer: the (1, 1, h, w) depth map bilinearly resized to the enlarged image ``shown`` and
     colour-mapped from its nearest to its farthest depth, and that colour bar in metres."""
-    from matplotlib import colormaps
-
     depth = torch.nn.functional.interpolate(depth.float(), size=shown.shape[:2], mode="bilinear",
                                             align_corners=False)[0, 0].cpu().numpy()
     lo, hi = float(depth.min()), float(depth.max())

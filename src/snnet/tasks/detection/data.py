@@ -14,7 +14,8 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from ...config import RunConfig
+from ...config import AugmentSection, DataSection
+from ...data import scenes_coco
 from ...errors import SNNetError, first_line
 from ...selection import is_integer, is_number
 from .._files import dataset_root, read_image, split_names
@@ -166,54 +167,53 @@ class ImagesOnly(Dataset):
         return self.dataset[index][0], 0
 
 
-def build_transforms(cfg: RunConfig, size: int, mean, std) -> tuple[v2.Compose, v2.Compose, v2.Compose]:
+def build_transforms(aug: AugmentSection, size: int, mean, std) -> tuple[v2.Compose, v2.Compose, v2.Compose]:
     """(train, eval, least-squares init): large-scale jitter (a random rescale of the size x size square by
     ``augment.ratio_range``, flip), normalisation, then a crop to the square or a pad with 0 after normalisation
     (the mean, as ViTDet pads); eval images keep their size (the model fits and pads them)."""
     to_input = [v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True), v2.Normalize(mean, std)]
-    train = v2.Compose([v2.RandomHorizontalFlip(cfg.augment.hflip),
-                        v2.ScaleJitter((size, size), scale_range=tuple(cfg.augment.ratio_range), antialias=True),
+    train = v2.Compose([v2.RandomHorizontalFlip(aug.hflip),
+                        v2.ScaleJitter((size, size), scale_range=tuple(aug.ratio_range), antialias=True),
                         *to_input, v2.RandomCrop(size, pad_if_needed=True, fill=0), v2.SanitizeBoundingBoxes()])
     init = v2.Compose([v2.Resize(size, antialias=True), v2.CenterCrop(size), *to_input])
     return train, v2.Compose(to_input), init
 
 
-def splits(cfg: RunConfig) -> tuple[str, str]:
-    return split_names(cfg.data, "train2017", "val2017")
+def splits(data: DataSection) -> tuple[str, str]:
+    return split_names(data, "train2017", "val2017")
 
 
-def annotation_file(cfg: RunConfig, split: str) -> Path:
-    return Path(cfg.data.root) / "annotations" / f"instances_{split}.json"
+def annotation_file(data: DataSection, split: str) -> Path:
+    return Path(data.root) / "annotations" / f"instances_{split}.json"
 
 
-def check_folders(cfg: RunConfig) -> None:
+def check_folders(data: DataSection) -> None:
     """The COCO root, image folders and annotation files exist, before any run directory is touched."""
-    root = dataset_root(cfg, "a COCO folder (<split>/ images and annotations/instances_<split>.json)")
+    root = dataset_root(data, "a COCO folder (<split>/ images and annotations/instances_<split>.json)")
     if root is None:
         return
-    for split in splits(cfg):
+    for split in splits(data):
         if not (root / split).is_dir():
             raise SNNetError(f"data folder not found: {root / split}")
-        if not annotation_file(cfg, split).is_file():
-            raise SNNetError(f"annotation file not found: {annotation_file(cfg, split)}")
+        if not annotation_file(data, split).is_file():
+            raise SNNetError(f"annotation file not found: {annotation_file(data, split)}")
 
 
-def dataset_classes(cfg: RunConfig) -> int:
+def dataset_classes(data: DataSection) -> int:
     """Categories of the dataset (read from the validation annotations for COCO)."""
-    if cfg.data.dataset == "shapes":
-        return cfg.data.shapes.num_classes
-    check_folders(cfg)
-    path = annotation_file(cfg, splits(cfg)[1])
+    if data.dataset == "shapes":
+        return data.shapes.num_classes
+    check_folders(data)
+    path = annotation_file(data, splits(data)[1])
     return len(check_categories(read_coco_json(path), str(path)))
 
 
-def build_datasets(cfg: RunConfig, size: int, mean, std, progress: bool = True, train: bool = True):
+def build_datasets(data: DataSection, aug: AugmentSection, size: int, mean, std, progress: bool = True,
+                   train: bool = True):
     """(train, val, init) datasets; ``val.coco`` is the ground truth COCO evaluation reads. Without ``train``,
     train and init are None."""
-    train_tf, val_tf, init_tf = build_transforms(cfg, size, mean, std)
-    data = cfg.data
+    train_tf, val_tf, init_tf = build_transforms(aug, size, mean, std)
     if data.dataset == "shapes":
-        from ...data import scenes_coco
         s = data.shapes
 
         def instances(split: str, n: int, tf) -> CocoInstances:
@@ -223,10 +223,10 @@ def build_datasets(cfg: RunConfig, size: int, mean, std, progress: bool = True, 
         train_set = instances("train", s.num_train, train_tf) if train else None
         val = instances("val", s.num_val, val_tf)
     else:
-        check_folders(cfg)
+        check_folders(data)
         root = Path(data.root)
-        train_name, val_name = splits(cfg)
-        instances = lambda split, tf: CocoInstances(load_coco(annotation_file(cfg, split), root / split),
+        train_name, val_name = splits(data)
+        instances = lambda split, tf: CocoInstances(load_coco(annotation_file(data, split), root / split),
                                                     _Folder(root / split), tf, key="file_name")
         train_set, val = instances(train_name, train_tf) if train else None, instances(val_name, val_tf)
     if not train:

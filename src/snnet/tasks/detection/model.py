@@ -9,14 +9,13 @@ import torch.nn.functional as F
 from timm.layers import LayerNorm2d
 from torch import nn
 from torchvision.models.detection import MaskRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
-from torchvision.models.detection.anchor_utils import AnchorGenerator
 
 from ...errors import SNNetError
 from ...flops import NORM_FLOPS_PER_ELEMENT, conv_flops
 from ...model import SNNet
-from ...pretrained import register_model
 from ..dense import DenseModel
 
 SCALES = (4.0, 2.0, 1.0, 0.5)  # of the stride-16 map: strides 4, 8, 16, 32
@@ -87,7 +86,6 @@ class _StitchedPyramid(nn.Module):
         return self.pyramid(self.body.forward_features(x, taps=(-1,))[0])  # ViTDet reads the last tap only
 
 
-@register_model
 class DetectionModel(DenseModel):
     """Mask R-CNN on a stitched backbone. Train mode: ``model(images, targets)`` returns torchvision's loss dict
     for a ROS-sampled stitch; eval mode: ``model(images)`` returns the selected stitch's detections (boxes,

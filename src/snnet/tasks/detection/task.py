@@ -36,11 +36,14 @@ class DetectionTask(DenseTask):
     score_threshold = SCORE_THRESHOLD
     train_collate = staticmethod(collate_lists)
     grid = prediction_grid
-    check_folders = staticmethod(check_folders)
+
+    @classmethod
+    def check_folders(cls, cfg: RunConfig) -> None:
+        check_folders(cfg.data)
 
     @classmethod
     def head_classes(cls, cfg: RunConfig) -> int:
-        return cfg.model.head.num_classes or dataset_classes(cfg)
+        return cfg.model.head.num_classes or dataset_classes(cfg.data)
 
     @classmethod
     def class_names(cls, cfg: RunConfig) -> list[str] | None:
@@ -54,7 +57,8 @@ class DetectionTask(DenseTask):
 
     def __init__(self, cfg: RunConfig, input_size: int, mean, std, progress: bool = True, train: bool = True) -> None:
         super().__init__(cfg, input_size, mean, std, progress, train)
-        self.train_set, self.val_set, self.init_set = build_datasets(cfg, input_size, mean, std, progress, train)
+        self.train_set, self.val_set, self.init_set = build_datasets(cfg.data, cfg.augment, input_size, mean, std,
+                                                                     progress, train)
         self.num_classes = len(self.val_set.coco.cats)
         self.category_of = {label: cat for cat, label in self.val_set.label_of.items()}
 

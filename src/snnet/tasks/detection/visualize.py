@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from matplotlib import font_manager
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
 from .._grid import denormalize, grid_inputs, palette, save_grid, swatch
@@ -24,7 +25,6 @@ def draw_detections(pixels: torch.Tensor, boxes: torch.Tensor, labels: list[int]
                 else [f"{names[i]} {score:.2f}" for i, score in zip(labels, scores)])
         font = None
         if font_size:
-            from matplotlib import font_manager
             font = font_manager.findfont("DejaVu Sans")
         pixels = draw_segmentation_masks(pixels, masks.bool(), alpha=0.45, colors=colours)
         # large labels: text on a band of the box's colour, readable on any image; small ones (the grid's 64-pixel

@@ -11,7 +11,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from ...config import RunConfig
+from ...config import AugmentSection, DataSection
 from ...data import ShapesMaps
 from ...errors import SNNetError
 from .._files import IMAGE_SUFFIXES, dataset_root, read_image, read_map, split_names, with_transform
@@ -186,29 +186,30 @@ def _to_model_input(mean, std) -> list:
             v2.Normalize(mean, std), v2.ToDtype({tv_tensors.Mask: torch.int64, "others": None})]
 
 
-def build_transforms(cfg: RunConfig, crop: int, mean, std) -> tuple[v2.Compose, v2.Compose, v2.Compose]:
+def build_transforms(data: DataSection, aug: AugmentSection, crop: int, mean,
+                     std) -> tuple[v2.Compose, v2.Compose, v2.Compose]:
     """(train, eval, least-squares init) pipelines."""
-    aug, ignore = cfg.augment, cfg.data.ignore_index
+    ignore = data.ignore_index
     train = [RandomRescale(tuple(aug.scale), tuple(aug.ratio_range)), CatMaxRandomCrop(crop, aug.cat_max_ratio, ignore),
              v2.RandomHorizontalFlip(aug.hflip)]
     if aug.photometric:
         train.append(PhotoMetricDistortion())
     train += [*_to_model_input(mean, std), PadTo(crop, ignore)]
-    val = [KeepRatioResize(tuple(cfg.data.test_resize))] if cfg.data.test_resize else []
+    val = [KeepRatioResize(tuple(data.test_resize))] if data.test_resize else []
     init = [v2.Resize(crop, antialias=False), v2.CenterCrop(crop)]
     return v2.Compose(train), v2.Compose([*val, *_to_model_input(mean, std)]), \
         v2.Compose([*init, *_to_model_input(mean, std)])
 
 
-def dataset_info(cfg: RunConfig) -> tuple[int, bool, str, str, str]:
-    """(classes, reduce_zero_label, train split, val split, label suffix) of the configured dataset."""
-    data, head = cfg.data, cfg.model.head
+def dataset_info(data: DataSection, num_classes: int | None) -> tuple[int, bool, str, str, str]:
+    """(classes, reduce_zero_label, train split, val split, label suffix) of the configured dataset
+    (``num_classes``: ``model.head.num_classes``, which a segfolder dataset needs)."""
     if data.dataset == "shapes":
         classes, reduce, train, val, suffix = data.shapes.num_classes + 1, False, "train", "val", ""
     else:
         train, val, suffix, classes, reduce = LAYOUTS[data.dataset]
         train, val = split_names(data, train, val)
-    classes = head.num_classes or classes
+    classes = num_classes or classes
     if classes is None:
         raise SNNetError("set model.head.num_classes: a segfolder dataset does not say how many classes it has")
     if data.reduce_zero_label is not None:
@@ -216,29 +217,28 @@ def dataset_info(cfg: RunConfig) -> tuple[int, bool, str, str, str]:
     return classes, reduce, train, val, suffix
 
 
-def check_folders(cfg: RunConfig) -> None:
+def check_folders(data: DataSection, num_classes: int | None) -> None:
     """The dataset's folders exist (before any run directory is touched); the scenes need none."""
-    root = dataset_root(cfg, f"the {cfg.data.dataset} folder (images/<split> and annotations/<split>)")
+    root = dataset_root(data, f"the {data.dataset} folder (images/<split> and annotations/<split>)")
     if root is None:
         return
-    _, _, train, val, _ = dataset_info(cfg)
+    _, _, train, val, _ = dataset_info(data, num_classes)
     for split in (train, val):
         for sub in ("images", "annotations"):
             if not (root / sub / split).is_dir():
                 raise SNNetError(f"data folder not found: {root / sub / split}")
 
 
-def build_datasets(cfg: RunConfig, crop: int, mean, std, progress: bool = True,
-                   train: bool = True) -> tuple[Dataset | None, Dataset, Dataset | None, int]:
+def build_datasets(data: DataSection, aug: AugmentSection, num_classes: int | None, crop: int, mean, std,
+                   progress: bool = True, train: bool = True) -> tuple[Dataset | None, Dataset, Dataset | None, int]:
     """(train, val, init, classes): ``init`` holds training images centre-cropped, for the least-squares fit;
     without ``train``, train and init are None."""
-    train_tf, val_tf, init_tf = build_transforms(cfg, crop, mean, std)
-    classes, reduce, train_split, val_split, suffix = dataset_info(cfg)
-    data = cfg.data
+    train_tf, val_tf, init_tf = build_transforms(data, aug, crop, mean, std)
+    classes, reduce, train_split, val_split, suffix = dataset_info(data, num_classes)
     if data.dataset == "shapes":
         train_set, val = ShapesMaps.splits(data.shapes, "semantic", _apply, train_tf, val_tf, progress, train)
     else:
-        check_folders(cfg)
+        check_folders(data, num_classes)
         folder = lambda split, tf: SegmentationFolder(data.root, split, suffix, classes, tf, reduce, data.ignore_index)
         train_set, val = folder(train_split, train_tf) if train else None, folder(val_split, val_tf)
     init = with_transform(train_set, init_tf) if train else None

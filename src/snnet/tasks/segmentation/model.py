@@ -7,12 +7,10 @@ from torch import nn
 
 from ...errors import SNNetError
 from ...model import SNNet
-from ...pretrained import register_model
 from ..dense import DenseModel
 from .heads import SETRUpHead
 
 
-@register_model
 class SegmentationModel(DenseModel):
     """``decode_head`` reads the last tap; ``auxiliary_head[i]`` reads tap i during training.
 

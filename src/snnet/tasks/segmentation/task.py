@@ -27,11 +27,14 @@ class SegmentationTask(DenseTask):
     fixed_input_size = True  # built for the training crop: relative position tables, FLOPs
     released_logging_state = True
     grid = prediction_grid
-    check_folders = staticmethod(check_folders)
+
+    @classmethod
+    def check_folders(cls, cfg: RunConfig) -> None:
+        check_folders(cfg.data, cfg.model.head.num_classes)
 
     @classmethod
     def head_classes(cls, cfg: RunConfig) -> int:
-        return dataset_info(cfg)[0]
+        return dataset_info(cfg.data, cfg.model.head.num_classes)[0]
 
     @classmethod
     def class_names(cls, cfg: RunConfig) -> list[str] | None:
@@ -45,8 +48,8 @@ class SegmentationTask(DenseTask):
 
     def __init__(self, cfg: RunConfig, input_size: int, mean, std, progress: bool = True, train: bool = True) -> None:
         super().__init__(cfg, input_size, mean, std, progress, train)
-        self.train_set, self.val_set, self.init_set, self.num_classes = build_datasets(cfg, input_size, mean, std,
-                                                                                       progress, train)
+        self.train_set, self.val_set, self.init_set, self.num_classes = build_datasets(
+            cfg.data, cfg.augment, cfg.model.head.num_classes, input_size, mean, std, progress, train)
         self.num_sums = 4 * self.num_classes + 1  # per-class areas, then the image count
         self.ignore_index = cfg.data.ignore_index
         self.aux_weight = cfg.model.head.aux_weight
