@@ -37,8 +37,8 @@ env = DistEnv(0, 1, 0, torch.device("cpu"))
 def block_outputs(model, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     outs = []
     for a in (SMALL, LARGE):
-        x, blocks = model.embed(images, a), []
-        for blk in model.anchors[a].blocks:
+        x, blocks = model.backbone.embed(images, a), []
+        for blk in model.backbone.anchors[a].blocks:
             x = blk(x)
             blocks.append(x)
         outs.append(blocks)
@@ -51,7 +51,7 @@ def residuals(model, images: torch.Tensor) -> dict[str, list[float]]:
     out = {"SL": [], "LS": []}
     for ref, (_, src), (_, dst) in layer_fits(model.depths, model.config.version):  # (anchor, block) pairs
         x, y = (small[src], large[dst]) if ref.direction == "SL" else (large[src], small[dst])
-        layer = model.stitching_layer(ref)
+        layer = model.backbone.stitching_layer(ref)
         pred = x @ layer.effective_weight().T + layer.bias
         y = y.reshape(-1, y.shape[-1]).double()
         err = (pred.reshape(y.shape).double() - y).pow(2).sum() / (y - y.mean(0)).pow(2).sum()

@@ -62,17 +62,17 @@ def pick_stitches() -> list:
 
 def baseline(x: torch.Tensor, stitch) -> torch.Tensor:
     """The stitch's work written out with plain timm modules and F.linear."""
-    a = model.anchors[stitch.first_anchor]
+    a = model.backbone.anchors[stitch.first_anchor]
     x = a._pos_embed(a.patch_embed(x))  # patch_drop and norm_pre are identities for DeiT3
     for k, seg in enumerate(stitch.segments):
-        blocks = model.anchors[seg.anchor].blocks
+        blocks = model.backbone.anchors[seg.anchor].blocks
         for b in range(seg.first, seg.last + 1):
             x = blocks[b](x)
         if k < len(stitch.layers):
-            layer = model.stitching_layer(stitch.layers[k])
+            layer = model.backbone.stitching_layer(stitch.layers[k])
             x = F.linear(x, layer.weight, layer.bias)
-    a = model.anchors[stitch.last_anchor]
-    return a.forward_head(a.norm(x))
+    a = model.backbone.anchors[stitch.last_anchor]
+    return model.heads[stitch.last_anchor](a.forward_head(a.norm(x), pre_logits=True))
 
 
 def snnet(x: torch.Tensor, stitch) -> torch.Tensor:
@@ -89,7 +89,7 @@ def linear_ms(stitch, tokens: int) -> float:
     """Median time of the stitch's stitching-layer matmuls alone, on inputs of the right shape."""
     total = 0.0
     for ref in stitch.layers:
-        layer = model.stitching_layer(ref)
+        layer = model.backbone.stitching_layer(ref)
         h = torch.randn(args.batch_size, tokens, layer.in_features)
         F.linear(h, layer.weight, layer.bias)
         total += statistics.median(clock(F.linear, h, layer.weight, layer.bias)[0] for _ in range(args.lin_repeats))
@@ -125,7 +125,7 @@ with torch.inference_mode():
         b, m = statistics.median(tb) * 1e3, statistics.median(ts) * 1e3
         paired = statistics.median(100 * (q / p - 1) for p, q in zip(tb, ts))
         lin = linear_ms(s, tokens)
-        lin_flops = sum(model.stitching_layer(r).in_features * model.stitching_layer(r).out_features for r in s.layers)
+        lin_flops = sum(model.backbone.stitching_layer(r).in_features * model.backbone.stitching_layer(r).out_features for r in s.layers)
         kind = s.kind if s.kind != "anchor" else f"anchor {'SL'[s.first_anchor]}"
         results.append((b, m, lin))
         print(f"{s.id:>4} {kind:<8} {s.describe():<42} {flops[s.id] / 1e9:>7.2f} {b:>9.1f} {m:>9.1f} "

@@ -96,14 +96,14 @@ def pinv_fit(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
 
 @torch.inference_mode()
 def naive(model, images: torch.Tensor) -> dict:
-    small, large = block_outputs(model.anchors[0], images), block_outputs(model.anchors[1], images)
-    sols = {f"SL{i}": pinv_fit(small[i], large[2 * i + 1]) for i in range(len(model.sl_layers))}
-    sols.update({f"LS{k}": pinv_fit(large[2 * k + 1], small[k]) for k in range(len(model.ls_layers))})
+    small, large = block_outputs(model.backbone.anchors[0], images), block_outputs(model.backbone.anchors[1], images)
+    sols = {f"SL{i}": pinv_fit(small[i], large[2 * i + 1]) for i in range(len(model.backbone.sl_layers))}
+    sols.update({f"LS{k}": pinv_fit(large[2 * k + 1], small[k]) for k in range(len(model.backbone.ls_layers))})
     return sols
 
 
 def layer_weights(model) -> dict:
-    layers = {f"SL{i}": l for i, l in enumerate(model.sl_layers)} | {f"LS{k}": l for k, l in enumerate(model.ls_layers)}
+    layers = {f"SL{i}": l for i, l in enumerate(model.backbone.sl_layers)} | {f"LS{k}": l for k, l in enumerate(model.backbone.ls_layers)}
     return {name: (l.weight.detach().clone(), l.bias.detach().clone()) for name, l in layers.items()}
 
 
@@ -177,9 +177,9 @@ def parent() -> None:
     # outputs of both fits on the first few (training) images: agreement and residual ||XW^T + b - Y|| / ||Y||
     model, images = setup()
     with torch.inference_mode():
-        small, large = (block_outputs(model.anchors[i], images[: args.probe_images]) for i in (0, 1))
-    data = {f"SL{i}": (small[i], large[2 * i + 1]) for i in range(len(model.sl_layers))}
-    data.update({f"LS{k}": (large[2 * k + 1], small[k]) for k in range(len(model.ls_layers))})
+        small, large = (block_outputs(model.backbone.anchors[i], images[: args.probe_images]) for i in (0, 1))
+    data = {f"SL{i}": (small[i], large[2 * i + 1]) for i in range(len(model.backbone.sl_layers))}
+    data.update({f"LS{k}": (large[2 * k + 1], small[k]) for k in range(len(model.backbone.ls_layers))})
     errs = {}
     for name, (x, y) in data.items():
         ya, yb = (torch.nn.functional.linear(x, *sol[name]) for sol in (a, b))

@@ -125,6 +125,7 @@ def to_official(model: SNNet) -> dict:
     """Our state dict under the released key names (the inverse of the filter being tested)."""
     out = {}
     for k, v in model.state_dict().items():
+        k = re.sub(r"^heads\.(\d+)\.", r"anchors.\1.head.", k.removeprefix("backbone."))
         k = re.sub(r"\.ls([12])\.gamma$", r".gamma_\1", k)
         k = re.sub(r"^sl_layers\.(\d+)\.", r"stitch_layers.0.\1.transform.", k)
         k = re.sub(r"^ls_layers\.(\d+)\.", r"stitch_layers.1.\1.transform.", k)
@@ -136,7 +137,7 @@ def randomize_layers(model: SNNet, seed: int = 0) -> None:
     """Stitching layers with non-zero LoRA so every parameter affects outputs."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for layer in [*model.sl_layers, *model.ls_layers]:
+        for layer in [*model.backbone.sl_layers, *model.backbone.ls_layers]:
             for p in layer.parameters():
                 p.copy_(torch.randn(p.shape, generator=g) * 0.2)
 

@@ -114,7 +114,7 @@ def test_named_anchors_keep_their_config(tmp_path, images):
     assert [a.name for a in model.config.anchors] == ["deit3_small_patch16_224", "deit3_base_patch16_224"]
     assert model.config.anchors[1].kwargs["drop_path_rate"] == 0.4
     loaded = SNNet.from_pretrained(model.save_pretrained(tmp_path / "m"))
-    assert loaded.anchors[1].blocks[-1].drop_path1.drop_prob == pytest.approx(0.4)
+    assert loaded.backbone.anchors[1].blocks[-1].drop_path1.drop_prob == pytest.approx(0.4)
 
 
 def test_heads_trained_on_other_classes_are_named_and_replaced_on_request(tmp_path):
@@ -159,8 +159,9 @@ def test_heads_trained_on_other_classes_are_named_and_replaced_on_request(tmp_pa
     assert check_heads(cfg, load_weights=True) == [
         f"model.replace_head: anchor {i}'s 10-class head is replaced by a new 10-class head" for i in (0, 1)]
     kept, fresh = build_model(load_config("quickstart"), 10), build_model(cfg, 10)
-    for a, b in zip(kept.anchors, fresh.anchors):
+    for a, b in zip(kept.backbone.anchors, fresh.backbone.anchors):
         assert torch.equal(a.blocks[0].attn.qkv.weight, b.blocks[0].attn.qkv.weight)
-        assert not torch.equal(a.head.weight, b.head.weight) and torch.all(b.head.bias == 0)
-        assert b.head.weight.std() < 0.03  # timm's classifier init (std 0.02), not the trained head
-    torch.testing.assert_close(kept.anchors[0].head.weight, state["head.weight"].float())
+    for a, b in zip(kept.heads, fresh.heads):  # the anchors' classifiers, held by the classification model
+        assert not torch.equal(a.weight, b.weight) and torch.all(b.bias == 0)
+        assert b.weight.std() < 0.03  # timm's classifier init (std 0.02), not the trained head
+    torch.testing.assert_close(kept.heads[0].weight, state["head.weight"].float())

@@ -85,7 +85,7 @@ def test_a_later_stage_runs_only_the_blocks_it_does_not_share(model):
     first, second = model.stitch(0), model.stitch(stitch_of(model, "SL", 1))
     ran = Counter()
     hooks = [b.register_forward_hook(lambda mod, inp, out, key=(a, i): ran.update({key: inp[0].shape[0]}))
-             for a, anchor in enumerate(model.anchors) for i, b in enumerate(anchor.blocks)]
+             for a, anchor in enumerate(model.backbone.anchors) for i, b in enumerate(anchor.blocks)]
     try:
         x = torch.randn(5, 3, 32, 32)
         Cascade(model, [first.id, second.id], [1.0]).run(x)

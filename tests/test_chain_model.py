@@ -5,7 +5,6 @@ import torch
 from helpers import tiny_vit
 
 from snnet import SNNet, SNNetError
-from snnet.export import deployable
 from snnet.flops import stitch_flops
 from snnet.stitch_space import LayerRef, chain_space, route_steps
 
@@ -19,7 +18,7 @@ def chain(spec, seed: int = 0, **kw) -> SNNet:
     torch.manual_seed(seed)
     model = SNNet(anchors[::-1], lora_rank=2, **kw).eval()  # given large first: ordered by depth, then width
     with torch.no_grad():
-        for layer in [*model.sl_layers, *model.ls_layers]:
+        for layer in [*model.backbone.sl_layers, *model.backbone.ls_layers]:
             for p in layer.parameters():
                 p.normal_(0, 0.05)
     return model
@@ -34,37 +33,37 @@ def run_by_hand(model: SNNet, stitch, x: torch.Tensor, out_indices=()) -> tuple[
     h, feats = None, {}
     for step in route_steps(stitch):
         if step.kind == "embed":
-            a = model.anchors[step.part]
+            a = model.backbone.anchors[step.part]
             h = a._pos_embed(a.patch_embed(x))
             h = a.norm_pre(a.patch_drop(h))
         elif step.kind == "block":
             a, b = step.part, step.index
-            h = model.anchors[a].blocks[b](h)
+            h = model.backbone.anchors[a].blocks[b](h)
             for t in out_indices:
                 if t * model.depths[a] // top == b:
                     f = h
-                    for p in range(a, len(model.anchors) - 1):
-                        f = model.sl_layers[p * g + b * g // model.depths[a]](f)
+                    for p in range(a, len(model.backbone.anchors) - 1):
+                        f = model.backbone.sl_layers[p * g + b * g // model.depths[a]](f)
                     feats[t] = f
         else:
             ref = LayerRef(step.part, step.index, step.pair)
-            layer = model.stitching_layer(ref)
+            layer = model.backbone.stitching_layer(ref)
             assert (layer.in_features, layer.out_features) == (model.widths[ref.source], model.widths[ref.target])
             h = layer(h)
     return h, feats
 
 
 def by_hand(model: SNNet, stitch, x: torch.Tensor) -> torch.Tensor:
-    """``run_by_hand`` then the last anchor's norm and head."""
+    """``run_by_hand`` then the last anchor's norm and pooling, and its classifier (the model's head)."""
     h, _ = run_by_hand(model, stitch, x)
-    last = model.anchors[stitch.last_anchor]
-    return last.forward_head(last.norm(h))
+    last = model.backbone.anchors[stitch.last_anchor]
+    return model.heads[stitch.last_anchor](last.forward_head(last.norm(h), pre_logits=True))
 
 
 @pytest.mark.parametrize("spec", [THREE, FOUR])
 def test_every_route_equals_its_modules_run_by_hand(spec, images):
     model = chain(spec)
-    assert [a.embed_dim for a in model.anchors] == [w for _, w, _ in spec]
+    assert [a.embed_dim for a in model.backbone.anchors] == [w for _, w, _ in spec]
     assert model.stitches == chain_space([d for d, _, _ in spec])
     with torch.no_grad():
         for s in model.stitches:
@@ -74,18 +73,19 @@ def test_every_route_equals_its_modules_run_by_hand(spec, images):
 def test_layers_per_pair_flops_and_params():
     model = chain(THREE)
     g = 3
-    assert len(model.sl_layers) == 2 * g and len(model.ls_layers) == 2 * (g - 1)
-    assert [(l.in_features, l.out_features) for l in model.sl_layers] == [(32, 48)] * g + [(48, 64)] * g
+    assert len(model.backbone.sl_layers) == 2 * g and len(model.backbone.ls_layers) == 2 * (g - 1)
+    assert [(l.in_features, l.out_features) for l in model.backbone.sl_layers] == [(32, 48)] * g + [(48, 64)] * g
     assert model.flops_table() == {s.id: stitch_flops(s, model.shapes) for s in model.stitches}
     up = next(s for s in model.stitches if s.kind == "SML")
-    a, b, c = model.anchors
+    a, b, c = model.backbone.anchors
     blocks = lambda anchor, seg: sum(p.numel() for i in range(seg.first, seg.last + 1)
                                      for p in anchor.blocks[i].parameters())
-    layers = sum(model.stitching_layer(r).in_features * model.stitching_layer(r).out_features
-                 + model.stitching_layer(r).out_features for r in up.layers)
+    layers = sum(model.backbone.stitching_layer(r).in_features * model.backbone.stitching_layer(r).out_features
+                 + model.backbone.stitching_layer(r).out_features for r in up.layers)
     embed = sum(p.numel() for n, p in a.named_parameters() if n.split(".")[0] in ("patch_embed", "cls_token",
                                                                                     "pos_embed"))
-    tail = sum(p.numel() for n, p in c.named_parameters() if n.split(".")[0] in ("norm", "head"))
+    tail = sum(p.numel() for n, p in c.named_parameters() if n.split(".")[0] == "norm")
+    tail += sum(p.numel() for p in model.heads[2].parameters())
     assert model.params(up.id) == embed + blocks(a, up.segments[0]) + blocks(b, up.segments[1]) + \
         blocks(c, up.segments[2]) + layers + tail
 
@@ -101,8 +101,8 @@ def test_least_squares_fits_each_pair_between_its_boundary_blocks():
     assert init_stitching_layers(model, [images], progress=False) == 8
     with torch.no_grad():
         outs = []
-        for a, anchor in enumerate(model.anchors):
-            h, per_block = model.embed(images, a), []
+        for a, anchor in enumerate(model.backbone.anchors):
+            h, per_block = model.backbone.embed(images, a), []
             for blk in anchor.blocks:
                 h = blk(h)
                 per_block.append(h.reshape(-1, h.shape[-1]).double())
@@ -115,7 +115,7 @@ def test_least_squares_fits_each_pair_between_its_boundary_blocks():
             y = outs[ref.target][k * model.depths[ref.target] // 3 - 1]
             xa = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1)
             expected = xa @ torch.linalg.lstsq(xa, y).solution
-            got = model.stitching_layer(ref)(x.float()).double()
+            got = model.backbone.stitching_layer(ref)(x.float()).double()
             torch.testing.assert_close(got, expected, rtol=0, atol=1e-3)
 
 
@@ -132,7 +132,7 @@ def test_dense_taps_reach_the_largest_width_up_the_chain(spec, out, images):
         for s in model.stitches:
             _, feats = run_by_hand(model, s, images, out)
             assert sorted(feats) == list(out), s.id  # every depth position is run by exactly one block
-            maps = model.select(s.id).forward_features(images)
+            maps = model.select(s.id).forward_intermediates(images)
             for t, m in zip(out, maps):
                 expected = feats[t][:, 1:].reshape(3, 4, 4, -1).permute(0, 3, 1, 2)
                 torch.testing.assert_close(m, expected, rtol=0, atol=0)
@@ -141,26 +141,26 @@ def test_dense_taps_reach_the_largest_width_up_the_chain(spec, out, images):
                               if seg.first <= t * model.depths[seg.anchor] // model.depths[-1] <= seg.last
                               for p in range(seg.anchor, len(spec) - 1))
             last = model.shapes[s.last_anchor]
-            assert model.flops(s.id, dense=True) == model.flops(s.id) - head_flops(last, tokens) + projections
-    seg = SegmentationModel(model, num_classes=5, channels=8).eval()
+            assert model.backbone.flops(s.id, taps=True) == model.flops(s.id) - head_flops(last, tokens) + projections
+    seg = SegmentationModel(model.backbone, num_classes=5, channels=8).eval()
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         for kind in ("anchor", "SL", "LS", "LSL", "SLS", "SML", "LMS"):
             for s in [s for s in model.stitches if s.kind == kind][:3]:
-                torch.testing.assert_close(deployable(seg, s.id)(x), seg.select(s.id)(x), rtol=1e-5, atol=1e-5)
+                torch.testing.assert_close(seg.deployable(s.id)(x), seg.select(s.id)(x), rtol=1e-5, atol=1e-5)
 
 
 def test_save_load_and_export_round_trip(tmp_path, images):
     model = chain(FOUR)
     model.save_pretrained(tmp_path / "m")
     again = SNNet.from_pretrained(tmp_path / "m").eval()
-    assert again.stitch_ids == model.stitch_ids and len(again.anchors) == 4
+    assert again.stitch_ids == model.stitch_ids and len(again.backbone.anchors) == 4
     with torch.no_grad():
         for kind in ("anchor", "SL", "LS", "LSL", "SLS", "SML", "LMS"):
             s = next(s for s in model.stitches if s.kind == kind)
             expected = model.select(s.id)(images)
             torch.testing.assert_close(again.select(s.id)(images), expected, rtol=0, atol=0)
-            torch.testing.assert_close(deployable(model, s.id)(images), expected, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(model.deployable(s.id)(images), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_bad_chains_are_one_line_errors():
@@ -244,5 +244,5 @@ def test_the_three_anchor_quickstart_ships_its_anchors():
     assert model.depths == (6, 6, 12) and model.widths == (48, 72, 96) and len(model.stitch_ids) == 83
     assert {s.kind for s in model.stitches} == {"anchor", "SL", "LS", "LSL", "SLS", "SML", "LMS"}
     shipped = load_file(PACKAGE_DIR / "assets" / "quickstart" / "medium_p8.safetensors")
-    own = model.anchors[1].state_dict()
+    own = {**model.backbone.anchors[1].state_dict(), **{f"head.{k}": v for k, v in model.heads[1].state_dict().items()}}
     assert all(torch.equal(own[k], v.float()) for k, v in shipped.items())

@@ -55,7 +55,7 @@ def test_position_embeddings_are_resampled_to_the_model_grid(tmp_path, trained, 
     path = released_file(tmp_path, trained)
     big = SNNet([tiny_vit(3, 32, img_size=64), tiny_vit(6, 48, heads=3, img_size=64)], lora_rank=3).eval()
     load_official_checkpoint(big, path)
-    assert big.anchors[0].pos_embed.shape == (1, 64, 32)
+    assert big.backbone.anchors[0].pos_embed.shape == (1, 64, 32)
     assert torch.isfinite(big.select(5)(torch.randn(1, 3, 64, 64))).all()
 
 
@@ -103,8 +103,8 @@ def test_mismatched_checkpoint_names_keys_and_shapes(tmp_path, trained):
     with pytest.raises(SNNetError) as e:
         load_official_checkpoint(trained, tmp_path / "bad.pth")
     msg = str(e.value)
-    assert "1 missing: anchors.0.norm.bias" in msg and "1 unexpected: extra.thing" in msg
-    assert "anchors.1.head.weight (5x48 in file, 10x48 in model)" in msg and "\n" not in msg
+    assert "1 missing: backbone.anchors.0.norm.bias" in msg and "1 unexpected: backbone.extra.thing" in msg
+    assert "heads.1.weight (5x48 in file, 10x48 in model)" in msg and "\n" not in msg
 
 
 def test_lora_rank_mismatch_is_explained(tmp_path, trained, pair_s_l):

@@ -71,3 +71,22 @@ def test_adam_optimizers_run_torchs_fused_kernel_with_the_same_updates(name):
     for p, q in zip(model.parameters(), twin.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
     assert not create_optimizer(model, tiny_config("train.optimizer=lamb").train, torch.device("cpu")).defaults.get("fused")
+
+
+@pytest.mark.parametrize("config", ["quickstart", "quickstart_segmentation"])
+def test_backbone_lr_scale_means_the_same_for_every_task(config):
+    """Every task model holds the stitched backbone as ``backbone``: train.backbone_lr_scale scales its learning rate,
+    and only its, for classification (whose heads are the anchors' classifiers) as for the dense tasks."""
+    from snnet.tasks import build_model
+    from snnet.training import create_optimizer
+
+    cfg = load_config(config, ["train.backbone_lr_scale=0.1", "train.lr=0.001"])
+    model = build_model(cfg, load_weights=False)
+    groups = create_optimizer(model, cfg.train, torch.device("cpu")).param_groups
+    lr_of = {id(p): g["lr"] for g in groups for p in g["params"]}
+    names = {n: p for n, p in model.named_parameters() if p.requires_grad}  # what the optimizer trains
+    assert all(lr_of[id(p)] == pytest.approx(1e-4) for n, p in names.items() if n.startswith("backbone."))
+    heads = [n for n in names if not n.startswith("backbone.")]
+    assert heads and all(lr_of[id(names[n])] == pytest.approx(1e-3) for n in heads)
+    if config == "quickstart":
+        assert heads == ["heads.0.weight", "heads.0.bias", "heads.1.weight", "heads.1.bias"]

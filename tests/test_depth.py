@@ -12,7 +12,7 @@ import torch.nn.functional as F
 import yaml
 from PIL import Image
 
-from snnet import SNNet, SNNetError, build_model, load_config
+from snnet import SNNetBackbone, SNNetError, build_model, load_config
 from snnet.anchors import AnchorConfig
 from snnet.cli import main
 from snnet.tasks.depth import DepthModel
@@ -28,7 +28,7 @@ def tiny_depth(channels: int = 16) -> DepthModel:
         img_size=32, patch_size=8, embed_dim=w, depth=d, num_heads=h, num_classes=0, final_norm=False,
         dynamic_img_size=True)) for d, w, h in zip(DEPTHS, WIDTHS, HEADS)]
     torch.manual_seed(0)
-    return DepthModel(SNNet(anchors, lora_rank=4, out_indices=OUT), channels, input_size=(48, 80),
+    return DepthModel(SNNetBackbone(anchors, lora_rank=4, out_indices=OUT), channels, input_size=(48, 80),
                       reassemble_channels=(8, 16, 24, 32))
 
 

@@ -9,7 +9,7 @@ import yaml
 from timm.layers import LayerNorm2d
 from torch import nn
 
-from snnet import SNNet, SNNetError, load_config
+from snnet import SNNetBackbone, SNNetError, load_config
 from snnet.anchors import AnchorConfig
 from snnet.cli import main
 from snnet.data import SceneConfig, write_coco_dataset
@@ -21,7 +21,7 @@ def tiny_detector(out_indices=(5,)) -> DetectionModel:
         img_size=64, patch_size=8, embed_dim=w, depth=d, num_heads=h, num_classes=0, final_norm=False,
         dynamic_img_size=True)) for d, w, h in ((3, 32, 2), (6, 48, 3))]
     torch.manual_seed(0)
-    return DetectionModel(SNNet(anchors, lora_rank=4, out_indices=list(out_indices)), num_classes=3, channels=16,
+    return DetectionModel(SNNetBackbone(anchors, lora_rank=4, out_indices=list(out_indices)), num_classes=3, channels=16,
                           image_size=64)
 
 

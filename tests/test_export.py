@@ -12,7 +12,8 @@ import yaml
 from snnet import SNNet, build_model, load_config
 from snnet.cli import main
 from snnet.errors import SNNetError
-from snnet.export import StitchNet, deployable, export_stitch, load_exported
+from snnet.export import export_stitch, load_exported
+from snnet.model import StitchNet
 from helpers import ENV, read_jsonl, write_config
 
 FORMATS = ("safetensors", "torchscript", "onnx")
@@ -47,11 +48,11 @@ def one_of_each_kind(model) -> list[int]:
 
 def test_stitchnet_keeps_only_its_stitch_and_equals_it(lora_model, images):
     for s in lora_model.stitches:
-        net = StitchNet(lora_model, s.id).eval()
-        dense = StitchNet(lora_model, s.id, dense=True).eval()
+        net = lora_model.deployable(s.id)  # the backbone's StitchNet ending in the last anchor's classifier
+        dense = StitchNet(lora_model.backbone, s.id, dense=True).eval()
         with torch.no_grad():
             assert torch.equal(net(images), lora_model.select(s.id)(images)), s.id
-            for a, b in zip(dense.forward_features(images), lora_model.forward_features(images)):
+            for a, b in zip(dense.forward_intermediates(images), lora_model.forward_intermediates(images)):
                 assert torch.equal(a, b), s.id
         assert sum(p.numel() for p in net.parameters()) == lora_model.params(s.id), s.id
         assert not any("lora" in k for k in net.state_dict())  # merged
@@ -101,7 +102,7 @@ def test_dense_models_export_with_their_inference_heads(config, tmp_path):
     model = build_model(load_config(config), load_weights=False).eval()
     full = sum(p.numel() for p in model.parameters())
     for sid in (1, 20):  # the large anchor (large taps only) and an LSL stitch (small taps projected)
-        net = deployable(model, sid)
+        net = model.deployable(sid)
         assert sum(p.numel() for p in net.parameters()) < full
         assert not any(k.startswith("auxiliary_head") for k in net.state_dict())
         for fmt in FORMATS:

@@ -37,7 +37,7 @@ def test_anchor_flops_of_spec():
                                   ("deit3_base_patch16_224", "deit3_large_patch16_224")])
 def test_other_published_pairs_are_consistent(pair):
     model = meta_pair(*pair)
-    s, l = (anchor_shape(a) for a in model.anchors)
+    s, l = model.shapes
     table = model.flops_table()
     assert table[0] == anchor_flops(s) and table[1] == anchor_flops(l)
     assert len(table) == 134 and all(table[0] < f < table[1] for i, f in table.items() if i > 1)
@@ -45,7 +45,7 @@ def test_other_published_pairs_are_consistent(pair):
 
 def _counted_macs(model: SNNet, x: torch.Tensor) -> int:
     """Multiply-adds as torch's own counter sees them (attention unfused so its matmuls count)."""
-    for a in model.anchors:
+    for a in model.backbone.anchors:
         for blk in a.blocks:
             blk.attn.fused_attn = False
     with FlopCounterMode(display=False) as counter:
@@ -74,5 +74,5 @@ def test_every_stitch_matches_torch_flop_counter(arch):
 def test_flops_at_other_input_size():
     model = SNNet([tiny_vit(2, 32, seed=1), tiny_vit(4, 48, heads=3, seed=2, dynamic_img_size=True)])
     big = model.flops(1, img_size=(64, 64))
-    s, l = (anchor_shape(a) for a in model.anchors)
+    s, l = model.shapes
     assert big == anchor_flops(l, (64, 64)) > model.flops(1)

@@ -74,10 +74,10 @@ def test_model_layers_equal_pinv_of_stored_activations(pair_s_l, rank):
     with torch.no_grad():
         small, large = _block_outputs(S, data), _block_outputs(L, data)
     c0, c1 = model.widths
-    for i, layer in enumerate(model.sl_layers):  # small block i -> large block 2i+1
+    for i, layer in enumerate(model.backbone.sl_layers):  # small block i -> large block 2i+1
         w, b = pinv_solution(small[i].reshape(-1, c0).double(), large[2 * i + 1].reshape(-1, c1).double())
         assert rel_err(layer.effective_weight().double(), w) <= 1e-4 and rel_err(layer.bias.double(), b) <= 1e-4
-    for k, layer in enumerate(model.ls_layers):  # large block 2k+1 -> small block k
+    for k, layer in enumerate(model.backbone.ls_layers):  # large block 2k+1 -> small block k
         w, b = pinv_solution(large[2 * k + 1].reshape(-1, c1).double(), small[k].reshape(-1, c0).double())
         assert rel_err(layer.effective_weight().double(), w) <= 1e-4 and rel_err(layer.bias.double(), b) <= 1e-4
     assert model.training  # the mode the caller had is restored
@@ -132,9 +132,9 @@ def test_model_layers_equal_the_reference_pinv_on_real_activations(pair_s_l):
     with torch.no_grad():
         small, large = _block_outputs(S, data), _block_outputs(L, data)
     c0, c1 = model.widths
-    for i, layer in enumerate(model.sl_layers):
+    for i, layer in enumerate(model.backbone.sl_layers):
         w, b = reference_pinv(small[i].reshape(-1, c0), large[2 * i + 1].reshape(-1, c1))
         assert rel_err(layer.effective_weight(), w) <= 2e-3 and rel_err(layer.bias, b) <= 2e-3
-    for k, layer in enumerate(model.ls_layers):
+    for k, layer in enumerate(model.backbone.ls_layers):
         w, b = reference_pinv(large[2 * k + 1].reshape(-1, c1), small[k].reshape(-1, c0))
         assert rel_err(layer.effective_weight(), w) <= 2e-3 and rel_err(layer.bias, b) <= 2e-3

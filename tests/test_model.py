@@ -8,7 +8,7 @@ from reference_impl import reference_v2_ids
 
 
 def _linear(model: SNNet, direction: str, k: int, x: torch.Tensor) -> torch.Tensor:
-    p = dict((model.sl_layers if direction == "SL" else model.ls_layers)[k].named_parameters())
+    p = dict((model.backbone.sl_layers if direction == "SL" else model.backbone.ls_layers)[k].named_parameters())
     w = p["weight"]
     if "lora_A" in p:
         w = w + (p["lora_B"] @ p["lora_A"]) / p["lora_A"].shape[0]
@@ -23,10 +23,12 @@ def _blocks(anchor, first: int, stop: int, x):
 
 def hand_logits(model: SNNet, cfg: tuple, x: torch.Tensor) -> torch.Tensor:
     """The route of a reference configuration, executed step by step from its definition."""
-    S, L = model.anchors
+    S, L = model.backbone.anchors  # their classifiers are the model's heads
+    classify = {id(S): model.heads[0], id(L): model.heads[1]}
     kind = cfg[0]
     if kind in ("S", "L"):
-        return (S if kind == "S" else L)(x)
+        a = S if kind == "S" else L
+        return classify[id(a)](a.forward_head(a.forward_features(x), pre_logits=True))
     order = {"SL": "SL", "LS": "LS", "LSL": "LSL", "SLS": "SLS"}[kind]
     anchors = [S if c == "S" else L for c in order]
     r = model.depths[1] // model.depths[0]
@@ -40,7 +42,7 @@ def hand_logits(model: SNNet, cfg: tuple, x: torch.Tensor) -> torch.Tensor:
         start = resume
     last = anchors[-1]
     h = _blocks(last, start, len(last.blocks), h)
-    return last.forward_head(last.norm(h))
+    return classify[id(last)](last.forward_head(last.norm(h), pre_logits=True))
 
 
 @pytest.mark.parametrize("rank", [0, 3])
@@ -60,7 +62,8 @@ def test_anchor_stitches_equal_plain_timm(pair_s_l, images):
     with torch.no_grad():
         want_s, want_l = S(images), L(images)
         model = SNNet([L, S]).eval()  # given large first: ordered by itself
-        assert model.anchors[0] is S
+        # S's weights, its classifier now the model's head (S itself keeps it)
+        assert model.backbone.anchors[0].blocks is S.blocks and model.heads[0] is S.head
         torch.testing.assert_close(model.select(0)(images), want_s, rtol=0, atol=0)
         torch.testing.assert_close(model.select(1)(images), want_l, rtol=0, atol=0)
 
@@ -71,12 +74,12 @@ def test_dense_features_of_anchor_stitches_match_timm_intermediates(pair_s_l, im
     randomize_layers(model)
     with torch.no_grad():
         large = L.forward_intermediates(images, indices=[1, 3], intermediates_only=True)
-        for got, want in zip(model.select(1).forward_features(images), large):
+        for got, want in zip(model.select(1).forward_intermediates(images), large):
             torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
         # small taps: blocks floor(idx/2) = 0 and 1, projected by SL layers 0 and 1
         small = S.forward_intermediates(images, indices=[0, 1], output_fmt="NLC", intermediates_only=True,
                                         return_prefix_tokens=True)
-        feats = model.select(0).forward_features(images, return_prefix_tokens=True)
+        feats = model.select(0).forward_intermediates(images, return_prefix_tokens=True)
         for k, ((fmap, fprefix), (tokens, prefix)) in enumerate(zip(feats, small)):
             proj = _linear(model, "SL", k, torch.cat([prefix, tokens], dim=1))
             assert fmap.shape == (3, 48, IMG // 8, IMG // 8)
@@ -89,7 +92,7 @@ def test_every_stitch_gives_four_large_width_maps(pair_s_l, images):
     assert model.out_indices == [0, 2, 3, 5]
     with torch.no_grad():
         for sid in model.stitch_ids:
-            maps = model.select(sid).forward_features(images)
+            maps = model.select(sid).forward_intermediates(images)
             assert [tuple(m.shape) for m in maps] == [(3, 48, 4, 4)] * 4
             assert all(torch.isfinite(m).all() for m in maps)
 
@@ -99,8 +102,8 @@ def test_last_tap_is_the_final_tokens_of_large_ending_stitches(pair_s_l, images)
     with torch.no_grad():
         for s in model.stitches:
             if s.last_anchor == 1:
-                tokens, _ = model.run_route(images, s)
-                last = model.select(s.id).forward_features(images)[-1]
+                tokens, _ = model.backbone.run_route(images, s)
+                last = model.select(s.id).forward_intermediates(images)[-1]
                 torch.testing.assert_close(last.flatten(2).transpose(1, 2), tokens[:, 1:], rtol=0, atol=0)
 
 
@@ -133,7 +136,7 @@ def test_only_the_sampled_route_gets_gradients(pair_s_l, images):
         if name.startswith(("sl_layers", "ls_layers")) and p.requires_grad:
             has_grad = p.grad is not None
             assert has_grad == any(name.startswith(u + ".") for u in used), name
-    assert not model.sl_layers[0].weight.requires_grad  # LoRA freezes the least-squares weight
+    assert not model.backbone.sl_layers[0].weight.requires_grad  # LoRA freezes the least-squares weight
 
 
 def test_merge_lora_keeps_outputs(pair_s_l, images):
@@ -142,7 +145,7 @@ def test_merge_lora_keeps_outputs(pair_s_l, images):
     with torch.no_grad():
         before = {sid: model.select(sid)(images) for sid in model.stitch_ids}
         model.merge_lora()
-        assert model.config.lora_rank == 0 and not hasattr(model.sl_layers[0], "lora_A")
+        assert model.config.lora_rank == 0 and not hasattr(model.backbone.sl_layers[0], "lora_A")
         for sid, want in before.items():
             torch.testing.assert_close(model.select(sid)(images), want, rtol=1e-5, atol=1e-5)
 
@@ -190,7 +193,7 @@ def test_pareto_and_budget_use_model_flops(pair_s_l):
 
 def test_v1_model(pair_s_l, images):
     model = SNNet(list(pair_s_l), version="v1").eval()
-    assert model.stitch_ids == [0, 1, 2, 3] and len(model.ls_layers) == 0
+    assert model.stitch_ids == [0, 1, 2, 3] and len(model.backbone.ls_layers) == 0
     S, L = pair_s_l
     with torch.no_grad():
         torch.testing.assert_close(model.select(0)(images), L(images), rtol=0, atol=0)
@@ -218,4 +221,4 @@ def test_wrong_input_shapes_are_one_line_errors(pair_s_l):
     with pytest.raises(SNNetError, match=r"expected images of shape \(B, 3, H, W\), got \(1, 1, 32, 32\)"):
         model(torch.randn(1, 1, 32, 32))
     with pytest.raises(SNNetError, match=r"got \(3, 32, 32\)"):
-        model.forward_features(torch.randn(3, 32, 32))
+        model.forward_intermediates(torch.randn(3, 32, 32))

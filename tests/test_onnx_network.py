@@ -72,7 +72,7 @@ def test_the_weights_are_stored_once_and_the_sidecar_lists_every_stitch(run, net
     assert len(names) == len(set(names))
     weights = sum(len(t.raw_data) for t in stored if len(t.raw_data) >= 1024)
     lora = sum(p.numel() * 4 for n, p in model.named_parameters() if "lora_" in n)
-    small_head = sum(p.numel() * 4 for p in model.anchors[0].head.parameters())
+    small_head = sum(p.numel() * 4 for p in model.heads[0].parameters())
     assert weights <= _params_bytes(model) - lora - small_head
     assert weights >= 0.9 * (_params_bytes(model) - lora - small_head)
     assert network.stat().st_size < 1.25 * _params_bytes(model)  # a tiny graph's nodes weigh beside its weights

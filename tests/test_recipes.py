@@ -37,7 +37,7 @@ def test_imagenet_drop_path_is_the_same_in_every_block(name):
     _, model = meta_model(name)
     for anchor, rate in zip(anchors_of(model), IMAGENET[name]):
         assert drop_path_rates(anchor) == [rate] * len(anchor.blocks)
-    layers = [*model.sl_layers, *model.ls_layers]
+    layers = [*model.backbone.sl_layers, *model.backbone.ls_layers]
     assert layers and not any(isinstance(m, DropPath) for layer in layers for m in layer.modules())
     with pytest.raises(SNNetError, match="unknown drop-path rule 'ramp': expected one of linear, constant"):
         create_anchor(AnchorConfig("deit3_small_patch16_224", kwargs={"device": "meta"}, drop_path="ramp"))
@@ -265,7 +265,7 @@ def test_head_init_choice_torch_resets_every_head_layer_but_not_the_backbone():
 def test_deit3_s_b_l_is_one_network_of_377_stitches_in_45_ros_groups():
     cfg, model = meta_model("imagenet_deit3_s_b_l")
     assert model.depths == (12, 12, 24) and model.widths == (384, 768, 1024)
-    assert len(model.stitch_ids) == 377 and len(model.sl_layers) == 2 * 12 and len(model.ls_layers) == 2 * 11
+    assert len(model.stitch_ids) == 377 and len(model.backbone.sl_layers) == 2 * 12 and len(model.backbone.ls_layers) == 2 * 11
     model.configure_sampling(cfg.train.ros_gap, cfg.train.ros_k, anchor_share=cfg.train.ros_anchor_share)
     assert len(model.sampler.groups) == 45 and sum(map(len, model.sampler.groups)) == 377
 
@@ -276,7 +276,7 @@ def test_sn_net_recipe_as_its_code_base_ran_it():
     cfg, model = meta_model("imagenet_sn_net_deit_ti_s_b")
     assert model.config.version == "sn-net" and model.stitch_ids == list(range(71))
     assert model.sampler.groups == [list(range(71))] and model.config.lora_rank == 0
-    for anchor in model.anchors:
+    for anchor in model.backbone.anchors:
         assert drop_path_rates(anchor) == pytest.approx([0.1 * i / 11 for i in range(12)])
     _, small = meta_model("imagenet_sn_net_deit_ti_s_b", *(f"model.anchors.{i}.kwargs.depth=2" for i in range(3)))
     opt = create_optimizer(small.to_empty(device="cpu"), cfg.train, torch.device("cpu"))

@@ -17,7 +17,7 @@ def _one_at_a_time(model: SNNet, x: torch.Tensor, ids, dense: bool = False) -> d
     out = {}
     for sid in ids:
         model.select(sid)
-        out[sid] = model.forward_features(x) if dense else model(x)
+        out[sid] = model.forward_intermediates(x) if dense else model(x)
     return out
 
 
@@ -26,7 +26,7 @@ def _shared(model: SNNet, x: torch.Tensor, ids, dense: bool = False) -> dict:
     with model.sharing_prefixes(ids):
         for sid in model.depth_first(ids):
             model.select(sid)
-            out[sid] = model.forward_features(x) if dense else model(x)
+            out[sid] = model.forward_intermediates(x) if dense else model(x)
     return out
 
 
@@ -87,7 +87,7 @@ def test_inputs_are_told_apart_by_value(pair_s_l, images):
 def test_every_tree_node_runs_once_and_few_activations_live(pair_s_l, images):
     """Counted with hooks on the blocks: calls, and block outputs still referenced at each call."""
     model = lora_model(*pair_s_l)
-    blocks = [b for a in model.anchors for b in a.blocks]
+    blocks = [b for a in model.backbone.anchors for b in a.blocks]
     calls, outputs, live_peak = [0], [], [0]
 
     def hook(module, args, out):

@@ -13,7 +13,7 @@ from reference_impl import reference_configs, reference_seg_logits
 from segmentation_fixtures import (CHANNELS, CLASSES, DEPTHS, HEADS, IMG, OUT, PATCH, RANK, WIDTHS, reference_state_dict,
                                    write_layout, write_mmengine_checkpoint)
 
-from snnet import SNNet, SNNetError, build_model, load_config, load_official_checkpoint
+from snnet import SNNet, SNNetBackbone, SNNetError, build_model, load_config, load_official_checkpoint
 from snnet.anchors import AnchorConfig
 from snnet.stitch_space import route_taps, stitch_space
 from snnet.tasks.segmentation import SegmentationModel
@@ -27,7 +27,7 @@ def tiny_segmentation(rel_pos: bool = True, aux_weight: float = 0.4, img: int = 
         img_size=img, patch_size=PATCH, embed_dim=w, depth=d, num_heads=h, num_classes=0, final_norm=False,
         dynamic_img_size=True)) for d, w, h in zip(DEPTHS, WIDTHS, HEADS)]
     torch.manual_seed(0)
-    return SegmentationModel(SNNet(anchors, lora_rank=RANK, out_indices=OUT), CLASSES, CHANNELS, aux_weight)
+    return SegmentationModel(SNNetBackbone(anchors, lora_rank=RANK, out_indices=OUT), CLASSES, CHANNELS, aux_weight)
 
 
 def randomize(model: torch.nn.Module, seed: int = 1) -> torch.nn.Module:

@@ -60,7 +60,7 @@ def test_network_params_and_flops_equal_the_published_table():
     assert model.stitch_ids == sorted(rows) and model.widths == (192, 384, 768)
     assert {i: model.params(i) for i in model.stitch_ids} == {i: r["params"] for i, r in rows.items()}  # 71 of 71
     assert model.flops_table() == {i: r["flops"] for i, r in rows.items()}
-    assert len(model.sl_layers) == 2 * 11 and len(model.ls_layers) == 0
+    assert len(model.backbone.sl_layers) == 2 * 11 and len(model.backbone.ls_layers) == 0
     assert model.sampler.groups == [model.stitch_ids]  # uniform over all 71, as SN-Net trains
 
 
@@ -83,8 +83,8 @@ def test_least_squares_is_the_mean_of_the_fits_of_each_layers_positions(three):
     assert init_stitching_layers(model, [images], progress=False) == 8
     with torch.no_grad():
         outs = []  # per anchor: embedding, then every block's output, as token rows
-        for a, anchor in enumerate(model.anchors):
-            h = model.embed(images, a)
+        for a, anchor in enumerate(model.backbone.anchors):
+            h = model.backbone.embed(images, a)
             outs.append([h])
             for blk in anchor.blocks:
                 h = blk(h)
@@ -99,7 +99,7 @@ def test_least_squares_is_the_mean_of_the_fits_of_each_layers_positions(three):
                         xa = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1)
                         fits.append(torch.linalg.pinv(xa) @ y)
                 sol = torch.stack(fits).mean(0)
-                got = model.sl_layers[p * 2 + layer]
+                got = model.backbone.sl_layers[p * 2 + layer]
                 torch.testing.assert_close(got.weight.double(), sol[:-1].T, rtol=0, atol=1e-4)
                 torch.testing.assert_close(got.bias.double(), sol[-1], rtol=0, atol=1e-4)
 
@@ -150,8 +150,6 @@ def test_released_checkpoint_reproduces_every_id(tmp_path, three, images):
 
 
 def test_every_id_exports_equal_and_round_trips(tmp_path, three, images):
-    from snnet.export import deployable
-
     model = SNNet(three, version="sn-net").eval()
     init_stitching_layers(model, [torch.randn(4, 3, IMG, IMG)], progress=False)
     model.save_pretrained(tmp_path / "m")
@@ -161,9 +159,9 @@ def test_every_id_exports_equal_and_round_trips(tmp_path, three, images):
         for sid in model.stitch_ids:
             expected = model.select(sid)(images)
             torch.testing.assert_close(again.select(sid)(images), expected, rtol=0, atol=0)
-            torch.testing.assert_close(deployable(model, sid)(images), expected, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(model.deployable(sid)(images), expected, rtol=1e-5, atol=1e-5)
     with pytest.raises(SNNetError, match="SN-Net's networks .* classify only"):
-        model.forward_features(images)
+        model.forward_intermediates(images)
 
 
 def test_snnet_eval_reads_the_released_checkpoint(tmp_path, three, capsys):

@@ -23,7 +23,9 @@ _PUBLIC = {
     "SNNetError": ("errors", "SNNetError"),
     "load_exported": ("export", "load_exported"),
     "init_stitching_layers": ("least_squares", "init_stitching_layers"),
-    "SNNet": ("model", "SNNet"),
+    "SNNet": ("tasks.classification", "SNNet"),
+    "SNNetBackbone": ("model", "SNNetBackbone"),
+    "TaskModel": ("model", "TaskModel"),
     "SNNetConfig": ("model", "SNNetConfig"),
     "from_pretrained": ("pretrained", "load_pretrained"),
     "ROSSampler": ("sampling", "ROSSampler"),
@@ -62,7 +64,8 @@ if TYPE_CHECKING:  # what type checkers and IDEs read
     from .errors import SNNetError
     from .export import load_exported
     from .least_squares import init_stitching_layers
-    from .model import SNNet, SNNetConfig
+    from .model import SNNetBackbone, SNNetConfig, TaskModel
+    from .tasks.classification import SNNet
     from .pretrained import load_pretrained as from_pretrained
     from .sampling import ROSSampler, ros_groups
     from .selection import best_under_budget, pareto_frontier

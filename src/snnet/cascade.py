@@ -21,13 +21,14 @@ from matplotlib.figure import Figure
 
 from ._atomic import atomic_path
 from .errors import SNNetError
+from .registry import TASKS
 from .flops import AnchorShape, prefix_shared_flops
 from .results import frontier
 from .selection import best_under_budget, is_integer, is_number, pareto_frontier
 from .stitch_space import Stitch, route_steps
 
 if TYPE_CHECKING:
-    from .model import SNNet
+    from .tasks.classification import SNNet
 
 # the per-image score an exit compares with its threshold; max_prob is the default (see docs/cascades.md)
 CONFIDENCES = ("max_prob", "margin")
@@ -116,7 +117,7 @@ class Cascade:
     def __init__(self, model: SNNet, stitch_ids: Sequence[int], thresholds: Sequence[float],
                  confidence: str = "max_prob") -> None:
         check_stages(stitch_ids, thresholds, confidence, model.stitch_ids)
-        if model.task != "classification":
+        if not TASKS[model.task].answer_is_label:
             raise SNNetError(f"cascades exit on a classifier's confidence; a {model.task} model has none")
         self.model, self.stitch_ids = model, list(stitch_ids)
         self.thresholds, self.confidence = [float(t) for t in thresholds], confidence
@@ -152,10 +153,10 @@ class Cascade:
                 src, start = self.resume[k]
                 h = images[alive] if src is None else kept[(src, start - 1)]
                 for i in range(start, len(route)):
-                    h = model.run_step(route[i], h)
+                    h = model.backbone.run_step(route[i], h)
                     if i in self.keep[k]:
                         kept[(k, i)] = h
-                out = model.forward_head(h, stitch)
+                out = model.logits(h, stitch)
                 if logits is None:
                     logits = out.new_zeros((n, out.shape[-1]))
                 last = k == len(self.stitches) - 1

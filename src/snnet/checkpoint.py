@@ -18,8 +18,7 @@ from .rundir import saved_model_dir
 from .tasks import TASKS, build_model
 
 if TYPE_CHECKING:
-    from .model import SNNet
-    from .tasks.dense import DenseModel
+    from .model import SNNetBackbone, TaskModel
 
 _OFFICIAL_LAYER = re.compile(r"stitch_layers\.(?:(\d)\.)?(\d+)\.transform\.(weight|bias|lora_A|lora_B)$")
 # the reference's segmentation anchors (mmsegmentation's ViT) -> timm's names
@@ -29,7 +28,7 @@ _MMSEG_NAMES = [(re.compile(a), b) for a, b in (
     (r"\.ln([12])\.", r".norm\1."))]
 
 
-def official_filter_fn(state: dict[str, torch.Tensor], model: "SNNet") -> dict[str, torch.Tensor]:
+def official_filter_fn(state: dict[str, torch.Tensor], model: "SNNetBackbone") -> dict[str, torch.Tensor]:
     """Rename a released SN-Net state dict to ours: DeiT-3 layer scales and mmsegmentation's ViT names to
     timm's, stitching layers ``stitch_layers.{0,1}.{k}.transform`` (v1: ``stitch_layers.{k}.transform``) to
     ``sl_layers.{k}`` / ``ls_layers.{k}`` (SN-Net's ``stitch_layers.{pair}.{k}`` to pair ``pair``'s SL layer
@@ -53,7 +52,7 @@ def official_filter_fn(state: dict[str, torch.Tensor], model: "SNNet") -> dict[s
     return out
 
 
-def _layer_key(key: str, group: str | None, index: str, param: str, model: "SNNet") -> str:
+def _layer_key(key: str, group: str | None, index: str, param: str, model: "SNNetBackbone") -> str:
     """Our name of a released stitching layer ``key``: SN-Netv2's group 0 SL, 1 LS; SN-Net's group p is
     neighbour pair p, its layers SL only. A layer the model has no place for is a one-line error, not a
     rename into the next pair's layers."""
@@ -86,24 +85,22 @@ def _fit_pos_embed(pos: torch.Tensor, anchor: torch.nn.Module) -> torch.Tensor:
     return resample_abs_pos_embed(pos, new_size=list(anchor.patch_embed.grid_size), num_prefix_tokens=prefix)
 
 
-def load_official_checkpoint(model: "SNNet | DenseModel", path: str | Path, obj: dict | None = None):
+def load_official_checkpoint(model: "TaskModel", path: str | Path, obj: dict | None = None) -> "TaskModel":
     """Load a released SN-Netv2 (or SN-Net) checkpoint into ``model``, weights only: a classification file
-    (``model`` key) into an SNNet, a segmentation one (mmengine's, ``state_dict`` key) into a
-    SegmentationModel. ``obj``: the file's contents when the caller has already read it."""
-    classification = model.backbone is model  # an SNNet; task models hold theirs as the backbone module
+    (``model`` key) into an ``SNNet``, a segmentation one (mmengine's, ``state_dict`` key) into a
+    SegmentationModel; the task says where its files keep the state dict and the backbone's keys. ``obj``: the
+    file's contents when the caller has already read it."""
+    task = TASKS[model.task]
     if obj is None:
-        obj = load_torch_checkpoint(path, logging_state=not classification)
-    key = "model" if classification else "state_dict"
+        obj = load_torch_checkpoint(path, logging_state=task.released_logging_state)
+    key, prefix = task.released_state_key, task.released_backbone_prefix
     state = obj.get(key, obj)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise SNNetError(f"{path} holds no SN-Net state dict under {key!r}")
-    if classification:
-        state = official_filter_fn(state, model)
-    else:  # the backbone's keys as a classification file's, the heads' already ours
-        backbone = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
-        state = {**{k: v for k, v in state.items() if not k.startswith("backbone.")},
-                 **{f"backbone.{k}": v for k, v in official_filter_fn(backbone, model.backbone).items()}}
-    load_state_checked(model, state, f"checkpoint {path}")
+    backbone = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+    heads = {k: v for k, v in state.items() if not k.startswith(prefix)}
+    state = {**heads, **{f"backbone.{k}": v for k, v in official_filter_fn(backbone, model.backbone).items()}}
+    load_state_checked(model, model.upgrade_state_dict(state), f"checkpoint {path}")
     return model
 
 
@@ -137,17 +134,18 @@ def trained_task(found) -> str | None:
     return saved.get("task", DEFAULT_TASK) if isinstance(saved, dict) else None
 
 
-def trained_classes(found) -> int | None:
-    """Classes of the trained heads in :func:`read_trained`'s result, when it has them."""
+def trained_classes(found, task: str) -> int | None:
+    """Classes of the trained heads in :func:`read_trained`'s result for ``task``, when it has them."""
     if not isinstance(found, dict):
         return found.num_classes
-    obj = found["obj"]
-    state = obj.get("model", obj.get("state_dict", obj))
-    for key in ("anchors.1.head.weight", "decode_head.conv_seg.weight"):  # classifier, segmentation head
-        head = state.get(key) if isinstance(state, dict) else None
-        if isinstance(head, torch.Tensor) and head.ndim >= 2:
-            return int(head.shape[0])
-    return None
+    spec, obj = TASKS[task], found["obj"]
+    if spec.head_weight is None:
+        return None
+    state = obj.get("model", obj.get(spec.released_state_key, obj))
+    if not isinstance(state, dict):
+        return None
+    head = spec.model_class.upgrade_state_dict(state).get(spec.head_weight)
+    return int(head.shape[0]) if isinstance(head, torch.Tensor) and head.ndim >= 2 else None
 
 
 def model_for_eval(found, cfg, num_classes: int):
@@ -157,7 +155,7 @@ def model_for_eval(found, cfg, num_classes: int):
     obj = found["obj"]
     model = build_model(cfg, num_classes, load_weights=False)
     if {"optimizer", "scheduler", "rng", "config"} <= set(obj):  # our own training checkpoint
-        load_state_checked(model, obj["model"], f"checkpoint {found['path']}")
+        load_state_checked(model, model.upgrade_state_dict(obj["model"]), f"checkpoint {found['path']}")
     else:
         load_official_checkpoint(model, found["path"], obj)
     return model

@@ -11,11 +11,11 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from ._atomic import together
-from .config import RunConfig
+from .config import DEFAULT_TASK, RunConfig
 from .distributed import DistEnv, autocast
 from .errors import SNNetError
 from .export import precision_label, read_sidecar, sidecar_path, stitch_checker
-from .model import SNNet
+from .model import TaskModel
 from .progress import progress_bar
 from .results import carry_over, format_table, frontier, plot_pareto, read_results, result_rows, write_results
 from .runtime import OnnxStitch
@@ -42,7 +42,7 @@ def check_data(task, cfg: RunConfig, env: DistEnv, train: bool) -> None:
 
 
 @torch.no_grad()
-def evaluate_stitches(model: SNNet, task, loader: DataLoader, stitch_ids: list[int], env: DistEnv,
+def evaluate_stitches(model: TaskModel, task, loader: DataLoader, stitch_ids: list[int], env: DistEnv,
                       amp: bool = True, progress: bool = True, share_prefixes: bool = True) -> dict[int, dict[str, float]]:
     """Every requested stitch on every batch: each batch is loaded once and run through all stitches,
     by default in depth-first order of their route tree, each route resuming from the deepest activation
@@ -69,7 +69,7 @@ def evaluate_stitches(model: SNNet, task, loader: DataLoader, stitch_ids: list[i
     return {sid: task.finalize(task.reduce(acc.get(sid), env.device)) for sid in stitch_ids}
 
 
-def evaluate_and_report(model: SNNet | ChoosesStitches, task, cfg: RunConfig, env: DistEnv, run_dir: Path,
+def evaluate_and_report(model: ChoosesStitches, task, cfg: RunConfig, env: DistEnv, run_dir: Path,
                         stitch_ids: list[int] | None = None, progress: bool = True) -> list[Path] | None:
     """Evaluate stitches, then on rank 0 write results.jsonl/.csv and pareto.png (``results_subset.*`` and
     ``pareto_subset.png`` for a subset of the stitches), print the frontier and return the files written."""
@@ -119,7 +119,7 @@ def _check_normalisation(path: Path, info: dict, cfg: RunConfig) -> None:
 
 
 def evaluate_exported(files: list[Path], task, cfg: RunConfig, env: DistEnv, run_dir: Path,
-                      progress: bool = True, model: SNNet | None = None) -> list[Path] | None:
+                      progress: bool = True, model: TaskModel | None = None) -> list[Path] | None:
     """Each exported ONNX stitch through ONNX Runtime on the run's validation data, into the run's results as
     precision-labelled columns (``acc1@int8``, ``acc1@fp32``, ...) beside the PyTorch ones, which stay. With the
     run's ``model``, each file is first checked to compute the stitch its sidecar names."""
@@ -139,7 +139,7 @@ def evaluate_exported(files: list[Path], task, cfg: RunConfig, env: DistEnv, run
                              f"them with --stitch ID), or use eval --quantize int8")
         if not isinstance(sid, int) or isinstance(sid, bool):
             raise SNNetError(f"{sidecar_path(f)} names no stitch id (stitch_id is {sid!r})")
-        if info.get("task", "classification") != task.name or sid not in by_id:
+        if info.get("task", DEFAULT_TASK) != task.name or sid not in by_id:
             raise SNNetError(f"{f} is stitch {sid} of a {info.get('task')} model, not in {run_dir / 'results.jsonl'}")
         _check_normalisation(f, info, cfg)
         label = precision_label(info)

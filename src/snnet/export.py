@@ -1,20 +1,19 @@
 """One stitch as a standalone network, and its files: ONNX, TorchScript, or safetensors + ``load_exported``.
 
-``StitchNet`` keeps only what the stitch runs: the first anchor's embedding, the route's blocks with its
-stitching layers (LoRA merged) between them, the projections of smaller anchors' taps, and the last anchor's
-norm and head. A dense model keeps its inference heads over a ``StitchNet`` backbone. Every exported file
-has a JSON sidecar (``<output>.json``): stitch, route, FLOPs, input size, normalisation, class names.
+What is written is the task model's ``deployable(stitch_id)``: a ``snnet.model.StitchNet`` (only what the stitch
+runs: the first anchor's embedding, the route's blocks with its stitching layers, LoRA merged, between them, the
+projections of smaller anchors' taps, and the last anchor's norm and pooling) under the heads a deployed stitch
+runs. Every exported file has a JSON sidecar (``<output>.json``): stitch, route, FLOPs, input size,
+normalisation, class names.
 """
 from __future__ import annotations
 
-import copy
 import importlib.util
 import json
 import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -24,120 +23,16 @@ from torch import nn
 from ._atomic import atomic_path, immediately, together
 from .errors import SNNetError, first_line
 from .files import read_json, read_safetensors
-from .model import SNNet, embed_tokens, tap_maps
+from .model import TaskModel
 from .onnx_network import NetworkGraph, needs_external_data, save_network
 from .pretrained import load_state_checked, model_from_config, saved_config
 from .progress import progress_bar
 from .quantize import quantize_onnx
 from .runtime import OnnxStitch
 from .selection import PRECISIONS, is_integer
-from .stitch_space import LayerRef, route_steps, route_taps, tap_layers
-from .tasks.dense import DenseModel
 
 FORMATS = ("onnx", "torchscript", "safetensors")
 EXPORT_FORMAT = "snnet-export"
-
-
-def _copy_with(module: nn.Module, **replace: Any) -> nn.Module:
-    """A deep copy of ``module`` with some attributes replaced (the originals are never copied)."""
-    saved = {name: getattr(module, name) for name in replace if hasattr(module, name)}
-    try:
-        for name, value in replace.items():
-            setattr(module, name, value)
-        return copy.deepcopy(module)
-    finally:
-        for name in replace:
-            if name in saved:
-                setattr(module, name, saved[name])
-            else:
-                delattr(module, name)
-
-
-def _linear(layer: nn.Module) -> nn.Linear:
-    """A stitching layer as a plain linear layer, its low-rank update merged."""
-    with torch.no_grad():
-        weight = layer.effective_weight().detach().clone()
-        out = nn.Linear(layer.in_features, layer.out_features, device=weight.device, dtype=weight.dtype)
-        out.weight.copy_(weight)
-        out.bias.copy_(layer.bias)
-    return out
-
-
-class StitchNet(nn.Module):
-    """One stitch of an SNNet as a plain network: ``forward`` gives its logits (``dense=False``: the last
-    anchor's norm and head are kept) or ``forward_features`` its dense taps (``dense=True``: the tap
-    projections are kept), equal to the SNNet's for that stitch."""
-
-    def __init__(self, net: SNNet, stitch_id: int, dense: bool = False) -> None:
-        super().__init__()
-        s = net.stitch(stitch_id)
-        self.stitch_id = s.id
-        self.final_norm = s.final_norm  # SN-Net's stitched routes have none (SPEC 13)
-        first, last = net.anchors[s.first_anchor], net.anchors[s.last_anchor]
-        empty = nn.Sequential()
-        # the first anchor's embedding alone, and the last anchor's norm and head alone
-        self.embed = _copy_with(first, blocks=empty, norm=nn.Identity(), fc_norm=nn.Identity(), head=nn.Identity(),
-                                attn_pool=None)
-        self.tail = None if dense else _copy_with(last, blocks=empty, patch_embed=nn.Identity(), pos_embed=None,
-                                                  cls_token=None, reg_token=None, norm_pre=nn.Identity())
-        steps = route_steps(s)[1:]
-        self.steps = nn.ModuleList(
-            copy.deepcopy(net.anchors[st.part].blocks[st.index]) if st.kind == "block"
-            else _linear(net.stitching_layer(LayerRef(st.part, st.index, st.pair))) for st in steps)
-        # dense taps: step -> (the positions in out_indices it gives, the projections that bring it to the largest
-        # width, in order: none for the largest anchor's taps)
-        every = route_taps(s, tuple(net.out_indices), *net.depths) if dense else []
-        self.taps: dict[int, tuple[list[int], list[int]]] = {}
-        projections = []
-        for k, st in enumerate(steps):
-            positions = [i for i, t in enumerate(every) if t == (st.part, st.index)]
-            if st.kind == "block" and positions:
-                refs = tap_layers(st.part, st.index, *net.depths)
-                self.taps[k] = (positions, list(range(len(projections), len(projections) + len(refs))))
-                projections += [_linear(net.stitching_layer(ref)) for ref in refs]
-        self.num_taps = len(every)
-        self.projections = nn.ModuleList(projections)
-
-    def forward_tokens(self, x: torch.Tensor, taps: Sequence[int] = ()) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """(final tokens, the tap tokens of the ``taps`` positions in out_indices): the operations of
-        ``SNNet.run_route``."""
-        wanted = {range(self.num_taps)[t] for t in taps}
-        x = embed_tokens(self.embed, x)
-        feats = []
-        for k, step in enumerate(self.steps):
-            x = step(x)
-            positions, projections = self.taps.get(k, ((), ()))
-            n = sum(i in wanted for i in positions)
-            if n:
-                f = x
-                for p in projections:
-                    f = self.projections[p](f)
-                feats.extend([f] * n)
-        return x, feats
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits: (B, 3, H, W) -> (B, num_classes)."""
-        tokens, _ = self.forward_tokens(x)
-        return self.tail.forward_head(self.tail.norm(tokens) if self.final_norm else tokens)
-
-    def forward_features(self, x: torch.Tensor, return_prefix_tokens: bool = False,
-                         taps: Sequence[int] | None = None) -> list:
-        """Dense taps, as ``SNNet.forward_features``."""
-        _, feats = self.forward_tokens(x, range(self.num_taps) if taps is None else taps)
-        return tap_maps(feats, self.embed, x, return_prefix_tokens)
-
-
-def deployable(model: SNNet | DenseModel, stitch_id: int) -> nn.Module:
-    """The stitch as a standalone eval-mode network; a dense model keeps its inference heads over it."""
-    if model.backbone is not model:  # a task model: the backbone's stitch under its heads
-        heads = model.inference_heads()
-        # a copy in which every reference to the backbone (detection's pyramid holds one) is the stitch, and
-        # the heads a deployed stitch does not run (e.g. auxiliary training heads) are empty
-        memo = {id(model.backbone): StitchNet(model.backbone, stitch_id, dense=True)}
-        memo.update({id(child): nn.ModuleList() for name, child in model.named_children()
-                     if name != "backbone" and not any(m is h for m in child.modules() for h in heads)})
-        return copy.deepcopy(model, memo).eval()
-    return StitchNet(model, stitch_id).eval()
 
 
 class _OneImage(nn.Module):
@@ -158,7 +53,7 @@ def sidecar_path(path: str | Path) -> Path:
     return path.with_name(path.name + ".json")
 
 
-def export_stitch(model: SNNet | DenseModel, stitch_id: int, fmt: str, output: str | Path,
+def export_stitch(model: TaskModel, stitch_id: int, fmt: str, output: str | Path,
                   img_size: tuple[int, int], batch: int = 1, info: dict | None = None, quantize: str | None = None,
                   method: str = "dynamic", calibration: Iterable[torch.Tensor] | None = None,
                   calibration_info: dict | None = None) -> list[Path]:
@@ -180,7 +75,7 @@ def export_stitch(model: SNNet | DenseModel, stitch_id: int, fmt: str, output: s
     if output.is_dir():
         raise SNNetError(f"--output {output} is a directory: give a file name")
     device = next(model.parameters()).device
-    net = deployable(model.eval(), stitch_id)
+    net = model.eval().deployable(stitch_id)
     s = model.stitch(stitch_id)
     flops = model.flops(stitch_id, img_size)  # a size the patches do not tile fails here, before any write
     example = torch.randn(1 if lists else batch, 3, *img_size, device=device)
@@ -226,7 +121,7 @@ def export_stitch(model: SNNet | DenseModel, stitch_id: int, fmt: str, output: s
     return [output, side]
 
 
-def export_network(model: SNNet | DenseModel, output: str | Path, img_size: tuple[int, int], batch: int = 1,
+def export_network(model: TaskModel, output: str | Path, img_size: tuple[int, int], batch: int = 1,
                    info: dict | None = None, results: dict[int, dict] | None = None, quantize: str | None = None,
                    method: str = "dynamic", calibrate: Callable[[], dict] | None = None,
                    progress: bool = False) -> list[Path]:
@@ -315,7 +210,7 @@ def read_sidecar(path: str | Path) -> dict:
     return info
 
 
-def stitch_checker(model: SNNet | DenseModel, dataset, tolerance: float = 0.5) -> Callable[[Path, dict], None]:
+def stitch_checker(model: TaskModel, dataset, tolerance: float = 0.5) -> Callable[[Path, dict], None]:
     """A check that an ONNX file computes the stitch of ``model`` its sidecar names: on the first two images of
     ``dataset`` (resized to the file's input) its output must be nearest that stitch's and within ``tolerance`` of
     its norm (int8 rounding moves it by about 1 %, another stitch or run by its whole norm); else a one-line error
@@ -370,6 +265,6 @@ def load_exported(path: str | Path) -> nn.Module:
     info = read_sidecar(path)
     if info.get("export_format") != "safetensors":
         raise SNNetError(f"{path} is {info.get('export_format')}: load it with onnxruntime or torch.jit.load")
-    net = deployable(model_from_config(info["model"], str(side)), info["stitch_id"])
+    net = model_from_config(info["model"], str(side)).deployable(info["stitch_id"])
     load_state_checked(net, read_safetensors(path), str(path))
     return net.eval()

@@ -23,8 +23,7 @@ def model_card(model, results: list[dict] | None = None, with_plot: bool = False
     its FLOPs and parameters (and metrics, when ``results`` are given) with the frontier marked."""
     task = model.task
     cfg = model.config.to_dict()
-    net = getattr(model, "backbone", model)
-    names = [f"`{a['name']}` (depth {d}, width {w})" for a, d, w in zip(cfg["anchors"], net.depths, net.widths)]
+    names = [f"`{a['name']}` (depth {d}, width {w})" for a, d, w in zip(cfg["anchors"], model.depths, model.widths)]
     if cfg["version"] == "sn-net":
         between = f"its {len(names)} anchors, each a route from one anchor into the next larger one"
     elif len(names) == 2:

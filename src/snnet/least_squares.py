@@ -78,7 +78,8 @@ def _accumulate(model, images: torch.Tensor, needed: dict[int, set[int]], fits: 
 @torch.no_grad()
 def init_stitching_layers(model, batches: Iterable, num_images: int | None = None,
                           progress: bool = True, chunk_size: int = 4) -> int:
-    """Fit every stitching layer of ``model`` on up to ``num_images`` images; returns how many were used.
+    """Fit every stitching layer of a task model's backbone on up to ``num_images`` images; returns how many
+    were used.
 
     ``batches`` yields image tensors (B, 3, H, W) or ``(images, targets)`` pairs. The anchors run
     once per image (eval mode), ``chunk_size`` images at a time, which bounds the activation memory
@@ -87,17 +88,18 @@ def init_stitching_layers(model, batches: Iterable, num_images: int | None = Non
     for name, value in (("num_images", num_images), ("chunk_size", chunk_size)):
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
             raise SNNetError(f"init_stitching_layers: {name} must be an integer >= 1, got {value!r}")
-    device = next(model.parameters()).device
-    fits = layer_fits(model.depths, model.config.version)
-    layers = {ref: model.stitching_layer(ref) for ref, _, _ in fits}
+    net = model.backbone
+    device = next(net.parameters()).device
+    fits = layer_fits(net.depths, net.config.version)
+    layers = {ref: net.stitching_layer(ref) for ref, _, _ in fits}
     eqs = [NormalEquations(layers[ref].in_features, layers[ref].out_features, device) for ref, _, _ in fits]
     needed: dict[int, set[int]] = {}
     for _, *ends in fits:
         for a, b in ends:
             needed.setdefault(a, set()).add(b)
 
-    was_training = model.training
-    model.eval()
+    was_training = net.training
+    net.eval()
     seen = 0
     bar = progress_bar(total=num_images, unit="img", desc="least-squares init", enabled=progress)
     try:
@@ -106,14 +108,14 @@ def init_stitching_layers(model, batches: Iterable, num_images: int | None = Non
             if num_images is not None:
                 images = images[: num_images - seen]
             for chunk in images.split(chunk_size):
-                _accumulate(model, chunk.to(device, non_blocking=True), needed, fits, eqs)
+                _accumulate(net, chunk.to(device, non_blocking=True), needed, fits, eqs)
             seen += images.shape[0]
             bar.update(images.shape[0])
             if num_images is not None and seen >= num_images:
                 break
     finally:
         bar.close()
-        model.train(was_training)
+        net.train(was_training)
 
     if dist.is_available() and dist.is_initialized():
         total = torch.tensor([seen], dtype=torch.float64, device=device)

@@ -1,11 +1,13 @@
-"""The stitchable network: two or more anchors, their stitching layers, and one route runner for every task."""
+"""The stitchable network: the backbone (two or more anchors, their stitching layers, one route runner for every
+task) and the base of the task models that hold it (classification's included)."""
 from __future__ import annotations
 
+import copy
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
@@ -52,19 +54,32 @@ def _default_out_indices(d1: int) -> list[int]:
     return sorted({max(0, (k + 1) * d1 // 4 - 1) for k in range(4)})
 
 
-class SNNet(Pretrained, ChoosesStitches, nn.Module):
-    """SN-Netv2 over two or more timm ViT anchors (a chain: docs/anchors.md), its v1 baseline over two, or SN-Net
-    (CVPR 2023, ``version="sn-net"``) over anchors of equal depth.
+def anchor_configs(section: "ModelSection", load_weights: bool = True, device: str | None = None,
+                   overrides: dict[str, Any] | None = None,
+                   defaults: dict[str, Any] | None = None) -> list[AnchorConfig]:
+    """The anchors of a config's ``model`` section; ``load_weights=False`` skips hub and local weights (they come
+    later). A task model sets the anchors' timm kwargs it needs: ``overrides`` replace the config's, ``defaults``
+    apply where the config sets none."""
+    anchors = []
+    for a in section.anchors:
+        kwargs = {**(defaults or {}), **a.kwargs, **(overrides or {})}
+        if device is not None:
+            kwargs["device"] = device
+        anchors.append(AnchorConfig(a.name, pretrained=a.pretrained and load_weights,
+                                    checkpoint_path=a.checkpoint_path if load_weights else None, kwargs=kwargs,
+                                    rel_pos_bias=a.rel_pos_bias, drop_path=a.drop_path))
+    return anchors
 
-    ``select(id)`` picks the stitch that eval-mode calls run; in train mode every call runs a
-    stitch drawn by ``sampler`` (ROS). ``forward`` returns that stitch's logits,
-    ``forward_features`` its dense feature maps, all at the large anchor's width.
+
+class SNNetBackbone(ChoosesStitches, nn.Module):
+    """The stitched backbone: SN-Netv2 over two or more timm ViT anchors (a chain: docs/anchors.md), its v1 baseline
+    over two, or SN-Net (CVPR 2023, ``version="sn-net"``) over anchors of equal depth. A task model holds it (the
+    classification model ``snnet.SNNet``, which owns the anchors' classifier heads, and the dense models).
+
+    ``select(id)`` picks the stitch that eval-mode calls run; in train mode every call runs a stitch drawn by
+    ``sampler`` (ROS). As in timm, ``forward_features`` returns that stitch's final tokens (after its last anchor's
+    norm) and ``forward_intermediates`` its dense feature maps, all at the large anchor's width.
     """
-
-    task = "classification"
-    primary_metric = "acc1"
-    higher_is_better = True
-    pipeline_tag = "image-classification"
 
     def __init__(
         self,
@@ -134,48 +149,16 @@ class SNNet(Pretrained, ChoosesStitches, nn.Module):
 
     # ---- stitches -------------------------------------------------------------------------
     @classmethod
-    def from_section(cls, section: "ModelSection", num_classes: int | None = None, load_weights: bool = True,
-                     device: str | None = None, input_size: tuple[int, int] | None = None,
-                     dense: bool = False) -> "SNNet":
-        """SNNet from a config's anchors; ``load_weights=False`` skips hub and local weights (they come later).
-        ``num_classes`` sizes the anchors' heads (checked against their weights by the task first); a ``dense``
-        backbone's anchors have no classifier and no final norm (the reference's), and take any input size.
-        ``input_size`` is the task models' (FLOPs size); a classification model counts at the anchors' own."""
-        anchors = []
-        for a in section.anchors:
-            kwargs = dict(a.kwargs)
-            if dense:
-                kwargs.update(num_classes=0, final_norm=False)
-                kwargs.setdefault("dynamic_img_size", True)
-            elif num_classes is not None:
-                kwargs["num_classes"] = num_classes
-            if device is not None:
-                kwargs["device"] = device
-            anchors.append(AnchorConfig(a.name, pretrained=a.pretrained and load_weights,
-                                        checkpoint_path=a.checkpoint_path if load_weights else None, kwargs=kwargs,
-                                        rel_pos_bias=a.rel_pos_bias, drop_path=a.drop_path))
-        model = cls(anchors, version=section.version, lora_rank=section.lora_rank, lora_alpha=section.lora_alpha,
-                    out_indices=section.out_indices)
-        if section.replace_head and load_weights and not dense:  # new heads even where the class count matches
-            for anchor in model.anchors:
-                anchor.reset_classifier(anchor.num_classes)
-                nn.init.trunc_normal_(anchor.head.weight, std=0.02)  # timm's init of a ViT classifier
-                nn.init.zeros_(anchor.head.bias)
-        return model
+    def from_section(cls, section: "ModelSection", load_weights: bool = True, device: str | None = None,
+                     overrides: dict[str, Any] | None = None,
+                     defaults: dict[str, Any] | None = None) -> "SNNetBackbone":
+        """The backbone of a config's anchors (see :func:`anchor_configs`)."""
+        return cls(anchor_configs(section, load_weights, device, overrides, defaults), version=section.version,
+                   lora_rank=section.lora_rank, lora_alpha=section.lora_alpha, out_indices=section.out_indices)
 
     @property
     def stitch_ids(self) -> list[int]:
         return [s.id for s in self.stitches]
-
-    @property
-    def num_classes(self) -> int:
-        """Classes of the heads (the last anchor's, which every stitch ends in)."""
-        return self.anchors[-1].num_classes
-
-    @property
-    def backbone(self) -> "SNNet":
-        """The stitched network whose routes run: this one (a task model's is its ``backbone`` module)."""
-        return self
 
     def stitch(self, stitch_id: int) -> Stitch:
         """The record of one stitch; an unknown id is an error naming the valid ones."""
@@ -186,7 +169,7 @@ class SNNet(Pretrained, ChoosesStitches, nn.Module):
         hole = f" except {', '.join(map(str, missing))}" if missing else ""
         raise SNNetError(f"unknown stitch id {stitch_id!r}: valid ids are {ids[0]}..{ids[-1]}{hole}")
 
-    def select(self, stitch_id: int) -> "SNNet":
+    def select(self, stitch_id: int) -> "SNNetBackbone":
         """Run ``stitch_id`` in eval mode (train mode samples instead)."""
         self.selected = self.stitch(stitch_id)
         return self
@@ -199,20 +182,22 @@ class SNNet(Pretrained, ChoosesStitches, nn.Module):
         """The input size the anchors are built for."""
         return tuple(self.anchors[SMALL].patch_embed.img_size)
 
-    def flops(self, stitch_id: int, img_size: tuple[int, int] | None = None, dense: bool = False) -> int:
-        """FLOPs of one stitch at ``img_size`` (default: the anchors' input size), SPEC section 4.
-        ``dense`` counts the backbone of ``forward_features`` (with tap projections, no head)."""
-        if dense:
+    def flops(self, stitch_id: int, img_size: tuple[int, int] | None = None, taps: bool = False) -> int:
+        """FLOPs of one stitch at ``img_size`` (default: the anchors' input size), SPEC section 4: the route ending
+        in its last anchor's norm and classifier (the anchors' shapes count the heads the classification model
+        holds), or with ``taps`` the route of ``forward_intermediates`` (tap projections, no norm, no head)."""
+        if taps:
             self._check_dense()
         return stitch_flops(self.stitch(stitch_id), self.shapes, img_size,
-                            tuple(self.out_indices) if dense else None)
+                            tuple(self.out_indices) if taps else None)
 
-    def flops_table(self, img_size: tuple[int, int] | None = None, dense: bool = False) -> dict[int, int]:
-        return {s.id: self.flops(s.id, img_size, dense) for s in self.stitches}
+    def flops_table(self, img_size: tuple[int, int] | None = None, taps: bool = False) -> dict[int, int]:
+        return {s.id: self.flops(s.id, img_size, taps) for s in self.stitches}
 
     def params(self, stitch_id: int) -> int:
-        """Parameters a deployed stitch keeps: its blocks, embedding, head and merged stitching layers (SN-Net's
-        stitched routes as its ``get_model_size`` counts them: no front class token or position embedding)."""
+        """Parameters a deployed stitch's route keeps: its blocks, embedding, final norm and merged stitching layers
+        (SN-Net's stitched routes as its ``get_model_size`` counts them: no front class token or position
+        embedding); the task model adds its heads."""
         s = self.stitch(stitch_id)
         first, last = self.anchors[s.first_anchor], self.anchors[s.last_anchor]
         sn_net = self.config.version == "sn-net" and s.kind != "anchor"
@@ -242,7 +227,8 @@ class SNNet(Pretrained, ChoosesStitches, nn.Module):
         except ValueError as e:  # a share the anchors cannot have
             raise SNNetError(str(e)) from None
 
-    def _active_stitch(self) -> Stitch:
+    def active_stitch(self) -> Stitch:
+        """The stitch a call runs: the selected one in eval mode, a new ROS draw in train mode."""
         if not self.training:
             return self.selected
         self.last_stitch = self._by_id[self.sampler.sample()]
@@ -306,32 +292,37 @@ class SNNet(Pretrained, ChoosesStitches, nn.Module):
         """``stitch_ids`` in depth-first order of their route tree."""
         return [s.id for s in depth_first(self.stitch(i) for i in stitch_ids)]
 
-    def forward_head(self, x: torch.Tensor, stitch: Stitch) -> torch.Tensor:
-        """Final norm and classifier of the stitch's last anchor: (B, N, C) -> (B, num_classes)."""
-        a = self.anchors[stitch.last_anchor]
-        return a.forward_head(a.norm(x) if stitch.final_norm else x)
+    def final_norm(self, tokens: torch.Tensor, stitch: Stitch) -> torch.Tensor:
+        """The route's output tokens through its last anchor's final norm (SN-Net's stitched routes have none)."""
+        return self.anchors[stitch.last_anchor].norm(tokens) if stitch.final_norm else tokens
+
+    def pool(self, x: torch.Tensor, stitch: Stitch) -> torch.Tensor:
+        """timm's pre-logits of the stitch's last anchor (its pooling and ``fc_norm``): (B, N, C) -> (B, C)."""
+        return self.anchors[stitch.last_anchor].forward_head(x, pre_logits=True)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The final tokens of the selected (eval) or sampled (train) stitch: (B, 3, H, W) -> (B, N, C_last)."""
+        stitch = self.active_stitch()
+        return self.final_norm(self.run_route(x, stitch)[0], stitch)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits of the selected (eval) or sampled (train) stitch: (B, 3, H, W) -> (B, num_classes)."""
-        stitch = self._active_stitch()
-        tokens, _ = self.run_route(x, stitch)
-        return self.forward_head(tokens, stitch)
+        return self.forward_features(x)
 
-    def forward_features(self, x: torch.Tensor, return_prefix_tokens: bool = False,
-                         taps: Sequence[int] | None = None) -> list:
+    def forward_intermediates(self, x: torch.Tensor, return_prefix_tokens: bool = False,
+                              taps: Sequence[int] | None = None) -> list:
         """Dense taps of the active stitch (SPEC section 6): one (B, C_large, H/p, W/p) map per out index, or per
         position of ``taps`` (e.g. ``(-1,)``: the last only; the others' blocks still run, their projections not).
 
         With ``return_prefix_tokens``, each item is ``(map, prefix_tokens (B, P, C_large))``.
         """
         self._check_dense()
-        stitch = self._active_stitch()
+        stitch = self.active_stitch()
         _, feats = self.run_route(x, stitch, range(len(self.out_indices)) if taps is None else taps)
         return tap_maps(feats, self.anchors[SMALL], x, return_prefix_tokens)
 
     # ---- weights --------------------------------------------------------------------------
     @torch.no_grad()
-    def merge_lora(self) -> "SNNet":
+    def merge_lora(self) -> "SNNetBackbone":
         """Fold every low-rank update into its layer's weight (identical outputs, plain linears)."""
         for layer in [*self.sl_layers, *self.ls_layers]:
             layer.merge_()
@@ -350,6 +341,170 @@ class SNNet(Pretrained, ChoosesStitches, nn.Module):
         if not idx or any(not 0 <= i < d1 for i in idx) or len(set(idx)) != len(idx):
             raise SNNetError(f"out_indices {list(out_indices)} must be distinct large-anchor blocks in 0..{d1 - 1}")
         return sorted(idx)
+
+
+class _Backbone:
+    """A stitch verb or property of the backbone, read through the task model: one mechanism, no forwarding code
+    per verb (what differs for a task, such as FLOPs with its heads, the task model defines itself)."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+        verb = getattr(SNNetBackbone, name, None)  # None for an instance attribute such as stitches
+        self.__doc__ = verb.__doc__ if verb is not None else None
+
+    def __get__(self, model: "TaskModel | None", owner: type | None = None):
+        return self if model is None else getattr(model.backbone, self.name)
+
+
+class TaskModel(Pretrained, ChoosesStitches, nn.Module):
+    """A task's model: the stitched ``backbone`` and the task's heads (classification: ``snnet.SNNet``; the dense
+    tasks: ``snnet.DenseModel``). The stitch verbs are the backbone's; a task model adds what its heads change:
+    FLOPs, parameters, the deployed network of one stitch."""
+
+    task: ClassVar[str]
+
+    def __init__(self, backbone: SNNetBackbone) -> None:
+        super().__init__()
+        self.backbone = backbone
+
+    # ---- stitches (the backbone's) ---------------------------------------------------------------
+    stitches = _Backbone()
+    stitch_ids = _Backbone()
+    selected = _Backbone()
+    sampler = _Backbone()
+    last_stitch = _Backbone()
+    stitch = _Backbone()
+    describe = _Backbone()
+    img_size = _Backbone()
+    depths = _Backbone()
+    widths = _Backbone()
+    shapes = _Backbone()
+    out_indices = _Backbone()
+    sharing_prefixes = _Backbone()
+    depth_first = _Backbone()
+    forward_intermediates = _Backbone()
+
+    def select(self, stitch_id: int) -> "TaskModel":
+        """Run ``stitch_id`` in eval mode (train mode samples instead)."""
+        self.backbone.select(stitch_id)
+        return self
+
+    # ---- what the heads add (subclasses) ------------------------------------------------------
+    def flops(self, stitch_id: int, img_size: tuple[int, int] | None = None) -> int:
+        raise NotImplementedError
+
+    def params(self, stitch_id: int) -> int:
+        """Parameters a deployed stitch keeps, its heads included."""
+        raise NotImplementedError
+
+    def deployable(self, stitch_id: int) -> nn.Module:
+        """The stitch as a standalone network (``StitchNet`` under the heads a deployed stitch runs)."""
+        raise NotImplementedError
+
+    def flops_table(self, img_size: tuple[int, int] | None = None) -> dict[int, int]:
+        return {s.id: self.flops(s.id, img_size) for s in self.stitches}
+
+    def configure_sampling(self, gap_gflops: float = DEFAULT_ROS_GAP_GFLOPS, k: float | None = None, seed: int = 0,
+                           anchor_share: float = 0.0) -> None:
+        """ROS over this task's FLOPs (backbone and heads), as the reference groups its stitches."""
+        self.backbone.configure_sampling(gap_gflops, k, seed, flops=self.flops_table(), anchor_share=anchor_share)
+
+    @torch.no_grad()
+    def merge_lora(self) -> "TaskModel":
+        """Fold every low-rank update into its layer's weight (identical outputs, plain linears)."""
+        self.backbone.merge_lora()
+        return self
+
+
+def _copy_with(module: nn.Module, **replace: Any) -> nn.Module:
+    """A deep copy of ``module`` with some attributes replaced (the originals are never copied)."""
+    saved = {name: getattr(module, name) for name in replace if hasattr(module, name)}
+    try:
+        for name, value in replace.items():
+            setattr(module, name, value)
+        return copy.deepcopy(module)
+    finally:
+        for name in replace:
+            if name in saved:
+                setattr(module, name, saved[name])
+            else:
+                delattr(module, name)
+
+
+def _linear(layer: nn.Module) -> nn.Linear:
+    """A stitching layer as a plain linear layer, its low-rank update merged."""
+    with torch.no_grad():
+        weight = layer.effective_weight().detach().clone()
+        out = nn.Linear(layer.in_features, layer.out_features, device=weight.device, dtype=weight.dtype)
+        out.weight.copy_(weight)
+        out.bias.copy_(layer.bias)
+    return out
+
+
+class StitchNet(nn.Module):
+    """One stitch of the backbone as a plain network: ``forward`` gives its logits under ``head`` (``dense=False``:
+    the last anchor's norm, pooling and the task model's classifier are kept) or ``forward_intermediates`` its dense
+    taps (``dense=True``: the tap projections are kept), equal to the model's for that stitch."""
+
+    def __init__(self, net: "SNNetBackbone", stitch_id: int, dense: bool = False,
+                 head: nn.Module | None = None) -> None:
+        super().__init__()
+        s = net.stitch(stitch_id)
+        self.stitch_id = s.id
+        self.final_norm = s.final_norm  # SN-Net's stitched routes have none (SPEC 13)
+        first, last = net.anchors[s.first_anchor], net.anchors[s.last_anchor]
+        empty = nn.Sequential()
+        # the first anchor's embedding alone, and the last anchor's norm and head alone
+        self.embed = _copy_with(first, blocks=empty, norm=nn.Identity(), fc_norm=nn.Identity(), head=nn.Identity(),
+                                attn_pool=None)
+        self.tail = None if dense else _copy_with(last, blocks=empty, patch_embed=nn.Identity(), pos_embed=None,
+                                                  cls_token=None, reg_token=None, norm_pre=nn.Identity(),
+                                                  head=head if head is not None else nn.Identity())
+        steps = route_steps(s)[1:]
+        self.steps = nn.ModuleList(
+            copy.deepcopy(net.anchors[st.part].blocks[st.index]) if st.kind == "block"
+            else _linear(net.stitching_layer(LayerRef(st.part, st.index, st.pair))) for st in steps)
+        # dense taps: step -> (the positions in out_indices it gives, the projections that bring it to the largest
+        # width, in order: none for the largest anchor's taps)
+        every = route_taps(s, tuple(net.out_indices), *net.depths) if dense else []
+        self.taps: dict[int, tuple[list[int], list[int]]] = {}
+        projections = []
+        for k, st in enumerate(steps):
+            positions = [i for i, t in enumerate(every) if t == (st.part, st.index)]
+            if st.kind == "block" and positions:
+                refs = tap_layers(st.part, st.index, *net.depths)
+                self.taps[k] = (positions, list(range(len(projections), len(projections) + len(refs))))
+                projections += [_linear(net.stitching_layer(ref)) for ref in refs]
+        self.num_taps = len(every)
+        self.projections = nn.ModuleList(projections)
+
+    def forward_tokens(self, x: torch.Tensor, taps: Sequence[int] = ()) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(final tokens, the tap tokens of the ``taps`` positions in out_indices): the operations of
+        ``SNNetBackbone.run_route``."""
+        wanted = {range(self.num_taps)[t] for t in taps}
+        x = embed_tokens(self.embed, x)
+        feats = []
+        for k, step in enumerate(self.steps):
+            x = step(x)
+            positions, projections = self.taps.get(k, ((), ()))
+            n = sum(i in wanted for i in positions)
+            if n:
+                f = x
+                for p in projections:
+                    f = self.projections[p](f)
+                feats.extend([f] * n)
+        return x, feats
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits: (B, 3, H, W) -> (B, num_classes)."""
+        tokens, _ = self.forward_tokens(x)
+        return self.tail.forward_head(self.tail.norm(tokens) if self.final_norm else tokens)
+
+    def forward_intermediates(self, x: torch.Tensor, return_prefix_tokens: bool = False,
+                              taps: Sequence[int] | None = None) -> list:
+        """Dense taps, as ``SNNetBackbone.forward_intermediates``."""
+        _, feats = self.forward_tokens(x, range(self.num_taps) if taps is None else taps)
+        return tap_maps(feats, self.embed, x, return_prefix_tokens)
 
 
 def embed_tokens(a: nn.Module, x: torch.Tensor) -> torch.Tensor:

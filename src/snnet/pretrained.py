@@ -22,7 +22,7 @@ CONFIG_NAME = "config.json"
 FORMAT_VERSION = 1
 
 class Pretrained:
-    """``save_pretrained``, ``from_pretrained`` and ``push_to_hub`` for SNNet and the task models. A model class
+    """``save_pretrained``, ``from_pretrained`` and ``push_to_hub`` for the task models. A model class
     names its task, primary metric (and its direction) and Hub pipeline, and rebuilds itself from a config."""
 
     task: ClassVar[str]
@@ -34,6 +34,12 @@ class Pretrained:
     def as_input(self, images: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         """A (B, 3, H, W) batch of normalised images in the form the model's forward takes."""
         return list(images) if self.takes_image_lists else images
+
+    @classmethod
+    def upgrade_state_dict(cls, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A state dict in this class's layout: what an earlier snnet saved (or a released file, renamed by
+        ``snnet.checkpoint``) maps to today's names; the default keeps it as it is."""
+        return state
 
     @classmethod
     def from_section(cls, section: "ModelSection", num_classes: int | None = None, load_weights: bool = True,
@@ -76,7 +82,7 @@ def save_pretrained(model: Pretrained, directory: str | Path, results: list[dict
 
 def saved_config(model: Pretrained) -> dict:
     """What ``config.json`` holds: the format version, the task (it names the class that rebuilds the model: a
-    subclass of SNNet has a task of its own) and the model's config."""
+    subclass of a task model has a task of its own) and the model's config."""
     return {"format_version": FORMAT_VERSION, "task": model.task, **model.config.to_dict()}
 
 
@@ -116,7 +122,7 @@ def load_pretrained(directory: str | Path, revision: str | None = None) -> Pretr
     if not config_path.is_file() or not weights_path.is_file():
         raise SNNetError(f"{directory} is not a saved snnet model: expected {CONFIG_NAME} and {WEIGHTS_NAME}")
     model = model_from_config(read_json(config_path, "snnet config"), str(config_path))
-    load_state_checked(model, read_safetensors(weights_path), str(weights_path))
+    load_state_checked(model, model.upgrade_state_dict(read_safetensors(weights_path)), str(weights_path))
     return model
 
 

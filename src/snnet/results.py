@@ -21,7 +21,7 @@ ANCHOR_LABELS = {"S": "small anchor", "L": "large anchor"}  # chains: "anchor A"
 
 
 def result_rows(model, metrics: dict[int, dict[str, float]]) -> list[dict]:
-    """A row per stitch of ``model`` (an SNNet or a task model): id, kind, route, FLOPs, deployed parameters,
+    """A row per stitch of ``model`` (a task model): id, kind, route, FLOPs, deployed parameters,
     then its ``metrics``."""
     rows = []
     for sid, m in metrics.items():

@@ -15,7 +15,7 @@ from .files import load_torch_checkpoint
 from .config import RunConfig
 from .distributed import DistEnv, all_gather_objects
 from .errors import SNNetError
-from .model import SNNet
+from .model import TaskModel
 from .selection import is_stitchable
 
 
@@ -32,7 +32,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def rng_state(model: SNNet) -> dict[str, Any]:
+def rng_state(model: TaskModel) -> dict[str, Any]:
     """Every generator a step draws from: torch (CPU, CUDA), Python, NumPy (timm's Mixup), ROS.
     Plain Python values only, so ranks can gather them and checkpoints load with weights_only."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
@@ -42,7 +42,7 @@ def rng_state(model: SNNet) -> dict[str, Any]:
             "ros": model.sampler.state_dict() if is_stitchable(model) else None}
 
 
-def set_rng_state(model: SNNet, state: dict[str, Any]) -> None:
+def set_rng_state(model: TaskModel, state: dict[str, Any]) -> None:
     torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
@@ -54,7 +54,7 @@ def set_rng_state(model: SNNet, state: dict[str, Any]) -> None:
         model.sampler.load_state_dict(state["ros"])
 
 
-def save_checkpoint(path: Path, model: SNNet, optimizer, scheduler, scaler, epoch: int, cfg: RunConfig,
+def save_checkpoint(path: Path, model: TaskModel, optimizer, scheduler, scaler, epoch: int, cfg: RunConfig,
                     env: DistEnv) -> None:
     """Everything needed to continue after ``epoch``; every rank's RNG state; written atomically by rank 0."""
     rngs = all_gather_objects(rng_state(model))

@@ -59,7 +59,7 @@ def best_under_budget(flops: dict[int, int], metric: dict[int, float], max_flops
 
 
 class ChoosesStitches:
-    """The frontier and budget verbs of a model with a ``flops_table()`` (SNNet and every task model)."""
+    """The frontier and budget verbs of a model with a ``flops_table()`` (every task model)."""
 
     def flops_table(self) -> dict[int, int]:
         raise NotImplementedError
@@ -134,5 +134,5 @@ def choose_stitch(rows: list[dict], metric: str, higher_is_better: bool = True, 
 
 
 def is_stitchable(model: object) -> bool:
-    """An SNNet, or a task model over one (the loop then does the least-squares start and ROS)."""
+    """A task model over a stitched backbone (the loop then does the least-squares start and ROS)."""
     return isinstance(model, ChoosesStitches)

@@ -620,7 +620,7 @@ def create_app(served: Served, scheduler: Scheduler, name: str = "snnet", slo_ms
     @app.get("/v2/models/{model}/versions/{version}")
     async def model_metadata(model: str, version: str | None = None):
         model_or_404(model, version)
-        out_shape = [-1, served.model.num_classes] if served.task.name == "classification" else [-1, -1, -1, -1]
+        out_shape = [-1, served.model.num_classes] if served.task.answer_is_label else [-1, -1, -1, -1]
         return {"name": name, "versions": ["1"], "platform": served.platform,
                 "inputs": [{"name": "images", "datatype": "FP32", "shape": [-1, 3, *served.img_size]}],
                 "outputs": [{"name": "output", "datatype": "FP32", "shape": out_shape}],

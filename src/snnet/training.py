@@ -211,7 +211,7 @@ def fit(cfg: RunConfig, task, env: DistEnv, resume: str | None = "auto", progres
     """Train for ``cfg.train.epochs`` epochs (or ``cfg.train.iterations`` steps), checkpointing after each
     epoch (or ``checkpoint_interval`` steps); returns the model.
 
-    By default the model is the SNNet of ``cfg.model`` (least-squares start, ROS steps); any other
+    By default the model is the task model of ``cfg.model`` (least-squares start, ROS steps); any other
     classifier given as ``model`` trains with the same loop (the quickstart's anchors do).
     """
     run_dir = Path(cfg.output_dir)
@@ -229,10 +229,15 @@ def fit(cfg: RunConfig, task, env: DistEnv, resume: str | None = "auto", progres
     state = None
     if ckpt_path is not None:
         state = load_checkpoint(ckpt_path)
-        load_state_checked(model, state["model"], f"{ckpt_path} (to start afresh: --no-resume or another --output-dir)")
+        afresh = "to start afresh: --no-resume or another --output-dir"
+        if stitchable and model.upgrade_state_dict(state["model"]).keys() != state["model"].keys():
+            raise SNNetError(f"{ckpt_path} was written by an earlier snnet whose model held its parameters in "
+                             f"another order, which its optimizer state follows: training cannot resume from it "
+                             f"(snnet eval --checkpoint reads it; {afresh})")
+        load_state_checked(model, state["model"], f"{ckpt_path} ({afresh})")
     elif stitchable:
         batches = init_batches(task, cfg.train, cfg.data.workers, env)
-        n = init_stitching_layers(model.backbone, batches, progress=progress and env.is_main)
+        n = init_stitching_layers(model, batches, progress=progress and env.is_main)
         if env.is_main:
             how = "training pipeline" if cfg.train.init_transform == "train" else "evaluation transform"
             print(f"stitching layers fitted by least squares on {n} images ({how})")

@@ -21,7 +21,7 @@ from ..pretrained import load_pretrained
 from ..progress import progress_bar
 from ..results import frontier, read_results
 from ..rundir import RunLock, run_of
-from ..tasks import build_task
+from ..tasks import TASKS, build_task
 
 
 def run(args) -> int:
@@ -35,7 +35,7 @@ def run(args) -> int:
     if not (run / "config.yaml").is_file():
         raise SNNetError(f"no config.yaml in {run}: the cascade search reads the run's training images")
     cfg = load_config(str(run / "config.yaml"))
-    if cfg.task != "classification":
+    if not TASKS[cfg.task].answer_is_label:
         raise SNNetError(f"{run} is a {cfg.task} run: cascades exit on a classifier's confidence (docs/cascades.md)")
     rows = read_results(run / "results.jsonl", "acc1")
     device = local_device(args.device, "auto")

@@ -28,7 +28,7 @@ def run(args) -> int:
     trained = meta if isinstance(found, dict) else found
     for sid in ids or ():
         trained.stitch(sid)
-    classes, heads = num_classes(cfg), trained_classes(found)
+    classes, heads = num_classes(cfg), trained_classes(found, cfg.task)
     if heads is not None and heads != classes:
         raise SNNetError(f"the data has {classes} classes but the trained heads have {heads}")
     run_dir = Path(cfg.output_dir)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 
-from ..errors import SNNetError
 from ..tasks import build_model
 from .options import load_run_config
 
@@ -13,11 +12,8 @@ def run(args) -> int:
     cfg = load_run_config(args, writes=False)
     model = build_model(cfg, load_weights=False, device="meta")
     size = (args.img_size, args.img_size) if args.img_size is not None else None
-    if args.dense and model.backbone is not model:  # a task model over a dense backbone
-        raise SNNetError(f"--dense is for classification configs: {cfg.task} FLOPs count the dense backbone "
-                         f"and the head already")
-    dense = {"dense": True} if args.dense else {}
-    flops = {s.id: model.flops(s.id, size, **dense) for s in model.stitches}
+    flops = {s.id: model.backbone.flops(s.id, size, taps=True) if args.dense else model.flops(s.id, size)
+             for s in model.stitches}
     rows = [{"stitch_id": s.id, "kind": s.kind, "gflops": flops[s.id] / 1e9,
              "params_m": model.params(s.id) / 1e6, "route": s.describe()} for s in model.stitches]
     if args.json:

@@ -116,7 +116,7 @@ def _flops(sub) -> None:
     p = sub.add_parser("flops", help="per-stitch FLOPs, parameters and routes of a config (no data needed)")
     add_config(p)
     p.add_argument("--img-size", type=at_least(1), help="input size (default: the anchors')")
-    p.add_argument("--dense", action="store_true", help="count the dense backbone (taps, no head)")
+    p.add_argument("--dense", action="store_true", help="count the backbone alone: its dense taps, no head")
     p.add_argument("--json", action="store_true")
     p.set_defaults(module="flops")
 

@@ -27,7 +27,7 @@ def metric_direction(metric: str) -> bool | None:
 
 def build_model(cfg: RunConfig, num_classes: int | None = None, load_weights: bool = True,
                 device: str | None = None) -> Pretrained:
-    """The model of ``cfg.task`` (an ``SNNet`` for classification, a ``DenseModel`` for the dense tasks), its heads
+    """The model of ``cfg.task`` (``SNNet`` for classification, a ``DenseModel`` for the dense tasks), its heads
     sized by ``num_classes`` when given, else as the task builds them."""
     return TASKS[cfg.task].build_model(cfg, num_classes, load_weights, device)
 

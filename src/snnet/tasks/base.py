@@ -54,7 +54,14 @@ class Task:
     # its model is built for data.input_size even where the anchors could resize position embeddings per call
     fixed_input_size: ClassVar[bool] = False
     released_logging_state: ClassVar[bool] = False  # its released checkpoints are mmengine's, logging state inside
-    answer_is_label: ClassVar[bool] = False  # the demo shows {class: probability}, else an image and a legend
+    # where a released checkpoint holds the state dict, and the prefix of the backbone's keys in it (the rest are
+    # the heads', under the model's own names): mmengine's layout, the dense tasks'
+    released_state_key: ClassVar[str] = "state_dict"
+    released_backbone_prefix: ClassVar[str] = "backbone."
+    head_weight: ClassVar[str | None] = None  # the state dict key whose first dimension is the trained classes
+    # its model answers with class scores (B, classes): the demo shows {class: probability}, a cascade exits on
+    # their confidence; else the demo shows an image and a legend
+    answer_is_label: ClassVar[bool] = False
     score_threshold: ClassVar[float | None] = None  # the demo's minimum-score slider starts here (None: no slider)
 
     # ---- what the loop reads of an instance --------------------------------------------------------------

@@ -1,10 +1,11 @@
-"""A stitched backbone with a task head: the stitch verbs of ``SNNet``, FLOPs and parameters with the head.
+"""A stitched backbone with a dense head: FLOPs, parameters and the deployed stitch with the head.
 
-Segmentation, depth and detection models subclass ``DenseModel`` and add only their heads; every
-stitch runs through the backbone's one route runner (``SNNet.forward_features``).
+Segmentation, depth and detection models subclass ``DenseModel`` and add only their heads; every stitch runs
+through the backbone's one route runner (``SNNetBackbone.forward_intermediates``).
 """
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
@@ -14,9 +15,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ..model import SNNet
-from ..pretrained import Pretrained
-from ..selection import ChoosesStitches
+from ..model import SNNetBackbone, StitchNet, TaskModel
 from ..stitch_space import route_taps, tap_layers
 from ._files import collate_lists
 from .base import Task
@@ -82,29 +81,14 @@ def image_batches(images: list[torch.Tensor]) -> list[torch.Tensor]:
     return [i[None] for i in images]
 
 
-class _Backbone:
-    """A stitch verb or property of the backbone, read through the task model: one mechanism, no forwarding
-    code per verb (what differs for a task, such as FLOPs with the head, the task model defines itself)."""
+class DenseModel(TaskModel):
+    """``backbone`` (its taps at ``out_indices``) plus heads defined by a subclass."""
 
-    def __set_name__(self, owner: type, name: str) -> None:
-        self.name = name
-        verb = getattr(SNNet, name, None)  # None for an instance attribute such as stitches
-        self.__doc__ = verb.__doc__ if verb is not None else None
-
-    def __get__(self, model: "DenseModel | None", owner: type | None = None):
-        return self if model is None else getattr(model.backbone, self.name)
-
-
-class DenseModel(Pretrained, ChoosesStitches, nn.Module):
-    """``backbone`` (an SNNet whose taps are ``out_indices``) plus heads defined by a subclass."""
-
-    task: ClassVar[str]
     # positions in out_indices the eval-mode forward reads (None: all); training computes every tap
     inference_taps: ClassVar[tuple[int, ...] | None] = None
-
-    def __init__(self, backbone: SNNet, head_config: dict[str, Any]) -> None:
-        super().__init__()
-        self.backbone = backbone
+    
+    def __init__(self, backbone: SNNetBackbone, head_config: dict[str, Any]) -> None:
+        super().__init__(backbone)
         self.head_config = dict(head_config)
 
     @classmethod
@@ -112,7 +96,10 @@ class DenseModel(Pretrained, ChoosesStitches, nn.Module):
                      device: str | None = None, input_size: tuple[int, int] | None = None) -> "DenseModel":
         """The task model over a dense backbone of the config's anchors. ``input_size``: the size depth and
         detection models report FLOPs at (detection: the square images are resized to fit)."""
-        backbone = SNNet.from_section(section, load_weights=load_weights, device=device, dense=True)
+        # the reference's dense anchors: no classifier, no final norm, any input size
+        backbone = SNNetBackbone.from_section(section, load_weights, device,
+                                              overrides={"num_classes": 0, "final_norm": False},
+                                              defaults={"dynamic_img_size": True})
         model = cls.from_backbone(backbone, section.head, num_classes, tuple(input_size or backbone.img_size))
         if section.head.init == "torch":
             reset_heads(model)
@@ -120,7 +107,7 @@ class DenseModel(Pretrained, ChoosesStitches, nn.Module):
 
     # ---- what the head adds (subclasses) -----------------------------------------------------
     @classmethod
-    def from_backbone(cls, backbone: SNNet, head: "HeadSection", num_classes: int | None,
+    def from_backbone(cls, backbone: SNNetBackbone, head: "HeadSection", num_classes: int | None,
                       input_size: tuple[int, int]) -> "DenseModel":
         """The model with the heads the config's ``model.head`` describes."""
         raise NotImplementedError
@@ -132,35 +119,18 @@ class DenseModel(Pretrained, ChoosesStitches, nn.Module):
         """The heads a deployed stitch keeps (auxiliary training heads excluded)."""
         raise NotImplementedError
 
-    # ---- stitches (the backbone's) ---------------------------------------------------------------
-    stitches = _Backbone()
-    stitch_ids = _Backbone()
-    selected = _Backbone()
-    sampler = _Backbone()
-    last_stitch = _Backbone()
-    stitch = _Backbone()
-    describe = _Backbone()
-    img_size = _Backbone()
-    forward_features = _Backbone()
-
+    # ---- what the task adds to the backbone ---------------------------------------------------------
     def features(self, x: torch.Tensor, return_prefix_tokens: bool = False) -> list:
         """The backbone's dense taps this model reads: every tap in training, ``inference_taps`` in eval mode (the
         others' projections are not computed; FLOPs still count them, as the reference's tables do)."""
         taps = None if self.training else self.inference_taps
-        return self.backbone.forward_features(x, return_prefix_tokens, taps)
-
-    def select(self, stitch_id: int) -> "DenseModel":
-        self.backbone.select(stitch_id)
-        return self
+        return self.backbone.forward_intermediates(x, return_prefix_tokens, taps)
 
     def flops(self, stitch_id: int, img_size: tuple[int, int] | None = None) -> int:
         """Backbone (with the projections of small-anchor taps) and inference heads at ``img_size``
         (default: the training crop)."""
         size = tuple(img_size) if img_size is not None else self.img_size
-        return self.backbone.flops(stitch_id, size, dense=True) + self.head_flops(size)
-
-    def flops_table(self, img_size: tuple[int, int] | None = None) -> dict[int, int]:
-        return {s.id: self.flops(s.id, img_size) for s in self.stitches}
+        return self.backbone.flops(stitch_id, size, taps=True) + self.head_flops(size)
 
     def params(self, stitch_id: int) -> int:
         """Parameters a deployed stitch keeps: its route, the SL layers projecting its smaller anchors' taps,
@@ -173,20 +143,19 @@ class DenseModel(Pretrained, ChoosesStitches, nn.Module):
         n += sum(p.numel() for ref in projections for p in b.stitching_layer(ref).parameters())
         return n + sum(p.numel() for h in self.inference_heads() for p in h.parameters())
 
-    def configure_sampling(self, gap_gflops: float, k: float | None = None, seed: int = 0,
-                           anchor_share: float = 0.0) -> None:
-        """ROS over this task's FLOPs (backbone and head), as the reference groups dense stitches."""
-        self.backbone.configure_sampling(gap_gflops, k, seed, flops=self.flops_table(), anchor_share=anchor_share)
+    def deployable(self, stitch_id: int) -> nn.Module:
+        """A copy in which every reference to the backbone (detection's pyramid holds one) is the stitch's
+        ``StitchNet``, and the heads a deployed stitch does not run (auxiliary training heads) are empty."""
+        heads = self.inference_heads()
+        memo = {id(self.backbone): StitchNet(self.backbone, stitch_id, dense=True)}
+        memo.update({id(child): nn.ModuleList() for name, child in self.named_children()
+                     if name != "backbone" and not any(m is h for m in child.modules() for h in heads)})
+        return copy.deepcopy(self, memo).eval()
 
     # ---- weights -------------------------------------------------------------------------------
     @property
     def config(self) -> "DenseConfig":
         return DenseConfig(self.task, self.backbone.config.to_dict(), self.head_config)
-
-    @torch.no_grad()
-    def merge_lora(self) -> "DenseModel":
-        self.backbone.merge_lora()
-        return self
 
 
 def reset_heads(model: DenseModel) -> None:

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from ...errors import SNNetError
 from ...flops import BILINEAR_FLOPS_PER_OUTPUT
-from ...model import SNNet
+from ...model import SNNetBackbone
 from ..dense import DenseModel
 from .heads import REASSEMBLE_CHANNELS, DPTHead
 
@@ -23,11 +23,11 @@ class DepthModel(DenseModel):
     num_classes = None
 
     @classmethod
-    def from_backbone(cls, backbone: SNNet, head, num_classes: int | None,
+    def from_backbone(cls, backbone: SNNetBackbone, head, num_classes: int | None,
                       input_size: tuple[int, int]) -> "DepthModel":
         return cls(backbone, head.channels, head.min_depth, input_size, head.reassemble_channels, head.max_depth)
 
-    def __init__(self, backbone: SNNet, channels: int = 256, min_depth: float = 1e-3,
+    def __init__(self, backbone: SNNetBackbone, channels: int = 256, min_depth: float = 1e-3,
                  input_size: tuple[int, int] = (480, 640),
                  reassemble_channels: tuple[int, ...] = REASSEMBLE_CHANNELS, max_depth: float = 10.0) -> None:
         super().__init__(backbone, {"channels": channels, "min_depth": min_depth, "max_depth": max_depth,

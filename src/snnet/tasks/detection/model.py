@@ -15,7 +15,7 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredic
 
 from ...errors import SNNetError
 from ...flops import NORM_FLOPS_PER_ELEMENT, conv_flops
-from ...model import SNNet
+from ...model import SNNetBackbone
 from ..dense import DenseModel
 
 SCALES = (4.0, 2.0, 1.0, 0.5)  # of the stride-16 map: strides 4, 8, 16, 32
@@ -75,15 +75,15 @@ class SimpleFeaturePyramid(nn.Module):
 class _StitchedPyramid(nn.Module):
     """What Mask R-CNN calls its backbone: the active stitch's last dense tap through the pyramid."""
 
-    def __init__(self, body: SNNet, pyramid: SimpleFeaturePyramid) -> None:
+    def __init__(self, body: SNNetBackbone, pyramid: SimpleFeaturePyramid) -> None:
         super().__init__()
-        # the SNNet is registered once, as DetectionModel.backbone; here it is only used
+        # the backbone is registered once, as DetectionModel.backbone; here it is only used
         self.__dict__["body"] = body
         self.pyramid = pyramid
         self.out_channels = pyramid.out_channels
 
     def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
-        return self.pyramid(self.body.forward_features(x, taps=(-1,))[0])  # ViTDet reads the last tap only
+        return self.pyramid(self.body.forward_intermediates(x, taps=(-1,))[0])  # ViTDet reads the last tap only
 
 
 class DetectionModel(DenseModel):
@@ -100,12 +100,12 @@ class DetectionModel(DenseModel):
     takes_image_lists = True  # torchvision's detectors fit and pad each image themselves
 
     @classmethod
-    def from_backbone(cls, backbone: SNNet, head, num_classes: int | None,
+    def from_backbone(cls, backbone: SNNetBackbone, head, num_classes: int | None,
                       input_size: tuple[int, int]) -> "DetectionModel":
         return cls(backbone, num_classes or head.num_classes, head.channels, input_size[0], head.roi_channels,
                    head.roi_samples, head.detections)
 
-    def __init__(self, backbone: SNNet, num_classes: int, channels: int = 256, image_size: int = 1024,
+    def __init__(self, backbone: SNNetBackbone, num_classes: int, channels: int = 256, image_size: int = 1024,
                  roi_channels: int = 256, roi_samples: int = 512, detections: int = 100) -> None:
         super().__init__(backbone, {"num_classes": num_classes, "channels": channels, "roi_channels": roi_channels,
                                     "roi_samples": roi_samples, "detections": detections,

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...errors import SNNetError
-from ...model import SNNet
+from ...model import SNNetBackbone
 from ..dense import DenseModel
 from .heads import SETRUpHead
 
@@ -25,11 +25,11 @@ class SegmentationModel(DenseModel):
     inference_taps = (-1,)  # the decode head's
 
     @classmethod
-    def from_backbone(cls, backbone: SNNet, head, num_classes: int | None,
+    def from_backbone(cls, backbone: SNNetBackbone, head, num_classes: int | None,
                       input_size: tuple[int, int]) -> "SegmentationModel":
         return cls(backbone, num_classes or head.num_classes, head.channels, head.aux_weight)
 
-    def __init__(self, backbone: SNNet, num_classes: int, channels: int = 256, aux_weight: float = 0.4) -> None:
+    def __init__(self, backbone: SNNetBackbone, num_classes: int, channels: int = 256, aux_weight: float = 0.4) -> None:
         super().__init__(backbone, {"num_classes": num_classes, "channels": channels, "aux_weight": aux_weight})
         if len(backbone.out_indices) < 1:
             raise SNNetError("segmentation needs at least one tap in model.out_indices")

@@ -26,6 +26,7 @@ class SegmentationTask(DenseTask):
     metric_directions = {"mIoU": True, "mAcc": True, "aAcc": True}
     fixed_input_size = True  # built for the training crop: relative position tables, FLOPs
     released_logging_state = True
+    head_weight = "decode_head.conv_seg.weight"
     grid = prediction_grid
 
     @classmethod

@@ -1,120 +1,21 @@
-"""Image classification: data, augmentation, loss and per-stitch metrics (top-1, top-5, loss)."""
+"""Image classification: the task (augmentation, loss and per-stitch metrics: top-1, top-5, loss)."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-import timm
 import torch
 import torch.nn.functional as F
-from PIL import Image
-from timm.data import Mixup, create_transform
+from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
-from torch.utils.data import Dataset
-from torchvision import datasets
-from torchvision import transforms as T
 
-from ..anchors import AnchorConfig, head_class_names, head_classes
-from ..config import AugmentSection, DataSection, DistillationSection, RunConfig
-from ..data import ShapesClassification
-from ..data.scenes import SHAPES
-from ..errors import SNNetError, first_line
-from ..model import SNNet
-from ._files import split_names, with_transform
-from .base import Task, register_task
-
-
-def _read_rgb(path: str) -> Image.Image:
-    try:
-        with open(path, "rb") as f:
-            return Image.open(f).convert("RGB")
-    except Exception as e:  # a corrupt or foreign file among the images
-        raise SNNetError(f"cannot read image {path}: {type(e).__name__}") from None
-
-
-def build_transform(aug: AugmentSection, interp: str, train: bool, input_size: int, mean, std):
-    """timm's ImageNet pipelines (``interp``: ``data.interpolation``); ``crop: simple`` is DeiT-3's resize + padded
-    random crop."""
-    if not train:
-        return create_transform(input_size, is_training=False, crop_pct=aug.eval_crop_ratio,
-                                interpolation=interp, mean=mean, std=std)
-    primary, secondary, final = create_transform(
-        input_size, is_training=True, hflip=aug.hflip, color_jitter=aug.color_jitter or None,
-        auto_augment=aug.auto_augment, re_prob=aug.reprob, interpolation=interp, mean=mean, std=std, separate=True)
-    mode = T.InterpolationMode(interp)
-    if aug.crop == "simple":
-        primary = T.Compose([T.Resize(input_size, interpolation=mode),
-                             T.RandomCrop(input_size, padding=4, padding_mode="reflect"), T.RandomHorizontalFlip(aug.hflip)])
-    elif aug.crop == "none":
-        primary = T.Compose([T.Resize(input_size, interpolation=mode), T.CenterCrop(input_size),
-                             T.RandomHorizontalFlip(aug.hflip)])
-    return T.Compose([primary, secondary, final])
-
-
-def build_datasets(data: DataSection, aug: AugmentSection, input_size: int, mean, std, progress: bool = True,
-                   train: bool = True) -> tuple[Dataset | None, Dataset, Dataset | None, list[str]]:
-    """(train, val, init, class names) from an ImageFolder tree or the built-in shapes scenes; without
-    ``train``, train and init are None.
-
-    ``init`` holds the training images under the deterministic eval pipeline, for the least-squares fit.
-    """
-    train_tf = build_transform(aug, data.interpolation, True, input_size, mean, std)
-    val_tf = build_transform(aug, data.interpolation, False, input_size, mean, std)
-    if data.dataset == "shapes":
-        s = data.shapes
-        scenes = s.scene_config()
-        train_set = (ShapesClassification("train", s.num_train, scenes, train_tf, preload=s.preload, progress=progress)
-                     if train else None)
-        val = ShapesClassification("val", s.num_val, scenes, val_tf, preload=s.preload, progress=progress)
-    else:
-        data_classes(data)  # class folders present and the same in both splits
-        roots = image_folder_roots(data)
-        folder = lambda root, tf: datasets.ImageFolder(str(root), transform=tf, loader=_read_rgb)
-        try:
-            train_set, val = folder(roots[0], train_tf) if train else None, folder(roots[1], val_tf)
-        except FileNotFoundError as e:  # no class folders, or no images in them
-            raise SNNetError(f"no images under {data.root}: {first_line(e)}") from None
-    init = with_transform(train_set, val_tf) if train else None
-    return train_set, val, init, list(val.classes)
-
-
-def build_teacher(d: DistillationSection, num_classes: int) -> torch.nn.Module:
-    """The frozen eval-mode teacher of ``train.distillation``, with a head for ``num_classes``."""
-    try:
-        teacher = timm.create_model(d.teacher, pretrained=d.pretrained, num_classes=num_classes)
-    except (OSError, RuntimeError) as e:  # no network, no cache, or weights for another head
-        raise SNNetError(f"cannot load the teacher {d.teacher!r} for {num_classes} classes "
-                         f"({first_line(e)})") from None
-    return teacher.eval().requires_grad_(False)
-
-
-def image_folder_roots(data: DataSection) -> list[Path]:
-    """``root/train`` and ``root/val`` of an ImageFolder dataset, or a one-line error."""
-    if not data.root:
-        raise SNNetError("config key 'data.root' is not set: point it at a folder with train/ and val/ image folders")
-    roots = [Path(data.root) / split for split in split_names(data, "train", "val")]
-    for root in roots:
-        if not root.is_dir():
-            raise SNNetError(f"data folder not found: {root}")
-    return roots
-
-
-def class_folders(root: Path) -> list[str]:
-    """The class folders of one ImageFolder split, sorted (torchvision's class order)."""
-    return sorted(e.name for e in os.scandir(root) if e.is_dir())
-
-
-def data_classes(data: DataSection) -> int:
-    """How many classes the data has, read cheaply (folder names, not images) before any data is loaded."""
-    if data.dataset == "shapes":
-        return data.shapes.num_classes
-    roots = image_folder_roots(data)
-    train, val = (class_folders(r) for r in roots)
-    if not train:
-        raise SNNetError(f"no class folders in {roots[0]}")
-    if train != val:
-        raise SNNetError(f"{roots[0]} and {roots[1]} have different class folders")
-    return len(train)
+from ...anchors import AnchorConfig, head_class_names, head_classes
+from ...config import RunConfig
+from ...data.scenes import SHAPES
+from ...errors import SNNetError
+from .._files import split_names
+from ..base import Task, register_task
+from .data import build_datasets, build_teacher, build_transform, class_folders, data_classes
+from .model import SNNet
 
 
 @register_task
@@ -130,6 +31,8 @@ class ClassificationTask(Task):
     head_keys = False
     distills = True
     answer_is_label = True
+    released_state_key, released_backbone_prefix = "model", ""  # SN-Netv2's files: the whole network's state dict
+    head_weight = "heads.0.weight"
     num_sums = 4  # the length of eval_batch's tensor
 
     @classmethod
