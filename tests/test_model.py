@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -222,3 +224,35 @@ def test_wrong_input_shapes_are_one_line_errors(pair_s_l):
         model(torch.randn(1, 1, 32, 32))
     with pytest.raises(SNNetError, match=r"got \(3, 32, 32\)"):
         model.forward_intermediates(torch.randn(3, 32, 32))
+
+
+def test_the_readme_python_example_runs(tmp_path, monkeypatch):
+    """README's "The method in code", statement by statement, over two tiny anchors of depth 6 and 12 (32 stitches,
+    25 among them) instead of the DeiT3-S/L download; its released file is one in SN-Netv2's layout."""
+    import ast
+
+    import snnet
+    from helpers import tiny_vit, to_official
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    code = readme.split("## The method in code", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    statements = ast.parse(code).body
+    first = statements[1]  # model = snnet.SNNet([...], pretrained=True, lora_rank=64)
+    assert isinstance(first, ast.Assign) and ast.unparse(first.value).startswith("snnet.SNNet(")
+    anchors = [tiny_vit(6, 32, seed=1), tiny_vit(12, 48, heads=3, seed=2)]
+    monkeypatch.chdir(tmp_path)
+    released = snnet.SNNet([tiny_vit(6, 32, seed=3), tiny_vit(12, 48, heads=3, seed=4)], lora_rank=4)
+    torch.save({"model": to_official(released)}, tmp_path / "snnetv2_deit3_s_l.pth")
+    scope = {"batches": [torch.randn(4, 3, IMG, IMG)], "criterion": torch.nn.CrossEntropyLoss(),
+             "images": torch.randn(2, 3, IMG, IMG), "targets": torch.tensor([1, 2])}
+    exec(compile(ast.Module([statements[0]], []), "README", "exec"), scope)  # import torch, snnet
+    scope["model"] = snnet.SNNet(anchors, lora_rank=4)  # the example's model, tiny
+    scope["acc1_by_stitch"] = {sid: float(sid % 7) for sid in scope["model"].stitch_ids}
+    for statement in statements[2:]:
+        exec(compile(ast.Module([statement], []), "README", "exec"), scope)
+    model = scope["model"]
+    assert isinstance(model, snnet.SNNet) and isinstance(model.backbone, snnet.SNNetBackbone)
+    assert scope["logits"].shape == (2, 10) and len(scope["feats"]) == 4
+    with torch.no_grad():  # the released weights were loaded, then saved and loaded back
+        torch.testing.assert_close(model.eval().select(25)(scope["images"]), released.eval().select(25)(scope["images"]))
+    assert scope["best"] in model.stitch_ids
