@@ -178,7 +178,8 @@ def main() -> None:
         served_rss = rss_mb(proc.pid)
         stop(proc)
         holder = subprocess.run([sys.executable, "-c", (
-            "import sys, torch, snnet\nm = snnet.from_pretrained(sys.argv[1]).eval()\n"
+            "import sys, torch, snnet\nfrom snnet.rundir import run_of\n"
+            "m = snnet.from_pretrained(run_of(sys.argv[1])[0]).eval()\n"
             "with torch.no_grad(): m.select(m.stitch_ids[-1])(torch.randn(8, 3, m.img_size[0], m.img_size[1]))\n"
             "print([l for l in open('/proc/self/status') if l.startswith('VmRSS')][0].split()[1])"), str(model)],
             env=ENV, capture_output=True, text=True)
