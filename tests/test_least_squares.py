@@ -138,3 +138,11 @@ def test_model_layers_equal_the_reference_pinv_on_real_activations(pair_s_l):
     for k, layer in enumerate(model.backbone.ls_layers):
         w, b = reference_pinv(large[2 * k + 1].reshape(-1, c1), small[k].reshape(-1, c0))
         assert rel_err(layer.effective_weight(), w) <= 2e-3 and rel_err(layer.bias, b) <= 2e-3
+
+
+def test_a_backbone_or_another_module_is_a_one_line_error(pair_s_l):
+    model = SNNet(list(pair_s_l))
+    for given, name in ((model.backbone, "SNNetBackbone"), (torch.nn.Linear(2, 2), "Linear")):
+        with pytest.raises(SNNetError, match=f"^init_stitching_layers takes a task model \\(snnet.SNNet, a DenseModel\\), "
+                                             f"whose backbone it fits, got a {name}$"):
+            init_stitching_layers(given, [torch.randn(2, 3, IMG, IMG)], progress=False)

@@ -256,3 +256,13 @@ def test_the_readme_python_example_runs(tmp_path, monkeypatch):
     with torch.no_grad():  # the released weights were loaded, then saved and loaded back
         torch.testing.assert_close(model.eval().select(25)(scope["images"]), released.eval().select(25)(scope["images"]))
     assert scope["best"] in model.stitch_ids
+
+
+def test_forward_head_in_train_mode_before_any_call_is_a_one_line_error(pair_s_l, images):
+    model = SNNet(list(pair_s_l)).train()
+    tokens = torch.randn(3, 17, 48)
+    with pytest.raises(SNNetError, match="^forward_head in train mode follows forward_features, which draws the stitch"):
+        model.forward_head(tokens)
+    feats = model.forward_features(images)  # draws a stitch: forward_head then uses it
+    assert model.forward_head(feats).shape == (3, 10)
+    assert model.forward_head(tokens, stitch=model.stitch(1)).shape == (3, 10)

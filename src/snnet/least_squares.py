@@ -88,7 +88,10 @@ def init_stitching_layers(model, batches: Iterable, num_images: int | None = Non
     for name, value in (("num_images", num_images), ("chunk_size", chunk_size)):
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
             raise SNNetError(f"init_stitching_layers: {name} must be an integer >= 1, got {value!r}")
-    net = model.backbone
+    net = getattr(model, "backbone", None)
+    if not hasattr(net, "stitching_layer"):  # a backbone alone, or any other module
+        raise SNNetError(f"init_stitching_layers takes a task model (snnet.SNNet, a DenseModel), whose backbone it "
+                         f"fits, got a {type(model).__name__}")
     device = next(net.parameters()).device
     fits = layer_fits(net.depths, net.config.version)
     layers = {ref: net.stitching_layer(ref) for ref, _, _ in fits}

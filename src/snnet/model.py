@@ -382,6 +382,7 @@ class TaskModel(Pretrained, ChoosesStitches, nn.Module):
     out_indices = _Backbone()
     sharing_prefixes = _Backbone()
     depth_first = _Backbone()
+    forward_features = _Backbone()
     forward_intermediates = _Backbone()
 
     def select(self, stitch_id: int) -> "TaskModel":

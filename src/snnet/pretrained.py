@@ -21,6 +21,7 @@ WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 FORMAT_VERSION = 1
 
+
 class Pretrained:
     """``save_pretrained``, ``from_pretrained`` and ``push_to_hub`` for the task models. A model class
     names its task, primary metric (and its direction) and Hub pipeline, and rebuilds itself from a config."""
@@ -141,7 +142,7 @@ def model_from_config(raw: object, source: str) -> Pretrained:
         input_size = raw["head"].pop("input_size", None)
     section = validate(ModelSection, raw, f"{source}: ")  # the run config's schema for these keys
     return TASKS[task].model_class.from_section(section, section.head.num_classes, load_weights=False,
-                                            input_size=tuple(input_size) if input_size else None)
+                                                input_size=tuple(input_size) if input_size else None)
 
 
 def load_state_checked(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:

@@ -86,7 +86,7 @@ class DenseModel(TaskModel):
 
     # positions in out_indices the eval-mode forward reads (None: all); training computes every tap
     inference_taps: ClassVar[tuple[int, ...] | None] = None
-    
+
     def __init__(self, backbone: SNNetBackbone, head_config: dict[str, Any]) -> None:
         super().__init__(backbone)
         self.head_config = dict(head_config)

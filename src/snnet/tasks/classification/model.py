@@ -10,6 +10,7 @@ from torch import nn
 
 from ...anchors import AnchorConfig
 from ...config import ModelSection
+from ...errors import SNNetError
 from ...model import SNNetBackbone, StitchNet, TaskModel, anchor_configs
 from ...stitch_space import Stitch
 
@@ -76,15 +77,14 @@ class SNNet(TaskModel):
     def config(self):
         return self.backbone.config
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """The active stitch's final tokens (after its last anchor's norm): (B, 3, H, W) -> (B, N, C)."""
-        return self.backbone.forward_features(x)
-
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False, stitch: Stitch | None = None) -> torch.Tensor:
         """Final tokens to logits by the pooling of the stitch's last anchor and its classifier (``stitch``
         default: the stitch the latest call ran): (B, N, C) -> (B, num_classes)."""
         if stitch is None:
             stitch = self.backbone.last_stitch if self.training else self.backbone.selected
+        if stitch is None:  # train mode, before any call drew a stitch
+            raise SNNetError("forward_head in train mode follows forward_features, which draws the stitch: call it "
+                             "first, or pass stitch=")
         x = self.backbone.pool(x, stitch)
         return x if pre_logits else self.heads[stitch.last_anchor](x)
 
