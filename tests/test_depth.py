@@ -235,9 +235,10 @@ TINY = {
     "model": {"anchors": [
         {"name": "deit3_small_patch16_224", "kwargs": {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 4, "num_heads": 2}},
         {"name": "deit3_small_patch16_224", "kwargs": {"img_size": 32, "patch_size": 8, "embed_dim": 48, "depth": 8, "num_heads": 3}},
-    ], "lora_rank": 4, "out_indices": list(OUT), "head": {"channels": 8, "reassemble_channels": [8, 8, 16, 16]}},
+    ], "lora_rank": 4, "out_indices": list(OUT), "head": {"channels": 8, "reassemble_channels": [8, 8, 16, 16],
+                                                                 "max_depth": 25.0}},
     "data": {"dataset": "shapes", "input_size": 32, "batch_size": 8, "workers": 0, "mean": [0.5] * 3, "std": [0.5] * 3,
-             "max_depth": 25.0, "shapes": {"image_size": 32, "num_train": 16, "num_val": 5}},
+             "shapes": {"image_size": 32, "num_train": 16, "num_val": 5}},
     "train": {"epochs": 1, "optimizer": "adamw", "lr": 1e-3, "scheduler": "onecycle", "warmup_epochs": 0,
               "no_decay_keys": ["pos_embed", "cls_token", "norm"], "backbone_lr_scale": 0.1, "clip_grad": 35.0,
               "init_images": 8, "ros_gap": 0.0001},
@@ -310,7 +311,12 @@ def test_test_predictions_are_clamped_before_the_flip_average():
 
 @pytest.mark.parametrize("overrides,message,before_data", [
     (["data.depth_scale=-1"], "config key 'data.depth_scale' must be greater than 0", True),
-    (["data.min_depth=30"], "config key 'data': min_depth 30.0 must be below max_depth 25.0", True),
+    (["model.head.min_depth=30"], "config key 'model.head': min_depth 30.0 must be below max_depth 25.0", True),
+    # the key's earlier name moves to today's
+    (["data.min_depth=30"], "config key 'model.head': min_depth 30.0 must be below max_depth 25.0", True),
+    (["data.max_depth=20", "model.head.max_depth=25"], "config keys 'data.max_depth' (20) and 'model.head.max_depth' "
+                                                       "(25) differ: 'data.max_depth' is now 'model.head.max_depth'", True),
+    (["augment.mixup=0.8"], "config key 'augment.mixup' belongs to classification: a depth run does not read it", True),
     (["data.eval_crop=[10,5,0,8]"], "eval_crop [10, 5, 0, 8] must be [top, bottom, left, right] with top < bottom", True),
     (["data.precrop=[0,8,9,9]"], "precrop [0, 8, 9, 9] must be [top, bottom, left, right]", True),
     (["data.dataset=ade20k"], "data.dataset 'ade20k' is not a depth dataset", True),

@@ -91,7 +91,9 @@ def test_eval_of_a_released_format_checkpoint_on_an_ade20k_folder(tmp_path):
 
 @pytest.mark.parametrize("overrides,message", [
     (["train.epochs=3"], "config key 'train': sets iterations and epochs"),
-    (["task=classification"], "config: model.head configures dense tasks; classification uses the anchors' heads"),
+    (["task=classification"], "config key 'augment.scale' belongs to segmentation: a classification run does not "
+                              "read it"),
+    (["augment.rotation=5"], "config key 'augment.rotation' belongs to depth: a segmentation run does not read it"),
     (["data.dataset=imagefolder"], "data.dataset 'imagefolder' is not a segmentation dataset"),
     (["data.dataset=segfolder", "data.root=/nonexistent"], "set model.head.num_classes"),
     (["data.dataset=ade20k", "data.root=/nonexistent"], "data folder not found: /nonexistent/images/training"),

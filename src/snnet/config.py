@@ -5,16 +5,15 @@ error naming the key, raised before any data is read or any model is built.
 """
 from __future__ import annotations
 
+import copy
 import difflib
 import typing
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-import timm
 import yaml
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, ValidationError,
                       field_validator, model_validator)
-from timm.data import create_transform
 from timm.optim import list_optimizers
 
 from .anchors import check_model_name
@@ -82,39 +81,12 @@ class AnchorSection(Section):
         return path.replace("{package}", str(PACKAGE_DIR)) if path else path
 
 
-class HeadSection(Section):
-    """The head of a dense task (segmentation: SETR-naive decode head and its auxiliary heads)."""
-
-    channels: Int = Field(256, ge=1)
-    # the heads' initial weights: "reference" as the reference's heads are built (mmseg / mmcv: conv_seg N(0, 0.01),
-    # Kaiming ConvModules; torchvision's for detection), or "torch": PyTorch's default for every conv and linear
-    init: Literal["reference", "torch"] = "reference"
-    num_classes: Int | None = Field(None, ge=1)  # segmentation, detection; default: the dataset's
-    aux_weight: Float = Field(0.4, ge=0)  # segmentation: loss weight of each auxiliary head; 0 = none are built
-    min_depth: Float = Field(1e-3, gt=0)  # depth: added to the head's ReLU output
-    max_depth: Float = Field(10.0, gt=0)  # depth: test predictions are clamped to [min_depth, max_depth]
-    roi_channels: Int = Field(256, ge=1)  # detection: mask-head convs (box-head FC layers: 4x)
-    roi_samples: Int = Field(512, ge=1)  # detection: RoIs per image in the box head's loss
-    detections: Int = Field(100, ge=1)  # detection: the most detections kept per image
-    # depth: channels of DPT's four reassembled levels, shallow to deep
-    reassemble_channels: list[Annotated[Int, Field(ge=1)]] = Field([96, 192, 384, 768], min_length=4, max_length=4)
-
-    @model_validator(mode="after")
-    def _depth_range(self) -> "HeadSection":
-        if self.min_depth >= self.max_depth:
-            raise ValueError(f"min_depth {self.min_depth} must be below max_depth {self.max_depth}")
-        return self
-
-
 class ModelSection(Section):
     anchors: list[AnchorSection]
     version: Literal["v1", "v2", "sn-net"] = "v2"
     lora_rank: Int = Field(0, ge=0)
     lora_alpha: Float = Field(1.0, gt=0)
-    out_indices: list[Int] | None = None
-    # train new classifier heads when the data's classes differ from the anchors' heads
-    replace_head: Bool = False
-    head: HeadSection = Field(default_factory=HeadSection)  # dense tasks only
+    out_indices: list[Int] | None = None  # the blocks of the last anchor whose tokens dense heads read
 
     @field_validator("anchors")
     @classmethod
@@ -156,28 +128,25 @@ def one_of(choices, value: Any) -> ValueError:
 
 
 class DataSection(Section):
-    # classification: root/train + root/val class folders, or the built-in scenes;
-    # segmentation: ADE20K, COCO-Stuff-10K, root/images/<split> + root/annotations/<split>, or the scenes
-    # depth: NYUv2 (BTS split files), root/images/<split> + root/depths/<split> (16-bit PNGs), or the scenes
-    # detection: COCO (root/<split>/ images, root/annotations/instances_<split>.json) or the scenes
-    dataset: str = "imagefolder"  # one of the registered tasks' datasets (snnet.tasks.Task.datasets)
+    """The keys every task reads; a task's own (depth's range, segmentation's labels) are on its subclass."""
+
+    # one of the task's datasets (snnet.tasks.Task.datasets); root: its folder (each task's docs give the layout)
+    dataset: str = "imagefolder"
     root: str | None = None
     # None: the dataset's own split names (ImageFolder train/val, ADE20K training/validation, COCO-Stuff-10K
     # train2014/test2014, NYUv2 nyu_train.txt/nyu_test.txt, COCO train2017/val2017), so a run's config.yaml,
     # which lists every key, reloads with the same splits
     train_split: str | None = None
     val_split: str | None = None
-    reduce_zero_label: Bool | None = None  # label 0 -> ignored, others - 1; default per dataset (ADE20K, COCO-Stuff)
-    ignore_index: Int = Field(255, ge=0, le=255)
-    test_resize: list[Int] | None = Field(None, min_length=2, max_length=2)  # [long, short] bound, aspect kept
-    # depth: PNG values per metre, the valid range, NYUv2's border cut before training, the Eigen crop of the
-    # metrics (top, bottom, left, right; ends excluded), and the evaluation size FLOPs are reported at
-    depth_scale: Float = Field(1000.0, gt=0)
-    min_depth: Float = Field(1e-3, ge=0)
-    max_depth: Float = Field(10.0, gt=0)
-    precrop: list[Annotated[Int, Field(ge=0)]] | None = Field(None, min_length=4, max_length=4)
-    eval_crop: list[Annotated[Int, Field(ge=0)]] | None = Field(None, min_length=4, max_length=4)
-    eval_size: list[Annotated[Int, Field(ge=1)]] | None = Field(None, min_length=2, max_length=2)
+    # default: the anchors' input size; the training crop of dense tasks ([height, width] for depth)
+    input_size: Annotated[Int, Field(ge=1)] | list[Annotated[Int, Field(ge=1)]] | None = None
+    batch_size: Int = Field(64, ge=1)  # per process
+    eval_batch_size: Int | None = Field(None, ge=1)  # default: 1.5 x batch_size, as the reference
+    workers: Int = Field(4, ge=0)
+    mean: list[Float] | None = Field(None, min_length=3, max_length=3)  # default: the anchors' pretrained config
+    std: list[Annotated[Float, Field(gt=0)]] | None = Field(None, min_length=3, max_length=3)
+    interpolation: Literal[INTERPOLATIONS] = "bicubic"
+    shapes: ShapesSection = Field(default_factory=ShapesSection)
 
     @field_validator("dataset")
     @classmethod
@@ -193,80 +162,15 @@ class DataSection(Section):
         if isinstance(size, list) and len(size) != 2:
             raise ValueError(f"must be one size or [height, width], got {size}")
         return size
-    # default: the anchors' input size; the training crop of dense tasks ([height, width] for depth)
-    input_size: Annotated[Int, Field(ge=1)] | list[Annotated[Int, Field(ge=1)]] | None = None
-    batch_size: Int = Field(64, ge=1)  # per process
-    eval_batch_size: Int | None = Field(None, ge=1)  # default: 1.5 x batch_size, as the reference
-    workers: Int = Field(4, ge=0)
-    mean: list[Float] | None = Field(None, min_length=3, max_length=3)  # default: the anchors' pretrained config
-    std: list[Annotated[Float, Field(gt=0)]] | None = Field(None, min_length=3, max_length=3)
-    interpolation: Literal[INTERPOLATIONS] = "bicubic"
-    shapes: ShapesSection = Field(default_factory=ShapesSection)
-
-    @model_validator(mode="after")
-    def _ranges(self) -> "DataSection":
-        if self.min_depth >= self.max_depth:
-            raise ValueError(f"min_depth {self.min_depth} must be below max_depth {self.max_depth}")
-        for key in ("precrop", "eval_crop"):
-            box = getattr(self, key)
-            if box is not None and not (box[0] < box[1] and box[2] < box[3]):
-                raise ValueError(f"{key} {box} must be [top, bottom, left, right] with top < bottom and left < right")
-        return self
 
 
 class AugmentSection(Section):
-    crop: Literal["rrc", "simple", "none"] = "rrc"  # random resized crop; DeiT-3's resize + pad-4 crop; none
-    auto_augment: str | None = None  # timm policy: "3a" (3-Augment), "rand-m9-mstd0.5-inc1", ...
-    color_jitter: Float = Field(0.0, ge=0)
+    """The augmentations every task's pipeline reads; a task's own are on its subclass."""
+
     hflip: Probability = 0.5
-    mixup: Float = Field(0.0, ge=0)  # Beta alphas; 0 = off
-    cutmix: Float = Field(0.0, ge=0)
-    label_smoothing: Float = Field(0.0, ge=0, lt=1)
-    reprob: Probability = 0.0
-    eval_crop_ratio: Float = Field(0.875, gt=0, le=1)
     # each training image this many times per epoch, the copies on different ranks, each epoch a 1/n share of the
     # images rounded down to a multiple of 256 (DeiT's RASampler: 3; 1 = off)
     repeated_aug: Int = Field(1, ge=1)
-    # detection: large-scale jitter of the input_size square by a ratio in `ratio_range` (0.1-2.0 in ViTDet)
-    # segmentation (mmsegmentation's pipeline): random resize of `scale` by a ratio in `ratio_range`,
-    # random crop to data.input_size where no class covers more than `cat_max_ratio`, photometric distortion
-    scale: list[Annotated[Int, Field(ge=1)]] = Field([2048, 512], min_length=2, max_length=2)
-    ratio_range: list[Annotated[Float, Field(gt=0)]] = Field([0.5, 2.0], min_length=2, max_length=2)
-    cat_max_ratio: Float = Field(0.75, gt=0, le=1)
-    photometric: Bool = True
-    # depth (the reference's): rotation by up to this many degrees (p 0.5), colour augmentation probability
-    rotation: Float = Field(2.5, ge=0)
-    color_prob: Probability = 0.5
-
-    @field_validator("auto_augment")
-    @classmethod
-    def _timm_policy(cls, policy: str | None) -> str | None:
-        if policy:
-            try:
-                create_transform(32, is_training=True, auto_augment=policy)
-            except Exception:
-                raise ValueError(f"{policy!r} is not a timm auto-augment policy "
-                                 f"(e.g. '3a', 'rand-m9-mstd0.5-inc1', 'augmix-m5', 'original')") from None
-        return policy
-
-
-class DistillationSection(Section):
-    """DeiT's distillation from a frozen timm teacher (SN-Net's recipe): the loss is ``(1 - alpha)`` x the task's
-    plus ``alpha`` x the cross-entropy of the stitch's logits against the teacher's top class (``hard``), or their
-    KL divergence at temperature ``tau`` (``soft``), the teacher seeing the same (mixed) images."""
-
-    teacher: str  # a timm model name, e.g. regnety_160.deit_in1k
-    pretrained: Bool = True
-    kind: Literal["hard", "soft"] = "hard"
-    alpha: Float = Field(0.5, ge=0, le=1)
-    tau: Float = Field(1.0, gt=0)
-
-    @field_validator("teacher")
-    @classmethod
-    def _timm_model(cls, name: str) -> str:
-        if not timm.is_model(name):
-            raise ValueError(f"{name!r} is not a timm model")
-        return name
 
 
 class TrainSection(Section):
@@ -298,7 +202,6 @@ class TrainSection(Section):
     # every rank trains the same stitch each step (one ROS generator seeded alike on all ranks: the reference's
     # segmentation runs under mmengine); false: each rank draws its own (seed + rank: classification, depth)
     ros_same_on_all_ranks: Bool = False
-    distillation: DistillationSection | None = None  # classification only
     seed: Int = Field(0, ge=0)
     steps_per_epoch: Int | None = Field(None, ge=1)  # cap for quick runs; None = the whole training set
     # iteration-based schedule (mmsegmentation's): `iterations` steps, the LR stepped every iteration,
@@ -313,7 +216,6 @@ class TrainSection(Section):
     # the backbone's learning rate is scaled (the depth recipe: pos_embed, cls_token, norm; 0.1)
     no_decay_keys: list[str] | None = None
     backbone_lr_scale: Float = Field(1.0, gt=0)
-    loss_warmup: Int = Field(100, ge=0)  # depth: iterations of the scale-invariant loss without its variance
 
     @field_validator("optimizer")
     @classmethod
@@ -350,10 +252,6 @@ def repeated_ids(ids: list[int]) -> list[int]:
 class EvalSection(Section):
     stitches: list[Int] | None = Field(None, min_length=1)  # None = every stitch
     max_images: Int | None = Field(None, ge=1)
-    mode: Literal["whole", "slide"] = "whole"  # dense tasks: whole image, or windows of data.input_size
-    stride: Int | None = Field(None, ge=1)  # sliding-window stride; default 2/3 of the window (341 for 512)
-    visualize: Int = Field(4, ge=0)  # dense tasks: validation images in the prediction grid
-    flip: Bool = True  # depth: average with the flipped prediction of the flipped image
     share_prefixes: Bool = True  # run stitches as a route tree, sharing common prefixes (same results, faster)
 
     @field_validator("stitches")
@@ -365,6 +263,12 @@ class EvalSection(Section):
 
 
 class RunConfig(Section):
+    """A run: its task and the sections every task reads. A task reads its config through a subclass whose sections
+    add the task's own keys (``Task.config_class``, declared in the task's folder); ``load_config`` picks it."""
+
+    # dotted names a task's key had in an earlier snnet -> today's, so that a run's config.yaml of then loads
+    renamed_keys: ClassVar[dict[str, str]] = {}
+
     task: str = DEFAULT_TASK  # a registered task (snnet.tasks.TASKS)
     model: ModelSection
     data: DataSection = Field(default_factory=DataSection)
@@ -382,7 +286,11 @@ class RunConfig(Section):
 
     @model_validator(mode="after")
     def _task_keys(self) -> "RunConfig":
-        TASKS[self.task].check_keys(self)  # the task's own rules (snnet.tasks.Task.check_keys)
+        task = TASKS[self.task]
+        if type(self) is not task.config_class:  # its own keys would go unread
+            raise ValueError(f"a {self.task} config is read with {task.config_class.__name__}, not "
+                             f"{type(self).__name__} (snnet.config.read_config picks it)")
+        task.check_keys(self)  # the task's own rules (snnet.tasks.Task.check_keys)
         return self
 
 
@@ -411,7 +319,104 @@ def load_config(name: str | Path | None, overrides: typing.Sequence[str] = ()) -
             raise SNNetError(f"{path} must hold a mapping of sections")
     for item in overrides:
         _apply_override(raw, item)
-    return validate(RunConfig, raw)
+    return read_config(raw)
+
+
+def read_config(raw: dict) -> RunConfig:
+    """The config a mapping of sections describes, read with its task's schema (``Task.config_class``). Keys that
+    other tasks own are dropped where they hold those tasks' defaults (a run's config.yaml from an earlier snnet
+    lists every task's keys); set to another value, they are a one-line error naming the tasks that read them."""
+    task = raw.get("task", DEFAULT_TASK)
+    if not isinstance(task, str) or task not in TASKS:
+        raise SNNetError(f"config key 'task' {one_of(TASKS, task)}")
+    schema = TASKS[task].config_class
+    raw = copy.deepcopy(raw)
+    for old, new in schema.renamed_keys.items():
+        _rename(raw, old, new)
+    others = [(t.name, t.config_class) for t in TASKS.values() if t.config_class is not schema]
+    for name, other in others:  # another task's key under its earlier name: foreign, as under today's
+        for old, new in other.renamed_keys.items():
+            *path, key = old.split(".")
+            node = _node(raw, path)
+            if isinstance(node, dict) and key in node and node[key] != _default(_field_at(other, new)):
+                raise SNNetError(f"config key '{old}' belongs to {name}: a {task} run does not read it")
+            if isinstance(node, dict):
+                node.pop(key, None)
+    _drop_foreign_keys(raw, schema, others, "", task)
+    return validate(schema, raw)
+
+
+def _node(raw: dict, path: list[str]) -> Any:
+    """The value at ``path`` (keys) in nested mappings, None where one is missing."""
+    for part in path:
+        raw = raw.get(part) if isinstance(raw, dict) else None
+    return raw
+
+
+def _field_at(schema: type[Section], dotted: str) -> Any:
+    """The pydantic field of a dotted key."""
+    *path, key = dotted.split(".")
+    return _schema_at(schema, tuple(path)).model_fields[key]
+
+
+def _rename(raw: dict, old: str, new: str) -> None:
+    """The value of the dotted key ``old`` moved to ``new``; the two set to different values is an error."""
+    *path, key = old.split(".")
+    node = _node(raw, path)
+    if not isinstance(node, dict) or key not in node:
+        return
+    value = node.pop(key)
+    *path, key = new.split(".")
+    node = raw
+    for part in path:
+        if node.get(part) is None:
+            node[part] = {}
+        node = node[part]
+        if not isinstance(node, dict):
+            return  # the schema says what is wrong with it
+    if key in node and node[key] != value:
+        raise SNNetError(f"config keys '{old}' ({value!r}) and '{new}' ({node[key]!r}) differ: '{old}' is now "
+                         f"'{new}'")
+    node[key] = value
+
+
+_REQUIRED = object()  # the default of a key without one: equal to no value
+
+
+def _drop_foreign_keys(raw: dict, own: type[Section], others: list[tuple[str, type[Section]]], path: str,
+                       task: str) -> None:
+    """Keys of ``raw`` that ``own`` (the task's section at ``path``) lacks and ``others`` (other tasks' sections
+    there) declare leave it at those defaults, and are an error otherwise; unknown keys stay for the schema."""
+    for key in list(raw):
+        theirs = [(name, s.model_fields[key]) for name, s in others if key in s.model_fields]
+        if key in own.model_fields:
+            section = _section_of(own.model_fields[key].annotation)
+            if isinstance(raw[key], dict) and section is not None:
+                inner = [(name, s) for name, f in theirs if (s := _section_of(f.annotation)) is not None]
+                _drop_foreign_keys(raw[key], section, inner, f"{path}{key}.", task)
+        elif theirs:
+            if not _at_defaults(raw[key], [f for _, f in theirs]):
+                names = list(dict.fromkeys(name for name, _ in theirs))
+                readers = f"{', '.join(names[:-1])} and {names[-1]}" if len(names) > 1 else names[0]
+                raise SNNetError(f"config key '{path}{key}' belongs to {readers}: a {task} run does not read it")
+            del raw[key]
+
+
+def _at_defaults(value: Any, fields: list[Any]) -> bool:
+    """``value`` is the default of one of ``fields``, or a mapping of keys their sections declare, each at one."""
+    sections = [s for f in fields if (s := _section_of(f.annotation)) is not None]
+    if isinstance(value, dict) and sections:
+        return all(_at_defaults(v, [s.model_fields[k] for s in sections if k in s.model_fields])
+                   for k, v in value.items())
+    return any(value == _default(f) for f in fields)
+
+
+def _default(field: Any) -> Any:
+    """A field's default as a YAML file would hold it."""
+    if field.is_required():
+        return _REQUIRED
+    value = field.get_default(call_default_factory=True)
+    return value.model_dump() if isinstance(value, BaseModel) else value
 
 
 def validate(schema: type[Section], raw: Any, source: str = "") -> Any:
@@ -461,13 +466,17 @@ def _schema_at(schema: Any, loc: tuple) -> Any:
         if isinstance(part, int):
             continue
         tp = schema.model_fields[part].annotation
-        for arg in (tp, *typing.get_args(tp)):
-            inner = typing.get_args(arg)[0] if typing.get_origin(arg) is list else arg
-            if isinstance(inner, type) and issubclass(inner, Section):
-                tp = inner
-                break
-        schema = tp
+        schema = _section_of(tp) or tp
     return schema
+
+
+def _section_of(tp: Any) -> type[Section] | None:
+    """The section class an annotation holds (``S``, ``S | None``, ``list[S]``), if any."""
+    for arg in (tp, *typing.get_args(tp)):
+        inner = typing.get_args(arg)[0] if typing.get_origin(arg) is list else arg
+        if isinstance(inner, type) and issubclass(inner, Section):
+            return inner
+    return None
 
 
 def _apply_override(raw: dict, item: str) -> None:

@@ -140,8 +140,9 @@ def model_from_config(raw: object, source: str) -> Pretrained:
     if isinstance(raw.get("head"), dict):
         raw["head"] = dict(raw["head"])
         input_size = raw["head"].pop("input_size", None)
-    section = validate(ModelSection, raw, f"{source}: ")  # the run config's schema for these keys
-    return TASKS[task].model_class.from_section(section, section.head.num_classes, load_weights=False,
+    schema = TASKS[task].config_class.model_fields["model"].annotation  # the run config's for these keys
+    section = validate(schema, raw, f"{source}: ")
+    return TASKS[task].model_class.from_section(section, load_weights=False,
                                                 input_size=tuple(input_size) if input_size else None)
 
 

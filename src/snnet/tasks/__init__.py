@@ -7,7 +7,7 @@ from ..errors import SNNetError
 from ..pretrained import Pretrained
 from ..registry import TASKS
 from ..rel_pos import grid_of
-from .base import Task, data_defaults, eval_size, register_task
+from .base import Task, data_defaults, register_task
 from .dense import DenseModel, DenseTask
 # importing the task modules registers them (TASKS), each with its model class
 from .classification import ClassificationTask
@@ -17,7 +17,7 @@ from .detection import DetectionTask
 
 __all__ = ["TASKS", "ClassificationTask", "DenseModel", "DenseTask", "DepthTask", "DetectionTask",
            "SegmentationTask", "Task", "build_model", "build_task", "check_config", "check_heads", "class_names",
-           "data_defaults", "eval_size", "metric_direction", "num_classes", "register_task"]
+           "data_defaults", "metric_direction", "num_classes", "register_task"]
 
 
 def metric_direction(metric: str) -> bool | None:
@@ -47,9 +47,6 @@ def check_config(cfg: RunConfig) -> Pretrained:
     """What can be checked before any data is read or weights loaded: the anchors built on the meta
     device (bad timm kwargs, incompatible pairs, out_indices), eval stitch ids and the input size.
     Returns the meta model."""
-    if cfg.model.replace_head and cfg.task != "classification":
-        raise SNNetError(f"config key 'model.replace_head' applies to classification: a {cfg.task} backbone's anchors "
-                         f"have no classifier heads to replace")
     model = build_model(cfg, load_weights=False, device="meta")
     for sid in cfg.eval.stitches or ():
         try:
@@ -73,9 +70,7 @@ def check_config(cfg: RunConfig) -> Pretrained:
                          f"model.anchors.N.kwargs.img_size={size} for both anchors (position embeddings are resized)")
     if hw[0] % patch or hw[1] % patch:
         raise SNNetError(f"data.input_size {size} is not a multiple of the anchors' patch size {patch}")
-    if cfg.eval.mode == "slide" and cfg.eval.stride is not None and cfg.eval.stride > min(hw):
-        raise SNNetError(f"eval.stride {cfg.eval.stride} is larger than the {hw[0]}x{hw[1]} sliding window: pixels "
-                         f"between windows would get no prediction (at most {min(hw)})")
+    TASKS[cfg.task].check_input_size(cfg, hw)
     return model
 
 

@@ -48,8 +48,8 @@ class Task:
     report_metrics: ClassVar[tuple[str, ...]]  # the columns printed in tables
     primary_metric: ClassVar[str]  # the model class's (set for every subclass)
     higher_is_better: ClassVar[bool]
-    head_keys: ClassVar[bool] = True  # model.head configures its heads
-    distills: ClassVar[bool] = False  # train.distillation applies (a teacher's logits beside the loss)
+    # its config's schema: RunConfig, or a subclass whose sections add the task's own keys (its folder's config.py)
+    config_class: ClassVar[type[RunConfig]] = RunConfig
     input_size_pairs: ClassVar[bool] = False  # data.input_size may be [height, width]
     # its model is built for data.input_size even where the anchors could resize position embeddings per call
     fixed_input_size: ClassVar[bool] = False
@@ -93,12 +93,19 @@ class Task:
         if cfg.data.dataset not in cls.datasets:
             raise ValueError(f"data.dataset {cfg.data.dataset!r} is not a {cls.name} dataset "
                              f"(choose {', '.join(cls.datasets)})")
-        if not cls.head_keys and cfg.model.head != type(cfg.model.head)():  # a run's config.yaml has the defaults
-            raise ValueError(f"model.head configures dense tasks; {cls.name} uses the anchors' heads")
         if not cls.input_size_pairs and isinstance(cfg.data.input_size, list):
             raise ValueError(f"data.input_size takes one size for {cls.name}, got {cfg.data.input_size}")
-        if cfg.train.distillation is not None and not cls.distills:
-            raise ValueError(f"train.distillation distils classifiers; {cls.name} has no teacher")
+
+    @classmethod
+    def check_input_size(cls, cfg: RunConfig, hw: tuple[int, int]) -> None:
+        """The task's keys agree with the training input's (height, width), known once the anchors are built; an
+        SNNetError says which does not."""
+
+    @classmethod
+    def eval_size(cls, cfg: RunConfig) -> tuple[int, int]:
+        """(height, width) of evaluation images, which FLOPs are reported at: the input size."""
+        size = data_defaults(cfg)[0]
+        return tuple(size) if isinstance(size, tuple) else (size, size)
 
     @classmethod
     def check_data(cls, cfg: RunConfig) -> int | None:
@@ -132,7 +139,7 @@ class Task:
         """The model of ``cfg``, its heads sized by ``num_classes`` (default: ``head_classes``)."""
         if num_classes is None:
             num_classes = cls.head_classes(cfg)
-        return cls.model_class.from_section(cfg.model, num_classes, load_weights, device, eval_size(cfg))
+        return cls.model_class.from_section(cfg.model, num_classes, load_weights, device, cls.eval_size(cfg))
 
     @classmethod
     def demo_transform(cls, cfg: RunConfig | None, model: Pretrained, mean, std):
@@ -190,10 +197,3 @@ def data_defaults(cfg: RunConfig) -> tuple[int | tuple[int, int], tuple, tuple]:
     std = tuple(cfg.data.std) if cfg.data.std else (pre.std if pre else (0.229, 0.224, 0.225))
     return (size if isinstance(size, tuple) else int(size)), mean, std
 
-
-def eval_size(cfg: RunConfig) -> tuple[int, int]:
-    """(height, width) of evaluation images as the config says: data.eval_size, else the input size."""
-    if cfg.data.eval_size:
-        return tuple(cfg.data.eval_size)
-    size = data_defaults(cfg)[0]
-    return tuple(size) if isinstance(size, tuple) else (size, size)

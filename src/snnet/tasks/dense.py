@@ -8,22 +8,40 @@ from __future__ import annotations
 import copy
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Literal
 
 import numpy as np
 import torch
 from PIL import Image
+from pydantic import Field
 from torch import nn
 
+from ..config import EvalSection, Int, ModelSection, RunConfig, Section
 from ..model import SNNetBackbone, StitchNet, TaskModel
 from ..stitch_space import route_taps, tap_layers
 from ._files import collate_lists
 from .base import Task
 
-if TYPE_CHECKING:
-    from ..config import HeadSection, ModelSection, RunConfig
-
 DISPLAY = 384  # the demo shows dense answers at least this many pixels wide
+
+
+class DenseHeadSection(Section):
+    """``model.head``: the keys every dense head has; each task's subclass adds its own."""
+
+    channels: Int = Field(256, ge=1)
+    # the heads' initial weights: "reference" as the reference's heads are built (mmseg / mmcv: conv_seg N(0, 0.01),
+    # Kaiming ConvModules; torchvision's for detection), or "torch": PyTorch's default for every conv and linear
+    init: Literal["reference", "torch"] = "reference"
+
+
+class ClassesHeadSection(DenseHeadSection):
+    """A head that predicts classes (segmentation, detection)."""
+
+    num_classes: Int | None = Field(None, ge=1)  # default: the dataset's
+
+
+class DenseEvalSection(EvalSection):
+    visualize: Int = Field(4, ge=0)  # validation images in the prediction grid (predictions.png)
 
 
 def init_conv_module(conv: nn.Module) -> nn.Module:
@@ -45,11 +63,11 @@ class DenseTask(Task):
     grid: Callable  # (task, model, rows, path, device) -> path
 
     @classmethod
-    def check_folders(cls, cfg: "RunConfig") -> None:
+    def check_folders(cls, cfg: RunConfig) -> None:
         """The dataset's folders and files exist; the scenes need none."""
 
     @classmethod
-    def check_data(cls, cfg: "RunConfig") -> int | None:
+    def check_data(cls, cfg: RunConfig) -> int | None:
         cls.check_folders(cfg)
         return cls.head_classes(cfg)
 
@@ -92,7 +110,7 @@ class DenseModel(TaskModel):
         self.head_config = dict(head_config)
 
     @classmethod
-    def from_section(cls, section: "ModelSection", num_classes: int | None = None, load_weights: bool = True,
+    def from_section(cls, section: ModelSection, num_classes: int | None = None, load_weights: bool = True,
                      device: str | None = None, input_size: tuple[int, int] | None = None) -> "DenseModel":
         """The task model over a dense backbone of the config's anchors. ``input_size``: the size depth and
         detection models report FLOPs at (detection: the square images are resized to fit)."""
@@ -107,7 +125,7 @@ class DenseModel(TaskModel):
 
     # ---- what the head adds (subclasses) -----------------------------------------------------
     @classmethod
-    def from_backbone(cls, backbone: SNNetBackbone, head: "HeadSection", num_classes: int | None,
+    def from_backbone(cls, backbone: SNNetBackbone, head: DenseHeadSection, num_classes: int | None,
                       input_size: tuple[int, int]) -> "DenseModel":
         """The model with the heads the config's ``model.head`` describes."""
         raise NotImplementedError

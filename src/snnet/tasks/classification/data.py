@@ -12,7 +12,8 @@ from torch.utils.data import Dataset
 from torchvision import datasets
 from torchvision import transforms as T
 
-from ...config import AugmentSection, DataSection, DistillationSection
+from ...config import DataSection
+from .config import ClassificationAugmentSection, DistillationSection
 from ...data import ShapesClassification
 from ...errors import SNNetError, first_line
 from .._files import split_names, with_transform
@@ -26,7 +27,7 @@ def _read_rgb(path: str) -> Image.Image:
         raise SNNetError(f"cannot read image {path}: {type(e).__name__}") from None
 
 
-def build_transform(aug: AugmentSection, interp: str, train: bool, input_size: int, mean, std):
+def build_transform(aug: ClassificationAugmentSection, interp: str, train: bool, input_size: int, mean, std):
     """timm's ImageNet pipelines (``interp``: ``data.interpolation``); ``crop: simple`` is DeiT-3's resize + padded
     random crop."""
     if not train:
@@ -45,7 +46,7 @@ def build_transform(aug: AugmentSection, interp: str, train: bool, input_size: i
     return T.Compose([primary, secondary, final])
 
 
-def build_datasets(data: DataSection, aug: AugmentSection, input_size: int, mean, std, progress: bool = True,
+def build_datasets(data: DataSection, aug: ClassificationAugmentSection, input_size: int, mean, std, progress: bool = True,
                    train: bool = True) -> tuple[Dataset | None, Dataset, Dataset | None, list[str]]:
     """(train, val, init, class names) from an ImageFolder tree or the built-in shapes scenes; without
     ``train``, train and init are None.

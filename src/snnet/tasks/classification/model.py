@@ -46,15 +46,16 @@ class SNNet(TaskModel):
         """The model of a config's anchors, their heads sized by ``num_classes`` when given (checked against their
         weights by the task first); it counts FLOPs at the anchors' own input size."""
         overrides = {"num_classes": num_classes} if num_classes is not None else None
-        model = cls(anchor_configs(section, load_weights, device, overrides), version=section.version,
-                    lora_rank=section.lora_rank, lora_alpha=section.lora_alpha, out_indices=section.out_indices)
-        if section.replace_head and load_weights:  # new heads even where the class count matches
-            for i, head in enumerate(model.heads):
-                new = nn.Linear(head.in_features, head.out_features, device=head.weight.device)
-                nn.init.trunc_normal_(new.weight, std=0.02)  # timm's init of a ViT classifier
-                nn.init.zeros_(new.bias)
-                model.heads[i] = new
-        return model
+        return cls(anchor_configs(section, load_weights, device, overrides), version=section.version,
+                   lora_rank=section.lora_rank, lora_alpha=section.lora_alpha, out_indices=section.out_indices)
+
+    def replace_heads(self) -> None:
+        """New classifiers of the same sizes, initialised as timm initialises a ViT's."""
+        for i, head in enumerate(self.heads):
+            new = nn.Linear(head.in_features, head.out_features, device=head.weight.device)
+            nn.init.trunc_normal_(new.weight, std=0.02)
+            nn.init.zeros_(new.bias)
+            self.heads[i] = new
 
     @classmethod
     def upgrade_state_dict(cls, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

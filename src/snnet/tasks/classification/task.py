@@ -14,6 +14,7 @@ from ...data.scenes import SHAPES
 from ...errors import SNNetError
 from .._files import split_names
 from ..base import Task, register_task
+from .config import ClassificationConfig
 from .data import build_datasets, build_teacher, build_transform, class_folders, data_classes
 from .model import SNNet
 
@@ -28,8 +29,7 @@ class ClassificationTask(Task):
     plot_metrics = (("acc1", True),)
     report_metrics = ("acc1", "acc5", "loss")
     metric_directions = {"acc1": True, "acc5": True, "loss": False}
-    head_keys = False
-    distills = True
+    config_class = ClassificationConfig
     answer_is_label = True
     released_state_key, released_backbone_prefix = "model", ""  # SN-Netv2's files: the whole network's state dict
     head_weight = "heads.0.weight"
@@ -46,6 +46,14 @@ class ClassificationTask(Task):
             return list(SHAPES[:cfg.data.shapes.num_classes])
         train_dir = Path(cfg.data.root) / split_names(cfg.data, "train", "val")[0] if cfg.data.root else None
         return class_folders(train_dir) if train_dir is not None and train_dir.is_dir() else None
+
+    @classmethod
+    def build_model(cls, cfg: ClassificationConfig, num_classes: int | None = None, load_weights: bool = True,
+                    device: str | None = None) -> SNNet:
+        model = super().build_model(cfg, num_classes, load_weights, device)
+        if cfg.model.replace_head and load_weights:  # new heads even where the class count matches
+            model.replace_heads()
+        return model
 
     @classmethod
     def check_heads(cls, cfg: RunConfig, load_weights: bool) -> list[str]:

@@ -11,7 +11,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from ...config import AugmentSection, DataSection
+from .config import DepthAugmentSection, DepthDataSection
 from ...data import ShapesMaps
 from ...errors import SNNetError
 from .._files import IMAGE_SUFFIXES, dataset_root, read_image, read_map, split_names, with_transform
@@ -126,7 +126,7 @@ class ColorAug(v2.Transform):
         return tv_tensors.wrap((x.clamp(0, 255) / 255), like=inpt)
 
 
-def build_transforms(data: DataSection, aug: AugmentSection, crop: tuple[int, int], mean,
+def build_transforms(data: DepthDataSection, aug: DepthAugmentSection, crop: tuple[int, int], mean,
                      std) -> tuple[v2.Compose, v2.Compose, v2.Compose]:
     """(train, eval, least-squares init) pipelines; eval keeps the full image (the flip test runs in the model)."""
     pre = [Crop(tuple(data.precrop))] if data.precrop else []
@@ -140,7 +140,7 @@ def build_transforms(data: DataSection, aug: AugmentSection, crop: tuple[int, in
     return train, v2.Compose([to_float, normalize]), init
 
 
-def build_datasets(data: DataSection, aug: AugmentSection, crop: tuple[int, int], mean, std, progress: bool = True,
+def build_datasets(data: DepthDataSection, aug: DepthAugmentSection, crop: tuple[int, int], mean, std, progress: bool = True,
                    train: bool = True):
     """(train, val, init) for the configured dataset; without ``train``, train and init are None."""
     train_tf, val_tf, init_tf = build_transforms(data, aug, crop, mean, std)
@@ -156,13 +156,13 @@ def build_datasets(data: DataSection, aug: AugmentSection, crop: tuple[int, int]
     return train_set, val, with_transform(train_set, init_tf) if train else None
 
 
-def splits(data: DataSection) -> tuple[str, str]:
+def splits(data: DepthDataSection) -> tuple[str, str]:
     """NYUv2's split files, or a depth folder's split names."""
     defaults = ("nyu_train.txt", "nyu_test.txt") if data.dataset == "nyuv2" else ("train", "val")
     return split_names(data, *defaults)
 
 
-def check_folders(data: DataSection) -> None:
+def check_folders(data: DepthDataSection) -> None:
     """The dataset's root and split files or folders exist, before any run directory is touched."""
     root = dataset_root(data, f"the {data.dataset} folder")
     if root is None:

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from ...config import RunConfig
 from ..base import register_task
 from ..dense import DenseTask, image_batches
+from .config import DepthConfig
 from .data import build_datasets, check_folders
 from .metrics import METRICS, image_metrics, sig_loss, summarize, valid_mask
 from .model import DepthModel, flip_mean
@@ -23,6 +24,7 @@ class DepthTask(DenseTask):
     plot_metrics = (("rmse", False), ("a1", True))  # a Pareto plot each
     report_metrics = ("rmse", "a1", "abs_rel", "silog")
     metric_directions = {m: m in ("a1", "a2", "a3") for m in METRICS}  # errors fall, threshold accuracies rise
+    config_class = DepthConfig
     input_size_pairs = True
     grid = prediction_grid
     num_sums = len(METRICS) + 1  # per-image metric sums, then the number of images with valid pixels
@@ -30,6 +32,11 @@ class DepthTask(DenseTask):
     @classmethod
     def check_folders(cls, cfg: RunConfig) -> None:
         check_folders(cfg.data)
+
+    @classmethod
+    def eval_size(cls, cfg: RunConfig) -> tuple[int, int]:
+        """data.eval_size (NYUv2's full test images), else the input size."""
+        return tuple(cfg.data.eval_size) if cfg.data.eval_size else super().eval_size(cfg)
 
     @classmethod
     def draw_answer(cls, out: torch.Tensor, shown, scale: int, classes, min_score: float):
@@ -44,7 +51,8 @@ class DepthTask(DenseTask):
                                                                      train)
         # crops beyond the maps fail on the first image, before any training (they would score an empty mask)
         if cfg.data.eval_crop and len(self.val_set):
-            valid_mask(self.val_set[0][1][0], cfg.data.min_depth, cfg.data.max_depth, tuple(cfg.data.eval_crop))
+            valid_mask(self.val_set[0][1][0], cfg.model.head.min_depth, cfg.model.head.max_depth,
+                       tuple(cfg.data.eval_crop))
         if train and cfg.data.precrop and len(self.train_set):
             self.train_set[0]  # reading one item applies the precrop
 
@@ -69,13 +77,13 @@ class DepthTask(DenseTask):
     def eval_batch(self, model, batch, device: torch.device) -> torch.Tensor:
         """Per-image metrics on valid pixels inside the evaluation crop, summed, and the count of such images."""
         images, depths = batch
-        data = self.cfg.data
+        data, head = self.cfg.data, self.cfg.model.head
         sums = torch.zeros(self.num_sums, dtype=torch.float64, device=device)
         for pred, gt in zip(self.predict(model, images, device), depths):
             gt = gt.to(device).as_subclass(torch.Tensor)[0]
             if pred.shape != gt.shape:
                 pred = F.interpolate(pred[None, None], size=gt.shape, mode="bilinear", align_corners=False)[0, 0]
-            mask = valid_mask(gt, data.min_depth, data.max_depth, tuple(data.eval_crop) if data.eval_crop else None)
+            mask = valid_mask(gt, head.min_depth, head.max_depth, tuple(data.eval_crop) if data.eval_crop else None)
             if mask.any():
                 sums[:-1] += image_metrics(pred[mask], gt[mask])
                 sums[-1] += 1

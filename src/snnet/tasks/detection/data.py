@@ -14,7 +14,8 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from ...config import AugmentSection, DataSection
+from ...config import DataSection
+from .config import DetectionAugmentSection
 from ...data import scenes_coco
 from ...errors import SNNetError, first_line
 from ...selection import is_integer, is_number
@@ -167,7 +168,7 @@ class ImagesOnly(Dataset):
         return self.dataset[index][0], 0
 
 
-def build_transforms(aug: AugmentSection, size: int, mean, std) -> tuple[v2.Compose, v2.Compose, v2.Compose]:
+def build_transforms(aug: DetectionAugmentSection, size: int, mean, std) -> tuple[v2.Compose, v2.Compose, v2.Compose]:
     """(train, eval, least-squares init): large-scale jitter (a random rescale of the size x size square by
     ``augment.ratio_range``, flip), normalisation, then a crop to the square or a pad with 0 after normalisation
     (the mean, as ViTDet pads); eval images keep their size (the model fits and pads them)."""
@@ -208,7 +209,7 @@ def dataset_classes(data: DataSection) -> int:
     return len(check_categories(read_coco_json(path), str(path)))
 
 
-def build_datasets(data: DataSection, aug: AugmentSection, size: int, mean, std, progress: bool = True,
+def build_datasets(data: DataSection, aug: DetectionAugmentSection, size: int, mean, std, progress: bool = True,
                    train: bool = True):
     """(train, val, init) datasets; ``val.coco`` is the ground truth COCO evaluation reads. Without ``train``,
     train and init are None."""

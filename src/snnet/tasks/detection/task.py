@@ -15,6 +15,7 @@ from ...distributed import all_gather_objects
 from .._files import collate_lists
 from ..base import register_task
 from ..dense import DenseTask
+from .config import DetectionConfig
 from .data import build_datasets, check_folders, dataset_classes
 from .model import DetectionModel
 from .visualize import SCORE_THRESHOLD, detection_answer, prediction_grid
@@ -33,6 +34,7 @@ class DetectionTask(DenseTask):
     plot_metrics = (("bbox_AP", True), ("segm_AP", True))
     report_metrics = ("bbox_AP", "bbox_AP50", "segm_AP", "segm_AP50")
     metric_directions = {f"{kind}_{s}": True for kind in ("bbox", "segm") for s in STATS}
+    config_class = DetectionConfig
     score_threshold = SCORE_THRESHOLD
     train_collate = staticmethod(collate_lists)
     grid = prediction_grid

@@ -11,7 +11,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from ...config import AugmentSection, DataSection
+from .config import SegmentationAugmentSection, SegmentationDataSection
 from ...data import ShapesMaps
 from ...errors import SNNetError
 from .._files import IMAGE_SUFFIXES, dataset_root, read_image, read_map, split_names, with_transform
@@ -186,7 +186,7 @@ def _to_model_input(mean, std) -> list:
             v2.Normalize(mean, std), v2.ToDtype({tv_tensors.Mask: torch.int64, "others": None})]
 
 
-def build_transforms(data: DataSection, aug: AugmentSection, crop: int, mean,
+def build_transforms(data: SegmentationDataSection, aug: SegmentationAugmentSection, crop: int, mean,
                      std) -> tuple[v2.Compose, v2.Compose, v2.Compose]:
     """(train, eval, least-squares init) pipelines."""
     ignore = data.ignore_index
@@ -201,7 +201,7 @@ def build_transforms(data: DataSection, aug: AugmentSection, crop: int, mean,
         v2.Compose([*init, *_to_model_input(mean, std)])
 
 
-def dataset_info(data: DataSection, num_classes: int | None) -> tuple[int, bool, str, str, str]:
+def dataset_info(data: SegmentationDataSection, num_classes: int | None) -> tuple[int, bool, str, str, str]:
     """(classes, reduce_zero_label, train split, val split, label suffix) of the configured dataset
     (``num_classes``: ``model.head.num_classes``, which a segfolder dataset needs)."""
     if data.dataset == "shapes":
@@ -217,7 +217,7 @@ def dataset_info(data: DataSection, num_classes: int | None) -> tuple[int, bool,
     return classes, reduce, train, val, suffix
 
 
-def check_folders(data: DataSection, num_classes: int | None) -> None:
+def check_folders(data: SegmentationDataSection, num_classes: int | None) -> None:
     """The dataset's folders exist (before any run directory is touched); the scenes need none."""
     root = dataset_root(data, f"the {data.dataset} folder (images/<split> and annotations/<split>)")
     if root is None:
@@ -229,7 +229,7 @@ def check_folders(data: DataSection, num_classes: int | None) -> None:
                 raise SNNetError(f"data folder not found: {root / sub / split}")
 
 
-def build_datasets(data: DataSection, aug: AugmentSection, num_classes: int | None, crop: int, mean, std,
+def build_datasets(data: SegmentationDataSection, aug: SegmentationAugmentSection, num_classes: int | None, crop: int, mean, std,
                    progress: bool = True, train: bool = True) -> tuple[Dataset | None, Dataset, Dataset | None, int]:
     """(train, val, init, classes): ``init`` holds training images centre-cropped, for the least-squares fit;
     without ``train``, train and init are None."""

@@ -6,8 +6,10 @@ import torch.nn.functional as F
 
 from ...config import RunConfig
 from ...data.scenes import SHAPES
+from ...errors import SNNetError
 from ..base import register_task
 from ..dense import DenseTask, image_batches
+from .config import SegmentationConfig
 from .data import build_datasets, check_folders, dataset_info
 from .metrics import area_sums, summarize
 from .model import SegmentationModel, slide_inference
@@ -24,6 +26,7 @@ class SegmentationTask(DenseTask):
     plot_metrics = (("mIoU", True),)
     report_metrics = ("mIoU", "mAcc", "aAcc")
     metric_directions = {"mIoU": True, "mAcc": True, "aAcc": True}
+    config_class = SegmentationConfig
     fixed_input_size = True  # built for the training crop: relative position tables, FLOPs
     released_logging_state = True
     head_weight = "decode_head.conv_seg.weight"
@@ -32,6 +35,12 @@ class SegmentationTask(DenseTask):
     @classmethod
     def check_folders(cls, cfg: RunConfig) -> None:
         check_folders(cfg.data, cfg.model.head.num_classes)
+
+    @classmethod
+    def check_input_size(cls, cfg: RunConfig, hw: tuple[int, int]) -> None:
+        if cfg.eval.mode == "slide" and cfg.eval.stride is not None and cfg.eval.stride > min(hw):
+            raise SNNetError(f"eval.stride {cfg.eval.stride} is larger than the {hw[0]}x{hw[1]} sliding window: "
+                             f"pixels between windows would get no prediction (at most {min(hw)})")
 
     @classmethod
     def head_classes(cls, cfg: RunConfig) -> int:
