@@ -1,4 +1,4 @@
-"""pytest's fixtures shared by the test modules; their helpers are in helpers.py."""
+"""pytest's fixtures shared by the test modules; their helpers are in the ``helpers`` package."""
 import pytest
 import torch
 

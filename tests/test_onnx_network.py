@@ -9,7 +9,7 @@ import torch
 
 from snnet import SNNetError, from_pretrained
 from snnet.runtime import OnnxStitch, onnx_session
-from helpers import read_jsonl, snnet, write_config
+from helpers import read_jsonl, segmentation, snnet, write_config
 
 
 @pytest.fixture(scope="module")
@@ -120,11 +120,10 @@ def test_eval_names_a_network_file_it_cannot_take(run, network, capsys):
 @pytest.mark.parametrize("task", ["segmentation", "depth"])
 def test_dense_networks_in_one_file(tmp_path, task):
     """Every stitch of a segmentation or depth model in one file, each equal to eager PyTorch."""
-    import segmentation_fixtures
     from snnet.config import dump_config, load_config
 
     if task == "segmentation":
-        cfg = segmentation_fixtures.write_config(tmp_path, train={"iterations": 1, "checkpoint_interval": 1})
+        cfg = segmentation.write_config(tmp_path, train={"iterations": 1, "checkpoint_interval": 1})
     else:
         cfg = tmp_path / "depth.yaml"
         cfg.write_text(dump_config(load_config("quickstart_depth", [

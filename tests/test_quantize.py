@@ -9,7 +9,7 @@ import torch
 
 from snnet.export import sidecar_path
 from snnet.runtime import OnnxStitch
-from helpers import read_jsonl, snnet, write_config
+from helpers import read_jsonl, segmentation, snnet, write_config
 
 
 @pytest.fixture(scope="module")
@@ -277,10 +277,9 @@ def test_dense_stitches_evaluate_through_onnx_runtime(tmp_path, task, monkeypatc
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     monkeypatch.chdir(cwd)
-    import segmentation_fixtures
 
     if task == "segmentation":
-        cfg = segmentation_fixtures.write_config(tmp_path, train={"iterations": 1, "checkpoint_interval": 1})
+        cfg = segmentation.write_config(tmp_path, train={"iterations": 1, "checkpoint_interval": 1})
         metric = "mIoU"
     else:
         from snnet.config import load_config

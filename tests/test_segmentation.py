@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 from reference_impl import reference_configs, reference_seg_logits
-from segmentation_fixtures import (CHANNELS, CLASSES, DEPTHS, HEADS, IMG, OUT, PATCH, RANK, WIDTHS, reference_state_dict,
+from helpers.segmentation import (CHANNELS, CLASSES, DEPTHS, HEADS, IMG, OUT, PATCH, RANK, WIDTHS, reference_state_dict,
                                    write_layout, write_mmengine_checkpoint)
 
 from snnet import SNNet, SNNetBackbone, SNNetError, build_model, load_config, load_official_checkpoint

@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 from helpers import read_jsonl, torchrun_then_single
-from segmentation_fixtures import (ANCHORS, CLASSES, TINY, reference_state_dict, write_config, write_layout,
+from helpers.segmentation import (ANCHORS, CLASSES, TINY, reference_state_dict, write_config, write_layout,
                                    write_mmengine_checkpoint)
 
 from snnet import SegmentationModel, load_config

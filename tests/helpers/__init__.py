@@ -1,6 +1,7 @@
 """What the tests share (every test module imports its helpers from here, none from another test module): tiny
 anchors built on the fly (DeiT-3 style: layer scale, position embedding without class slot), the one tiny run
-config and the snnet command, torchrun on a free port, reference formulas the tests compare with."""
+config and the snnet command, torchrun on a free port, reference formulas the tests compare with; the segmentation
+tests' tiny SETR run and released-format files in ``helpers.segmentation``."""
 from __future__ import annotations
 
 import hashlib
