@@ -3,17 +3,19 @@ pixels the built-in scenes' objects cover. It is registered like the four built-
 entry points (``snnet train`` / ``eval`` / ``flops`` / ``export``, ``from_pretrained``) with no change to snnet."""
 import json
 import math
+from typing import Literal
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 import yaml
+from pydantic import Field
 from torch.utils.data import Dataset
 
-from snnet import SNNet, from_pretrained
+from snnet import SNNet, SNNetError, from_pretrained
 from snnet.cli import main
-from snnet.config import load_config
+from snnet.config import RunConfig, TrainSection, load_config
 from snnet.data import render_scene
 from snnet.export import load_exported
 from snnet.results import read_results
@@ -47,6 +49,14 @@ class CoverScenes(Dataset):
         return self.items[index]
 
 
+class CoverTrainSection(TrainSection):
+    loss: Literal["mse", "l1"] = "mse"
+
+
+class CoverConfig(RunConfig):
+    train: CoverTrainSection = Field(default_factory=CoverTrainSection)
+
+
 class CoverTask(Task):
     name = "toy_cover"
     model_class = CoverModel
@@ -54,7 +64,7 @@ class CoverTask(Task):
     metric_directions = {"mae": False, "rmse": False}
     plot_metrics = (("mae", False),)
     report_metrics = ("mae", "rmse")
-    head_keys = False
+    config_class = CoverConfig  # one key of its own: train.loss
     num_sums = 3  # absolute errors, squared errors, images
 
     @classmethod
@@ -71,7 +81,8 @@ class CoverTask(Task):
 
     def training_loss(self, model, batch, device, step=0):
         images, share = (t.to(device) for t in batch)
-        return F.mse_loss(model(images)[:, 0].float(), share)
+        loss = F.mse_loss if self.cfg.train.loss == "mse" else F.l1_loss
+        return loss(model(images)[:, 0].float(), share)
 
     def eval_batch(self, model, batch, device):
         images, share = (t.to(device) for t in batch)
@@ -94,7 +105,7 @@ CONFIG = {
     "data": {"dataset": "shapes", "batch_size": 8, "workers": 0, "mean": [0.5] * 3, "std": [0.5] * 3,
              "shapes": {"image_size": 32, "num_train": 16, "num_val": 12}},
     "train": {"epochs": 1, "steps_per_epoch": 2, "warmup_epochs": 0, "init_images": 8, "init_batch_size": 8,
-              "optimizer": "adamw", "lr": 1e-3, "ros_gap": 0.0},
+              "optimizer": "adamw", "lr": 1e-3, "ros_gap": 0.0, "loss": "l1"},
 }
 
 
@@ -116,6 +127,11 @@ def test_a_fifth_task_runs_through_the_public_entry_points(toy_task, tmp_path, c
     model = from_pretrained(run / "model")
     assert type(model) is CoverModel and model.num_classes == 1
     assert [r["stitch_id"] for r in rows] == model.stitch_ids and {"mae", "rmse"} <= set(columns)
+    saved = yaml.safe_load((run / "config.yaml").read_text())  # the task's own key, no other task's
+    assert saved["train"]["loss"] == "l1" and "mixup" not in saved["augment"] and "head" not in saved["model"]
+    with pytest.raises(SNNetError, match="^config key 'train.loss' belongs to toy_cover: a classification run does "
+                                         "not read it$"):
+        load_config("quickstart", ["train.loss=l1"])
     assert (run / "pareto.png").is_file() and "Pareto frontier (mae, lower is better)" in capsys.readouterr().out
 
     # evaluation by hand: the saved model, stitch by stitch, on the validation scenes
@@ -159,8 +175,6 @@ def test_an_unregistered_task_is_a_one_line_error(tmp_path, capsys):
 
 
 def test_a_name_registered_twice_is_refused(toy_task):
-    from snnet.errors import SNNetError
-
     other_task = type("OtherCover", (CoverTask,), {})
     other_model = type("OtherCoverModel", (CoverModel,), {})
     with pytest.raises(SNNetError, match="task 'toy_cover' is registered twice: CoverTask and OtherCover"):
