@@ -23,6 +23,9 @@ def test_anchors_are_ordered_small_to_large():
     (dict(depth=6, embed_dim=48, num_heads=3, img_size=48), "token grids differ"),
     (dict(depth=5, embed_dim=48, num_heads=3), "depth ratio 5/3 is not an integer"),
     (dict(depth=6, embed_dim=48, num_heads=3, class_token=False, global_pool="avg"), "one class token"),
+    # DINOv2 with registers beside one without: the prefix layouts differ
+    (dict(depth=6, embed_dim=48, num_heads=3, reg_tokens=4),
+     "prefix tokens differ (1 class and 0 register tokens against 1 and 4)"),
 ])
 def test_incompatible_anchors_name_both_and_the_mismatch(other, message):
     small = tiny_vit(3, 32)
@@ -39,7 +42,7 @@ def test_incompatible_anchors_name_both_and_the_mismatch(other, message):
 
 def test_non_vit_anchor_is_rejected():
     cnn = timm.create_model("resnet10t", num_classes=10)
-    with pytest.raises(SNNetError, match="anchor resnet10t is a ResNet, not a timm VisionTransformer"):
+    with pytest.raises(SNNetError, match=r"^anchor resnet10t is a ResNet that no anchor family stitches: vit \("):
         SNNet([tiny_vit(3, 32), cnn])
     with pytest.raises(SNNetError, match="at least two anchors, got 1"):
         SNNet([tiny_vit(3, 32)])

@@ -90,7 +90,8 @@ def _sections(schema: type[Section]) -> list[type[Section]]:
 @pytest.mark.parametrize("name,overrides,message", [
     ("quickstart", ["model.head.channels=8"],
      "config key 'model.head' belongs to segmentation, depth and detection: a classification run does not read it"),
-    ("quickstart", ["eval.flip=false"], "config key 'eval.flip' belongs to depth: a classification run does not read it"),
+    ("quickstart", ["eval.flip=false"],
+     "config key 'eval.flip' belongs to depth: a classification run does not read it"),
     ("quickstart_depth", ["model.head.aux_weight=0.2"],
      "config key 'model.head.aux_weight' belongs to segmentation: a depth run does not read it"),
     ("quickstart_detection", ["augment.scale=[64,16]"],

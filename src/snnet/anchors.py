@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import math
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -10,16 +9,16 @@ from typing import Any
 
 import timm
 import torch
-import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import load_file
 from timm.data import ImageNetInfo, infer_imagenet_subset
-from timm.layers import DropPath, LayerScale
+from timm.layers import DropPath
 from timm.models import get_pretrained_cfg, split_model_name_tag
-from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
+from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from .errors import SNNetError, first_line
+from .families import Family, family_of
 from .files import load_torch_checkpoint
 from .flops import AnchorShape
 from .rel_pos import grid_of, rel_pos_attention
@@ -53,7 +52,7 @@ def check_model_name(name: str) -> None:
         raise SNNetError(f"unknown timm model {name!r}")
 
 
-def create_anchor(config: AnchorConfig | str) -> VisionTransformer:
+def create_anchor(config: AnchorConfig | str) -> nn.Module:
     """Build an anchor with timm; weights from the hub (``pretrained``) or a local file."""
     if isinstance(config, str):
         config = AnchorConfig(config)
@@ -75,7 +74,7 @@ def create_anchor(config: AnchorConfig | str) -> VisionTransformer:
     return model
 
 
-def _create(config: AnchorConfig, pretrained: bool) -> VisionTransformer:
+def _create(config: AnchorConfig, pretrained: bool) -> nn.Module:
     """``timm.create_model`` with its errors as one line: a bad kwarg, or hub weights that cannot be had."""
     kwargs = dict(config.kwargs)
     if config.rel_pos_bias:
@@ -101,24 +100,17 @@ def _create(config: AnchorConfig, pretrained: bool) -> VisionTransformer:
 DROP_PATH_RULES = ("linear", "constant")
 
 
-def set_drop_path(model: VisionTransformer, rates: list[float]) -> None:
+def set_drop_path(model: nn.Module, rates: list[float]) -> None:
     """Stochastic depth of each block (both residual branches), e.g. DeiT-3's constant rate."""
     for blk, rate in zip(model.blocks, rates, strict=True):
         blk.drop_path1 = DropPath(rate) if rate > 0 else nn.Identity()
         blk.drop_path2 = DropPath(rate) if rate > 0 else nn.Identity()
 
 
-def resize_pos_embed(pos: torch.Tensor, grid: tuple[int, int], old_grid: tuple[int, int] | None = None) -> torch.Tensor:
-    """A patch-only position embedding (1, Gh*Gw, C) on ``old_grid`` (default: square) resized to ``grid``:
-    bicubic, align_corners False, no antialiasing, as the reference resizes them (timm would antialias)."""
-    if old_grid is None:
-        side = math.isqrt(pos.shape[1])
-        if side * side != pos.shape[1]:
-            raise SNNetError(f"a position embedding of {pos.shape[1]} patches is not a square grid")
-        old_grid = (side, side)
-    x = pos.reshape(1, *old_grid, -1).permute(0, 3, 1, 2).float()
-    x = F.interpolate(x, size=grid, mode="bicubic", align_corners=False)
-    return x.permute(0, 2, 3, 1).reshape(1, grid[0] * grid[1], -1).to(pos.dtype)
+def anchor_family(config: AnchorConfig) -> type[Family]:
+    """The family of the anchor ``config`` describes, read off a build on the meta device."""
+    return family_of(_create(replace(config, rel_pos_bias=False, kwargs={**config.kwargs, "device": "meta"}),
+                             pretrained=False))
 
 
 def _grid_size(config: AnchorConfig) -> tuple[int, int]:
@@ -141,7 +133,7 @@ def _read_weights(path: Path) -> dict[str, Any]:
     return state
 
 
-def load_anchor_weights(model: VisionTransformer, path: str | Path) -> int | None:
+def load_anchor_weights(model: nn.Module, path: str | Path) -> int | None:
     """Load a local timm / DeiT-3 / safetensors checkpoint into an anchor through timm's key filter.
     Returns how many classes the file's classifier has (None when it has none)."""
     path = Path(path)
@@ -153,17 +145,13 @@ def load_anchor_weights(model: VisionTransformer, path: str | Path) -> int | Non
     return _load_state(model, state, f"checkpoint {path}")
 
 
-def _load_state(model: VisionTransformer, state: dict[str, torch.Tensor], source: str) -> int | None:
+def _load_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> int | None:
     """Load anchor weights through timm's key filter. A classifier or final norm the model does not
     have (dense backbones) is left out; relative position tables the weights lack start at zero."""
     absent = {name for name in ("head", "norm", "fc_norm") if isinstance(getattr(model, name, None), nn.Identity)}
     state = {k: v for k, v in state.items() if k.split(".")[0] not in absent}
-    pos = state.get("pos_embed")
-    if model.no_embed_class and isinstance(pos, torch.Tensor) and pos.ndim == 3 and pos.shape != model.pos_embed.shape:
-        state["pos_embed"] = resize_pos_embed(pos, tuple(model.patch_embed.grid_size))
     try:
-        # adapt_layer_scale maps DeiT-3's gamma_1/gamma_2 to timm's ls1.gamma/ls2.gamma
-        state = checkpoint_filter_fn(state, model, adapt_layer_scale=True)
+        state = family_of(model).filter_state(state, model)
         file_head = state.get("head.weight")
         head = getattr(model, "head", None)
         if isinstance(head, nn.Linear) and state.get("head.weight") is not None \
@@ -238,82 +226,29 @@ def anchor_name(model: nn.Module) -> str:
     return cfg.get("architecture") or type(model).__name__
 
 
-def anchor_config_of(model: VisionTransformer) -> AnchorConfig:
+def anchor_config_of(model: nn.Module) -> AnchorConfig:
     """A config that rebuilds ``model``'s architecture with timm (weights are stored separately)."""
-    blk = model.blocks[0]
-    kwargs = dict(
-        img_size=list(model.patch_embed.img_size), patch_size=list(model.patch_embed.patch_size),
-        in_chans=model.in_chans, num_classes=model.num_classes, global_pool=model.global_pool,
-        embed_dim=model.embed_dim, depth=len(model.blocks), num_heads=blk.attn.num_heads,
-        mlp_ratio=blk.mlp.fc1.out_features / model.embed_dim, qkv_bias=blk.attn.qkv.bias is not None,
-        class_token=model.has_class_token, reg_tokens=model.num_reg_tokens,
-        no_embed_class=model.no_embed_class, dynamic_img_size=model.dynamic_img_size,
-        # only whether layer scale exists matters: its values come with the weights
-        init_values=1e-6 if isinstance(blk.ls1, LayerScale) else None,
-        final_norm=not (isinstance(model.norm, nn.Identity) and isinstance(model.fc_norm, nn.Identity)),
-    )
+    kwargs = family_of(model).rebuild_kwargs(model)
     return AnchorConfig(anchor_name(model), kwargs=kwargs, rel_pos_bias=grid_of(model) is not None)
 
 
-def _norm_elements(module: nn.Module, multiplier: int = 1) -> int:
-    shape = getattr(module, "normalized_shape", None)
-    if shape is None:
-        return 0
-    n = 1
-    for s in shape:
-        n *= s
-    return n * multiplier
+def anchor_shape(model: nn.Module) -> AnchorShape:
+    """The numbers FLOPs are computed from, read off the modules by the anchor's family."""
+    return family_of(model).shape(model)
 
 
-def _block_costs(model: VisionTransformer, block: nn.Module) -> tuple[int, int, int]:
-    attn = getattr(block, "attn", None)
-    if attn is None or not hasattr(attn, "qkv") or not hasattr(attn, "num_heads"):
-        raise SNNetError(f"anchor {anchor_name(model)} uses {type(block).__name__} blocks; "
-                         f"only timm ViT blocks with fused qkv attention are supported")
-    linear = sum(m.in_features * m.out_features for m in block.modules() if isinstance(m, nn.Linear))
-    norms = 0
-    for name, m in block.named_modules():
-        # q/k norms act per head on head_dim features
-        per_head = name.endswith(("q_norm", "k_norm"))
-        norms += _norm_elements(m, attn.num_heads if per_head else 1)
-    return linear, norms, attn.num_heads * attn.head_dim
-
-
-def anchor_shape(model: VisionTransformer) -> AnchorShape:
-    """The numbers FLOPs are computed from, read off the modules."""
-    costs = {_block_costs(model, b) for b in model.blocks}
-    if len(costs) != 1:
-        raise SNNetError(f"anchor {anchor_name(model)} has blocks of different sizes")
-    linear, norms, attn_dim = costs.pop()
-    pe = model.patch_embed
-    return AnchorShape(
-        embed_dim=model.embed_dim, depth=len(model.blocks), patch_size=tuple(pe.patch_size),
-        img_size=tuple(pe.img_size), in_chans=model.in_chans, num_prefix_tokens=model.num_prefix_tokens,
-        num_classes=model.head.out_features if isinstance(model.head, nn.Linear) else 0,
-        block_linear_macs=linear, block_norm_elements=norms, attn_dim=attn_dim,
-        embed_norm_elements=_norm_elements(getattr(pe, "norm", nn.Identity())),
-        pre_norm=not isinstance(model.norm_pre, nn.Identity),
-        final_norm=not isinstance(model.norm, nn.Identity),
-        fc_norm=not isinstance(model.fc_norm, nn.Identity),
-    )
-
-
-def _describe(model: VisionTransformer) -> str:
+def _describe(model: nn.Module) -> str:
     pe = model.patch_embed
     return (f"{anchor_name(model)} (depth {len(model.blocks)}, width {model.embed_dim}, "
             f"patch {pe.patch_size[0]}x{pe.patch_size[1]}, grid {pe.grid_size[0]}x{pe.grid_size[1]})")
 
 
-def order_anchors(anchors: list[nn.Module]) -> list[VisionTransformer]:
+def order_anchors(anchors: list[nn.Module]) -> list[nn.Module]:
     """Check the anchors can be stitched and return them small -> large (fewer blocks first, then narrower): each
     neighbour pair shares patch size, token grid and prefix tokens, every depth a multiple of the smallest."""
     if len(anchors) < 2:
         raise SNNetError(f"SN-Net stitches at least two anchors, got {len(anchors)}")
-    for a in anchors:
-        if not isinstance(a, VisionTransformer):
-            raise SNNetError(f"anchor {anchor_name(a)} is a {type(a).__name__}, not a timm VisionTransformer")
-        if not a.has_class_token or a.attn_pool is not None:
-            raise SNNetError(f"anchor {_describe(a)} must classify from one class token")
+    layouts = {id(a): family_of(a).prefix_layout(a) for a in anchors}
     ordered = sorted(anchors, key=lambda a: (len(a.blocks), a.embed_dim))
     small = ordered[0]
     for large in ordered[1:]:
@@ -322,8 +257,12 @@ def order_anchors(anchors: list[nn.Module]) -> list[VisionTransformer]:
             raise SNNetError(f"incompatible {pair}: patch sizes differ")
         if small.patch_embed.grid_size != large.patch_embed.grid_size:
             raise SNNetError(f"incompatible {pair}: token grids differ")
-        if small.num_prefix_tokens != large.num_prefix_tokens or small.in_chans != large.in_chans:
-            raise SNNetError(f"incompatible {pair}: prefix tokens or input channels differ")
+        if layouts[id(small)] != layouts[id(large)]:
+            (c0, r0), (c1, r1) = layouts[id(small)], layouts[id(large)]
+            raise SNNetError(f"incompatible {pair}: prefix tokens differ ({c0} class and {r0} register tokens "
+                             f"against {c1} and {r1})")
+        if small.patch_embed.proj.in_channels != large.patch_embed.proj.in_channels:
+            raise SNNetError(f"incompatible {pair}: input channels differ")
         if len(large.blocks) % len(small.blocks):
             raise SNNetError(f"incompatible {pair}: depth ratio {len(large.blocks)}/{len(small.blocks)} is not an "
                              f"integer")

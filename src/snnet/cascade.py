@@ -148,12 +148,13 @@ class Cascade:
         logits = None
         alive = torch.arange(n, device=images.device)  # the images still running, as indices into the batch
         kept: dict[tuple[int, int], torch.Tensor] = {}  # (stage, step) -> activation of the alive images
+        contexts = model.backbone.block_contexts(images)  # per anchor, for the images' token grid
         with torch.no_grad():
             for k, (stitch, route) in enumerate(zip(self.stitches, self.routes)):
                 src, start = self.resume[k]
                 h = images[alive] if src is None else kept[(src, start - 1)]
                 for i in range(start, len(route)):
-                    h = model.backbone.run_step(route[i], h)
+                    h = model.backbone.run_step(route[i], h, contexts)
                     if i in self.keep[k]:
                         kept[(k, i)] = h
                 out = model.logits(h, stitch)

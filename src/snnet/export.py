@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -184,6 +185,8 @@ def _onnx(net: nn.Module, example: torch.Tensor, path: Path) -> None:
             torch.onnx.export(net, (example,), str(path), input_names=["image"], output_names=net.keys,
                               dynamic_axes={"image": {1: "height", 2: "width"}}, opset_version=17, dynamo=False)
         return
+    # onnxscript's optimizer notes every op it leaves unfolded (each Eva block's rotary Split): not the user's concern
+    logging.getLogger("onnxscript.optimizer._constant_folding").setLevel(logging.ERROR)
     batch = torch.export.Dim("batch", min=1)
     if example.shape[0] == 1:  # torch.export specialises a size-1 dimension: trace a batch of two
         example = example.repeat(2, 1, 1, 1)

@@ -37,6 +37,9 @@ class AnchorShape:
     pre_norm: bool = False  # a norm on all tokens before the blocks
     final_norm: bool = True  # a norm on all tokens after the blocks
     fc_norm: bool = False  # a norm on the pooled vector
+    # an attention pool (SigLIP's): per token (its key/value projection, the latent queries' products), and once
+    pool_token_macs: int = 0
+    pool_macs: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -79,8 +82,8 @@ def block_flops(shape: AnchorShape, tokens: int) -> int:
 
 
 def head_flops(shape: AnchorShape, tokens: int) -> int:
-    """Final norm on all tokens, optional norm on the pooled vector, linear classifier."""
-    flops = shape.embed_dim * shape.num_classes
+    """Final norm on all tokens, the attention pool if any, optional norm on the pooled vector, linear classifier."""
+    flops = shape.embed_dim * shape.num_classes + tokens * shape.pool_token_macs + shape.pool_macs
     if shape.final_norm:
         flops += NORM_FLOPS_PER_ELEMENT * tokens * shape.embed_dim
     if shape.fc_norm:

@@ -14,7 +14,7 @@ import torch.distributed as dist
 
 from .errors import SNNetError
 from .progress import progress_bar
-from .stitch_space import layer_fits
+from .stitch_space import Step, layer_fits
 
 
 class NormalEquations:
@@ -65,10 +65,11 @@ def _accumulate(model, images: torch.Tensor, needed: dict[int, set[int]], fits: 
     """Run every anchor once on ``images``, keeping the outputs of its ``needed`` blocks (block -1: the
     embedding), and add each fit's pair of them to its normal equations."""
     out = {}
+    contexts = model.block_contexts(images)
     for a, blocks in needed.items():
         x = out[a, -1] = model.embed(images, a)
         for b in range(max(blocks) + 1):
-            x = model.anchors[a].blocks[b](x)
+            x = model.run_step(Step("block", a, b), x, contexts)
             if b in blocks:
                 out[a, b] = x
     for eq, (_, src, dst) in zip(eqs, fits):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import nn
 
-from .anchors import AnchorConfig, anchor_config_of, anchor_shape, create_anchor, order_anchors, resize_pos_embed
+from .anchors import AnchorConfig, anchor_config_of, anchor_family, anchor_shape, create_anchor, order_anchors
 from .errors import SNNetError
+from .families import Family, family_of
 from .flops import stitch_flops
 from .pretrained import Pretrained
 from .route_tree import PrefixCache, depth_first
@@ -55,20 +56,38 @@ def _default_out_indices(d1: int) -> list[int]:
 
 
 def anchor_configs(section: "ModelSection", load_weights: bool = True, device: str | None = None,
-                   overrides: dict[str, Any] | None = None,
+                   overrides: dict[str, Any] | Callable[[type[Family]], dict[str, Any]] | None = None,
                    defaults: dict[str, Any] | None = None) -> list[AnchorConfig]:
     """The anchors of a config's ``model`` section; ``load_weights=False`` skips hub and local weights (they come
-    later). A task model sets the anchors' timm kwargs it needs: ``overrides`` replace the config's, ``defaults``
-    apply where the config sets none."""
+    later). A task model sets the anchors' timm kwargs it needs: ``overrides`` replace the config's (or a function
+    of each anchor's family giving them, e.g. its ``backbone_kwargs``), ``defaults`` apply where the config sets
+    none."""
     anchors = []
     for a in section.anchors:
-        kwargs = {**(defaults or {}), **a.kwargs, **(overrides or {})}
+        if callable(overrides):
+            family = anchor_family(AnchorConfig(a.name, kwargs={**(defaults or {}), **a.kwargs}))
+            chosen = overrides(family)
+        else:
+            chosen = overrides
+        kwargs = {**(defaults or {}), **a.kwargs, **(chosen or {})}
         if device is not None:
             kwargs["device"] = device
         anchors.append(AnchorConfig(a.name, pretrained=a.pretrained and load_weights,
                                     checkpoint_path=a.checkpoint_path if load_weights else None, kwargs=kwargs,
                                     rel_pos_bias=a.rel_pos_bias, drop_path=a.drop_path))
     return anchors
+
+
+class BlockContexts(dict):
+    """Anchor index -> its blocks' context for one input, computed by ``compute`` on first use."""
+
+    def __init__(self, compute) -> None:
+        super().__init__()
+        self.compute = compute
+
+    def __missing__(self, anchor: int) -> Any:
+        self[anchor] = value = self.compute(anchor)
+        return value
 
 
 class SNNetBackbone(ChoosesStitches, nn.Module):
@@ -119,6 +138,7 @@ class SNNetBackbone(ChoosesStitches, nn.Module):
         configs = [config_of[id(a)] or anchor_config_of(a) for a in ordered]
 
         self.anchors = nn.ModuleList(ordered)
+        self.families: tuple[type[Family], ...] = tuple(family_of(a) for a in ordered)
         self.depths = tuple(len(a.blocks) for a in ordered)
         self.widths = tuple(a.embed_dim for a in ordered)
         self.shapes = tuple(anchor_shape(a) for a in ordered)
@@ -130,7 +150,7 @@ class SNNetBackbone(ChoosesStitches, nn.Module):
         # a layer per boundary, which depends on the smallest depth G only: SL at 1..G (G: the dense taps'
         # projection), LS at 1..G-1, as between two anchors of depth G (SN-Net: its paired layers, SL only)
         self.per_pair = num_stitching_layers(self.depths[0], self.depths[0], version)
-        dev = ordered[SMALL].cls_token.device  # meta anchors (FLOPs only) get meta layers
+        dev = next(ordered[SMALL].parameters()).device  # meta anchors (FLOPs only) get meta layers
         pairs = list(zip(self.widths, self.widths[1:]))
         self.sl_layers = nn.ModuleList(StitchingLayer(lo, hi, lora_rank, lora_alpha, device=dev)
                                        for lo, hi in pairs for _ in range(self.per_pair[0]))
@@ -150,7 +170,7 @@ class SNNetBackbone(ChoosesStitches, nn.Module):
     # ---- stitches -------------------------------------------------------------------------
     @classmethod
     def from_section(cls, section: "ModelSection", load_weights: bool = True, device: str | None = None,
-                     overrides: dict[str, Any] | None = None,
+                     overrides: dict[str, Any] | Callable[[type[Family]], dict[str, Any]] | None = None,
                      defaults: dict[str, Any] | None = None) -> "SNNetBackbone":
         """The backbone of a config's anchors (see :func:`anchor_configs`)."""
         return cls(anchor_configs(section, load_weights, device, overrides, defaults), version=section.version,
@@ -204,7 +224,7 @@ class SNNetBackbone(ChoosesStitches, nn.Module):
         embedding = ("patch_embed", "norm_pre") if sn_net else ("patch_embed", "cls_token", "reg_token", "pos_embed",
                                                                 "norm_pre")
         n = sum(_numel(first, p) for p in embedding)
-        n += sum(_numel(last, p) for p in ("norm", "fc_norm", "head"))
+        n += sum(_numel(last, p) for p in ("norm", "attn_pool", "fc_norm", "head"))
         for seg in s.segments:
             n += sum(_numel(self.anchors[seg.anchor].blocks[b]) for b in range(seg.first, seg.last + 1))
         for ref in s.layers:
@@ -241,7 +261,15 @@ class SNNetBackbone(ChoosesStitches, nn.Module):
 
     def embed(self, x: torch.Tensor, anchor: int) -> torch.Tensor:
         """Patch embedding, position embedding and prefix tokens of one anchor: (B, 3, H, W) -> (B, N, C)."""
-        return embed_tokens(self.anchors[anchor], x)
+        return self.families[anchor].embed(self.anchors[anchor], x)
+
+    def block_contexts(self, images: torch.Tensor) -> "BlockContexts":
+        """What each anchor's blocks need for ``images`` (their family's context), computed on first use."""
+        def compute(a: int) -> Any:  # on first use: after the embedding has checked the images
+            grid = tuple(self.anchors[SMALL].patch_embed.dynamic_feat_size(images.shape[-2:]))
+            return self.families[a].context(self.families[a].context_source(self.anchors[a]), grid)
+
+        return BlockContexts(compute)
 
     def run_route(self, x: torch.Tensor, stitch: Stitch,
                   taps: Sequence[int] = ()) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -254,13 +282,14 @@ class SNNetBackbone(ChoosesStitches, nn.Module):
         taps = tuple(range(len(every))[t] for t in taps)
         wanted = Counter(every[t] for t in taps)
         steps = route_steps(stitch)
+        contexts = self.block_contexts(x)
         walk, start, h, feats = None, 0, x, []
         if self.prefix_cache is not None and not self.training:
             context = (taps, torch.is_autocast_enabled(x.device.type))
             walk, start, h, feats = self.prefix_cache.resume(x, steps, context)
         for k in range(start, len(steps)):
             step = steps[k]
-            h = self.run_step(step, h)
+            h = self.run_step(step, h, contexts)
             if step.kind == "block" and (step.part, step.index) in wanted:
                 f = h  # a smaller anchor's tap reaches the largest width through SL layers up the chain
                 for ref in tap_layers(step.part, step.index, *self.depths):
@@ -270,12 +299,14 @@ class SNNetBackbone(ChoosesStitches, nn.Module):
                 self.prefix_cache.keep(walk, k, h, feats)
         return h, feats
 
-    def run_step(self, step: Step, x: torch.Tensor) -> torch.Tensor:
-        """One operation of a route: the embedding (of images), a block or a stitching layer (of tokens)."""
+    def run_step(self, step: Step, x: torch.Tensor, contexts: "BlockContexts") -> torch.Tensor:
+        """One operation of a route: the embedding (of images), a block (given its anchor's context for the
+        input, ``block_contexts``) or a stitching layer (of tokens)."""
         if step.kind == "embed":
             return self.embed(x, step.part)
         if step.kind == "block":
-            return self.anchors[step.part].blocks[step.index](x)
+            a = step.part
+            return self.families[a].run_block(self.anchors[a].blocks[step.index], x, contexts[a])
         return self.stitching_layer(LayerRef(step.part, step.index, step.pair))(x)
 
     @contextmanager
@@ -465,6 +496,14 @@ class StitchNet(nn.Module):
         self.steps = nn.ModuleList(
             copy.deepcopy(net.anchors[st.part].blocks[st.index]) if st.kind == "block"
             else _linear(net.stitching_layer(LayerRef(st.part, st.index, st.pair))) for st in steps)
+        # the anchor of each block step (-1: a stitching layer), the families, and what the blocks' contexts are
+        # computed from (rotary embeddings: buffers, no weights)
+        self.step_anchors = [st.part if st.kind == "block" else -1 for st in steps]
+        self.families = net.families
+        used = sorted(set(self.step_anchors) - {-1})
+        sources = {a: net.families[a].context_source(net.anchors[a]) for a in used}
+        self.context_sources = nn.ModuleDict({str(a): copy.deepcopy(m) for a, m in sources.items() if m is not None})
+        self.first_anchor = s.first_anchor
         # dense taps: step -> (the positions in out_indices it gives, the projections that bring it to the largest
         # width, in order: none for the largest anchor's taps)
         every = route_taps(s, tuple(net.out_indices), *net.depths) if dense else []
@@ -483,10 +522,15 @@ class StitchNet(nn.Module):
         """(final tokens, the tap tokens of the ``taps`` positions in out_indices): the operations of
         ``SNNetBackbone.run_route``."""
         wanted = {range(self.num_taps)[t] for t in taps}
-        x = embed_tokens(self.embed, x)
+        images, x = x, self.families[self.first_anchor].embed(self.embed, x)  # the embedding checks the images
+        grid = tuple(self.embed.patch_embed.dynamic_feat_size(images.shape[-2:]))
+        sources = self.context_sources
+        contexts = BlockContexts(lambda a: self.families[a].context(sources[str(a)] if str(a) in sources else None,
+                                                                    grid))
         feats = []
         for k, step in enumerate(self.steps):
-            x = step(x)
+            a = self.step_anchors[k]
+            x = step(x) if a < 0 else self.families[a].run_block(step, x, contexts[a])
             positions, projections = self.taps.get(k, ((), ()))
             n = sum(i in wanted for i in positions)
             if n:
@@ -508,29 +552,6 @@ class StitchNet(nn.Module):
         return tap_maps(feats, self.embed, x, return_prefix_tokens)
 
 
-def embed_tokens(a: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """An anchor's patch embedding, position embedding and prefix tokens: (B, 3, H, W) -> (B, N, C)."""
-    if not isinstance(x, torch.Tensor):
-        raise SNNetError(f"expected an image tensor (B, {a.in_chans}, H, W), got {type(x).__name__}")
-    if x.ndim != 4 or x.shape[1] != a.in_chans:
-        raise SNNetError(f"expected images of shape (B, {a.in_chans}, H, W), got {tuple(x.shape)}")
-    if not x.is_floating_point():
-        raise SNNetError(f"expected float images (normalised as the anchors were trained), got {x.dtype}")
-    x = x.to(a.patch_embed.proj.weight.dtype)  # float16/bfloat16/float64 in, the weights' precision out
-    if not a.dynamic_img_size and tuple(x.shape[-2:]) != tuple(a.patch_embed.img_size):
-        h, w = a.patch_embed.img_size
-        raise SNNetError(f"images are {x.shape[-2]}x{x.shape[-1]}, the anchors take {h}x{w} "
-                         f"(build them with dynamic_img_size=True for other sizes)")
-    ph, pw = a.patch_embed.patch_size
-    if x.shape[-2] % ph or x.shape[-1] % pw:
-        raise SNNetError(f"images are {x.shape[-2]}x{x.shape[-1]}, not a multiple of the anchors' "
-                         f"{ph}x{pw} patches")
-    x = a.patch_embed(x)
-    x = _pos_embed(a, x)
-    x = a.patch_drop(x)
-    return a.norm_pre(x)
-
-
 def tap_maps(feats: list[torch.Tensor], a: nn.Module, x: torch.Tensor, return_prefix_tokens: bool = False) -> list:
     """Tap tokens (B, N, C) as maps (B, C, H/p, W/p) on the token grid of anchor ``a`` for images ``x``;
     with ``return_prefix_tokens``, ``(map, prefix tokens (B, P, C))`` pairs."""
@@ -540,17 +561,6 @@ def tap_maps(feats: list[torch.Tensor], a: nn.Module, x: torch.Tensor, return_pr
     if return_prefix_tokens:
         return [(m, f[:, :prefix]) for m, f in zip(maps, feats)]
     return maps
-
-
-def _pos_embed(a: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """timm's ``_pos_embed``, except that a DeiT-3 position embedding (no class-token slot) on another token
-    grid is resized as the reference resizes it: bicubic without antialiasing (SPEC section 10)."""
-    if not (a.dynamic_img_size and a.no_embed_class) or tuple(x.shape[1:3]) == tuple(a.patch_embed.grid_size):
-        return a._pos_embed(x)
-    b, h, w, c = x.shape  # dynamic patch embeddings keep the grid: (B, H, W, C)
-    x = x.reshape(b, h * w, c) + resize_pos_embed(a.pos_embed, (h, w), tuple(a.patch_embed.grid_size))
-    prefix = [t.expand(b, -1, -1) for t in (a.cls_token, a.reg_token) if t is not None]
-    return a.pos_drop(torch.cat([*prefix, x], dim=1))
 
 
 def _numel(module: nn.Module, attr: str | None = None) -> int:

@@ -116,7 +116,7 @@ class DenseModel(TaskModel):
         detection models report FLOPs at (detection: the square images are resized to fit)."""
         # the reference's dense anchors: no classifier, no final norm, any input size
         backbone = SNNetBackbone.from_section(section, load_weights, device,
-                                              overrides={"num_classes": 0, "final_norm": False},
+                                              overrides=lambda family: family.backbone_kwargs,
                                               defaults={"dynamic_img_size": True})
         model = cls.from_backbone(backbone, section.head, num_classes, tuple(input_size or backbone.img_size))
         if section.head.init == "torch":

@@ -1,0 +1,187 @@
+"""The anchor-family interface: what the route runner, FLOPs, least squares and saving ask of one kind of timm ViT.
+
+A family is a ``Family`` subclass registered with ``register_family``, as a task is a ``Task``. It holds no state:
+every answer is read off the anchor module it is given. What it defines:
+
+- which modules it takes (``takes``) and the variants it cannot stitch (``check``: one line each);
+- the embedding (``position``: position embeddings and prefix tokens on the patch tokens), the prefix layout
+  neighbours must share (``prefix_layout``: class tokens, registers);
+- how a block runs (``context``: what every block of one anchor needs for an input's token grid, computed once per
+  anchor and forward from the anchor's ``context_source`` module, e.g. rotary embeddings; ``run_block``);
+- FLOPs (``shape``: the ``AnchorShape`` the pure FLOPs functions read), the kwargs that rebuild the architecture
+  (``rebuild_kwargs``) and the key filter of its foreign checkpoints (``filter_state``).
+
+The final norm (``norm``), pooling and classifier (``forward_head``) and the dense taps (prefix tokens first, then
+the patch grid) are timm's, the same attributes in every family.
+"""
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from ..errors import SNNetError
+from ..flops import AnchorShape
+
+class Family:
+    """One kind of timm ViT that snnet stitches (see the module's docstring)."""
+
+    name: ClassVar[str]
+    model_class: ClassVar[type[nn.Module]]
+    examples: ClassVar[str]  # timm names, for error messages and docs
+    # timm kwargs that build an anchor as a backbone of dense heads: no classifier (and, where timm can leave it
+    # out, no final norm: the taps are block outputs)
+    backbone_kwargs: ClassVar[dict[str, Any]] = {"num_classes": 0}
+
+    @classmethod
+    def takes(cls, a: nn.Module) -> bool:
+        """Whether ``a`` is of this family."""
+        return isinstance(a, cls.model_class)
+
+    @classmethod
+    def check(cls, a: nn.Module) -> None:
+        """An SNNetError naming what in ``a`` the family cannot stitch; nothing when it can."""
+
+    @classmethod
+    def prefix_layout(cls, a: nn.Module) -> tuple[int, int]:
+        """(class tokens, register tokens) before the patch tokens; neighbouring anchors must agree."""
+        classes = 0 if getattr(a, "cls_token", None) is None else 1
+        return classes, a.num_prefix_tokens - classes
+
+    @classmethod
+    def embed(cls, a: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """Images (B, 3, H, W) -> tokens (B, N, C): the checks, patch embedding, ``position``, the pre-norm."""
+        if not isinstance(x, torch.Tensor):
+            raise SNNetError(f"expected an image tensor (B, {a.patch_embed.proj.in_channels}, H, W), "
+                             f"got {type(x).__name__}")
+        channels = a.patch_embed.proj.in_channels
+        if x.ndim != 4 or x.shape[1] != channels:
+            raise SNNetError(f"expected images of shape (B, {channels}, H, W), got {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise SNNetError(f"expected float images (normalised as the anchors were trained), got {x.dtype}")
+        x = x.to(a.patch_embed.proj.weight.dtype)  # float16/bfloat16/float64 in, the weights' precision out
+        if not a.dynamic_img_size and tuple(x.shape[-2:]) != tuple(a.patch_embed.img_size):
+            h, w = a.patch_embed.img_size
+            raise SNNetError(f"images are {x.shape[-2]}x{x.shape[-1]}, the anchors take {h}x{w} "
+                             f"(build them with dynamic_img_size=True for other sizes)")
+        ph, pw = a.patch_embed.patch_size
+        if x.shape[-2] % ph or x.shape[-1] % pw:
+            raise SNNetError(f"images are {x.shape[-2]}x{x.shape[-1]}, not a multiple of the anchors' "
+                             f"{ph}x{pw} patches")
+        return a.norm_pre(cls.position(a, a.patch_embed(x)))
+
+    @classmethod
+    def position(cls, a: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """Patch tokens ((B, H, W, C) for a dynamic size, else (B, N, C)) -> tokens with position embeddings and
+        the prefix tokens, (B, prefix + N, C)."""
+        raise NotImplementedError
+
+    @classmethod
+    def context_source(cls, a: nn.Module) -> nn.Module | None:
+        """The submodule of ``a`` its blocks' context is computed from (None: the blocks need none). A single
+        stitch exported alone keeps it beside the blocks."""
+        return None
+
+    @classmethod
+    def context(cls, source: nn.Module | None, grid: tuple[int, int]) -> Any:
+        """What every block of an anchor needs for inputs on a ``grid`` token grid, from its ``context_source``."""
+        return None
+
+    @classmethod
+    def run_block(cls, block: nn.Module, x: torch.Tensor, context: Any) -> torch.Tensor:
+        """One block of an anchor of this family on tokens ``x``, given its anchor's ``context``."""
+        return block(x)
+
+    @classmethod
+    def shape(cls, a: nn.Module) -> AnchorShape:
+        """The numbers the anchor's FLOPs are computed from (``snnet.flops``), read off its modules."""
+        raise NotImplementedError
+
+    @classmethod
+    def rebuild_kwargs(cls, a: nn.Module) -> dict[str, Any]:
+        """``timm.create_model`` kwargs that rebuild ``a``'s architecture under its timm name (weights apart)."""
+        raise NotImplementedError
+
+    @classmethod
+    def filter_state(cls, state: dict[str, torch.Tensor], a: nn.Module) -> dict[str, torch.Tensor]:
+        """A foreign checkpoint's state dict in ``a``'s names: timm's filter for the family."""
+        return state
+
+
+FAMILIES: list[type[Family]] = []
+
+
+def register_family(cls: type[Family]) -> type[Family]:
+    """Class decorator: anchors ``cls.takes`` are stitched as that family; a name taken by another class is
+    refused."""
+    held = next((f for f in FAMILIES if f.name == cls.name), None)
+    if held is not None and held is not cls:
+        raise SNNetError(f"anchor family {cls.name!r} is registered twice: {held.__qualname__} and "
+                         f"{cls.__qualname__}")
+    if held is None:
+        FAMILIES.append(cls)
+    return cls
+
+
+def family_of(a: nn.Module) -> type[Family]:
+    """The family that stitches ``a``, after its ``check``; one line naming the families otherwise."""
+    family = next((f for f in FAMILIES if f.takes(a)), None)
+    if family is None:
+        known = "; ".join(f"{f.name} ({f.examples})" for f in FAMILIES)
+        raise SNNetError(f"anchor {name_of(a)} is a {type(a).__name__} that no anchor family stitches: {known}")
+    family.check(a)
+    return family
+
+
+def name_of(a: nn.Module) -> str:
+    """The timm architecture name of an anchor module, else its class name."""
+    cfg = getattr(a, "pretrained_cfg", None) or {}
+    return cfg.get("architecture") or type(a).__name__
+
+
+def norm_elements(module: nn.Module, multiplier: int = 1) -> int:
+    """Elements a norm layer normalises per token (0 for anything else)."""
+    shape = getattr(module, "normalized_shape", None)
+    if shape is None:
+        return 0
+    n = 1
+    for s in shape:
+        n *= s
+    return n * multiplier
+
+
+def block_costs(a: nn.Module) -> tuple[int, int, int]:
+    """Per token and block, read off the modules: multiply-adds of the linear layers, elements the norms normalise
+    (q/k norms per head), and the width of the attention products (heads x head dim). One line when the blocks
+    differ or have no attention with ``num_heads`` and ``head_dim``."""
+    costs = set()
+    for block in a.blocks:
+        attn = getattr(block, "attn", None)
+        if attn is None or not hasattr(attn, "num_heads") or not hasattr(attn, "head_dim"):
+            raise SNNetError(f"anchor {name_of(a)} uses {type(block).__name__} blocks without a timm attention "
+                             f"(num_heads, head_dim)")
+        linear = sum(m.in_features * m.out_features for m in block.modules() if isinstance(m, nn.Linear))
+        norms = sum(norm_elements(m, attn.num_heads if name.endswith(("q_norm", "k_norm")) else 1)
+                    for name, m in block.named_modules())
+        costs.add((linear, norms, attn.num_heads * attn.head_dim))
+    if len(costs) != 1:
+        raise SNNetError(f"anchor {name_of(a)} has blocks of different sizes")
+    return costs.pop()
+
+
+def common_shape(a: nn.Module, **extra: Any) -> AnchorShape:
+    """The ``AnchorShape`` fields every family reads the same way, plus the family's ``extra`` ones."""
+    linear, norms, attn_dim = block_costs(a)
+    pe = a.patch_embed
+    head = getattr(a, "head", None)
+    fields = dict(
+        embed_dim=a.embed_dim, depth=len(a.blocks), patch_size=tuple(pe.patch_size), img_size=tuple(pe.img_size),
+        in_chans=pe.proj.in_channels, num_prefix_tokens=a.num_prefix_tokens,
+        num_classes=head.out_features if isinstance(head, nn.Linear) else 0,
+        block_linear_macs=linear, block_norm_elements=norms, attn_dim=attn_dim,
+        embed_norm_elements=norm_elements(getattr(pe, "norm", nn.Identity())),
+        pre_norm=not isinstance(a.norm_pre, nn.Identity), final_norm=not isinstance(a.norm, nn.Identity),
+        fc_norm=not isinstance(getattr(a, "fc_norm", None) or nn.Identity(), nn.Identity),
+    )
+    return AnchorShape(**{**fields, **extra})
