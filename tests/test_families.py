@@ -9,9 +9,10 @@ import pytest
 import timm
 import torch
 import yaml
+from safetensors.torch import save_file
 
 from snnet import SNNet, SNNetError, from_pretrained, init_stitching_layers
-from snnet.anchors import AnchorConfig, anchor_shape
+from snnet.anchors import AnchorConfig, anchor_shape, create_anchor
 from snnet.cli import main
 from snnet.families import FAMILIES, EvaFamily, SigLIPFamily, ViTFamily, family_of
 from snnet.flops import block_flops, embed_flops, head_flops, num_tokens
@@ -253,3 +254,20 @@ def test_depth_on_dinov3_anchors_trains_and_its_taps_skip_the_registers(tmp_path
                      "--no-progress"]) == 0
         np.testing.assert_allclose(onnx_session(out).run(None, {"images": x.numpy()})[0], model.select(7)(x).numpy(),
                                    rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("family", ["eva02", "dinov3", "siglip"])
+def test_local_weights_of_a_family_load_through_its_filter(tmp_path, family):
+    """A safetensors file and a torch file (weights only, nested under "model" as training scripts save them) of
+    an anchor load into the anchor its config builds, through the family's key filter."""
+    name, small, _ = FAMILY_PAIRS[family]
+    source = build(name, 3, **small)
+    kwargs = dict(img_size=IMG, patch_size=8, num_classes=10, **small)
+    state = {k: v.contiguous() for k, v in source.state_dict().items()}
+    save_file(state, str(tmp_path / "a.safetensors"))
+    torch.save({"model": state}, tmp_path / "a.pth")
+    x = images(2)
+    for path in (tmp_path / "a.safetensors", tmp_path / "a.pth"):
+        anchor = create_anchor(AnchorConfig(name, checkpoint_path=str(path), kwargs=kwargs)).eval()
+        with torch.no_grad():
+            torch.testing.assert_close(anchor(x), source(x), rtol=0, atol=0)
