@@ -17,6 +17,7 @@ from snnet.cli import main
 from snnet.families import FAMILIES, EvaFamily, SigLIPFamily, ViTFamily, family_of
 from snnet.flops import block_flops, embed_flops, head_flops, num_tokens
 from snnet.runtime import onnx_session
+from snnet.tasks.depth.model import fit_to_patches
 from snnet.stitch_space import LayerRef, route_steps
 
 DATA = Path(__file__).parent / "data"
@@ -271,3 +272,24 @@ def test_local_weights_of_a_family_load_through_its_filter(tmp_path, family):
         anchor = create_anchor(AnchorConfig(name, checkpoint_path=str(path), kwargs=kwargs)).eval()
         with torch.no_grad():
             torch.testing.assert_close(anchor(x), source(x), rtol=0, atol=0)
+
+
+def test_a_depth_model_takes_images_that_are_no_multiple_of_its_patches(tmp_path):
+    """NYUv2's 480x640 under 14-pixel patches: the model runs at the nearest multiple (here 8-pixel patches: 36x44 ->
+    40x48) and answers at the input's size: its head's prediction on the resized image, resized back."""
+    run = family_run(tmp_path, "vit_small_patch16_dinov3", task="depth",
+                     model={"out_indices": [1, 3, 4, 5],
+                            "head": {"channels": 8, "reassemble_channels": [8, 8, 16, 16]}})
+    model = from_pretrained(run / "model").eval()
+    assert fit_to_patches((36, 44), (8, 8)) == (40, 48) and fit_to_patches((480, 640), (14, 14)) == (476, 644)
+    assert fit_to_patches((3, 20), (8, 8)) == (8, 24)
+    x = torch.randn(2, 3, 36, 44, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        out = model.select(7)(x)
+        resized = torch.nn.functional.interpolate(x, size=(40, 48), mode="bilinear", align_corners=False)
+        taps = model.features(resized, return_prefix_tokens=True)
+        depth = model.decode_head([(f, prefix[:, 0]) for f, prefix in taps]).clamp(model.min_depth, model.max_depth)
+        expected = torch.nn.functional.interpolate(depth, size=(36, 44), mode="bilinear", align_corners=False)
+        assert out.shape == (2, 1, 36, 44)
+        torch.testing.assert_close(out, expected, rtol=0, atol=0)
+        torch.testing.assert_close(model.deployable(7)(x), out, rtol=1e-5, atol=1e-5)

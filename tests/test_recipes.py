@@ -340,3 +340,21 @@ def test_distillation_and_repeated_augmentation_errors_and_sampler(tmp_path):
              for r in (0, 1)]
     assert [len(r) for r in ranks] == [256, 256] and len(set(ranks[0]) | set(ranks[1])) == 171
     assert all(ranks[0].count(i) + ranks[1].count(i) == 3 for i in set(ranks[0][:80]))
+
+
+def test_dinov2_depth_recipe_has_depth_anything_v2s_encoders_taps_and_optimizer():
+    """nyuv2_dpt_dinov2_s_b_l (docs/recipes.md): DINOv2-S/B/L in one network, ViT-L's taps and head widths, Depth
+    Anything V2's AdamW and per-iteration poly decay; NYUv2's 480x640 counted at the nearest multiple of 14."""
+    cfg = load_config("nyuv2_dpt_dinov2_s_b_l")
+    model = build_model(cfg, load_weights=False, device="meta")
+    assert [a.name for a in cfg.model.anchors] == [f"vit_{s}_patch14_dinov2.lvd142m"
+                                                   for s in ("small", "base", "large")]
+    assert model.depths == (12, 12, 24) and model.widths == (384, 768, 1024) and len(model.stitch_ids) == 377
+    assert model.out_indices == [4, 11, 17, 23] and model.img_size == (476, 644)
+    assert (model.decode_head.channels, cfg.model.head.reassemble_channels) == (256, [256, 512, 1024, 1024])
+    t = cfg.train
+    assert (t.optimizer, t.lr, t.backbone_lr_scale, t.weight_decay, t.weight_decay_all) == \
+        ("adamw", 5e-5, 0.1, 0.01, True)
+    assert (t.scheduler, t.poly_power, t.warmup_iterations, t.clip_grad, t.amp) == ("poly", 0.9, 0, None, False)
+    assert cfg.data.input_size == [420, 560] and all(s % 14 == 0 for s in cfg.data.input_size)
+    assert round(model.flops(0) / 1e9, 1) == 304.7 and round(model.flops(2) / 1e9, 1) == 836.0

@@ -202,6 +202,10 @@ class SNNetBackbone(ChoosesStitches, nn.Module):
         """The input size the anchors are built for."""
         return tuple(self.anchors[SMALL].patch_embed.img_size)
 
+    @property
+    def patch_size(self) -> tuple[int, int]:
+        return tuple(self.anchors[SMALL].patch_embed.patch_size)
+
     def flops(self, stitch_id: int, img_size: tuple[int, int] | None = None, taps: bool = False) -> int:
         """FLOPs of one stitch at ``img_size`` (default: the anchors' input size), SPEC section 4: the route ending
         in its last anchor's norm and classifier (the anchors' shapes count the heads the classification model
@@ -517,6 +521,10 @@ class StitchNet(nn.Module):
                 projections += [_linear(net.stitching_layer(ref)) for ref in refs]
         self.num_taps = len(every)
         self.projections = nn.ModuleList(projections)
+
+    @property
+    def patch_size(self) -> tuple[int, int]:
+        return tuple(self.embed.patch_embed.patch_size)
 
     def forward_tokens(self, x: torch.Tensor, taps: Sequence[int] = ()) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """(final tokens, the tap tokens of the ``taps`` positions in out_indices): the operations of

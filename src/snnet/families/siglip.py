@@ -43,5 +43,6 @@ class SigLIPFamily(ViTFamily):
         per_token += NORM_FLOPS_PER_ELEMENT * norm_elements(pool.k_norm, pool.num_heads)
         once = queries * sum(m.in_features * m.out_features for name, m in pool.named_modules()
                              if isinstance(m, nn.Linear) and name != "kv")
-        once += NORM_FLOPS_PER_ELEMENT * queries * (norm_elements(pool.norm) + norm_elements(pool.q_norm, pool.num_heads))
+        norms = norm_elements(pool.norm) + norm_elements(pool.q_norm, pool.num_heads)
+        once += NORM_FLOPS_PER_ELEMENT * queries * norms
         return common_shape(a, pool_token_macs=per_token, pool_macs=once)

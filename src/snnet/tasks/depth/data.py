@@ -140,8 +140,8 @@ def build_transforms(data: DepthDataSection, aug: DepthAugmentSection, crop: tup
     return train, v2.Compose([to_float, normalize]), init
 
 
-def build_datasets(data: DepthDataSection, aug: DepthAugmentSection, crop: tuple[int, int], mean, std, progress: bool = True,
-                   train: bool = True):
+def build_datasets(data: DepthDataSection, aug: DepthAugmentSection, crop: tuple[int, int], mean, std,
+                   progress: bool = True, train: bool = True):
     """(train, val, init) for the configured dataset; without ``train``, train and init are None."""
     train_tf, val_tf, init_tf = build_transforms(data, aug, crop, mean, std)
     if data.dataset == "shapes":

@@ -44,7 +44,7 @@ class DepthModel(DenseModel):
         return tuple(self.head_config["input_size"])
 
     def head_flops(self, img_size: tuple[int, int]) -> int:
-        ph, pw = self.backbone.anchors[0].patch_embed.patch_size
+        ph, pw = self.backbone.patch_size
         # the reference resizes the prediction to the input size even when it already has it (fvcore counts it)
         return self.decode_head.flops((img_size[0] // ph, img_size[1] // pw)) + \
             BILINEAR_FLOPS_PER_OUTPUT * img_size[0] * img_size[1]
@@ -53,7 +53,15 @@ class DepthModel(DenseModel):
         return [self.decode_head]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        taps = self.features(x, return_prefix_tokens=True)  # all four
+        """Depth (B, 1, H, W) at the input's size. An input that is not a multiple of the patch size (NYUv2's
+        480x640 under 14-pixel patches) runs resized to the nearest multiple (476x644), as Depth Anything V2's
+        inference does, and its prediction is resized back."""
+        x_in = x  # anything but a batch of images: the embedding says what is wrong with it
+        if isinstance(x, torch.Tensor) and x.ndim == 4 and x.is_floating_point():
+            size = fit_to_patches(tuple(x.shape[-2:]), self.backbone.patch_size)
+            if size != tuple(x.shape[-2:]):
+                x_in = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        taps = self.features(x_in, return_prefix_tokens=True)  # all four
         depth = self.decode_head([(f, prefix[:, 0]) for f, prefix in taps])  # the class token of each tap
         if not self.training:  # the reference clamps test predictions (so before the flip average too)
             depth = depth.clamp(self.min_depth, self.max_depth)
@@ -63,6 +71,11 @@ class DepthModel(DenseModel):
     def flip_inference(self, x: torch.Tensor) -> torch.Tensor:
         """The reference's test: the mean of the prediction and the flipped prediction of the flipped image."""
         return flip_mean(self, x)
+
+
+def fit_to_patches(size: tuple[int, int], patch: tuple[int, int]) -> tuple[int, int]:
+    """The nearest multiple of the patch size (at least one patch) in each dimension, halves rounded up."""
+    return tuple(max(p, int(s / p + 0.5) * p) for s, p in zip(size, patch))
 
 
 def flip_mean(net, x: torch.Tensor) -> torch.Tensor:

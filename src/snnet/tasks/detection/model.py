@@ -136,7 +136,7 @@ class DetectionModel(DenseModel):
         return tuple(self.head_config["input_size"])
 
     def head_flops(self, img_size: tuple[int, int]) -> int:
-        ph, pw = self.backbone.anchors[0].patch_embed.patch_size
+        ph, pw = self.backbone.patch_size
         return self.detector.backbone.pyramid.flops((img_size[0] // ph, img_size[1] // pw))
 
     def inference_heads(self) -> list[nn.Module]:

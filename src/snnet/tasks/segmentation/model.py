@@ -40,7 +40,7 @@ class SegmentationModel(DenseModel):
         self.auxiliary_head = nn.ModuleList(SETRUpHead(width, channels, num_classes, num_convs=2) for _ in range(n_aux))
 
     def head_flops(self, img_size: tuple[int, int]) -> int:
-        ph, pw = self.backbone.anchors[0].patch_embed.patch_size
+        ph, pw = self.backbone.patch_size
         return self.decode_head.flops((img_size[0] // ph, img_size[1] // pw))
 
     def inference_heads(self) -> list[nn.Module]:
