@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 from snnet import SNNet, SNNetError, from_pretrained, init_stitching_layers
 from snnet.anchors import AnchorConfig, anchor_shape, create_anchor
 from snnet.cli import main
-from snnet.families import FAMILIES, EvaFamily, SigLIPFamily, ViTFamily, family_of
+from snnet.families import FAMILIES, EvaFamily, SigLIPFamily, ViTFamily, family_of, register_family
 from snnet.flops import block_flops, embed_flops, head_flops, num_tokens
 from snnet.runtime import onnx_session
 from snnet.tasks.depth.model import fit_to_patches
@@ -293,3 +293,10 @@ def test_a_depth_model_takes_images_that_are_no_multiple_of_its_patches(tmp_path
         assert out.shape == (2, 1, 36, 44)
         torch.testing.assert_close(out, expected, rtol=0, atol=0)
         torch.testing.assert_close(model.deployable(7)(x), out, rtol=1e-5, atol=1e-5)
+
+
+def test_a_family_name_registered_twice_is_refused():
+    other = type("OtherEva", (EvaFamily,), {})
+    with pytest.raises(SNNetError, match="^anchor family 'eva' is registered twice: EvaFamily and OtherEva$"):
+        register_family(other)
+    assert register_family(EvaFamily) is EvaFamily and FAMILIES.count(EvaFamily) == 1  # the same class: a no-op
