@@ -18,7 +18,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from .errors import SNNetError, first_line
-from .families import Family, family_of
+from .families import Family, ViTFamily, family_of
 from .files import load_torch_checkpoint
 from .flops import AnchorShape
 from .rel_pos import grid_of, rel_pos_attention
@@ -78,6 +78,10 @@ def _create(config: AnchorConfig, pretrained: bool) -> nn.Module:
     """``timm.create_model`` with its errors as one line: a bad kwarg, or hub weights that cannot be had."""
     kwargs = dict(config.kwargs)
     if config.rel_pos_bias:
+        family = anchor_family(config)
+        if family is not ViTFamily:
+            raise SNNetError(f"anchor {config.name!r} is of the {family.name} family: rel_pos_bias adds a relative "
+                             f"position bias to the vit family's attention only (set rel_pos_bias: false)")
         kwargs["attn_layer"] = rel_pos_attention(_grid_size(config))
     if config.name == PLAIN_VIT and pretrained:
         raise SNNetError(f"a plain {PLAIN_VIT} has no pretrained weights: name a timm model or pass a checkpoint_path")
