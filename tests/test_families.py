@@ -303,7 +303,8 @@ def test_a_family_name_registered_twice_is_refused():
 
 
 def test_a_relative_position_bias_is_the_vit_familys_only():
-    config = AnchorConfig("vit_small_patch16_dinov3", rel_pos_bias=True, kwargs=dict(img_size=IMG, patch_size=8, **SMALL))
+    config = AnchorConfig("vit_small_patch16_dinov3", rel_pos_bias=True,
+                          kwargs=dict(img_size=IMG, patch_size=8, **SMALL))
     with pytest.raises(SNNetError, match=r"^anchor 'vit_small_patch16_dinov3' is of the eva family: rel_pos_bias adds "
                                          r"a relative position bias to the vit family's attention only "
                                          r"\(set rel_pos_bias: false\)$"):
