@@ -201,6 +201,8 @@ CASES = [  # (command, extra args, text the one error line must hold)
     (T, ["model.anchors.0.kwargs.num_heads=5"], "timm cannot build anchor 'deit3_small_patch16_224'"),
     (T, ["model.anchors.1.kwargs.patch_size=16"], "patch sizes differ"),
     (T, ["model.anchors.1.kwargs.depth=5"], "depth ratio 5/3 is not an integer"),
+    (T, ["model.anchors.1.name=convnext_atto", "model.anchors.1.kwargs={{}}"],
+     "anchor convnext_atto is a ConvNeXt that no anchor family stitches: vit ("),
     (T, ["model.out_indices=[99]"], "out_indices [99] must be distinct large-anchor blocks in 0..5"),
     (T, ["eval.stitches=[0,999]"], "config key 'eval.stitches': unknown stitch id 999: valid ids are 0..8 except 4"),
     (T, ["data.input_size=48"], "data.input_size 48 differs from the anchors' 32x32 input"),
