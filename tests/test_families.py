@@ -4,6 +4,7 @@ import csv
 import json
 from pathlib import Path
 
+import huggingface_hub
 import numpy as np
 import pytest
 import timm
@@ -309,3 +310,24 @@ def test_a_relative_position_bias_is_the_vit_familys_only():
                                          r"a relative position bias to the vit family's attention only "
                                          r"\(set rel_pos_bias: false\)$"):
         create_anchor(config)
+
+
+@pytest.mark.parametrize("name", ["vit_small_patch14_reg4_dinov2.lvd142m", "vit_small_patch16_dinov3.lvd1689m",
+                                  "eva02_tiny_patch14_224.mim_in22k", "vit_base_patch16_siglip_224.webli"])
+def test_timms_pretrained_names_load_from_the_hub_cache_offline(tmp_path, monkeypatch, name):
+    """``pretrained: true`` goes through timm's own loading (its hub download, read from the Hugging Face cache
+    offline, and its key filter): weights of a tiny anchor of that architecture put where a download leaves them."""
+    kwargs = dict(num_classes=0, **SMALL)  # at the architecture's own input size and patch size
+    torch.manual_seed(4)
+    source = timm.create_model(name.split(".")[0], **kwargs).eval()
+    snapshot = tmp_path / "cache" / f"models--timm--{name}" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(snapshot / "model.safetensors"))
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    assert huggingface_hub.constants.HF_HUB_OFFLINE
+    anchor = create_anchor(AnchorConfig(name, pretrained=True, kwargs=kwargs)).eval()
+    x = torch.randn(2, 3, *source.patch_embed.img_size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(anchor(x), source(x), rtol=0, atol=0)
