@@ -189,7 +189,10 @@ class TrainSection(Section):
     warmup_lr: Float = Field(1e-7, ge=0)
     min_lr: Float = Field(1e-5, ge=0)
     clip_grad: Float | None = Field(None, gt=0)
-    amp: Bool = True  # autocast + grad scaling on CUDA; ignored on CPU
+    amp: Bool = True  # mixed precision in training and evaluation, of amp_dtype
+    # float16: autocast with grad scaling on CUDA, nothing on CPU (the reference's apex fp16); bfloat16: autocast
+    # without a scaler on CUDA (A100, H100) and on the CPU
+    amp_dtype: Literal["float16", "bfloat16"] = "float16"
     init_images: Int = Field(100, ge=1)  # least-squares initialisation on a fresh run
     # the images it fits on: training images through the training pipeline (augmentations and CutMix, as the
     # reference's runs fitted), or through the deterministic evaluation transform

@@ -113,8 +113,15 @@ def cleanup() -> None:
         dist.destroy_process_group()
 
 
-def autocast(device: torch.device, enabled: bool):
-    """float16 autocast on CUDA (as the reference trains); nothing on CPU."""
+def autocast(device: torch.device, enabled: bool, dtype: str = "float16"):
+    """float16 autocast on CUDA (as the reference trains), nothing on CPU; bfloat16 autocast on CUDA and CPU."""
+    if enabled and dtype == "bfloat16" and device.type in ("cuda", "cpu"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     if enabled and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.float16)
     return nullcontext()
+
+
+def grad_scaling(device: torch.device, enabled: bool, dtype: str = "float16") -> bool:
+    """Whether ``autocast`` on ``device`` needs its losses scaled: float16 on CUDA only."""
+    return enabled and dtype == "float16" and device.type == "cuda"

@@ -43,7 +43,8 @@ def check_data(task, cfg: RunConfig, env: DistEnv, train: bool) -> None:
 
 @torch.no_grad()
 def evaluate_stitches(model: TaskModel, task, loader: DataLoader, stitch_ids: list[int], env: DistEnv,
-                      amp: bool = True, progress: bool = True, share_prefixes: bool = True) -> dict[int, dict[str, float]]:
+                      amp: bool = True, progress: bool = True, share_prefixes: bool = True,
+                      amp_dtype: str = "float16") -> dict[int, dict[str, float]]:
     """Every requested stitch on every batch: each batch is loaded once and run through all stitches,
     by default in depth-first order of their route tree, each route resuming from the deepest activation
     it shares with those before it (``snnet.route_tree``; the same arithmetic as one stitch at a time).
@@ -61,7 +62,7 @@ def evaluate_stitches(model: TaskModel, task, loader: DataLoader, stitch_ids: li
             for sid in order:
                 if sid is not None:
                     model.select(sid)
-                with autocast(env.device, amp):
+                with autocast(env.device, amp, amp_dtype):
                     s = task.eval_batch(model, batch, env.device)
                 acc[sid] = acc[sid] + s if sid in acc else s
             if cache is not None:
@@ -79,7 +80,8 @@ def evaluate_and_report(model: ChoosesStitches, task, cfg: RunConfig, env: DistE
     loader = make_eval_loader(task.val_set, cfg.data.eval_batch_size or int(1.5 * cfg.data.batch_size),
                               cfg.data.workers, env, cfg.eval.max_images, task.eval_collate)
     start = time.perf_counter()
-    metrics = evaluate_stitches(model, task, loader, list(ids), env, cfg.train.amp, progress, cfg.eval.share_prefixes)
+    metrics = evaluate_stitches(model, task, loader, list(ids), env, cfg.train.amp, progress, cfg.eval.share_prefixes,
+                                cfg.train.amp_dtype)
     elapsed = time.perf_counter() - start
     if not env.is_main:
         return None

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from ._atomic import atomic_write_text
 from .config import DataSection, RunConfig, TrainSection, dump_config
-from .distributed import DistEnv, all_reduce_sum, autocast, barrier, broadcast_buffers
+from .distributed import DistEnv, all_reduce_sum, autocast, barrier, broadcast_buffers, grad_scaling
 from .errors import SNNetError
 from .least_squares import init_stitching_layers
 from .pretrained import load_state_checked
@@ -182,7 +182,7 @@ def train_one_epoch(model, task, loader: DataLoader, optimizer, scheduler, scale
     start = time.perf_counter()
     bar = progress_bar(total=steps, desc=schedule.label(r), enabled=progress and env.is_main, unit="step")
     for step, batch in enumerate(round_batches(loader, r, steps, schedule.passes_per_round)):
-        with autocast(env.device, t.amp):
+        with autocast(env.device, t.amp, t.amp_dtype):
             loss = task.training_loss(model, batch, env.device, r * schedule.round_steps + step)
         if not math.isfinite(loss.item()):
             raise SNNetError(f"loss is {loss.item()} at {schedule.label(r)}, step {step}: lower train.lr or enable clipping")
@@ -248,7 +248,7 @@ def fit(cfg: RunConfig, task, env: DistEnv, resume: str | None = "auto", progres
                                task.train_collate)
     schedule = Schedule(cfg.train, len(loader))
     scheduler = create_scheduler(optimizer, cfg.train, schedule)
-    scaler = torch.amp.GradScaler(env.device.type, enabled=cfg.train.amp and env.device.type == "cuda")
+    scaler = torch.amp.GradScaler(env.device.type, enabled=grad_scaling(env.device, cfg.train.amp, cfg.train.amp_dtype))
     start = 0
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
