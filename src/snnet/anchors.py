@@ -78,11 +78,12 @@ def _create(config: AnchorConfig, pretrained: bool) -> nn.Module:
     """``timm.create_model`` with its errors as one line: a bad kwarg, or hub weights that cannot be had."""
     kwargs = dict(config.kwargs)
     if config.rel_pos_bias:
-        family = anchor_family(config)
+        meta = _meta_build(config)
+        family = family_of(meta)
         if family is not ViTFamily:
             raise SNNetError(f"anchor {config.name!r} is of the {family.name} family: rel_pos_bias adds a relative "
                              f"position bias to the vit family's attention only (set rel_pos_bias: false)")
-        kwargs["attn_layer"] = rel_pos_attention(_grid_size(config))
+        kwargs["attn_layer"] = rel_pos_attention(tuple(meta.patch_embed.grid_size))
     if config.name == PLAIN_VIT and pretrained:
         raise SNNetError(f"a plain {PLAIN_VIT} has no pretrained weights: name a timm model or pass a checkpoint_path")
     try:
@@ -113,14 +114,12 @@ def set_drop_path(model: nn.Module, rates: list[float]) -> None:
 
 def anchor_family(config: AnchorConfig) -> type[Family]:
     """The family of the anchor ``config`` describes, read off a build on the meta device."""
-    return family_of(_create(replace(config, rel_pos_bias=False, kwargs={**config.kwargs, "device": "meta"}),
-                             pretrained=False))
+    return family_of(_meta_build(config))
 
 
-def _grid_size(config: AnchorConfig) -> tuple[int, int]:
-    """The token grid of the anchor ``config`` describes, read off a build on the meta device."""
-    meta = _create(replace(config, rel_pos_bias=False, kwargs={**config.kwargs, "device": "meta"}), pretrained=False)
-    return tuple(meta.patch_embed.grid_size)
+def _meta_build(config: AnchorConfig) -> nn.Module:
+    """The architecture ``config`` describes (without a relative position bias) on the meta device: no memory."""
+    return _create(replace(config, rel_pos_bias=False, kwargs={**config.kwargs, "device": "meta"}), pretrained=False)
 
 
 def _read_weights(path: Path) -> dict[str, Any]:

@@ -2,7 +2,6 @@
 query (``global_pool='map'``). The pooling head belongs to the last anchor of a route, as a classifier does."""
 from __future__ import annotations
 
-import torch
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
@@ -27,10 +26,6 @@ class SigLIPFamily(ViTFamily):
     def check(cls, a: nn.Module) -> None:
         if a.global_pool != "map":
             raise SNNetError(f"anchor {name_of(a)} has an attention pool but pools by {a.global_pool!r}")
-
-    @classmethod
-    def position(cls, a: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        return a.patch_drop(a._pos_embed(x))
 
     @classmethod
     def shape(cls, a: nn.Module) -> AnchorShape:
