@@ -120,11 +120,14 @@ class ShapesSection(Section):
         return SceneConfig(image_size=self.image_size, num_classes=self.num_classes, seed=self.seed, **self.scene)
 
 
+def listed(names: typing.Sequence[str], last: str) -> str:
+    """'a', 'a and b' or 'a, b and c' (``last``: the word before the last name)."""
+    return f"{', '.join(names[:-1])} {last} {names[-1]}" if len(names) > 1 else names[0]
+
+
 def one_of(choices, value: Any) -> ValueError:
     """The schema's error for a value outside ``choices``: "must be 'a', 'b' or 'c', got 'x'"."""
-    names = [repr(c) for c in choices]
-    listed = f"{', '.join(names[:-1])} or {names[-1]}" if len(names) > 1 else names[0]
-    return ValueError(f"must be {listed}, got {value!r}")
+    return ValueError(f"must be {listed([repr(c) for c in choices], 'or')}, got {value!r}")
 
 
 class DataSection(Section):
@@ -399,8 +402,7 @@ def _drop_foreign_keys(raw: dict, own: type[Section], others: list[tuple[str, ty
                 _drop_foreign_keys(raw[key], section, inner, f"{path}{key}.", task)
         elif theirs:
             if not _at_defaults(raw[key], [f for _, f in theirs]):
-                names = list(dict.fromkeys(name for name, _ in theirs))
-                readers = f"{', '.join(names[:-1])} and {names[-1]}" if len(names) > 1 else names[0]
+                readers = listed(list(dict.fromkeys(name for name, _ in theirs)), "and")
                 raise SNNetError(f"config key '{path}{key}' belongs to {readers}: a {task} run does not read it")
             del raw[key]
 
