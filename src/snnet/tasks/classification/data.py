@@ -13,10 +13,10 @@ from torchvision import datasets
 from torchvision import transforms as T
 
 from ...config import DataSection
-from .config import ClassificationAugmentSection, DistillationSection
 from ...data import ShapesClassification
 from ...errors import SNNetError, first_line
 from .._files import split_names, with_transform
+from .config import ClassificationAugmentSection, DistillationSection
 
 
 def _read_rgb(path: str) -> Image.Image:
@@ -46,7 +46,8 @@ def build_transform(aug: ClassificationAugmentSection, interp: str, train: bool,
     return T.Compose([primary, secondary, final])
 
 
-def build_datasets(data: DataSection, aug: ClassificationAugmentSection, input_size: int, mean, std, progress: bool = True,
+def build_datasets(data: DataSection, aug: ClassificationAugmentSection, input_size: int, mean, std,
+                   progress: bool = True,
                    train: bool = True) -> tuple[Dataset | None, Dataset, Dataset | None, list[str]]:
     """(train, val, init, class names) from an ImageFolder tree or the built-in shapes scenes; without
     ``train``, train and init are None.

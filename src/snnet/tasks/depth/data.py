@@ -11,10 +11,10 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from .config import DepthAugmentSection, DepthDataSection
 from ...data import ShapesMaps
 from ...errors import SNNetError
 from .._files import IMAGE_SUFFIXES, dataset_root, read_image, read_map, split_names, with_transform
+from .config import DepthAugmentSection, DepthDataSection
 
 
 class DepthPairs(Dataset):

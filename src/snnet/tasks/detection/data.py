@@ -15,11 +15,11 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from ...config import DataSection
-from .config import DetectionAugmentSection
 from ...data import scenes_coco
 from ...errors import SNNetError, first_line
 from ...selection import is_integer, is_number
 from .._files import dataset_root, read_image, split_names
+from .config import DetectionAugmentSection
 
 
 def read_coco_json(path: Path) -> dict:

@@ -11,10 +11,10 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from .config import SegmentationAugmentSection, SegmentationDataSection
 from ...data import ShapesMaps
 from ...errors import SNNetError
 from .._files import IMAGE_SUFFIXES, dataset_root, read_image, read_map, split_names, with_transform
+from .config import SegmentationAugmentSection, SegmentationDataSection
 from .photometric import PhotoMetricDistortion
 
 # dataset -> (train split, val split, label file suffix, classes, reduce_zero_label), as the reference reads them
@@ -229,8 +229,9 @@ def check_folders(data: SegmentationDataSection, num_classes: int | None) -> Non
                 raise SNNetError(f"data folder not found: {root / sub / split}")
 
 
-def build_datasets(data: SegmentationDataSection, aug: SegmentationAugmentSection, num_classes: int | None, crop: int, mean, std,
-                   progress: bool = True, train: bool = True) -> tuple[Dataset | None, Dataset, Dataset | None, int]:
+def build_datasets(data: SegmentationDataSection, aug: SegmentationAugmentSection, num_classes: int | None,
+                   crop: int, mean, std, progress: bool = True,
+                   train: bool = True) -> tuple[Dataset | None, Dataset, Dataset | None, int]:
     """(train, val, init, classes): ``init`` holds training images centre-cropped, for the least-squares fit;
     without ``train``, train and init are None."""
     train_tf, val_tf, init_tf = build_transforms(data, aug, crop, mean, std)
