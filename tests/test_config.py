@@ -119,6 +119,11 @@ def test_another_tasks_key_at_its_default_is_dropped_and_the_earlier_depth_range
     assert moved.model.head.max_depth == 12.0 and "max_depth" not in moved.data.model_dump()
 
 
+def test_read_config_takes_a_mapping():
+    with pytest.raises(SNNetError, match="^a config is a mapping of sections, got a list$"):
+        read_config([{"task": "depth"}])
+
+
 def test_the_base_schema_refuses_a_task_with_keys_of_its_own():
     raw = yaml.safe_load(dump_config(load_config("quickstart_depth")))
     core = {"task": "depth", "model": {"anchors": raw["model"]["anchors"]}, "data": {"dataset": "shapes"}}

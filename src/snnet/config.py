@@ -332,6 +332,8 @@ def read_config(raw: dict) -> RunConfig:
     """The config a mapping of sections describes, read with its task's schema (``Task.config_class``). Keys that
     other tasks own are dropped where they hold those tasks' defaults (a run's config.yaml from an earlier snnet
     lists every task's keys); set to another value, they are a one-line error naming the tasks that read them."""
+    if not isinstance(raw, dict):
+        raise SNNetError(f"a config is a mapping of sections, got a {type(raw).__name__}")
     task = raw.get("task", DEFAULT_TASK)
     if not isinstance(task, str) or task not in TASKS:
         raise SNNetError(f"config key 'task' {one_of(TASKS, task)}")
