@@ -15,11 +15,11 @@ from safetensors.torch import save_file
 from snnet import SNNet, SNNetError, from_pretrained, init_stitching_layers
 from snnet.anchors import AnchorConfig, anchor_shape, create_anchor
 from snnet.cli import main
-from snnet.families import FAMILIES, EvaFamily, SigLIPFamily, ViTFamily, family_of, register_family
-from snnet.flops import block_flops, embed_flops, head_flops, num_tokens
+from snnet.families import FAMILIES, EvaFamily, SigLIPFamily, SwinFamily, ViTFamily, family_of, register_family
+from snnet.flops import stitch_flops
 from snnet.runtime import onnx_session
 from snnet.tasks.depth.model import fit_to_patches
-from snnet.stitch_space import LayerRef, route_steps
+from snnet.stitch_space import LayerRef, Segment, Stitch, route_steps
 
 DATA = Path(__file__).parent / "data"
 IMG = 32
@@ -179,9 +179,9 @@ def test_anchors_a_family_cannot_stitch_are_one_line_errors(a, b, message):
 def test_a_convnext_is_no_family():
     convnext = timm.create_model("convnext_atto", num_classes=10)
     with pytest.raises(SNNetError, match=r"^anchor convnext_atto is a ConvNeXt that no anchor family stitches: "
-                                         r"vit \(.*\); siglip \(.*\); eva \(.*\)$"):
+                                         r"vit \(.*\); siglip \(.*\); eva \(.*\); swin \(.*\)$"):
         SNNet([build("deit3_small_patch16_224", 1, embed_dim=32, depth=2, num_heads=2), convnext])
-    assert [f.name for f in FAMILIES] == ["vit", "siglip", "eva"]
+    assert [f.name for f in FAMILIES] == ["vit", "siglip", "eva", "swin"]
 
 
 def published_gmacs() -> list[dict]:
@@ -195,11 +195,10 @@ def test_anchor_flops_equal_timms_published_gmacs(row):
     (its figures have two decimals)."""
     size = int(row["infer_img_size"])
     model = timm.create_model(row["model"], device="meta", img_size=size)
-    family = {"vit": ViTFamily, "siglip": SigLIPFamily, "eva": EvaFamily}[row["family"]]
+    family = {"vit": ViTFamily, "siglip": SigLIPFamily, "eva": EvaFamily, "swin": SwinFamily}[row["family"]]
     assert family_of(model) is family
     s = anchor_shape(model)
-    n = num_tokens(s)
-    gmacs = (embed_flops(s) + s.depth * block_flops(s, n) + head_flops(s, n)) / 1e9
+    gmacs = stitch_flops(Stitch(0, "anchor", (Segment(0, 0, s.depth - 1),)), [s]) / 1e9
     assert gmacs == pytest.approx(float(row["infer_gmacs"]), rel=0.01, abs=0.006)
     params = sum(p.numel() for p in model.parameters()) / 1e6
     assert params == pytest.approx(float(row["param_count"]), abs=0.006)

@@ -18,7 +18,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from .errors import SNNetError, first_line
-from .families import Family, ViTFamily, family_of
+from .families import Family, ViTFamily, classifier_of, family_of
 from .files import load_torch_checkpoint
 from .flops import AnchorShape
 from .rel_pos import grid_of, rel_pos_attention
@@ -98,16 +98,21 @@ def _create(config: AnchorConfig, pretrained: bool) -> nn.Module:
         raise SNNetError(f"cannot load pretrained weights for {config.name!r} ({first_line(e)}); "
                          f"download them or pass a local checkpoint_path") from None
     if config.drop_path == "constant":
-        set_drop_path(model, [kwargs.get("drop_path_rate", 0.0)] * len(model.blocks))
+        set_drop_path(model, [kwargs.get("drop_path_rate", 0.0)] * len(residual_blocks(model)))
     return model
 
 
 DROP_PATH_RULES = ("linear", "constant")
 
 
+def residual_blocks(model: nn.Module) -> list[nn.Module]:
+    """The anchor's transformer blocks in order (every family's have ``drop_path1`` and ``drop_path2``)."""
+    return [m for m in model.modules() if hasattr(m, "drop_path1")]
+
+
 def set_drop_path(model: nn.Module, rates: list[float]) -> None:
     """Stochastic depth of each block (both residual branches), e.g. DeiT-3's constant rate."""
-    for blk, rate in zip(model.blocks, rates, strict=True):
+    for blk, rate in zip(residual_blocks(model), rates, strict=True):
         blk.drop_path1 = DropPath(rate) if rate > 0 else nn.Identity()
         blk.drop_path2 = DropPath(rate) if rate > 0 else nn.Identity()
 
@@ -153,12 +158,14 @@ def _load_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) -
     have (dense backbones) is left out; relative position tables the weights lack start at zero."""
     absent = {name for name in ("head", "norm", "fc_norm") if isinstance(getattr(model, name, None), nn.Identity)}
     state = {k: v for k, v in state.items() if k.split(".")[0] not in absent}
+    family = family_of(model)
     try:
-        state = family_of(model).filter_state(state, model)
-        file_head = state.get("head.weight")
-        head = getattr(model, "head", None)
-        if isinstance(head, nn.Linear) and state.get("head.weight") is not None \
-                and state["head.weight"].shape != head.weight.shape:
+        state = family.filter_state(state, model)
+        file_head = state.get(f"{family.classifier_path}.weight")
+        head = classifier_of(model)
+        if isinstance(head, nn.Identity):  # a backbone without a classifier (Swin's sits inside its head)
+            state = {k: v for k, v in state.items() if not k.startswith(f"{family.classifier_path}.")}
+        if isinstance(head, nn.Linear) and file_head is not None and file_head.shape != head.weight.shape:
             # a classifier for other classes: keep the backbone, start the head fresh (timm does the same);
             # the command line only gets here when model.replace_head asked for it
             state = {k: v for k, v in state.items() if not k.startswith("head.")}
@@ -240,19 +247,29 @@ def anchor_shape(model: nn.Module) -> AnchorShape:
     return family_of(model).shape(model)
 
 
+def anchor_depth(model: nn.Module) -> int:
+    """Blocks of an anchor, across its stages."""
+    return sum(family_of(model).stage_depths(model))
+
+
 def _describe(model: nn.Module) -> str:
     pe = model.patch_embed
-    return (f"{anchor_name(model)} (depth {len(model.blocks)}, width {model.embed_dim}, "
+    return (f"{anchor_name(model)} (depth {anchor_depth(model)}, width {family_of(model).width(model)}, "
             f"patch {pe.patch_size[0]}x{pe.patch_size[1]}, grid {pe.grid_size[0]}x{pe.grid_size[1]})")
 
 
 def order_anchors(anchors: list[nn.Module]) -> list[nn.Module]:
     """Check the anchors can be stitched and return them small -> large (fewer blocks first, then narrower): each
-    neighbour pair shares patch size, token grid and prefix tokens, every depth a multiple of the smallest."""
+    neighbour pair shares patch size, token grid and prefix tokens, every plain depth a multiple of the smallest;
+    hierarchical anchors (Swin) are stitched with their own kind only."""
     if len(anchors) < 2:
         raise SNNetError(f"SN-Net stitches at least two anchors, got {len(anchors)}")
     layouts = {id(a): family_of(a).prefix_layout(a) for a in anchors}
-    ordered = sorted(anchors, key=lambda a: (len(a.blocks), a.embed_dim))
+    staged = {len(family_of(a).stage_depths(a)) > 1 for a in anchors}
+    if len(staged) > 1:
+        raise SNNetError(f"hierarchical anchors (swin) stitch with hierarchical anchors only, got "
+                         f"{', '.join(f'{anchor_name(a)} ({family_of(a).name})' for a in anchors)}")
+    ordered = sorted(anchors, key=lambda a: (anchor_depth(a), family_of(a).width(a)))
     small = ordered[0]
     for large in ordered[1:]:
         pair = f"anchors {_describe(small)} and {_describe(large)}"
@@ -266,9 +283,9 @@ def order_anchors(anchors: list[nn.Module]) -> list[nn.Module]:
                              f"against {c1} and {r1})")
         if small.patch_embed.proj.in_channels != large.patch_embed.proj.in_channels:
             raise SNNetError(f"incompatible {pair}: input channels differ")
-        if len(large.blocks) % len(small.blocks):
-            raise SNNetError(f"incompatible {pair}: depth ratio {len(large.blocks)}/{len(small.blocks)} is not an "
-                             f"integer")
+        if staged == {False} and anchor_depth(large) % anchor_depth(small):
+            raise SNNetError(f"incompatible {pair}: depth ratio {anchor_depth(large)}/{anchor_depth(small)} is not "
+                             f"an integer")
     for a in ordered:
         anchor_shape(a)  # rejects unsupported block types up front
     return ordered

@@ -15,12 +15,14 @@ from .files import load_torch_checkpoint
 from .pretrained import load_pretrained, load_state_checked
 from .run_state import CHECKPOINT_NAME
 from .rundir import saved_model_dir
+from .stitch_space import is_hierarchical, swin_layer_stages
 from .tasks import TASKS, build_model
 
 if TYPE_CHECKING:
     from .model import SNNetBackbone, TaskModel
 
 _OFFICIAL_LAYER = re.compile(r"stitch_layers\.(?:(\d)\.)?(\d+)\.transform\.(weight|bias|lora_A|lora_B)$")
+_SWIN_LAYER = re.compile(r"stitch_layers\.(\d+)\.(\d+)\.(\d+)\.transform\.(weight|bias)$")  # stage.pair.k
 # the reference's segmentation anchors (mmsegmentation's ViT) -> timm's names
 _MMSEG_NAMES = [(re.compile(a), b) for a, b in (
     (r"\.ffn\.layers\.0\.0\.", ".mlp.fc1."), (r"\.ffn\.layers\.1\.", ".mlp.fc2."),  # before blocks' "layers"
@@ -33,7 +35,10 @@ def official_filter_fn(state: dict[str, torch.Tensor], model: "SNNetBackbone") -
     timm's, stitching layers ``stitch_layers.{0,1}.{k}.transform`` (v1: ``stitch_layers.{k}.transform``) to
     ``sl_layers.{k}`` / ``ls_layers.{k}`` (SN-Net's ``stitch_layers.{pair}.{k}`` to pair ``pair``'s SL layer
     ``k``), position embeddings resampled to the model's grid. A saved
-    relative position index must equal the one the model derives from its grid; it is not kept."""
+    relative position index must equal the one the model derives from its grid; it is not kept. SN-Net's Swin
+    checkpoints: :func:`swin_filter_fn`."""
+    if is_hierarchical(model.stages):
+        return swin_filter_fn(state, model)
     out, buffers = {}, dict(model.named_buffers())
     for key, value in state.items():
         m = _OFFICIAL_LAYER.match(key)
@@ -58,7 +63,7 @@ def _layer_key(key: str, group: str | None, index: str, param: str, model: "SNNe
     rename into the next pair's layers."""
     if model.config.version != "sn-net":
         return f"{'ls' if group == '1' else 'sl'}_layers.{index}.{param}"
-    pairs, per_pair = len(model.anchors) - 1, model.per_pair[0]
+    pairs, per_pair = len(model.anchors) - 1, len(model.sl_layers) // (len(model.anchors) - 1)
     if group is None:
         raise SNNetError(f"the checkpoint's {key} is the SN-Netv2 code base's layout (stitch_layers.K), not SN-Net's "
                          f"(stitch_layers.PAIR.K): load it into a model.version v1 or v2 network")
@@ -66,6 +71,42 @@ def _layer_key(key: str, group: str | None, index: str, param: str, model: "SNNe
         raise SNNetError(f"the checkpoint has {key}, but the model's SN-Net network has {pairs} anchor pairs "
                          f"of {per_pair} stitching layers (stitch_layers.0..{pairs - 1}.0..{per_pair - 1})")
     return f"sl_layers.{int(group) * per_pair + int(index)}.{param}"
+
+
+def swin_filter_fn(state: dict[str, torch.Tensor], model: "SNNetBackbone") -> dict[str, torch.Tensor]:
+    """Rename SN-Net's Swin state dict (stitching_swin) to ours: each anchor's keys through its family's filter
+    (timm's for Swin: patch merging moved from the end of a stage to the start of the next, the attention masks and
+    relative position indices dropped), its classifier under ``head``; ``stitch_layers.{stage}.{pair}.{k}`` to
+    pair ``pair``'s SL layer ``k`` of that stage."""
+    out, anchors = {}, {}
+    for key, value in state.items():
+        m = _SWIN_LAYER.match(key)
+        if m:
+            out[_swin_layer_key(key, *map(int, m.groups()[:3]), m[4], model)] = value
+        elif key.startswith("anchors.") and key.split(".")[1].isdigit():
+            _, i, rest = key.split(".", 2)
+            anchors.setdefault(int(i), {})[rest] = value
+        else:
+            out[key] = value  # left for the load to name as unexpected
+    for i, sub in sorted(anchors.items()):
+        if i >= len(model.anchors):
+            raise SNNetError(f"the checkpoint has anchors.{i}, but the model has {len(model.anchors)} anchors")
+        family, anchor = model.families[i], model.anchors[i]
+        for key, value in family.filter_state(sub, anchor).items():
+            if key.startswith(f"{family.classifier_path}."):
+                key = "head." + key.removeprefix(f"{family.classifier_path}.")
+            out[f"anchors.{i}.{key}"] = value
+    return out
+
+
+def _swin_layer_key(key: str, stage: int, pair: int, k: int, param: str, model: "SNNetBackbone") -> str:
+    """Our name of SN-Net's Swin stitching layer ``key``; one the model has no place for is a one-line error."""
+    stages = swin_layer_stages(model.stages, pair) if pair < len(model.anchors) - 1 else []
+    first = stages.index(stage) if stage in stages else None
+    if first is None or k >= stages.count(stage):
+        raise SNNetError(f"the checkpoint has {key}, but the model's Swin network has no stitching layer {k} in "
+                         f"stage {stage} of anchor pair {pair}")
+    return f"sl_layers.{model.layer_offsets['SL'][pair] + first + k}.{param}"
 
 
 def _check_index(key: str, value: torch.Tensor, own: torch.Tensor | None) -> None:

@@ -7,6 +7,7 @@ import json
 import pickle
 import re
 import warnings
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,9 @@ from .errors import SNNetError, first_line
 # numpy arrays and scalars, and the getattr calls that rebuild them); read as inert stand-ins
 _LOGGING_MODULES = ("mmengine.", "numpy.")
 _LOGGING_NAMES = ("builtins.getattr",)
+# what Swin's training code (SN-Net's stitching_swin) saves beside the weights: its yacs configuration, a dict
+# subclass, read as a plain OrderedDict of its items (no yacs code runs)
+_CONFIG_NAMES = ("yacs.config.CfgNode",)
 
 
 class _Inert:
@@ -36,12 +40,13 @@ class _Inert:
 
 def load_torch_checkpoint(path: str | Path, logging_state: bool = False) -> dict[str, Any]:
     """``torch.load(weights_only=True)``; training checkpoints of DeiT-style code also hold an
-    ``argparse.Namespace`` of arguments, the one class allowed beyond tensors and containers.
-    ``logging_state`` also reads an mmengine checkpoint's logging objects, as inert stand-ins."""
+    ``argparse.Namespace`` of arguments, the one class allowed beyond tensors and containers, and Swin's a yacs
+    ``CfgNode``, read as an ``OrderedDict`` of its items. ``logging_state`` also reads an mmengine checkpoint's
+    logging objects, as inert stand-ins."""
     path = Path(path)
     if not path.is_file():
         raise SNNetError(f"checkpoint not found: {path}")
-    allowed: list = [argparse.Namespace]
+    allowed: list = [argparse.Namespace, *((OrderedDict, name) for name in _CONFIG_NAMES)]
     if logging_state:
         foreign = [g for g in _unsafe_globals(path).split(", ") if g]
         refused = [g for g in foreign if not (g.startswith(_LOGGING_MODULES) or g in _LOGGING_NAMES)]

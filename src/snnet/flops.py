@@ -20,6 +20,22 @@ BILINEAR_FLOPS_PER_OUTPUT = 4
 
 
 @dataclass(frozen=True)
+class StageShape:
+    """One stage of a hierarchical anchor (Swin): its blocks, on the patch grid strided by ``stride``, attending
+    within ``window`` (rows, columns), and the patch merging that starts it."""
+
+    depth: int
+    width: int
+    stride: int
+    window: tuple[int, int]
+    block_linear_macs: int  # per token and block, as AnchorShape's
+    block_norm_elements: int
+    attn_dim: int
+    merge_linear_macs: int = 0  # per token of the stage: the patch merging before its first block
+    merge_norm_elements: int = 0
+
+
+@dataclass(frozen=True)
 class AnchorShape:
     """What the FLOPs of one anchor depend on; read off a timm ViT by ``snnet.anchors.anchor_shape``."""
 
@@ -40,13 +56,17 @@ class AnchorShape:
     # an attention pool (SigLIP's): per token (its key/value projection, the latent queries' products), and once
     pool_token_macs: int = 0
     pool_macs: int = 0
+    # a hierarchical anchor's stages (Swin; ``embed_dim`` is then the first stage's width): blocks are numbered
+    # across them
+    stages: tuple[StageShape, ...] = ()
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "AnchorShape":
-        d = dict(d, patch_size=tuple(d["patch_size"]), img_size=tuple(d["img_size"]))
+        stages = tuple(StageShape(**dict(st, window=tuple(st["window"]))) for st in d.get("stages", ()))
+        d = dict(d, patch_size=tuple(d["patch_size"]), img_size=tuple(d["img_size"]), stages=stages)
         return cls(**d)
 
 
@@ -61,6 +81,43 @@ def grid_size(shape: AnchorShape, img_size: tuple[int, int] | None = None) -> tu
 def num_tokens(shape: AnchorShape, img_size: tuple[int, int] | None = None) -> int:
     gh, gw = grid_size(shape, img_size)
     return gh * gw + shape.num_prefix_tokens
+
+
+def stage_of(shape: AnchorShape, block: int) -> int:
+    """The stage a block belongs to (0 for a plain anchor)."""
+    end = 0
+    for s, stage in enumerate(shape.stages):
+        end += stage.depth
+        if block < end:
+            return s
+    return 0
+
+
+def out_width(shape: AnchorShape) -> int:
+    """The width of the anchor's last block (its final norm and classifier)."""
+    return shape.stages[-1].width if shape.stages else shape.embed_dim
+
+
+def stage_tokens(shape: AnchorShape, stage: int, img_size: tuple[int, int] | None = None) -> tuple[int, int]:
+    """(rows, columns) of a hierarchical anchor's tokens in ``stage``; one line where the windows or the merging
+    would pad the grid (their FLOPs are not modelled)."""
+    gh, gw = grid_size(shape, img_size)
+    st = shape.stages[stage]
+    if gh % st.stride or gw % st.stride:
+        raise SNNetError(f"a {gh}x{gw} token grid does not halve evenly down to stage {stage} (stride {st.stride})")
+    h, w = gh // st.stride, gw // st.stride
+    wh, ww = min(st.window[0], h), min(st.window[1], w)
+    if h % wh or w % ww:
+        raise SNNetError(f"stage {stage}'s {h}x{w} tokens are not a whole number of {wh}x{ww} windows")
+    return h, w
+
+
+def final_tokens(shape: AnchorShape, img_size: tuple[int, int] | None = None) -> int:
+    """Tokens out of the anchor's last block (the final norm's)."""
+    if not shape.stages:
+        return num_tokens(shape, img_size)
+    h, w = stage_tokens(shape, len(shape.stages) - 1, img_size)
+    return h * w
 
 
 def embed_flops(shape: AnchorShape, img_size: tuple[int, int] | None = None) -> int:
@@ -81,13 +138,28 @@ def block_flops(shape: AnchorShape, tokens: int) -> int:
     return tokens * per_token + 2 * tokens * tokens * shape.attn_dim
 
 
+def stage_block_flops(shape: AnchorShape, block: int, img_size: tuple[int, int] | None = None) -> int:
+    """One block of a hierarchical anchor, with the patch merging before it when it starts a stage: window
+    attention, each token attending to its window's tokens."""
+    s = stage_of(shape, block)
+    st = shape.stages[s]
+    h, w = stage_tokens(shape, s, img_size)
+    tokens, window = h * w, min(st.window[0], h) * min(st.window[1], w)
+    flops = tokens * (st.block_linear_macs + NORM_FLOPS_PER_ELEMENT * st.block_norm_elements)
+    flops += 2 * tokens * window * st.attn_dim
+    if block == sum(x.depth for x in shape.stages[:s]):
+        flops += tokens * (st.merge_linear_macs + NORM_FLOPS_PER_ELEMENT * st.merge_norm_elements)
+    return flops
+
+
 def head_flops(shape: AnchorShape, tokens: int) -> int:
     """Final norm on all tokens, the attention pool if any, optional norm on the pooled vector, linear classifier."""
-    flops = shape.embed_dim * shape.num_classes + tokens * shape.pool_token_macs + shape.pool_macs
+    width = out_width(shape)
+    flops = width * shape.num_classes + tokens * shape.pool_token_macs + shape.pool_macs
     if shape.final_norm:
-        flops += NORM_FLOPS_PER_ELEMENT * tokens * shape.embed_dim
+        flops += NORM_FLOPS_PER_ELEMENT * tokens * width
     if shape.fc_norm:
-        flops += NORM_FLOPS_PER_ELEMENT * shape.embed_dim
+        flops += NORM_FLOPS_PER_ELEMENT * width
     return flops
 
 
@@ -96,16 +168,26 @@ def linear_flops(tokens: int, in_features: int, out_features: int) -> int:
     return tokens * in_features * out_features
 
 
-def step_flops(step: Step, shapes: Sequence[AnchorShape], img_size: tuple[int, int] | None = None) -> int:
+def step_flops(step: Step, shapes: Sequence[AnchorShape], img_size: tuple[int, int] | None = None,
+               before: Step | None = None) -> int:
     """One operation of a route (``snnet.stitch_space.route_steps``): embedding, block or stitching layer
-    (``shapes``: the anchors', smallest first; every anchor has the smallest's tokens)."""
+    (``shapes``: the anchors', smallest first; every plain anchor has the smallest's tokens). A stitching layer
+    between hierarchical anchors works at the stage of the block ``before`` it."""
     if step.kind == "embed":
         return embed_flops(shapes[step.part], img_size)
-    n = num_tokens(shapes[SMALL], img_size)
     if step.kind == "block":
-        return block_flops(shapes[step.part], n)
+        shape = shapes[step.part]
+        if shape.stages:
+            return stage_block_flops(shape, step.index, img_size)
+        return block_flops(shape, num_tokens(shapes[SMALL], img_size))
     src, dst = (step.pair, step.pair + 1) if step.part == "SL" else (step.pair + 1, step.pair)
-    return linear_flops(n, shapes[src].embed_dim, shapes[dst].embed_dim)
+    if not shapes[src].stages:
+        return linear_flops(num_tokens(shapes[SMALL], img_size), shapes[src].embed_dim, shapes[dst].embed_dim)
+    if before is None or before.kind != "block":
+        raise SNNetError("a stitching layer between hierarchical anchors follows a block: pass the step before it")
+    s = stage_of(shapes[src], before.index)
+    h, w = stage_tokens(shapes[src], s, img_size)
+    return linear_flops(h * w, shapes[src].stages[s].width, shapes[dst].stages[s].width)
 
 
 def stitch_flops(
@@ -120,7 +202,8 @@ def stitch_flops(
     With ``out_indices``: the dense backbone, ending at the last block, plus the SL projections that
     bring smaller anchors' taps to the largest width (``tap_layers``; no norm, no head).
     """
-    flops = sum(step_flops(step, shapes, img_size) for step in route_steps(stitch))
+    steps = route_steps(stitch)
+    flops = sum(step_flops(step, shapes, img_size, steps[k - 1] if k else None) for k, step in enumerate(steps))
     return flops + _ending_flops(stitch, shapes, img_size, out_indices)
 
 
@@ -133,17 +216,17 @@ def prefix_shared_flops(
     """FLOPs of running every stitch once by a prefix-shared walk (``snnet.route_tree``): each distinct route
     prefix once, the endings (head, or tap projections) once per stitch."""
     stitches = list(stitches)
-    flops = sum(step_flops(node[-1], shapes, img_size) for node in tree_nodes(stitches))
+    flops = sum(step_flops(node[-1], shapes, img_size, node[-2] if len(node) > 1 else None)
+                for node in tree_nodes(stitches))
     return flops + sum(_ending_flops(s, shapes, img_size, out_indices) for s in stitches)
 
 
 def _ending_flops(stitch: Stitch, shapes: Sequence[AnchorShape], img_size: tuple[int, int] | None,
                   out_indices: tuple[int, ...] | None) -> int:
     """What follows the last block: the norm and head, or the projections of smaller anchors' taps."""
-    n = num_tokens(shapes[SMALL], img_size)
     if out_indices is None:
         last = shapes[stitch.last_anchor]
-        return head_flops(last if stitch.final_norm else replace(last, final_norm=False), n)
+        return head_flops(last if stitch.final_norm else replace(last, final_norm=False), final_tokens(last, img_size))
     depths = [s.depth for s in shapes]
     return sum(step_flops(Step("layer", ref.direction, ref.index, ref.pair), shapes, img_size)
                for anchor, block in route_taps(stitch, out_indices, *depths)

@@ -14,14 +14,14 @@ from torch import nn
 
 from .anchors import AnchorConfig, anchor_config_of, anchor_family, anchor_shape, create_anchor, order_anchors
 from .errors import SNNetError
-from .families import Family, family_of
+from .families import Family, family_of, with_classifier
 from .flops import stitch_flops
 from .pretrained import Pretrained
 from .route_tree import PrefixCache, depth_first
 from .sampling import ROSSampler
 from .selection import ChoosesStitches, is_integer, is_number
-from .stitch_space import (SMALL, VERSIONS, LayerRef, Step, Stitch, network_space, num_stitching_layers, route_steps,
-                           route_taps, tap_layers)
+from .stitch_space import (SMALL, VERSIONS, LayerRef, Step, Stitch, is_hierarchical, layer_counts, network_space,
+                           route_steps, route_taps, swin_layer_stages, tap_layers)
 from .stitching_layers import StitchingLayer
 
 if TYPE_CHECKING:
@@ -139,28 +139,35 @@ class SNNetBackbone(ChoosesStitches, nn.Module):
 
         self.anchors = nn.ModuleList(ordered)
         self.families: tuple[type[Family], ...] = tuple(family_of(a) for a in ordered)
-        self.depths = tuple(len(a.blocks) for a in ordered)
-        self.widths = tuple(a.embed_dim for a in ordered)
+        self.stages = tuple(f.stage_depths(a) for f, a in zip(self.families, ordered))  # blocks per stage
+        self.depths = tuple(sum(s) for s in self.stages)
+        self.widths = tuple(f.width(a) for f, a in zip(self.families, ordered))
         self.shapes = tuple(anchor_shape(a) for a in ordered)
         self.out_indices = self._check_out_indices(out_indices)
         self.config = SNNetConfig(configs, version, lora_rank, lora_alpha, list(self.out_indices))
 
-        # per neighbour pair, SL (up) and LS (down) layers, kept in two flat lists: pair p's layer i is entry
-        # p * per_pair + i (two anchors: SL i and LS i, the reference's)
-        # a layer per boundary, which depends on the smallest depth G only: SL at 1..G (G: the dense taps'
-        # projection), LS at 1..G-1, as between two anchors of depth G (SN-Net: its paired layers, SL only)
-        self.per_pair = num_stitching_layers(self.depths[0], self.depths[0], version)
-        dev = next(ordered[SMALL].parameters()).device  # meta anchors (FLOPs only) get meta layers
-        pairs = list(zip(self.widths, self.widths[1:]))
-        self.sl_layers = nn.ModuleList(StitchingLayer(lo, hi, lora_rank, lora_alpha, device=dev)
-                                       for lo, hi in pairs for _ in range(self.per_pair[0]))
-        self.ls_layers = nn.ModuleList(StitchingLayer(hi, lo, lora_rank, lora_alpha, device=dev)
-                                       for lo, hi in pairs for _ in range(self.per_pair[1]))
-
         try:
-            self.stitches: tuple[Stitch, ...] = network_space(self.depths, version)
+            self.stitches: tuple[Stitch, ...] = network_space(self.depths, version, self.stages)
+            counts = layer_counts(self.depths, version, self.stages)
         except ValueError as e:  # depths the version's rule cannot stitch
             raise SNNetError(str(e)) from None
+        # per neighbour pair, SL (up) and LS (down) layers, kept in two flat lists: pair p's layer i is entry
+        # offsets[p] + i (two anchors: SL i and LS i, the reference's)
+        # a layer per boundary, which depends on the smallest depth G only: SL at 1..G (G: the dense taps'
+        # projection), LS at 1..G-1, as between two anchors of depth G (SN-Net: its paired layers, SL only; over
+        # Swin anchors its layers stage by stage, each as wide as its stage)
+        self.layer_offsets = {d: [sum(c[k] for c in counts[:p]) for p in range(len(counts))]
+                              for k, d in enumerate(("SL", "LS"))}
+        dev = next(ordered[SMALL].parameters()).device  # meta anchors (FLOPs only) get meta layers
+        widths = [[(lo, hi)] * n for (lo, hi), (n, _) in zip(zip(self.widths, self.widths[1:]), counts)]
+        if is_hierarchical(self.stages):
+            widths = [[(self.shapes[p].stages[s].width, self.shapes[p + 1].stages[s].width)
+                       for s in swin_layer_stages(self.stages, p)] for p in range(len(counts))]
+        self.sl_layers = nn.ModuleList(StitchingLayer(lo, hi, lora_rank, lora_alpha, device=dev)
+                                       for pair in widths for lo, hi in pair)
+        self.ls_layers = nn.ModuleList(StitchingLayer(hi, lo, lora_rank, lora_alpha, device=dev)
+                                       for (lo, hi), (_, n) in zip(zip(self.widths, self.widths[1:]), counts)
+                                       for _ in range(n))
         self._by_id = {s.id: s for s in self.stitches}
         self.selected: Stitch = self.stitches[0]
         self.last_stitch: Stitch | None = None  # the stitch the latest train-mode call ran
@@ -221,7 +228,7 @@ class SNNetBackbone(ChoosesStitches, nn.Module):
     def params(self, stitch_id: int) -> int:
         """Parameters a deployed stitch's route keeps: its blocks, embedding, final norm and merged stitching layers
         (SN-Net's stitched routes as its ``get_model_size`` counts them: no front class token or position
-        embedding); the task model adds its heads."""
+        embedding, no front Swin patch merging); the task model adds its heads."""
         s = self.stitch(stitch_id)
         first, last = self.anchors[s.first_anchor], self.anchors[s.last_anchor]
         sn_net = self.config.version == "sn-net" and s.kind != "anchor"
@@ -229,8 +236,11 @@ class SNNetBackbone(ChoosesStitches, nn.Module):
                                                                 "norm_pre")
         n = sum(_numel(first, p) for p in embedding)
         n += sum(_numel(last, p) for p in ("norm", "attn_pool", "fc_norm", "head"))
-        for seg in s.segments:
-            n += sum(_numel(self.anchors[seg.anchor].blocks[b]) for b in range(seg.first, seg.last + 1))
+        for k, seg in enumerate(s.segments):
+            n += sum(_numel(self.block(seg.anchor, b)) for b in range(seg.first, seg.last + 1))
+            if sn_net and k == 0:
+                family, a = self.families[seg.anchor], self.anchors[seg.anchor]
+                n -= sum(_numel(family.merging(a, b)) for b in range(seg.first, seg.last + 1))
         for ref in s.layers:
             layer = self.stitching_layer(ref)
             n += layer.in_features * layer.out_features + layer.out_features
@@ -260,8 +270,12 @@ class SNNetBackbone(ChoosesStitches, nn.Module):
 
     # ---- the route runner -----------------------------------------------------------------
     def stitching_layer(self, ref: LayerRef) -> StitchingLayer:
-        up = ref.direction == "SL"
-        return (self.sl_layers if up else self.ls_layers)[ref.pair * self.per_pair[0 if up else 1] + ref.index]
+        layers = self.sl_layers if ref.direction == "SL" else self.ls_layers
+        return layers[self.layer_offsets[ref.direction][ref.pair] + ref.index]
+
+    def block(self, anchor: int, index: int) -> nn.Module:
+        """Block ``index`` of an anchor, numbered as routes number them (across a Swin's stages)."""
+        return self.families[anchor].block(self.anchors[anchor], index)
 
     def embed(self, x: torch.Tensor, anchor: int) -> torch.Tensor:
         """Patch embedding, position embedding and prefix tokens of one anchor: (B, 3, H, W) -> (B, N, C)."""
@@ -310,7 +324,7 @@ class SNNetBackbone(ChoosesStitches, nn.Module):
             return self.embed(x, step.part)
         if step.kind == "block":
             a = step.part
-            return self.families[a].run_block(self.anchors[a].blocks[step.index], x, contexts[a])
+            return self.families[a].run_block(self.block(a, step.index), x, contexts[a])
         return self.stitching_layer(LayerRef(step.part, step.index, step.pair))(x)
 
     @contextmanager
@@ -489,16 +503,16 @@ class StitchNet(nn.Module):
         self.stitch_id = s.id
         self.final_norm = s.final_norm  # SN-Net's stitched routes have none (SPEC 13)
         first, last = net.anchors[s.first_anchor], net.anchors[s.last_anchor]
-        empty = nn.Sequential()
         # the first anchor's embedding alone, and the last anchor's norm and head alone
-        self.embed = _copy_with(first, blocks=empty, norm=nn.Identity(), fc_norm=nn.Identity(), head=nn.Identity(),
-                                attn_pool=None)
-        self.tail = None if dense else _copy_with(last, blocks=empty, patch_embed=nn.Identity(), pos_embed=None,
-                                                  cls_token=None, reg_token=None, norm_pre=nn.Identity(),
-                                                  head=head if head is not None else nn.Identity())
+        self.embed = _copy_with(first, **{net.families[s.first_anchor].block_container: nn.Sequential()},
+                                norm=nn.Identity(), fc_norm=nn.Identity(), head=nn.Identity(), attn_pool=None)
+        self.tail = None if dense else _copy_with(
+            with_classifier(last, head if head is not None else nn.Identity()),
+            **{net.families[s.last_anchor].block_container: nn.Sequential()}, patch_embed=nn.Identity(),
+            pos_embed=None, cls_token=None, reg_token=None, norm_pre=nn.Identity())
         steps = route_steps(s)[1:]
         self.steps = nn.ModuleList(
-            copy.deepcopy(net.anchors[st.part].blocks[st.index]) if st.kind == "block"
+            copy.deepcopy(net.block(st.part, st.index)) if st.kind == "block"
             else _linear(net.stitching_layer(LayerRef(st.part, st.index, st.pair))) for st in steps)
         # the anchor of each block step (-1: a stitching layer), the families, and what the blocks' contexts are
         # computed from (rotary embeddings: buffers, no weights)
@@ -571,7 +585,7 @@ def tap_maps(feats: list[torch.Tensor], a: nn.Module, x: torch.Tensor, return_pr
     return maps
 
 
-def _numel(module: nn.Module, attr: str | None = None) -> int:
+def _numel(module: nn.Module | None, attr: str | None = None) -> int:
     obj = getattr(module, attr, None) if attr else module
     if obj is None:
         return 0

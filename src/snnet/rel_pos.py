@@ -55,5 +55,6 @@ def rel_pos_attention(grid_size: tuple[int, int]) -> type[RelPosAttention]:
 
 def grid_of(model: nn.Module) -> tuple[int, int] | None:
     """The token grid a model's relative position tables are built for (None: it has none)."""
-    attn = getattr(model.blocks[0], "attn", None)
+    blocks = getattr(model, "blocks", None)  # Swin's stages hold theirs: timm's own relative position bias
+    attn = getattr(blocks[0], "attn", None) if blocks is not None else None
     return attn.grid_size if isinstance(attn, RelPosAttention) else None

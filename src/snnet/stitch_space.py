@@ -155,6 +155,61 @@ def num_stitching_layers(d0: int, d1: int, version: str = "v2") -> tuple[int, in
     return d0, (len(ls_sources(d0, d1)) if version == "v2" else 0)
 
 
+def layer_counts(depths: Sequence[int], version: str = "v2",
+                 stages: Sequence[Sequence[int]] | None = None) -> list[tuple[int, int]]:
+    """(SL layers, LS layers) of each neighbour pair of a network (``stages``: each anchor's stage depths, for
+    hierarchical anchors): a layer per boundary of the smallest depth, as between two anchors of that depth; SN-Net's
+    paired layers; SN-Net's Swin layers, stage by stage."""
+    if is_hierarchical(stages):
+        check_stages(stages, version)
+        return [(sum(stage_layers(f, e) for f, e in zip(lo[:-1], hi[:-1])), 0) for lo, hi in zip(stages, stages[1:])]
+    return [num_stitching_layers(depths[0], depths[0], version)] * (len(depths) - 1)
+
+
+def is_hierarchical(stages: Sequence[Sequence[int]] | None) -> bool:
+    """Whether anchors of these stage depths are hierarchical (Swin: more than one stage)."""
+    return stages is not None and any(len(s) > 1 for s in stages)
+
+
+def check_stages(stages: Sequence[Sequence[int]], version: str = "sn-net") -> None:
+    """Hierarchical anchors (small to large) SN-Net can stitch: version "sn-net", two or more anchors of the same
+    number of stages, each stage at least as deep as the smaller anchor's."""
+    if version != "sn-net":
+        raise SNNetError(f"hierarchical anchors (Swin) are stitched as SN-Net stitches them: set model.version to "
+                         f"'sn-net', not {version!r}")
+    if len(stages) < 2:
+        raise SNNetError(f"a stitchable network needs at least two anchors, got {len(stages)}")
+    if len({len(s) for s in stages}) != 1:
+        raise SNNetError(f"hierarchical anchors must have the same number of stages, got stage depths "
+                         f"{'; '.join(map(str, map(list, stages)))}")
+    for a, (lo, hi) in enumerate(zip(stages, stages[1:])):
+        if any(f > e for f, e in zip(lo, hi)):
+            raise SNNetError(f"stage depths must not decrease along the anchors, got {list(lo)} then {list(hi)} "
+                             f"(anchors {a}, {a + 1})")
+
+
+def stage_positions(front: int, end: int) -> list[tuple[int, int, int]]:
+    """SN-Net's stitches inside one Swin stage whose blocks number ``front`` in the front anchor and ``end``
+    (>= front) in the end anchor (stitching_swin's ``paired_stitching`` and ``unpaired_stitching``): (front block j,
+    end block k, layer), the front anchor running blocks 0..j and the end anchor k..end-1, j < k.
+
+    Equal depths: windows [i, i+1], one position and one layer each. Unequal: end block k maps to front block
+    ``floor(k * front / end)`` (nearest interpolation); each front block j pairs with the end blocks mapped to it
+    beyond j, and the n-th position takes the layer of the n-th end block's mapping (SN-Net's zip of the two lists:
+    layers shared by position)."""
+    if front == end:
+        return [(i, i + 1, i) for i in range(front - 1)]
+    mapped = [k * front // end for k in range(end)]
+    pairs = [(j, k) for j in range(front) for k in range(end) if mapped[k] == j and j < k]
+    return [(j, k, mapped[n]) for n, (j, k) in enumerate(pairs)]
+
+
+def stage_layers(front: int, end: int) -> int:
+    """Stitching layers SN-Net makes for one stage (some may serve no position): the windows' for equal depths,
+    one per front block otherwise."""
+    return max(front - 1, 0) if front == end else front
+
+
 def check_chain(depths: Sequence[int]) -> int:
     """Validate the depths of a chain of anchors (small to large) and return ``G``, the smallest depth: every depth
     an integer multiple of it, in non-decreasing order. Two anchors keep ``check_depths``'s messages."""
@@ -238,9 +293,13 @@ def excluded_id_v2(d0: int) -> int:
 VERSIONS = ("v1", "v2", "sn-net")  # the SN-Netv2 baseline, SN-Netv2, SN-Net (CVPR 2023)
 
 
-def network_space(depths: Sequence[int], version: str = "v2") -> tuple[Stitch, ...]:
+def network_space(depths: Sequence[int], version: str = "v2",
+                  stages: Sequence[Sequence[int]] | None = None) -> tuple[Stitch, ...]:
     """The stitches of a network over anchors of these depths (small to large): SN-Netv2's (over two anchors, or a
-    chain), its v1 baseline's (two anchors) or SN-Net's."""
+    chain), its v1 baseline's (two anchors) or SN-Net's (``stages``: each anchor's stage depths; hierarchical
+    anchors take SN-Net's Swin space)."""
+    if is_hierarchical(stages):
+        return swin_space(stages, version)
     if version == "sn-net":
         return sn_net_space(depths)
     if version == "v1" and len(depths) != 2:
@@ -306,6 +365,46 @@ def sn_net_space(depths: Sequence[int]) -> tuple[Stitch, ...]:
     return tuple(out)
 
 
+def stage_offsets(stages: Sequence[int]) -> list[int]:
+    """The global index of each stage's first block in an anchor of these stage depths."""
+    return [sum(stages[:s]) for s in range(len(stages))]
+
+
+def _swin_positions(stages: Sequence[Sequence[int]]) -> list[tuple[int, int, int, int, int]]:
+    """(stage, pair, front block, end block, layer) of every SN-Net Swin stitch, in its id order; blocks are the
+    anchors' global indices, layers numbered per pair across stages."""
+    out = []
+    used = [0] * (len(stages) - 1)  # per pair: layers of the stages before
+    for s in range(len(stages[0]) - 1):  # SN-Net stitches no block of the last stage
+        for p in range(len(stages) - 1):
+            f, e = stages[p][s], stages[p + 1][s]
+            lo, hi = stage_offsets(stages[p])[s], stage_offsets(stages[p + 1])[s]
+            out += [(s, p, lo + j, hi + k, used[p] + layer) for j, k, layer in stage_positions(f, e)]
+            used[p] += stage_layers(f, e)
+    return out
+
+
+def swin_layer_stages(stages: Sequence[Sequence[int]], pair: int) -> list[int]:
+    """The stage of each SN-Net Swin stitching layer of neighbour pair ``pair``, in layer order."""
+    lo, hi = stages[pair], stages[pair + 1]
+    return [s for s in range(len(lo) - 1) for _ in range(stage_layers(lo[s], hi[s]))]
+
+
+def swin_space(stages: Sequence[Sequence[int]], version: str = "sn-net") -> tuple[Stitch, ...]:
+    """SN-Net's space over Swin anchors of these stage depths (small to large; stitching_swin's
+    ``get_stitch_configs``): ids 0..N-1 the anchors, then stage by stage (the last excepted), neighbour pair by
+    pair, the stage's positions. A route runs the front anchor to its block j, the pair's layer, then the end anchor
+    from block k to its final norm and head. 41 stitches for Swin-T/S/B."""
+    check_stages(stages, version)
+    names = anchor_names(len(stages))
+    totals = [sum(s) for s in stages]
+    out = [Stitch(a, "anchor", (Segment(a, 0, totals[a] - 1),), (), names) for a in range(len(stages))]
+    for _, p, j, k, layer in _swin_positions(stages):
+        out.append(Stitch(len(out), "SL", (Segment(p, 0, j), Segment(p + 1, k, totals[p + 1] - 1)),
+                          (LayerRef("SL", layer, p),), names))
+    return tuple(out)
+
+
 def route_taps(stitch: Stitch, out_indices: tuple[int, ...], *depths: int) -> list[tuple[int, int]]:
     """(anchor, block) pairs that give a stitch's dense features, one per index in ``out_indices`` (blocks of the
     largest anchor; ``depths``: every anchor's, small to large).
@@ -332,12 +431,16 @@ def tap_layers(anchor: int, block: int, *depths: int) -> tuple[LayerRef, ...]:
     return tuple(LayerRef("SL", index, p) for p in range(anchor, len(depths) - 1))
 
 
-def layer_fits(depths: Sequence[int], version: str = "v2") -> list[tuple[LayerRef, tuple[int, int], tuple[int, int]]]:
+def layer_fits(depths: Sequence[int], version: str = "v2", stages: Sequence[Sequence[int]] | None = None,
+               ) -> list[tuple[LayerRef, tuple[int, int], tuple[int, int]]]:
     """(layer, (anchor, block) whose output it maps, (anchor, block) whose output it is fitted to) for every
     stitching layer of a chain, pair by pair, SL layers first: a layer at boundary ``k`` maps between the two
     anchors' blocks before that boundary (SPEC section 3 for two anchors). SN-Net's layers have one fit per
     position they serve, front block ``j`` to end block ``k - 1`` (block -1: the embedding), to be averaged
-    (SPEC section 13)."""
+    (SPEC section 13; its Swin layers likewise, ``stages`` given)."""
+    if is_hierarchical(stages):
+        check_stages(stages, version)
+        return [(LayerRef("SL", layer, p), (p, j), (p + 1, k - 1)) for _, p, j, k, layer in _swin_positions(stages)]
     if version == "sn-net":
         sn_net_space(depths)  # checks the depths
         return [(LayerRef("SL", layer, p), (p, j), (p + 1, k - 1))

@@ -6,6 +6,8 @@ every answer is read off the anchor module it is given. What it defines:
 - which modules it takes (``takes``) and the variants it cannot stitch (``check``: one line each);
 - the embedding (``position``: position embeddings and prefix tokens on the patch tokens), the prefix layout
   neighbours must share (``prefix_layout``: class tokens, registers);
+- its blocks as routes number them (``block``, ``stage_depths``: one stage for a plain ViT; Swin's run across its
+  stages), the attribute holding them (``block_container``) and where its classifier sits (``classifier_path``);
 - how a block runs (``context``: what every block of one anchor needs for an input's token grid, computed once per
   anchor and forward from the anchor's ``context_source`` module, e.g. rotary embeddings; ``run_block``);
 - FLOPs (``shape``: the ``AnchorShape`` the pure FLOPs functions read), the kwargs that rebuild the architecture
@@ -16,6 +18,7 @@ the patch grid) are timm's, the same attributes in every family.
 """
 from __future__ import annotations
 
+import copy
 from typing import Any, ClassVar
 
 import torch
@@ -33,6 +36,8 @@ class Family:
     # timm kwargs that build an anchor as a backbone of dense heads: no classifier (and, where timm can leave it
     # out, no final norm: the taps are block outputs)
     backbone_kwargs: ClassVar[dict[str, Any]] = {"num_classes": 0}
+    block_container: ClassVar[str] = "blocks"  # emptied where a single stitch keeps an anchor's embedding or head
+    classifier_path: ClassVar[str] = "head"  # the module a task model takes out of the anchor as its classifier
 
     @classmethod
     def takes(cls, a: nn.Module) -> bool:
@@ -52,6 +57,16 @@ class Family:
     @classmethod
     def embed(cls, a: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """Images (B, 3, H, W) -> tokens (B, N, C): the checks, patch embedding, ``position``, the pre-norm."""
+        return a.norm_pre(cls.position(a, a.patch_embed(cls.check_images(a, x))))
+
+    @classmethod
+    def fixed_size(cls, a: nn.Module) -> bool:
+        """Whether the anchor takes only the image size it was built for."""
+        return not a.dynamic_img_size
+
+    @classmethod
+    def check_images(cls, a: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """One line for input the anchor cannot embed; the images in the weights' precision otherwise."""
         if not isinstance(x, torch.Tensor):
             raise SNNetError(f"expected an image tensor (B, {a.patch_embed.proj.in_channels}, H, W), "
                              f"got {type(x).__name__}")
@@ -61,7 +76,7 @@ class Family:
         if not x.is_floating_point():
             raise SNNetError(f"expected float images (normalised as the anchors were trained), got {x.dtype}")
         x = x.to(a.patch_embed.proj.weight.dtype)  # float16/bfloat16/float64 in, the weights' precision out
-        if not a.dynamic_img_size and tuple(x.shape[-2:]) != tuple(a.patch_embed.img_size):
+        if cls.fixed_size(a) and tuple(x.shape[-2:]) != tuple(a.patch_embed.img_size):
             h, w = a.patch_embed.img_size
             raise SNNetError(f"images are {x.shape[-2]}x{x.shape[-1]}, the anchors take {h}x{w} "
                              f"(build them with dynamic_img_size=True for other sizes)")
@@ -69,13 +84,33 @@ class Family:
         if x.shape[-2] % ph or x.shape[-1] % pw:
             raise SNNetError(f"images are {x.shape[-2]}x{x.shape[-1]}, not a multiple of the anchors' "
                              f"{ph}x{pw} patches")
-        return a.norm_pre(cls.position(a, a.patch_embed(x)))
+        return x
 
     @classmethod
     def position(cls, a: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """Patch tokens ((B, H, W, C) for a dynamic size, else (B, N, C)) -> tokens with position embeddings and
         the prefix tokens, (B, prefix + N, C)."""
         raise NotImplementedError
+
+    @classmethod
+    def stage_depths(cls, a: nn.Module) -> tuple[int, ...]:
+        """Blocks per stage (a plain ViT: one stage)."""
+        return (len(a.blocks),)
+
+    @classmethod
+    def block(cls, a: nn.Module, index: int) -> nn.Module:
+        """Block ``index`` as a route runs it."""
+        return a.blocks[index]
+
+    @classmethod
+    def merging(cls, a: nn.Module, index: int) -> nn.Module | None:
+        """What runs before block ``index`` as part of it (Swin: the patch merging that starts a stage)."""
+        return None
+
+    @classmethod
+    def width(cls, a: nn.Module) -> int:
+        """The width of the anchor's last block."""
+        return a.embed_dim
 
     @classmethod
     def context_source(cls, a: nn.Module) -> nn.Module | None:
@@ -140,6 +175,28 @@ def name_of(a: nn.Module) -> str:
     return cfg.get("architecture") or type(a).__name__
 
 
+def classifier_of(a: nn.Module) -> nn.Module:
+    """The anchor's classifier (its family's ``classifier_path``)."""
+    return a.get_submodule(family_of(a).classifier_path)
+
+
+def with_classifier(a: nn.Module, classifier: nn.Module) -> nn.Module:
+    """A shallow copy of ``a`` whose classifier is ``classifier``, every other submodule and parameter shared (the
+    module passed in keeps its own)."""
+    def swap(module: nn.Module, path: list[str]) -> nn.Module:
+        bare = copy.copy(module)
+        inner = classifier if len(path) == 1 else swap(module.get_submodule(path[0]), path[1:])
+        bare._modules = {**module._modules, path[0]: inner}
+        return bare
+
+    return swap(a, family_of(a).classifier_path.split("."))
+
+
+def linear_macs(module: nn.Module) -> int:
+    """Multiply-adds per token of the linear layers in ``module``."""
+    return sum(m.in_features * m.out_features for m in module.modules() if isinstance(m, nn.Linear))
+
+
 def norm_elements(module: nn.Module, multiplier: int = 1) -> int:
     """Elements a norm layer normalises per token (0 for anything else)."""
     shape = getattr(module, "normalized_shape", None)
@@ -161,7 +218,7 @@ def block_costs(a: nn.Module) -> tuple[int, int, int]:
         if attn is None or not hasattr(attn, "num_heads") or not hasattr(attn, "head_dim"):
             raise SNNetError(f"anchor {name_of(a)} uses {type(block).__name__} blocks without a timm attention "
                              f"(num_heads, head_dim)")
-        linear = sum(m.in_features * m.out_features for m in block.modules() if isinstance(m, nn.Linear))
+        linear = linear_macs(block)
         norms = sum(norm_elements(m, attn.num_heads if name.endswith(("q_norm", "k_norm")) else 1)
                     for name, m in block.named_modules())
         costs.add((linear, norms, attn.num_heads * attn.head_dim))

@@ -1,7 +1,6 @@
 """The classification model: the stitched backbone under the anchors' own classifier heads."""
 from __future__ import annotations
 
-import copy
 import re
 from collections.abc import Sequence
 
@@ -11,16 +10,9 @@ from torch import nn
 from ...anchors import AnchorConfig
 from ...config import ModelSection
 from ...errors import SNNetError
+from ...families import classifier_of, with_classifier
 from ...model import SNNetBackbone, StitchNet, TaskModel, anchor_configs
 from ...stitch_space import Stitch
-
-
-def _without_head(anchor: nn.Module) -> nn.Module:
-    """``anchor`` without its classifier: a shallow copy sharing every other submodule and parameter, so the
-    module a caller passed in keeps its head."""
-    bare = copy.copy(anchor)
-    bare._modules = {**anchor._modules, "head": nn.Identity()}
-    return bare
 
 
 class SNNet(TaskModel):
@@ -36,9 +28,10 @@ class SNNet(TaskModel):
     def __init__(self, anchors: Sequence[nn.Module | str | AnchorConfig], version: str = "v2", lora_rank: int = 0,
                  lora_alpha: float = 1.0, out_indices: Sequence[int] | None = None, pretrained: bool = False) -> None:
         super().__init__(SNNetBackbone(anchors, version, lora_rank, lora_alpha, out_indices, pretrained))
-        self.heads = nn.ModuleList(a.head for a in self.backbone.anchors)
+        # each anchor's classifier, taken out of a shallow copy of it: a module the caller passed in keeps its own
+        self.heads = nn.ModuleList(classifier_of(a) for a in self.backbone.anchors)
         for i, a in enumerate(self.backbone.anchors):
-            self.backbone.anchors[i] = _without_head(a)
+            self.backbone.anchors[i] = with_classifier(a, nn.Identity())
 
     @classmethod
     def from_section(cls, section: ModelSection, num_classes: int | None = None, load_weights: bool = True,
