@@ -1,5 +1,5 @@
-"""train.amp_dtype (issue 33, point 1 in part): float16 autocast with grad scaling on CUDA as the reference trains,
-or bfloat16 autocast without a scaler on CUDA and on the CPU."""
+"""train.amp_dtype and train.compile (issue 33, point 1): float16 autocast with grad scaling on CUDA as the reference
+trains, or bfloat16 autocast without a scaler on CUDA and on the CPU; blocks compiled in place."""
 import math
 
 import pytest
@@ -8,6 +8,7 @@ import torch
 from helpers import read_jsonl, snnet, tiny_vit, write_config
 from snnet import SNNet, SNNetError, load_config
 from snnet.distributed import autocast, grad_scaling
+from snnet.training import compile_blocks
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 
@@ -41,3 +42,28 @@ def test_a_bfloat16_run_trains_on_the_cpu_and_resumes(tmp_path):
     log = read_jsonl(tmp_path / "run" / "log.jsonl")
     assert [r["epoch"] for r in log] == [0, 1] and all(math.isfinite(r["train_loss"]) for r in log)
     assert load_config(str(tmp_path / "run" / "config.yaml")).train.amp_dtype == "bfloat16"
+
+
+def test_compiled_blocks_train_resume_and_keep_the_state_dict(tmp_path):
+    """train.compile: each block and stitching layer compiled in place; the run saves the same keys, resumes, and a
+    compiled block gives the eager block's outputs."""
+    model = SNNet([tiny_vit(3, 32, seed=1), tiny_vit(6, 48, heads=3, seed=2)]).eval()
+    keys = list(model.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        eager = model.select(7)(x)
+        assert compile_blocks(model) == 3 + 6 + 3 + 2  # blocks, SL and LS layers
+        torch.testing.assert_close(model(x), eager, rtol=1e-5, atol=1e-5)
+    assert list(model.state_dict()) == keys
+    assert all(blk._compiled_call_impl is not None for a in model.backbone.anchors for blk in a.blocks)
+    cfg = write_config(tmp_path, train={"compile": True, "steps_per_epoch": 1})
+    assert snnet("train", "--config", str(cfg)) == 0
+    assert snnet("train", "--config", str(cfg), "train.epochs=2") == 0  # resumes after epoch 0
+    log = read_jsonl(tmp_path / "run" / "log.jsonl")
+    assert [r["epoch"] for r in log] == [0, 1] and all(math.isfinite(r["train_loss"]) for r in log)
+    assert load_config(str(tmp_path / "run" / "config.yaml")).train.compile is True
+
+
+def test_compile_takes_a_boolean():
+    with pytest.raises(SNNetError, match=r"^config key 'train.compile' must be true or false, got 'fast'$"):
+        load_config("quickstart", ["train.compile=fast"])

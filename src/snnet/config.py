@@ -196,6 +196,10 @@ class TrainSection(Section):
     # float16: autocast with grad scaling on CUDA, nothing on CPU (the reference's apex fp16); bfloat16: autocast
     # without a scaler on CUDA (A100, H100) and on the CPU
     amp_dtype: Literal["float16", "bfloat16"] = "float16"
+    # torch.compile each transformer block and stitching layer in place, after the least-squares start: every
+    # stitch reuses the compiled blocks (a compiled model per stitch would recompile for each); the state dict keeps
+    # its keys
+    compile: Bool = False
     init_images: Int = Field(100, ge=1)  # least-squares initialisation on a fresh run
     # the images it fits on: training images through the training pipeline (augmentations and CutMix, as the
     # reference's runs fitted), or through the deterministic evaluation transform

@@ -26,6 +26,7 @@ from .progress import progress_bar
 from .run_state import (CHECKPOINT_NAME, EpochLog, find_resume, load_checkpoint, save_checkpoint, seed_everything,
                         set_rng_state)
 from .selection import is_stitchable
+from .stitching_layers import StitchingLayer
 from .tasks import build_model
 
 
@@ -173,6 +174,15 @@ def create_scheduler(optimizer, t: TrainSection, schedule: Schedule):
                                warmup_epochs=t.warmup_epochs, warmup_lr=t.warmup_lr, min_lr=t.min_lr, **extra)[0]
 
 
+def compile_blocks(model: torch.nn.Module) -> int:
+    """``torch.compile`` every transformer block and stitching layer of ``model`` in place (``Module.compile``:
+    parameters, names and the state dict unchanged); returns how many were compiled."""
+    modules = [m for m in model.modules() if hasattr(m, "drop_path1") or isinstance(m, StitchingLayer)]
+    for m in modules:
+        m.compile()
+    return len(modules)
+
+
 def train_one_epoch(model, task, loader: DataLoader, optimizer, scheduler, scaler, t: TrainSection, env: DistEnv,
                     schedule: Schedule, r: int, progress: bool) -> dict[str, float]:
     """One round of the schedule; the scheduler is updated after every step (epoch-based ones ignore it)."""
@@ -269,6 +279,8 @@ def fit(cfg: RunConfig, task, env: DistEnv, resume: str | None = "auto", progres
         what = (f"{len(model.stitch_ids)} stitches, {len(model.sampler.groups)} ROS groups, " if stitchable else "")
         print(f"{what}{n_train / 1e6:.2f} M trainable parameters, training on {env.world_size} x {env.device.type}")
 
+    if cfg.train.compile:
+        compile_blocks(model)
     net = model
     if env.distributed:
         if env.device.type == "cuda":  # the heads' BatchNorm, synchronised as the reference's (CUDA only in torch)
