@@ -60,7 +60,8 @@ def network() -> snnet.SNNet:
 
 def data(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, 3, size, size, generator=g).to(device), torch.randint(0, classes, (n,), generator=g).to(device)
+    x, y = torch.randn(n, 3, size, size, generator=g), torch.randint(0, classes, (n,), generator=g)
+    return x.to(device), y.to(device)
 
 
 def sync() -> None:

@@ -1,13 +1,15 @@
-"""Classification data: ImageFolder trees or the built-in scenes, timm's ImageNet pipelines, DeiT's teacher."""
+"""Classification data: ImageFolder trees, tar files and Hugging Face datasets (read by timm's dataset factory) or
+the built-in scenes, timm's ImageNet pipelines, DeiT's teacher."""
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
 import timm
 import torch
 from PIL import Image
-from timm.data import create_transform
+from timm.data import create_dataset, create_transform
 from torch.utils.data import Dataset
 from torchvision import datasets
 from torchvision import transforms as T
@@ -62,6 +64,12 @@ def build_datasets(data: DataSection, aug: ClassificationAugmentSection, input_s
         train_set = (ShapesClassification("train", s.num_train, scenes, train_tf, preload=s.preload, progress=progress)
                      if train else None)
         val = ShapesClassification("val", s.num_val, scenes, val_tf, preload=s.preload, progress=progress)
+    elif data.dataset in TIMM_SOURCES:
+        names = data_class_names(data)  # both splits readable, with the same classes
+        splits = splits_of(data)
+        train_set = timm_split(data, splits[0], train_tf) if train else None
+        val = timm_split(data, splits[1], val_tf)
+        return train_set, val, with_transform(train_set, val_tf) if train else None, names
     else:
         data_classes(data)  # class folders present and the same in both splits
         roots = image_folder_roots(data)
@@ -100,14 +108,63 @@ def class_folders(root: Path) -> list[str]:
     return sorted(e.name for e in os.scandir(root) if e.is_dir())
 
 
-def data_classes(data: DataSection) -> int:
-    """How many classes the data has, read cheaply (folder names, not images) before any data is loaded."""
-    if data.dataset == "shapes":
-        return data.shapes.num_classes
-    roots = image_folder_roots(data)
-    train, val = (class_folders(r) for r in roots)
+# data.dataset values timm's dataset factory reads: a tar file per split (root/<split>.tar, a class folder each), a
+# Hugging Face dataset (data.root names it: a hub id, or a local folder of its files), its "image" and "label"
+TIMM_SOURCES = ("tar", "hfds")
+
+
+def splits_of(data: DataSection) -> tuple[str, str]:
+    """The (train, val) split names: the config's, else the dataset's own (a Hugging Face dataset's "validation")."""
+    return split_names(data, "train", "validation" if data.dataset == "hfds" else "val")
+
+
+def timm_split(data: DataSection, split: str, transform=None) -> Dataset:
+    """One split of a ``TIMM_SOURCES`` dataset through timm's ``create_dataset``: (image, class index) pairs."""
+    if not data.root:
+        raise SNNetError(f"config key 'data.root' is not set: name the {data.dataset} dataset's "
+                         + ("folder of <split>.tar files" if data.dataset == "tar" else "Hugging Face id or folder"))
+    if data.dataset == "tar":
+        path = Path(data.root) / f"{split}.tar"
+        if not path.is_file():
+            raise SNNetError(f"tar file not found: {path}")
+        name, root = "", str(path)
+    else:
+        if importlib.util.find_spec("datasets") is None:
+            raise SNNetError("data.dataset 'hfds' reads Hugging Face datasets: pip install 'snnet[hfds]'")
+        name, root = f"hfds/{data.root}", None
+    try:
+        return create_dataset(name, root=root, split=split, transform=transform)
+    except Exception as e:  # datasets and tarfile raise their own errors for a missing split or a damaged file
+        raise SNNetError(f"cannot read the {data.dataset} dataset {data.root}, split {split!r}: "
+                         f"{first_line(e)}") from None
+
+
+def timm_classes(dataset: Dataset) -> list[str]:
+    """Class names of a dataset from timm's factory, in index order."""
+    reader = dataset.reader  # the tar reader names its mapping class_name_to_idx, the others class_to_idx
+    mapping = getattr(reader, "class_to_idx", None) or getattr(reader, "class_name_to_idx", {})
+    return [name for name, _ in sorted(mapping.items(), key=lambda kv: kv[1])]
+
+
+def data_class_names(data: DataSection) -> list[str]:
+    """The class names of a folder or timm-read dataset, read cheaply (folder names or the dataset's index, not
+    images) and checked to be the same in both splits."""
+    if data.dataset in TIMM_SOURCES:
+        splits = splits_of(data)
+        train, val = (timm_classes(timm_split(data, split)) for split in splits)
+        first, both, what = (f"the {data.dataset} dataset {data.root}'s {splits[0]} split",
+                             f"the {data.dataset} dataset {data.root}'s {splits[0]} and {splits[1]} splits", "classes")
+    else:
+        roots = image_folder_roots(data)
+        train, val = (class_folders(r) for r in roots)
+        first, both, what = roots[0], f"{roots[0]} and {roots[1]}", "class folders"
     if not train:
-        raise SNNetError(f"no class folders in {roots[0]}")
+        raise SNNetError(f"no {what} in {first}")
     if train != val:
-        raise SNNetError(f"{roots[0]} and {roots[1]} have different class folders")
-    return len(train)
+        raise SNNetError(f"{both} have different {what}")
+    return train
+
+
+def data_classes(data: DataSection) -> int:
+    """How many classes the data has, read before any image is loaded."""
+    return data.shapes.num_classes if data.dataset == "shapes" else len(data_class_names(data))

@@ -15,7 +15,8 @@ from ...errors import SNNetError
 from .._files import split_names
 from ..base import Task, register_task
 from .config import ClassificationConfig
-from .data import build_datasets, build_teacher, build_transform, class_folders, data_classes
+from .data import (TIMM_SOURCES, build_datasets, build_teacher, build_transform, class_folders, data_class_names,
+                   data_classes)
 from .model import SNNet
 
 
@@ -25,7 +26,7 @@ class ClassificationTask(Task):
 
     name = "classification"
     model_class = SNNet
-    datasets = ("imagefolder", "shapes")
+    datasets = ("imagefolder", "shapes", *TIMM_SOURCES)
     plot_metrics = (("acc1", True),)
     report_metrics = ("acc1", "acc5", "loss")
     metric_directions = {"acc1": True, "acc5": True, "loss": False}
@@ -41,9 +42,12 @@ class ClassificationTask(Task):
 
     @classmethod
     def class_names(cls, cfg: RunConfig) -> list[str] | None:
-        """The built-in scenes' shapes, or an ImageFolder's class folders when they are on disk."""
+        """The built-in scenes' shapes, a timm-read dataset's classes, or an ImageFolder's class folders when they are
+        on disk."""
         if cfg.data.dataset == "shapes":
             return list(SHAPES[:cfg.data.shapes.num_classes])
+        if cfg.data.dataset in TIMM_SOURCES:
+            return data_class_names(cfg.data)
         train_dir = Path(cfg.data.root) / split_names(cfg.data, "train", "val")[0] if cfg.data.root else None
         return class_folders(train_dir) if train_dir is not None and train_dir.is_dir() else None
 
