@@ -285,7 +285,8 @@ def fit(cfg: RunConfig, task, env: DistEnv, resume: str | None = "auto", progres
     if env.distributed:
         if env.device.type == "cuda":  # the heads' BatchNorm, synchronised as the reference's (CUDA only in torch)
             net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        # every rank samples its own stitch, so parameters unused on one rank are expected
+        # every rank samples its own stitch, so parameters unused on one rank are expected; of the ways to tell DDP,
+        # this trains as the reference and was not slower than the others (benchmarks/bench_ddp.py)
         net = DistributedDataParallel(net, device_ids=[env.device.index] if env.device.type == "cuda" else None,
                                       find_unused_parameters=True)
     log = EpochLog(run_dir, start) if env.is_main else None
