@@ -213,6 +213,8 @@ def test_a_saved_swin_network_loads_again(model, tmp_path):
      "hierarchical anchors (swin) stitch with hierarchical anchors only"),
     (lambda a: SNNet(a[:2], version="sn-net").eval()(torch.randn(1, 3, 64, 64)),
      "images are 64x64, the anchors take 32x32"),
+    (lambda a: SNNet(a[:2], version="sn-net").backbone.forward_intermediates(torch.randn(1, 3, 32, 32)),
+     "SN-Net's Swin networks classify only: dense tasks stitch plain ViTs (version v2 or v1)"),
     (lambda a: SNNet([a[0], tiny_swin((2, 4, 4, 4), 16, (1, 2, 2, 4), 0)], version="sn-net"),
      "stage depths must not decrease along the anchors, got [2, 2, 6, 2] then [2, 4, 4, 4]"),
 ])

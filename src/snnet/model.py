@@ -379,6 +379,8 @@ class SNNetBackbone(ChoosesStitches, nn.Module):
         return self
 
     def _check_dense(self) -> None:
+        if is_hierarchical(self.stages):
+            raise SNNetError("SN-Net's Swin networks classify only: dense tasks stitch plain ViTs (version v2 or v1)")
         if self.config.version == "sn-net":
             raise SNNetError("SN-Net's networks (version 'sn-net') classify only: dense tasks take version v2 or v1")
 
