@@ -9,7 +9,7 @@ in for accuracy. The SLO is ``--slo-factor`` (2) times the largest stitch's batc
 latency, the share within the SLO, throughput and the mean metric per policy and load, the server's resident
 memory against a process holding the network for evaluation, and draws ``--plot`` (serve_load.png).
 
-    .venv/bin/python benchmarks/bench_serve.py [--size 64] [--requests 200] [--seconds 20] [--threads 2]
+    .venv/bin/python benchmarks/bench_serve.py [--size 64] [--requests 200] [--seconds 20] [--threads 2] [--json F]
 """
 import argparse
 import asyncio
@@ -38,6 +38,7 @@ parser.add_argument("--policies", nargs="+", default=["largest", "smallest", "ad
                     choices=["largest", "smallest", "adaptive"])
 parser.add_argument("--slo-headroom", type=float, default=0.7, help="the server's --slo-headroom")
 parser.add_argument("--plot", default="serve_load.png")
+parser.add_argument("--json", help="also write the figures to this JSON file (benchmarks/gpu_check.py reads it)")
 args = parser.parse_args()
 ENV = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "HF_HUB_OFFLINE": "1"}
 
@@ -187,6 +188,11 @@ def main() -> None:
         print(f"resident memory: server {served_rss:.0f} MB, a process holding the network for evaluation "
               f"{eval_rss:.0f} MB ({served_rss / eval_rss:.2f}x)")
         plot(table, slo, metric)
+        if args.json:
+            figures = dict(server_overhead_ms=overhead, largest_anchor_ms=large_ms, slo_ms=slo, metric=metric,
+                           server_rss_mb=served_rss, eval_rss_mb=eval_rss,
+                           table=[{k: float(v) if k != "policy" else v for k, v in r.items()} for r in table])
+            Path(args.json).write_text(json.dumps(figures, indent=1))
 
 
 def plot(table: list[dict], slo: float, metric: str) -> None:

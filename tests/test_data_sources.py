@@ -1,7 +1,9 @@
-"""Classification data through timm's dataset factory (issue 33, point 2): tar files and Hugging Face datasets, made
-here from the same images as an ImageFolder tree, read as that tree reads them; training on them; bad input."""
+"""Classification data through timm's dataset factory (issue 33, point 2): tar files, Hugging Face datasets and
+webdataset shards, made here from the same images as an ImageFolder tree, read as that tree reads them; training on
+them; bad input."""
 import hashlib
 import io
+import json
 import tarfile
 from pathlib import Path
 
@@ -9,10 +11,13 @@ import datasets
 import numpy as np
 import pytest
 from PIL import Image
+from timm.data import create_dataset
+from torch.utils.data import IterableDataset
 
-from helpers import read_jsonl, snnet, write_config
+from helpers import read_jsonl, snnet, torchrun_then_single, write_config
 from snnet import SNNetError, load_config
-from snnet.tasks.classification.data import build_datasets
+from snnet.tasks._files import by_index
+from snnet.tasks.classification.data import build_datasets, own_shards
 
 CLASSES = ("circle", "square", "triangle")
 COUNTS = {"train": 4, "val": 2}
@@ -23,11 +28,13 @@ def sources(tmp_path_factory) -> dict[str, Path]:
     """The same PNGs as an ImageFolder tree, as a tar file per split, and as a Hugging Face dataset (parquet)."""
     base = tmp_path_factory.mktemp("sources")
     rng = np.random.default_rng(0)
-    folder, tars, hf = base / "folder", base / "tar", base / "hf" / "data"
-    tars.mkdir()
-    hf.mkdir(parents=True)
+    folder, tars, hf, shards = base / "folder", base / "tar", base / "hf" / "data", base / "wds"
+    for d in (tars, hf, shards):
+        d.mkdir(parents=True)
+    info = {"name": "scenes", "class_names": list(CLASSES), "splits": {}}
     for split, n in COUNTS.items():
         rows = {"image": [], "label": []}
+        samples = []
         with tarfile.open(tars / f"{split}.tar", "w") as tar:
             for c, name in enumerate(CLASSES):
                 for i in range(n):
@@ -39,10 +46,24 @@ def sources(tmp_path_factory) -> dict[str, Path]:
                     tar.add(path, arcname=f"{name}/{i}.png")
                     rows["image"].append({"bytes": buf.getvalue(), "path": None})
                     rows["label"].append(c)
+                    samples.append((f"{name}_{i}", buf.getvalue(), c))
         features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=list(CLASSES))})
         hf_split = "validation" if split == "val" else split
         datasets.Dataset.from_dict(rows, features=features).to_parquet(str(hf / f"{hf_split}-00000-of-00001.parquet"))
-    return {"imagefolder": folder, "tar": tars, "hfds": base / "hf"}
+        # webdataset: two shards a split, each sample a key's .png and .cls
+        names = [f"{split}-{k:03d}.tar" for k in range(2)]
+        for k, shard in enumerate(names):
+            with tarfile.open(shards / shard, "w") as tar:
+                for key, png, c in samples[k::2]:
+                    for suffix, data in ((".png", png), (".cls", str(c).encode())):
+                        member = tarfile.TarInfo(key + suffix)
+                        member.size = len(data)
+                        tar.addfile(member, io.BytesIO(data))
+        lengths = [len(samples[k::2]) for k in range(2)]
+        info["splits"][split] = {"name": split, "num_samples": sum(lengths), "filenames": names,
+                                 "shard_lengths": lengths}
+    (shards / "_info.json").write_text(json.dumps(info))
+    return {"imagefolder": folder, "tar": tars, "hfds": base / "hf", "wds": shards}
 
 
 @pytest.fixture(autouse=True)
@@ -53,25 +74,42 @@ def offline_datasets_cache(tmp_path, monkeypatch):
 
 def contents(dataset) -> list[tuple[int, str]]:
     """(class index, digest of the transformed image) of every sample, sorted: the same images whatever the order."""
-    return sorted((int(y), hashlib.sha256(x.numpy().tobytes()).hexdigest()) for x, y in
-                  (dataset[i] for i in range(len(dataset))))
+    items = dataset if isinstance(dataset, IterableDataset) else (dataset[i] for i in range(len(dataset)))
+    return sorted((int(y), hashlib.sha256(x.numpy().tobytes()).hexdigest()) for x, y in items)
 
 
-@pytest.mark.parametrize("source", ["tar", "hfds"])
+@pytest.mark.parametrize("source", ["tar", "hfds", "wds"])
 def test_each_source_reads_the_imagefolders_images_and_classes(sources, source):
     folder_cfg = load_config("quickstart", ["data.dataset=imagefolder", f"data.root={sources['imagefolder']}"])
-    cfg = load_config("quickstart", [f"data.dataset={source}", f"data.root={sources[source]}"])
+    cfg = load_config("quickstart", [f"data.dataset={source}", f"data.root={sources[source]}", "data.batch_size=4"])
     args = (cfg.augment, 32, (0.5,) * 3, (0.5,) * 3, False)
     train, val, init, names = build_datasets(cfg.data, *args)
     f_train, f_val, f_init, f_names = build_datasets(folder_cfg.data, *args)
     assert names == f_names == list(CLASSES)
     assert (len(train), len(val)) == (12, 6)
     assert contents(val) == contents(f_val)
-    assert contents(init) == contents(f_init)  # the least-squares images: training images, eval transform
+    # the least-squares images: training images, eval transform (streamed shards: shuffled, whole batches)
+    assert contents(init) == contents(f_init)
+
+
+def test_an_evaluation_split_of_shards_is_read_once_across_ranks(sources):
+    """Each of two ranks reads its own shard of the validation split, no sample repeated or missing."""
+    cfg = load_config("quickstart", ["data.dataset=wds", f"data.root={sources['wds']}"])
+    tf = build_datasets(cfg.data, cfg.augment, 32, (0.5,) * 3, (0.5,) * 3, False)[1].transform
+    shares = []
+    for rank in range(2):
+        val = create_dataset("wds/", root=str(sources["wds"]), split="val", transform=tf)
+        val.reader.dist_rank, val.reader.dist_num_replicas = rank, 2  # as under torchrun
+        own_shards(val)
+        shares.append(contents(val))
+        assert len(val) == 3
+    folder_cfg = load_config("quickstart", ["data.dataset=imagefolder", f"data.root={sources['imagefolder']}"])
+    whole = build_datasets(folder_cfg.data, cfg.augment, 32, (0.5,) * 3, (0.5,) * 3, False)[1]
+    assert sorted(shares[0] + shares[1]) == contents(whole) and not set(shares[0]) & set(shares[1])
 
 
 def test_snnet_trains_on_a_tar_and_a_hugging_face_dataset(sources, tmp_path):
-    for source in ("tar", "hfds"):
+    for source in ("tar", "hfds", "wds"):
         (tmp_path / source).mkdir()
         cfg = write_config(tmp_path / source, data={"dataset": source, "root": str(sources[source]), "batch_size": 6},
                            train={"steps_per_epoch": 2, "init_images": 6})
@@ -88,12 +126,41 @@ def test_bad_timm_sources_are_one_line_errors(sources, tmp_path):
         (["data.dataset=hfds", f"data.root={sources['hfds']}", "data.val_split=test"],
          f"cannot read the hfds dataset {sources['hfds']}, split 'test': "),
         (["data.dataset=tar"], "config key 'data.root' is not set: name the tar dataset's folder of <split>.tar files"),
+        (["data.dataset=wds", f"data.root={empty}"],
+         f"no _info.json in {empty}: a webdataset folder lists its splits' shards there"),
     ]:
         cfg = load_config("quickstart", overrides)
         with pytest.raises(SNNetError) as e:
             build_datasets(cfg.data, cfg.augment, 32, (0.5,) * 3, (0.5,) * 3, False)
         assert str(e.value).startswith(message) and "\n" not in str(e.value), str(e.value)
+    (empty / "_info.json").write_text(json.dumps({"splits": {"train": {}}}))
+    cfg = load_config("quickstart", ["data.dataset=wds", f"data.root={empty}"])
+    with pytest.raises(SNNetError, match=r'_info\.json names no classes: add "num_classes" \(or "class_names"\)$'):
+        build_datasets(cfg.data, cfg.augment, 32, (0.5,) * 3, (0.5,) * 3, False)
+    with pytest.raises(SNNetError, match=r"^config: augment\.repeated_aug samples images by index; webdataset shards "):
+        load_config("quickstart", ["data.dataset=wds", f"data.root={empty}", "augment.repeated_aug=3"])
     (empty / "train.tar").write_bytes(b"not a tar file")
     cfg = load_config("quickstart", ["data.dataset=tar", f"data.root={empty}"])
     with pytest.raises(SNNetError, match=r"^cannot read the tar dataset .*, split 'train': "):
         build_datasets(cfg.data, cfg.augment, 32, (0.5,) * 3, (0.5,) * 3, False)
+
+
+def test_what_reads_images_by_index_refuses_streamed_shards_in_one_line(sources):
+    cfg = load_config("quickstart", ["data.dataset=wds", f"data.root={sources['wds']}"])
+    val = build_datasets(cfg.data, cfg.augment, 32, (0.5,) * 3, (0.5,) * 3, False)[1]
+    with pytest.raises(SNNetError, match=r"^the cascade's calibration reads images by index, which streamed webdataset "
+                                         r"shards \(data.dataset: wds\) do not offer: point it at an imagefolder, tar "
+                                         r"or hfds copy of the data$"):
+        by_index(val, "the cascade's calibration")
+
+
+def test_torchrun_on_shards_evaluates_every_image_once(sources, tmp_path):
+    """Two processes train on the shards (timm shares them by rank) and evaluate each rank's own validation shard:
+    the figures equal one process's evaluation of the saved model."""
+    cfg = write_config(tmp_path, data={"dataset": "wds", "root": str(sources["wds"]), "batch_size": 6},
+                       train={"init_images": 6})
+    dist_rows, single = torchrun_then_single(cfg, tmp_path / "single")
+    assert all(r["images"] == 6 for r in dist_rows + single)
+    for a, b in zip(dist_rows, single):
+        assert (a["stitch_id"], a["acc1"], a["acc5"]) == (b["stitch_id"], b["acc1"], b["acc5"])
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)

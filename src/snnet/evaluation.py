@@ -8,7 +8,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, IterableDataset, Subset
 
 from ._atomic import together
 from .config import DEFAULT_TASK, RunConfig
@@ -21,11 +21,17 @@ from .results import carry_over, format_table, frontier, plot_pareto, read_resul
 from .runtime import OnnxStitch
 from .selection import ChoosesStitches, is_stitchable
 from .tasks import data_defaults
+from .tasks._files import First
 
 
 def make_eval_loader(dataset, batch_size: int, workers: int, env: DistEnv, max_images: int | None = None,
                      collate_fn=None) -> DataLoader:
-    """Each rank takes every world_size-th image, without padding, so summed metrics are exact."""
+    """Each rank takes every world_size-th image, without padding, so summed metrics are exact (a streamed dataset
+    comes as this rank's own share: its first images, up to this rank's part of ``max_images``)."""
+    if isinstance(dataset, IterableDataset):
+        shard = dataset if max_images is None else First(dataset, len(range(env.rank, max_images, env.world_size)))
+        return DataLoader(shard, batch_size=batch_size, num_workers=workers if max_images is None else 0,
+                          pin_memory=env.device.type == "cuda", collate_fn=collate_fn)
     n = len(dataset) if max_images is None else min(max_images, len(dataset))
     shard = Subset(dataset, range(env.rank, n, env.world_size))
     return DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=workers,
@@ -34,9 +40,12 @@ def make_eval_loader(dataset, batch_size: int, workers: int, env: DistEnv, max_i
 
 def check_data(task, cfg: RunConfig, env: DistEnv, train: bool) -> None:
     """A training epoch with no step, or an evaluation with no image, is an error before any work."""
-    if train and cfg.train.epochs > 0 and len(task.train_set) // env.world_size < cfg.data.batch_size:
-        raise SNNetError(f"{len(task.train_set)} training images make no full batch of data.batch_size="
-                         f"{cfg.data.batch_size} on {env.world_size} process(es): lower data.batch_size or add images")
+    if train and cfg.train.epochs > 0:
+        streamed = isinstance(task.train_set, IterableDataset)  # its length is already this process's share
+        n = len(task.train_set) * (env.world_size if streamed else 1)
+        if n // env.world_size < cfg.data.batch_size:
+            raise SNNetError(f"{n} training images make no full batch of data.batch_size={cfg.data.batch_size} on "
+                             f"{env.world_size} process(es): lower data.batch_size or add images")
     if len(task.val_set) == 0:
         raise SNNetError("the evaluation set has no images")
 

@@ -9,6 +9,7 @@ normalisation, class names.
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import json
 import logging
 import tempfile
@@ -20,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
+from torch.utils.data import IterableDataset
 
 from ._atomic import atomic_path, immediately, together
 from .errors import SNNetError, first_line
@@ -224,7 +226,9 @@ def stitch_checker(model: TaskModel, dataset, tolerance: float = 0.5) -> Callabl
 
     def probe(size: tuple[int, int]) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
         if size not in references:
-            images = [dataset[i][0].as_subclass(torch.Tensor)[None].float() for i in range(min(2, len(dataset)))]
+            first = itertools.islice(iter(dataset), 2) if isinstance(dataset, IterableDataset) else (
+                dataset[i] for i in range(min(2, len(dataset))))  # a streamed dataset: its first two
+            images = [item[0].as_subclass(torch.Tensor)[None].float() for item in first]
             x = torch.cat([F.interpolate(im, size=size, mode="bilinear", align_corners=False) for im in images])
             ids = model.stitch_ids
             with torch.no_grad(), model.backbone.sharing_prefixes(ids):

@@ -14,7 +14,7 @@ from timm.data.distributed_sampler import RepeatAugSampler
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler, Subset
+from torch.utils.data import DataLoader, DistributedSampler, IterableDataset, Subset
 
 from ._atomic import atomic_write_text
 from .config import DataSection, RunConfig, TrainSection, dump_config
@@ -28,12 +28,17 @@ from .run_state import (CHECKPOINT_NAME, EpochLog, find_resume, load_checkpoint,
 from .selection import is_stitchable
 from .stitching_layers import StitchingLayer
 from .tasks import build_model
+from .tasks._files import First
 
 
 def make_train_loader(dataset, data: DataSection, repeated_aug: int, seed: int, env: DistEnv,
                       collate=None) -> DataLoader:
     """Each rank's shuffled share of ``dataset`` in batches of ``data.batch_size`` (``repeated_aug`` > 1: each
-    image that many times, on different ranks)."""
+    image that many times, on different ranks). A streamed dataset (webdataset shards) shares and shuffles itself."""
+    if isinstance(dataset, IterableDataset):
+        dataset.set_loader_cfg(num_workers=data.workers)  # its length counts the loader's workers
+        return DataLoader(dataset, batch_size=data.batch_size, num_workers=data.workers, drop_last=True,
+                          pin_memory=env.device.type == "cuda", persistent_workers=False, collate_fn=collate)
     if repeated_aug > 1:  # DeiT's RASampler, which timm's is; shuffled by the epoch alone, as DeiT's
         sampler = RepeatAugSampler(dataset, num_replicas=env.world_size, rank=env.rank, shuffle=True,
                                    num_repeats=repeated_aug)
@@ -50,7 +55,9 @@ def round_batches(loader: DataLoader, round_index: int, steps: int, passes_per_r
     over the data, each shuffled by a seed that depends only on the round, so a resumed run sees the same."""
     done, p = 0, 0
     while done < steps:
-        loader.sampler.set_epoch(round_index * passes_per_round + p)
+        # a streamed dataset shuffles its shards by the epoch it is told
+        shuffled = loader.dataset if isinstance(loader.dataset, IterableDataset) else loader.sampler
+        shuffled.set_epoch(round_index * passes_per_round + p)
         before = done
         for batch in loader:
             if done == steps:
@@ -68,10 +75,15 @@ def init_batches(task, train: TrainSection, workers: int, env: DistEnv):
     evaluation transform (``train.init_transform``)."""
     pipeline = train.init_transform == "train"
     source = task.train_set if pipeline else task.init_set
-    g = torch.Generator().manual_seed(train.seed)
-    chosen = torch.randperm(len(source), generator=g)[:train.init_images].tolist()
-    loader = DataLoader(Subset(source, chosen[env.rank::env.world_size]), batch_size=train.init_batch_size,
-                        shuffle=False, num_workers=workers, collate_fn=task.train_collate if pipeline else None)
+    if isinstance(source, IterableDataset):  # streamed shards, already shuffled and shared by rank: the first ones
+        mine = len(range(env.rank, train.init_images, env.world_size))
+        source = First(source, mine)
+    else:
+        g = torch.Generator().manual_seed(train.seed)
+        chosen = torch.randperm(len(source), generator=g)[:train.init_images].tolist()
+        source = Subset(source, chosen[env.rank::env.world_size])
+    loader = DataLoader(source, batch_size=train.init_batch_size, shuffle=False, num_workers=0 if isinstance(
+        source, IterableDataset) else workers, collate_fn=task.train_collate if pipeline else None)
     mix = getattr(task, "mixup", None) if pipeline else None  # classification's CutMix / Mixup, as its training steps
     for images, targets, *_ in loader:
         if not isinstance(images, torch.Tensor):  # lists of equal-size training crops (detection)

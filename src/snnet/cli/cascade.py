@@ -22,6 +22,7 @@ from ..progress import progress_bar
 from ..results import frontier, read_results
 from ..rundir import RunLock, run_of
 from ..tasks import TASKS, build_task
+from ..tasks._files import by_index
 
 
 def run(args) -> int:
@@ -55,6 +56,8 @@ def _cascade(args, cfg, model, rows: list[dict], run: Path, device) -> int:
     stages = candidate_stitches(model.stitches, [r["stitch_id"] for r in frontier(known, "acc1")], flops,
                                 args.max_candidates)
     # held-out training images under the evaluation transform, a seeded sample (an ImageFolder is sorted by class)
+    by_index(task.init_set, "the cascade's calibration")
+    by_index(task.val_set, "the cascade's validation")
     chosen = torch.randperm(len(task.init_set), generator=torch.Generator().manual_seed(cfg.train.seed))
     calibration = Subset(task.init_set, chosen[:args.calibration_images].tolist())
     batch = cfg.data.eval_batch_size or int(1.5 * cfg.data.batch_size)

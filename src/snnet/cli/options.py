@@ -13,6 +13,7 @@ from ..errors import SNNetError
 from ..results import read_results
 from ..rundir import RunLock, check_run_dir, saved_run_of
 from ..tasks import TASKS, metric_direction
+from ..tasks._files import by_index
 
 
 def load_run_config(args, writes: bool = True):
@@ -72,7 +73,8 @@ def calibration_batches(task, num_images: int, size: tuple[int, int]) -> dict:
     """Static quantisation's calibration: ``num_images`` of the training ``task``'s images (its run's own data
     config, with the evaluation transform: what a deployed stitch sees)."""
     cfg = task.cfg
-    batches = quantize.calibration_batches(task.init_set, num_images, size, cfg.train.seed)
+    batches = quantize.calibration_batches(by_index(task.init_set, "static int8 calibration"), num_images, size,
+                                           cfg.train.seed)
     return {"calibration": batches, "calibration_info": {
         "images": num_images, "split": "train", "transform": "eval", "seed": cfg.train.seed,
         "dataset": cfg.data.dataset, "root": cfg.data.root}}

@@ -1,12 +1,14 @@
-"""Reading the files of dense datasets: RGB images and single-channel PNG maps, with one-line errors."""
+"""Reading the files of datasets: RGB images and single-channel PNG maps, with one-line errors; split names,
+another transform over the same files, and what a streamed dataset offers."""
 from __future__ import annotations
 
 import copy
+import itertools
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, IterableDataset
 
 from ..errors import SNNetError
 
@@ -54,6 +56,24 @@ def collate_lists(batch: list) -> tuple[list, list]:
 def split_names(data, train: str, val: str) -> tuple[str, str]:
     """``data.train_split`` / ``data.val_split`` when the config sets them, else the dataset's own names."""
     return data.train_split or train, data.val_split or val
+
+
+class First(IterableDataset):
+    """The first ``n`` items of a streamed dataset."""
+
+    def __init__(self, dataset: IterableDataset, n: int) -> None:
+        self.dataset, self.n = dataset, n
+
+    def __iter__(self):
+        return itertools.islice(iter(self.dataset), self.n)
+
+
+def by_index(dataset: Dataset, what: str) -> Dataset:
+    """``dataset``, which ``what`` reads by index; a one-line error for a streamed one (webdataset shards)."""
+    if isinstance(dataset, IterableDataset):
+        raise SNNetError(f"{what} reads images by index, which streamed webdataset shards (data.dataset: wds) do not "
+                         f"offer: point it at an imagefolder, tar or hfds copy of the data")
+    return dataset
 
 
 def with_transform(dataset: Dataset, transform) -> Dataset:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import timm
@@ -17,6 +18,7 @@ from torchvision import transforms as T
 from ...config import DataSection
 from ...data import ShapesClassification
 from ...errors import SNNetError, first_line
+from ...files import read_json
 from .._files import split_names, with_transform
 from .config import ClassificationAugmentSection, DistillationSection
 
@@ -67,7 +69,7 @@ def build_datasets(data: DataSection, aug: ClassificationAugmentSection, input_s
     elif data.dataset in TIMM_SOURCES:
         names = data_class_names(data)  # both splits readable, with the same classes
         splits = splits_of(data)
-        train_set = timm_split(data, splits[0], train_tf) if train else None
+        train_set = timm_split(data, splits[0], train_tf, training=True) if train else None
         val = timm_split(data, splits[1], val_tf)
         return train_set, val, with_transform(train_set, val_tf) if train else None, names
     else:
@@ -109,8 +111,9 @@ def class_folders(root: Path) -> list[str]:
 
 
 # data.dataset values timm's dataset factory reads: a tar file per split (root/<split>.tar, a class folder each), a
-# Hugging Face dataset (data.root names it: a hub id, or a local folder of its files), its "image" and "label"
-TIMM_SOURCES = ("tar", "hfds")
+# Hugging Face dataset (data.root names it: a hub id, or a local folder of its files), its "image" and "label";
+# webdataset shards (root/_info.json lists each split's shards and sizes, and the classes), streamed
+TIMM_SOURCES = ("tar", "hfds", "wds")
 
 
 def splits_of(data: DataSection) -> tuple[str, str]:
@@ -118,25 +121,61 @@ def splits_of(data: DataSection) -> tuple[str, str]:
     return split_names(data, "train", "validation" if data.dataset == "hfds" else "val")
 
 
-def timm_split(data: DataSection, split: str, transform=None) -> Dataset:
-    """One split of a ``TIMM_SOURCES`` dataset through timm's ``create_dataset``: (image, class index) pairs."""
+ROOTS = {"tar": "folder of <split>.tar files", "hfds": "Hugging Face id or folder", "wds": "folder of shards"}
+EXTRAS = {"hfds": "datasets", "wds": "webdataset"}  # the package each source needs (snnet's extra of that name)
+
+
+def timm_split(data: DataSection, split: str, transform=None, training: bool = False) -> Dataset:
+    """One split of a ``TIMM_SOURCES`` dataset through timm's ``create_dataset``: (image, class index) pairs; a
+    webdataset split streams (``training``: shuffled by timm, each rank its shards, padded to whole batches;
+    otherwise each rank reads its own shards once, so summed metrics stay exact)."""
     if not data.root:
-        raise SNNetError(f"config key 'data.root' is not set: name the {data.dataset} dataset's "
-                         + ("folder of <split>.tar files" if data.dataset == "tar" else "Hugging Face id or folder"))
+        raise SNNetError(f"config key 'data.root' is not set: name the {data.dataset} dataset's {ROOTS[data.dataset]}")
+    package = EXTRAS.get(data.dataset)
+    if package and importlib.util.find_spec(package) is None:
+        raise SNNetError(f"data.dataset {data.dataset!r} needs {package}: pip install 'snnet[{data.dataset}]'")
     if data.dataset == "tar":
         path = Path(data.root) / f"{split}.tar"
         if not path.is_file():
             raise SNNetError(f"tar file not found: {path}")
         name, root = "", str(path)
+    elif data.dataset == "wds":
+        wds_info(data)  # a listing of the shards, read before timm does
+        name, root = "wds/", data.root
     else:
-        if importlib.util.find_spec("datasets") is None:
-            raise SNNetError("data.dataset 'hfds' reads Hugging Face datasets: pip install 'snnet[hfds]'")
         name, root = f"hfds/{data.root}", None
     try:
-        return create_dataset(name, root=root, split=split, transform=transform)
+        dataset = create_dataset(name, root=root, split=split, transform=transform, is_training=training,
+                                 batch_size=data.batch_size)
     except Exception as e:  # datasets and tarfile raise their own errors for a missing split or a damaged file
         raise SNNetError(f"cannot read the {data.dataset} dataset {data.root}, split {split!r}: "
                          f"{first_line(e)}") from None
+    if data.dataset == "wds" and not training:
+        own_shards(dataset)
+    return dataset
+
+
+def wds_info(data: DataSection) -> dict:
+    """A webdataset folder's ``_info.json``: its splits (``filenames``, ``shard_lengths``, ``num_samples``) and its
+    classes (``class_names``, or ``num_classes``), as timm's webdataset reader reads it."""
+    path = Path(data.root) / "_info.json"
+    if not path.is_file():
+        raise SNNetError(f"no _info.json in {data.root}: a webdataset folder lists its splits' shards there")
+    info = read_json(path, "webdataset listing")
+    if not isinstance(info, dict) or not isinstance(info.get("splits"), dict):
+        raise SNNetError(f"{path} has no 'splits' mapping of each split's shards")
+    return info
+
+
+def own_shards(dataset) -> None:
+    """Give this rank every world-size-th shard of an evaluation split to read once, as a single reader: timm's
+    reader would split them too, but fill every rank up to the same count by repeating samples."""
+    reader = dataset.reader
+    rank, world, info = reader.dist_rank, reader.dist_num_replicas, reader.split_info
+    files, lengths = info.filenames[rank::world], info.shard_lengths[rank::world]
+    reader.split_info = replace(info, filenames=files, shard_lengths=lengths, num_samples=sum(lengths))
+    reader.num_samples = reader.split_info.num_samples
+    reader.dist_rank, reader.dist_num_replicas = 0, 1
 
 
 def timm_classes(dataset: Dataset) -> list[str]:
@@ -149,6 +188,12 @@ def timm_classes(dataset: Dataset) -> list[str]:
 def data_class_names(data: DataSection) -> list[str]:
     """The class names of a folder or timm-read dataset, read cheaply (folder names or the dataset's index, not
     images) and checked to be the same in both splits."""
+    if data.dataset == "wds":
+        info = wds_info(data)
+        names = info.get("class_names") or [str(i) for i in range(int(info.get("num_classes") or 0))]
+        if not names:
+            raise SNNetError(f"{data.root}/_info.json names no classes: add \"num_classes\" (or \"class_names\")")
+        return [str(n) for n in names]
     if data.dataset in TIMM_SOURCES:
         splits = splits_of(data)
         train, val = (timm_classes(timm_split(data, split)) for split in splits)

@@ -37,6 +37,13 @@ class ClassificationTask(Task):
     num_sums = 4  # the length of eval_batch's tensor
 
     @classmethod
+    def check_keys(cls, cfg: RunConfig) -> None:
+        super().check_keys(cfg)
+        if cfg.data.dataset == "wds" and cfg.augment.repeated_aug > 1:
+            raise ValueError("augment.repeated_aug samples images by index; webdataset shards (data.dataset wds) "
+                             "stream: set it to 1")
+
+    @classmethod
     def check_data(cls, cfg: RunConfig) -> int:
         return data_classes(cfg.data)
 
