@@ -10,14 +10,17 @@ from pathlib import Path
 import datasets
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from timm.data import create_dataset
 from torch.utils.data import IterableDataset
 
 from helpers import read_jsonl, snnet, torchrun_then_single, write_config
 from snnet import SNNetError, load_config
-from snnet.tasks._files import by_index
+from snnet.distributed import DistEnv
+from snnet.tasks._files import First, by_index
 from snnet.tasks.classification.data import build_datasets, own_shards
+from snnet.training import make_train_loader
 
 CLASSES = ("circle", "square", "triangle")
 COUNTS = {"train": 4, "val": 2}
@@ -164,3 +167,17 @@ def test_torchrun_on_shards_evaluates_every_image_once(sources, tmp_path):
     for a, b in zip(dist_rows, single):
         assert (a["stitch_id"], a["acc1"], a["acc5"]) == (b["stitch_id"], b["acc1"], b["acc5"])
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+
+
+def test_loader_workers_split_the_shards_after_the_least_squares_pass(sources):
+    """The least-squares pass reads the stream in this process; the training loader's two workers, forked later,
+    must still each read their own shard: one epoch gives every training image once."""
+    cfg = load_config("quickstart", ["data.dataset=wds", f"data.root={sources['wds']}", "data.batch_size=6",
+                                     "data.workers=2"])
+    init = build_datasets(cfg.data, cfg.augment, 32, (0.5,) * 3, (0.5,) * 3, False)[2]
+    assert len(list(First(init, 4))) == 4
+    loader = make_train_loader(init, cfg.data, 1, 0, DistEnv(0, 1, 0, torch.device("cpu")))
+    seen = sorted((int(y), hashlib.sha256(x.numpy().tobytes()).hexdigest())
+                  for xs, ys in loader for x, y in zip(xs, ys))
+    folder_cfg = load_config("quickstart", ["data.dataset=imagefolder", f"data.root={sources['imagefolder']}"])
+    assert seen == contents(build_datasets(folder_cfg.data, cfg.augment, 32, (0.5,) * 3, (0.5,) * 3, False)[2])

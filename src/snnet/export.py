@@ -9,7 +9,6 @@ normalisation, class names.
 from __future__ import annotations
 
 import importlib.util
-import itertools
 import json
 import logging
 import tempfile
@@ -33,6 +32,7 @@ from .progress import progress_bar
 from .quantize import quantize_onnx
 from .runtime import OnnxStitch
 from .selection import PRECISIONS, is_integer
+from .tasks._files import First
 
 FORMATS = ("onnx", "torchscript", "safetensors")
 EXPORT_FORMAT = "snnet-export"
@@ -226,7 +226,7 @@ def stitch_checker(model: TaskModel, dataset, tolerance: float = 0.5) -> Callabl
 
     def probe(size: tuple[int, int]) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
         if size not in references:
-            first = itertools.islice(iter(dataset), 2) if isinstance(dataset, IterableDataset) else (
+            first = First(dataset, 2) if isinstance(dataset, IterableDataset) else (
                 dataset[i] for i in range(min(2, len(dataset))))  # a streamed dataset: its first two
             images = [item[0].as_subclass(torch.Tensor)[None].float() for item in first]
             x = torch.cat([F.interpolate(im, size=size, mode="bilinear", align_corners=False) for im in images])

@@ -59,13 +59,19 @@ def split_names(data, train: str, val: str) -> tuple[str, str]:
 
 
 class First(IterableDataset):
-    """The first ``n`` items of a streamed dataset."""
+    """The first ``n`` items of a streamed dataset, read through a copy of its reader: the dataset's own reader stays
+    unstarted, so loader workers forked from this process later still split its shards among themselves."""
 
     def __init__(self, dataset: IterableDataset, n: int) -> None:
         self.dataset, self.n = dataset, n
 
     def __iter__(self):
-        return itertools.islice(iter(self.dataset), self.n)
+        stream = copy.copy(self.dataset)
+        reader = getattr(stream, "reader", None)
+        if reader is not None:  # timm's: it starts its pipeline (and fixes its worker id) on first use
+            stream.reader = copy.copy(reader)
+            stream.reader.ds = None
+        return itertools.islice(iter(stream), self.n)
 
 
 def by_index(dataset: Dataset, what: str) -> Dataset:
