@@ -129,3 +129,15 @@ def test_the_base_schema_refuses_a_task_with_keys_of_its_own():
     core = {"task": "depth", "model": {"anchors": raw["model"]["anchors"]}, "data": {"dataset": "shapes"}}
     with pytest.raises(ValueError, match="a depth config is read with DepthConfig, not RunConfig"):
         RunConfig.model_validate(core)
+
+
+def test_a_config_without_a_dataset_reads_its_tasks_first(tmp_path):
+    """data.dataset defaults to the task's benchmark layout (it was imagefolder for every task: a depth config without
+    one was refused as 'not a depth dataset')."""
+    anchors = [{"name": "deit3_small_patch16_224"}, {"name": "deit3_base_patch16_224"}]
+    for task in ("classification", "segmentation", "depth", "detection"):  # the built-in tasks
+        path = tmp_path / f"{task}.yaml"
+        path.write_text(yaml.safe_dump({"task": task, "model": {"anchors": anchors}, "data": {"root": "/data"}}))
+        cfg = load_config(str(path))
+        assert cfg.data.dataset == TASKS[task].datasets[0], task
+        assert load_config(str(path), ["data.dataset=shapes"]).data.dataset == "shapes"

@@ -30,6 +30,7 @@ class DepthModelSection(ModelSection):
 
 
 class DepthDataSection(DataSection):
+    dataset: str = "nyuv2"  # without one: the task's benchmark layout
     # PNG values per metre, NYUv2's border cut before training, the Eigen crop of the metrics (top, bottom, left,
     # right; ends excluded), and the evaluation size FLOPs are reported at
     depth_scale: Float = Field(1000.0, gt=0)

@@ -5,7 +5,7 @@ from typing import Annotated
 
 from pydantic import Field
 
-from ...config import AugmentSection, Float, Int, ModelSection, RunConfig
+from ...config import AugmentSection, DataSection, Float, Int, ModelSection, RunConfig
 from ..dense import ClassesHeadSection, DenseEvalSection
 
 
@@ -21,6 +21,10 @@ class DetectionModelSection(ModelSection):
     head: DetectionHeadSection = Field(default_factory=DetectionHeadSection)
 
 
+class DetectionDataSection(DataSection):
+    dataset: str = "coco"  # without one: the task's benchmark layout
+
+
 class DetectionAugmentSection(AugmentSection):
     # large-scale jitter of the data.input_size square by a ratio in this range (0.1-2.0 in ViTDet)
     ratio_range: list[Annotated[Float, Field(gt=0)]] = Field([0.5, 2.0], min_length=2, max_length=2)
@@ -28,5 +32,6 @@ class DetectionAugmentSection(AugmentSection):
 
 class DetectionConfig(RunConfig):
     model: DetectionModelSection
+    data: DetectionDataSection = Field(default_factory=DetectionDataSection)
     augment: DetectionAugmentSection = Field(default_factory=DetectionAugmentSection)
     eval: DenseEvalSection = Field(default_factory=DenseEvalSection)

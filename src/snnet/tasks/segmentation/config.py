@@ -20,6 +20,7 @@ class SegmentationModelSection(ModelSection):
 
 
 class SegmentationDataSection(DataSection):
+    dataset: str = "ade20k"  # without one: the task's benchmark layout
     reduce_zero_label: Bool | None = None  # label 0 -> ignored, others - 1; default per dataset (ADE20K, COCO-Stuff)
     ignore_index: Int = Field(255, ge=0, le=255)
     test_resize: list[Int] | None = Field(None, min_length=2, max_length=2)  # [long, short] bound, aspect kept
