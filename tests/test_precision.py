@@ -67,3 +67,17 @@ def test_compiled_blocks_train_resume_and_keep_the_state_dict(tmp_path):
 def test_compile_takes_a_boolean():
     with pytest.raises(SNNetError, match=r"^config key 'train.compile' must be true or false, got 'fast'$"):
         load_config("quickstart", ["train.compile=fast"])
+
+
+def test_a_compiler_that_fails_is_a_one_line_error(tmp_path, monkeypatch, capsys):
+    """train.compile where torch.compile cannot compile (no C compiler, say): one line naming the key."""
+    def failing(gm, inputs):
+        raise RuntimeError("no C compiler found\ncc: command not found")
+
+    original = torch.nn.Module.compile
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: original(self, backend=failing))
+    cfg = write_config(tmp_path, train={"compile": True, "steps_per_epoch": 1})
+    assert snnet("train", "--config", str(cfg)) == 2
+    err = capsys.readouterr().err
+    assert err == ("snnet: error: train.compile: torch.compile failed (RuntimeError: no C compiler found); set "
+                   "train.compile=false\n")

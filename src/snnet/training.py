@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, DistributedSampler, IterableDataset, Su
 from ._atomic import atomic_write_text
 from .config import DataSection, RunConfig, TrainSection, dump_config
 from .distributed import DistEnv, all_reduce_sum, autocast, barrier, broadcast_buffers, grad_scaling
-from .errors import SNNetError
+from .errors import SNNetError, first_line
 from .least_squares import init_stitching_layers
 from .pretrained import load_state_checked
 from .progress import progress_bar
@@ -304,7 +304,13 @@ def fit(cfg: RunConfig, task, env: DistEnv, resume: str | None = "auto", progres
     log = EpochLog(run_dir, start) if env.is_main else None
     for r in range(start, schedule.rounds):
         lr = optimizer.param_groups[0]["lr"]
-        stats = train_one_epoch(net, task, loader, optimizer, scheduler, scaler, cfg.train, env, schedule, r, progress)
+        try:
+            stats = train_one_epoch(net, task, loader, optimizer, scheduler, scaler, cfg.train, env, schedule, r,
+                                    progress)
+        except torch._dynamo.exc.TorchDynamoException as e:  # train.compile: no compiler, or a graph it cannot take
+            cause = getattr(e, "inner_exception", None) or e
+            raise SNNetError(f"train.compile: torch.compile failed ({type(cause).__name__}: {first_line(cause)}); "
+                             f"set train.compile=false") from None
         scheduler.step(max(r + 1 - lag, 0))
         if log is not None:
             extra = {"iteration": r * schedule.round_steps + schedule.steps_in(r)} if schedule.by_iteration else {}
