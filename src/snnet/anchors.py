@@ -18,7 +18,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from .errors import SNNetError, first_line
-from .families import Family, ViTFamily, classifier_of, family_of
+from .families import Family, ViTFamily, classifier_of, family_of, name_of
 from .files import load_torch_checkpoint
 from .flops import AnchorShape
 from .rel_pos import grid_of, rel_pos_attention
@@ -177,7 +177,7 @@ def _load_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) -
     missing = [k for k in result.missing_keys if not k.startswith("head.")
                and not k.endswith("relative_position_bias_table")]
     if missing or result.unexpected_keys:
-        raise SNNetError(f"{source} does not fit {anchor_name(model)}: "
+        raise SNNetError(f"{source} does not fit {name_of(model)}: "
                          f"missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}")
     return None if file_head is None else int(file_head.shape[0])
 
@@ -231,15 +231,10 @@ def head_class_names(config: AnchorConfig) -> list[str] | None:
     return None
 
 
-def anchor_name(model: nn.Module) -> str:
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    return cfg.get("architecture") or type(model).__name__
-
-
 def anchor_config_of(model: nn.Module) -> AnchorConfig:
     """A config that rebuilds ``model``'s architecture with timm (weights are stored separately)."""
     kwargs = family_of(model).rebuild_kwargs(model)
-    return AnchorConfig(anchor_name(model), kwargs=kwargs, rel_pos_bias=grid_of(model) is not None)
+    return AnchorConfig(name_of(model), kwargs=kwargs, rel_pos_bias=grid_of(model) is not None)
 
 
 def anchor_shape(model: nn.Module) -> AnchorShape:
@@ -254,7 +249,7 @@ def anchor_depth(model: nn.Module) -> int:
 
 def _describe(model: nn.Module) -> str:
     pe = model.patch_embed
-    return (f"{anchor_name(model)} (depth {anchor_depth(model)}, width {family_of(model).width(model)}, "
+    return (f"{name_of(model)} (depth {anchor_depth(model)}, width {family_of(model).width(model)}, "
             f"patch {pe.patch_size[0]}x{pe.patch_size[1]}, grid {pe.grid_size[0]}x{pe.grid_size[1]})")
 
 
@@ -268,7 +263,7 @@ def order_anchors(anchors: list[nn.Module]) -> list[nn.Module]:
     staged = {len(family_of(a).stage_depths(a)) > 1 for a in anchors}
     if len(staged) > 1:
         raise SNNetError(f"hierarchical anchors (swin) stitch with hierarchical anchors only, got "
-                         f"{', '.join(f'{anchor_name(a)} ({family_of(a).name})' for a in anchors)}")
+                         f"{', '.join(f'{name_of(a)} ({family_of(a).name})' for a in anchors)}")
     ordered = sorted(anchors, key=lambda a: (anchor_depth(a), family_of(a).width(a)))
     small = ordered[0]
     for large in ordered[1:]:
