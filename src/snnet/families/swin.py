@@ -50,23 +50,23 @@ class SwinFamily(Family):
     @classmethod
     def block(cls, a: nn.Module, index: int) -> nn.Module:
         """Block ``index`` across the stages; a stage's first block runs after the stage's patch merging."""
-        layer, j = cls._locate(a, index)
-        merging = cls.merging(a, index)
-        return layer.blocks[j] if merging is None else nn.Sequential(merging, layer.blocks[j])
+        blk, merging = cls._locate(a, index)
+        return blk if merging is None else nn.Sequential(merging, blk)
 
     @classmethod
     def merging(cls, a: nn.Module, index: int) -> nn.Module | None:
-        layer, j = cls._locate(a, index)
-        return layer.downsample if j == 0 and not isinstance(layer.downsample, nn.Identity) else None
+        return cls._locate(a, index)[1]
 
     @staticmethod
-    def _locate(a: nn.Module, index: int) -> tuple[nn.Module, int]:
-        """(the stage, the block's index in it) of block ``index``."""
+    def _locate(a: nn.Module, index: int) -> tuple[nn.Module, nn.Module | None]:
+        """(block ``index``, the patch merging that runs before it when it starts a stage, else None)."""
+        j = index
         for layer in a.layers:
-            if index < len(layer.blocks):
-                return layer, index
-            index -= len(layer.blocks)
-        raise IndexError(f"anchor {name_of(a)} has fewer blocks than {index}")
+            if j < len(layer.blocks):
+                merges = j == 0 and not isinstance(layer.downsample, nn.Identity)
+                return layer.blocks[j], layer.downsample if merges else None
+            j -= len(layer.blocks)
+        raise IndexError(f"anchor {name_of(a)} has no block {index}")
 
     @classmethod
     def width(cls, a: nn.Module) -> int:
