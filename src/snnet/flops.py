@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, replace
 
 from .errors import SNNetError
 from .route_tree import tree_nodes
-from .stitch_space import SMALL, Step, Stitch, route_steps, route_taps, tap_layers
+from .stitch_space import SMALL, Step, Stitch, route_steps, route_taps, stage_offsets, tap_layers
 
 NORM_FLOPS_PER_ELEMENT = 5
 # operators of dense heads, as fvcore counts them (SPEC section 4)
@@ -83,14 +83,14 @@ def num_tokens(shape: AnchorShape, img_size: tuple[int, int] | None = None) -> i
     return gh * gw + shape.num_prefix_tokens
 
 
+def stage_starts(shape: AnchorShape) -> list[int]:
+    """The first block of each stage of a hierarchical anchor ([0] for a plain one)."""
+    return stage_offsets([st.depth for st in shape.stages]) or [0]
+
+
 def stage_of(shape: AnchorShape, block: int) -> int:
     """The stage a block belongs to (0 for a plain anchor)."""
-    end = 0
-    for s, stage in enumerate(shape.stages):
-        end += stage.depth
-        if block < end:
-            return s
-    return 0
+    return max(s for s, first in enumerate(stage_starts(shape)) if first <= block)
 
 
 def out_width(shape: AnchorShape) -> int:
@@ -147,7 +147,7 @@ def stage_block_flops(shape: AnchorShape, block: int, img_size: tuple[int, int] 
     tokens, window = h * w, min(st.window[0], h) * min(st.window[1], w)
     flops = tokens * (st.block_linear_macs + NORM_FLOPS_PER_ELEMENT * st.block_norm_elements)
     flops += 2 * tokens * window * st.attn_dim
-    if block == sum(x.depth for x in shape.stages[:s]):
+    if block == stage_starts(shape)[s]:
         flops += tokens * (st.merge_linear_macs + NORM_FLOPS_PER_ELEMENT * st.merge_norm_elements)
     return flops
 

@@ -162,7 +162,7 @@ def layer_counts(depths: Sequence[int], version: str = "v2",
     paired layers; SN-Net's Swin layers, stage by stage."""
     if is_hierarchical(stages):
         check_stages(stages, version)
-        return [(sum(stage_layers(f, e) for f, e in zip(lo[:-1], hi[:-1])), 0) for lo, hi in zip(stages, stages[1:])]
+        return [(len(swin_layer_stages(stages, p)), 0) for p in range(len(stages) - 1)]
     return [num_stitching_layers(depths[0], depths[0], version)] * (len(depths) - 1)
 
 
