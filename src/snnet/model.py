@@ -159,12 +159,12 @@ class SNNetBackbone(ChoosesStitches, nn.Module):
         self.layer_offsets = {d: [sum(c[k] for c in counts[:p]) for p in range(len(counts))]
                               for k, d in enumerate(("SL", "LS"))}
         dev = next(ordered[SMALL].parameters()).device  # meta anchors (FLOPs only) get meta layers
-        widths = [[(lo, hi)] * n for (lo, hi), (n, _) in zip(zip(self.widths, self.widths[1:]), counts)]
-        if is_hierarchical(self.stages):
-            widths = [[(self.shapes[p].stages[s].width, self.shapes[p + 1].stages[s].width)
-                       for s in swin_layer_stages(self.stages, p)] for p in range(len(counts))]
-        self.sl_layers = nn.ModuleList(StitchingLayer(lo, hi, lora_rank, lora_alpha, device=dev)
-                                       for pair in widths for lo, hi in pair)
+        if is_hierarchical(self.stages):  # each SL layer as wide as its stage in the two anchors
+            widths = [(self.shapes[p].stages[s].width, self.shapes[p + 1].stages[s].width)
+                      for p in range(len(counts)) for s in swin_layer_stages(self.stages, p)]
+        else:
+            widths = [(lo, hi) for (lo, hi), (n, _) in zip(zip(self.widths, self.widths[1:]), counts) for _ in range(n)]
+        self.sl_layers = nn.ModuleList(StitchingLayer(lo, hi, lora_rank, lora_alpha, device=dev) for lo, hi in widths)
         self.ls_layers = nn.ModuleList(StitchingLayer(hi, lo, lora_rank, lora_alpha, device=dev)
                                        for (lo, hi), (_, n) in zip(zip(self.widths, self.widths[1:]), counts)
                                        for _ in range(n))
