@@ -67,10 +67,12 @@ def build_datasets(data: DataSection, aug: ClassificationAugmentSection, input_s
                      if train else None)
         val = ShapesClassification("val", s.num_val, scenes, val_tf, preload=s.preload, progress=progress)
     elif data.dataset in TIMM_SOURCES:
-        names = data_class_names(data)  # both splits readable, with the same classes
         splits = splits_of(data)
+        names = wds_class_names(data) if data.dataset == "wds" else None  # a listing's, read before its shards
         train_set = timm_split(data, splits[0], train_tf, training=True) if train else None
         val = timm_split(data, splits[1], val_tf)
+        # each split read once: the others' classes come from the datasets just built
+        names = names or split_classes(data, train_set or val, val)
         return train_set, val, with_transform(train_set, val_tf) if train else None, names
     else:
         data_classes(data)  # class folders present and the same in both splits
@@ -167,6 +169,15 @@ def wds_info(data: DataSection) -> dict:
     return info
 
 
+def wds_class_names(data: DataSection) -> list[str]:
+    """A webdataset folder's classes, as its ``_info.json`` names or counts them."""
+    info = wds_info(data)
+    names = info.get("class_names") or [str(i) for i in range(int(info.get("num_classes") or 0))]
+    if not names:
+        raise SNNetError(f"{data.root}/_info.json names no classes: add \"num_classes\" (or \"class_names\")")
+    return [str(n) for n in names]
+
+
 def own_shards(dataset) -> None:
     """Give this rank every world-size-th shard of an evaluation split to read once, as a single reader: timm's
     reader would split them too, but fill every rank up to the same count by repeating samples."""
@@ -189,20 +200,23 @@ def data_class_names(data: DataSection) -> list[str]:
     """The class names of a folder or timm-read dataset, read cheaply (folder names or the dataset's index, not
     images) and checked to be the same in both splits."""
     if data.dataset == "wds":
-        info = wds_info(data)
-        names = info.get("class_names") or [str(i) for i in range(int(info.get("num_classes") or 0))]
-        if not names:
-            raise SNNetError(f"{data.root}/_info.json names no classes: add \"num_classes\" (or \"class_names\")")
-        return [str(n) for n in names]
+        return wds_class_names(data)
     if data.dataset in TIMM_SOURCES:
-        splits = splits_of(data)
-        train, val = (timm_classes(timm_split(data, split)) for split in splits)
-        first, both, what = (f"the {data.dataset} dataset {data.root}'s {splits[0]} split",
-                             f"the {data.dataset} dataset {data.root}'s {splits[0]} and {splits[1]} splits", "classes")
-    else:
-        roots = image_folder_roots(data)
-        train, val = (class_folders(r) for r in roots)
-        first, both, what = roots[0], f"{roots[0]} and {roots[1]}", "class folders"
+        return split_classes(data, *(timm_split(data, split) for split in splits_of(data)))
+    roots = image_folder_roots(data)
+    return same_classes(*(class_folders(r) for r in roots), roots[0], f"{roots[0]} and {roots[1]}", "class folders")
+
+
+def split_classes(data: DataSection, train: Dataset, val: Dataset) -> list[str]:
+    """The classes of a tar or Hugging Face dataset's two splits, checked to agree."""
+    splits = splits_of(data)
+    where = f"the {data.dataset} dataset {data.root}'s {splits[0]}"
+    return same_classes(timm_classes(train), timm_classes(val), f"{where} split", f"{where} and {splits[1]} splits",
+                        "classes")
+
+
+def same_classes(train: list[str], val: list[str], first, both: str, what: str) -> list[str]:
+    """``train``'s classes when there are some and ``val`` has the same; one line naming ``what`` differs otherwise."""
     if not train:
         raise SNNetError(f"no {what} in {first}")
     if train != val:
