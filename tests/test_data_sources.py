@@ -140,6 +140,14 @@ def test_bad_timm_sources_are_one_line_errors(sources, tmp_path):
     cfg = load_config("quickstart", ["data.dataset=wds", f"data.root={empty}"])
     with pytest.raises(SNNetError, match=r'_info\.json names no classes: add "num_classes" \(or "class_names"\)$'):
         build_datasets(cfg.data, cfg.augment, 32, (0.5,) * 3, (0.5,) * 3, False)
+    for key, value, message in (("num_classes", "abc", "must be a positive integer, got 'abc'"),
+                                ("num_classes", 0, "must be a positive integer, got 0"),
+                                ("class_names", "abc", "must be a list of the class names, got 'abc'"),
+                                ("class_names", [], "must be a list of the class names, got []")):
+        (empty / "_info.json").write_text(json.dumps({"splits": {"train": {}}, key: value}))
+        with pytest.raises(SNNetError) as e:
+            build_datasets(cfg.data, cfg.augment, 32, (0.5,) * 3, (0.5,) * 3, False)
+        assert str(e.value) == f'{empty}/_info.json: "{key}" {message}'
     with pytest.raises(SNNetError, match=r"^config: augment\.repeated_aug samples images by index; webdataset shards "):
         load_config("quickstart", ["data.dataset=wds", f"data.root={empty}", "augment.repeated_aug=3"])
     (empty / "train.tar").write_bytes(b"not a tar file")

@@ -19,6 +19,7 @@ from ...config import DataSection
 from ...data import ShapesClassification
 from ...errors import SNNetError, first_line
 from ...files import read_json
+from ...selection import is_integer
 from .._files import split_names, with_transform
 from .config import ClassificationAugmentSection, DistillationSection
 
@@ -172,10 +173,17 @@ def wds_info(data: DataSection) -> dict:
 def wds_class_names(data: DataSection) -> list[str]:
     """A webdataset folder's classes, as its ``_info.json`` names or counts them."""
     info = wds_info(data)
-    names = info.get("class_names") or [str(i) for i in range(int(info.get("num_classes") or 0))]
-    if not names:
-        raise SNNetError(f"{data.root}/_info.json names no classes: add \"num_classes\" (or \"class_names\")")
-    return [str(n) for n in names]
+    names, count = info.get("class_names"), info.get("num_classes")
+    if names is not None:
+        if not isinstance(names, list) or not names:
+            raise SNNetError(f"{data.root}/_info.json: \"class_names\" must be a list of the class names, "
+                             f"got {names!r}")
+        return [str(n) for n in names]
+    if count is not None:
+        if not is_integer(count) or count < 1:
+            raise SNNetError(f"{data.root}/_info.json: \"num_classes\" must be a positive integer, got {count!r}")
+        return [str(i) for i in range(count)]
+    raise SNNetError(f"{data.root}/_info.json names no classes: add \"num_classes\" (or \"class_names\")")
 
 
 def own_shards(dataset) -> None:
