@@ -13,8 +13,8 @@ drawing its own stitch, under the ways DDP can be told that a step leaves parame
   static_graph  - refused by DDP here: the set of used parameters changes with the stitch (not measured)
 
 Every variant runs the same seeded stitches and batches; the parameters after the last step are compared with
-find_unused's (they train the same when they agree to float32 rounding). Runs on the CPU (gloo, two processes) or
-CUDA (nccl, one process per GPU).
+find_unused's (they train the same when they agree to float32 rounding). Runs on CUDA (nccl, one process per GPU)
+where there are ``--world`` GPUs, else on the CPU (gloo, ``--world`` processes, default two).
 
     .venv/bin/python benchmarks/bench_ddp.py [--img-size 64] [--steps 8] [--batch-size 8]
 """
@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from snnet import SNNet
+from snnet.cli.parser import at_least, tcp_port
 
 VARIANTS = ("find_unused", "zero_touch", "hooks")
 BUCKET = 25 * 2**20  # bytes, DDP's default bucket_cap_mb
@@ -74,9 +75,14 @@ def all_reduce_grads(params: list[torch.nn.Parameter], world: int) -> None:
         flush()
 
 
+def on_gpus(world: int) -> bool:
+    """One GPU per process (NCCL) where there are enough of them, else the CPU (gloo)."""
+    return torch.cuda.device_count() >= world
+
+
 def run(rank: int, world: int, args, queue) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(args.port))
-    cuda = torch.cuda.is_available()
+    cuda = on_gpus(world)
     device = torch.device("cuda", rank) if cuda else torch.device("cpu")
     dist.init_process_group("nccl" if cuda else "gloo", rank=rank, world_size=world)
     torch.set_num_threads(max(1, (os.cpu_count() or 2) // world))
@@ -120,17 +126,19 @@ def run(rank: int, world: int, args, queue) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--img-size", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=8, help="timed steps per variant (after 2 warm-up steps)")
-    parser.add_argument("--batch-size", type=int, default=8, help="per rank")
-    parser.add_argument("--world", type=int, default=torch.cuda.device_count() or 2)
-    parser.add_argument("--port", type=int, default=29533)
+    parser.add_argument("--img-size", type=at_least(16), default=64, help="a multiple of DeiT3's 16-pixel patches")
+    parser.add_argument("--steps", type=at_least(1), default=8, help="timed steps per variant (after 2 warm-up steps)")
+    parser.add_argument("--batch-size", type=at_least(1), default=8, help="per rank")
+    parser.add_argument("--world", type=at_least(2), default=max(torch.cuda.device_count(), 2))
+    parser.add_argument("--port", type=tcp_port, default=29533)
     args = parser.parse_args()
+    if args.img_size % 16:
+        parser.error(f"--img-size {args.img_size} is not a multiple of DeiT3's 16-pixel patches")
     ctx = mp.get_context("spawn")
     queue = ctx.SimpleQueue()
     mp.spawn(run, args=(args.world, args, queue), nprocs=args.world, join=True)
     figures = queue.get()
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu (gloo)"
+    device = torch.cuda.get_device_name() if on_gpus(args.world) else "cpu (gloo)"
     print(f"DeiT3-S/L shapes at {args.img_size}x{args.img_size}, {args.world} x {device}, batch {args.batch_size} "
           f"per rank, median of {args.steps} steps")
     base = figures["find_unused"][0]

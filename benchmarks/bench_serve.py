@@ -40,6 +40,9 @@ parser.add_argument("--slo-headroom", type=float, default=0.7, help="the server'
 parser.add_argument("--plot", default="serve_load.png")
 parser.add_argument("--json", help="also write the figures to this JSON file (benchmarks/gpu_check.py reads it)")
 args = parser.parse_args()
+for flag, path in (("--json", args.json), ("--plot", args.plot)):
+    if path and not Path(path).resolve().parent.is_dir():  # found out now, not after the loads
+        parser.error(f"{flag} {path}: its folder does not exist")
 ENV = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "HF_HUB_OFFLINE": "1"}
 
 

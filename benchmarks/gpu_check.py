@@ -36,6 +36,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_datase
 from torch.utils.data import DataLoader
 
 import snnet
+from snnet.cli.parser import at_least
 from snnet.config import load_config
 from snnet.distributed import autocast
 from snnet.tasks.classification.data import build_datasets
@@ -44,9 +45,11 @@ from snnet.training import compile_blocks
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--tiny", action="store_true", help="tiny anchors at 32x32 (the CPU check of the script)")
 parser.add_argument("--output", default="gpu_check.json")
-parser.add_argument("--steps", type=int, default=30, help="seeded training steps per precision")
-parser.add_argument("--batch-size", type=int, default=None, help="default: 64 (8 with --tiny)")
+parser.add_argument("--steps", type=at_least(1), default=30, help="seeded training steps per precision")
+parser.add_argument("--batch-size", type=at_least(1), default=None, help="default: 64 (8 with --tiny)")
 args = parser.parse_args()
+if not Path(args.output).resolve().parent.is_dir():  # found out now, not after minutes of measuring
+    parser.error(f"--output {args.output}: its folder does not exist")
 
 device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 tiny = args.tiny or device.type == "cpu"
@@ -227,17 +230,18 @@ with tempfile.TemporaryDirectory() as tmp:
             path.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)).save(path, quality=90)
     workers = 0 if tiny else min(8, os.cpu_count() or 1)
+    loader_batch = min(batch, count // 4)  # a few batches of the folder whatever --batch-size
     cfg = load_config("imagenet_deit3_s_l", [f"data.root={tmp}", f"data.input_size={size}", f"data.workers={workers}",
-                                             f"data.batch_size={batch}"])
+                                             f"data.batch_size={loader_batch}"])
     train_set = build_datasets(cfg.data, cfg.augment, size, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD,
                                progress=False)[0]
-    ours = DataLoader(train_set, batch_size=batch, shuffle=True, num_workers=workers, drop_last=True,
+    ours = DataLoader(train_set, batch_size=loader_batch, shuffle=True, num_workers=workers, drop_last=True,
                       pin_memory=device.type == "cuda")
-    theirs = create_loader(create_dataset("", root=f"{tmp}/train"), input_size=(3, size, size), batch_size=batch,
+    theirs = create_loader(create_dataset("", root=f"{tmp}/train"), input_size=(3, size, size), batch_size=loader_batch,
                            is_training=True, use_prefetcher=device.type == "cuda", num_workers=workers,
                            re_prob=cfg.augment.reprob, color_jitter=cfg.augment.color_jitter,
                            auto_augment=cfg.augment.auto_augment, device=device, pin_memory=device.type == "cuda")
-    steps = count // batch - 1
+    steps = count // loader_batch - 1
     figures.update(loader_images_per_s_snnet=loader_images_per_s(ours, steps),
                    loader_images_per_s_timm=loader_images_per_s(theirs, steps))
 
