@@ -209,7 +209,10 @@ figures["peak_memory_mb"] = (torch.cuda.max_memory_allocated() / 2**20 if device
 # 5. the data path: snnet's training loader (the ImageNet recipe's transforms, normalised in the workers) against
 # timm's (its own training transforms with the recipe's 3-Augment and colour jitter, random-resized crops rather than
 # DeiT-3's simple crop; on CUDA its prefetcher normalises on the GPU) over one folder of JPEGs
+
+
 def loader_images_per_s(loader, batches: int) -> float:
+    """Images per second ``loader`` gives over ``batches`` batches, moved to the device, after its first."""
     it = iter(loader)
     next(it)  # workers started
     sync()

@@ -527,4 +527,3 @@ def _list_index(node: list, part: str, key: str) -> int:
 
 def dump_config(cfg: RunConfig) -> str:
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
-

@@ -27,6 +27,7 @@ from torch import nn
 from ..errors import SNNetError
 from ..flops import AnchorShape
 
+
 class Family:
     """One kind of timm ViT that snnet stitches (see the module's docstring)."""
 
