@@ -11,8 +11,9 @@ from torch import nn
 from .errors import SNNetError, first_line
 
 
-def onnx_session(path: str | Path, threads: int | None = None):
-    """An ONNX Runtime CPU session of ``path`` (``threads``: intra-op threads, default ONNX Runtime's)."""
+def onnx_session(path: str | Path, threads: int | None = None, prepacking: bool = True):
+    """An ONNX Runtime CPU session of ``path`` (``threads``: intra-op threads, default ONNX Runtime's;
+    ``prepacking``: ONNX Runtime's weight pre-packing, on by default)."""
     try:
         import onnxruntime as ort
     except ImportError:
@@ -21,6 +22,8 @@ def onnx_session(path: str | Path, threads: int | None = None):
     opts.log_severity_level = 3  # errors only: e.g. detection's outputs, whose row counts vary, draw warnings
     if threads is not None:
         opts.intra_op_num_threads = threads
+    if not prepacking:
+        opts.add_session_config_entry("session.disable_prepacking", "1")
     try:
         return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     except Exception as e:  # a damaged or foreign file: ONNX Runtime raises its own types
