@@ -8,9 +8,9 @@ depend on them). Writes its figures to a JSON file and exits 1 when a target fai
 Targets: float16 (scaled) and bfloat16 training losses within 5 % of float32's at each of the same 30 seeded steps,
 all finite; a training step of one stitch within 1.05x of the same modules run by hand; the prefix-shared walk over
 every stitch at least 2x the images/s of one stitch at a time. Informational: the large anchor trained alone in
-timm, compiled blocks against eager, peak memory, images/s of snnet's training data loader against timm's (its
-prefetcher normalising on the GPU) over the same JPEG folder, and ``benchmarks/bench_serve.py``'s figures (short
-loads; left out with ``--tiny``).
+timm, compiled blocks against eager, peak memory, images/s of snnet's training batches with and without timm's
+prefetcher (``data.prefetcher``: normalising on the GPU) over one JPEG folder, and ``benchmarks/bench_serve.py``'s
+figures (short loads; left out with ``--tiny``).
 With ``--tiny`` (and on a CPU) the speed ratios are reported, not held to their targets: they are targets for
 DeiT3-S/L shapes, where the blocks, not Python, take the time.
 """
@@ -32,15 +32,13 @@ import timm
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_dataset, create_loader
-from torch.utils.data import DataLoader
 
 import snnet
 from snnet.cli.parser import at_least
 from snnet.config import load_config
-from snnet.distributed import autocast
-from snnet.tasks.classification.data import build_datasets
-from snnet.training import compile_blocks
+from snnet.distributed import DistEnv, autocast
+from snnet.tasks import build_task
+from snnet.training import compile_blocks, make_train_loader
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--tiny", action="store_true", help="tiny anchors at 32x32 (the CPU check of the script)")
@@ -206,13 +204,13 @@ figures.update(step_ms_compiled=ms_compiled, compiled_over_eager=ms_compiled / m
 figures["peak_memory_mb"] = (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda"
                              else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
-# 5. the data path: snnet's training loader (the ImageNet recipe's transforms, normalised in the workers) against
-# timm's (its own training transforms with the recipe's 3-Augment and colour jitter, random-resized crops rather than
-# DeiT-3's simple crop; on CUDA its prefetcher normalises on the GPU) over one folder of JPEGs
+# 5. the data path: snnet's training batches (the ImageNet recipe's transforms) over one folder of JPEGs, normalised in
+# the loader's workers (data.prefetcher=false) against timm's prefetcher (true: uint8 batches copied to the device
+# beside the step and normalised and erased there; the default on CUDA)
 
 
 def loader_images_per_s(loader, batches: int) -> float:
-    """Images per second ``loader`` gives over ``batches`` batches, moved to the device, after its first."""
+    """Images per second ``loader`` gives over ``batches`` batches, on the device, after its first."""
     it = iter(loader)
     next(it)  # workers started
     sync()
@@ -234,19 +232,20 @@ with tempfile.TemporaryDirectory() as tmp:
             Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)).save(path, quality=90)
     workers = 0 if tiny else min(8, os.cpu_count() or 1)
     loader_batch = min(batch, count // 4)  # a few batches of the folder whatever --batch-size
-    cfg = load_config("imagenet_deit3_s_l", [f"data.root={tmp}", f"data.input_size={size}", f"data.workers={workers}",
-                                             f"data.batch_size={loader_batch}"])
-    train_set = build_datasets(cfg.data, cfg.augment, size, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD,
-                               progress=False)[0]
-    ours = DataLoader(train_set, batch_size=loader_batch, shuffle=True, num_workers=workers, drop_last=True,
-                      pin_memory=device.type == "cuda")
-    theirs = create_loader(create_dataset("", root=f"{tmp}/train"), input_size=(3, size, size), batch_size=loader_batch,
-                           is_training=True, use_prefetcher=device.type == "cuda", num_workers=workers,
-                           re_prob=cfg.augment.reprob, color_jitter=cfg.augment.color_jitter,
-                           auto_augment=cfg.augment.auto_augment, device=device, pin_memory=device.type == "cuda")
     steps = count // loader_batch - 1
-    figures.update(loader_images_per_s_snnet=loader_images_per_s(ours, steps),
-                   loader_images_per_s_timm=loader_images_per_s(theirs, steps))
+    env = DistEnv(0, 1, 0, device)
+    for prefetcher in ("false", "true"):
+        cfg = load_config("imagenet_deit3_s_l", [f"data.root={tmp}", f"data.input_size={size}",
+                                                 f"data.workers={workers}", f"data.batch_size={loader_batch}",
+                                                 f"data.prefetcher={prefetcher}", "model.anchors.0.pretrained=false",
+                                                 "model.anchors.1.pretrained=false"])
+        task = build_task(cfg, progress=False)
+        batches = task.training_batches(lambda dataset, collate: make_train_loader(
+            dataset, cfg.data, 1, 0, env, collate), device)
+        batches.sampler.set_epoch(0)
+        figures[f"loader_images_per_s_prefetcher_{prefetcher}"] = loader_images_per_s(batches, steps)
+    figures["loader_prefetcher_speedup"] = (figures["loader_images_per_s_prefetcher_true"]
+                                            / figures["loader_images_per_s_prefetcher_false"])
 
 # 6. serving: bench_serve.py's figures, short loads
 if not tiny and importlib.util.find_spec("fastapi") is not None:

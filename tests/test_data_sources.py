@@ -4,6 +4,7 @@ them; bad input."""
 import hashlib
 import io
 import json
+import random
 import tarfile
 from pathlib import Path
 
@@ -189,3 +190,66 @@ def test_loader_workers_split_the_shards_after_the_least_squares_pass(sources):
                   for xs, ys in loader for x, y in zip(xs, ys))
     folder_cfg = load_config("quickstart", ["data.dataset=imagefolder", f"data.root={sources['imagefolder']}"])
     assert seen == contents(build_datasets(folder_cfg.data, cfg.augment, 32, (0.5,) * 3, (0.5,) * 3, False)[2])
+
+
+def batches(cfg, seed: int = 0) -> tuple[object, list]:
+    """The training loop's batches of one epoch, as ``fit`` reads them on the CPU, after seeding the augmentations'
+    generators (torch's and Python's)."""
+    from snnet.tasks import build_task
+
+    task = build_task(cfg, progress=False)
+    env = DistEnv(0, 1, 0, torch.device("cpu"))
+    loader = task.training_batches(lambda dataset, collate: make_train_loader(dataset, cfg.data, 1, 0, env, collate),
+                                   env.device)
+    shuffled = loader.dataset if isinstance(loader.dataset, IterableDataset) else loader.sampler
+    shuffled.set_epoch(0)
+    torch.manual_seed(seed)
+    random.seed(seed)
+    return loader, list(loader)
+
+
+def test_timms_prefetcher_gives_the_batches_normalised_on_the_device(sources):
+    """data.prefetcher: uint8 images from the workers, normalised by timm's PrefetchLoader: the same batches as the
+    workers' own normalisation (to float rounding), from a folder and from streamed shards; on by default on CUDA
+    only; random erasing moves to the device."""
+    from timm.data.loader import PrefetchLoader
+
+    for source in ("imagefolder", "wds"):
+        common = [f"data.dataset={source}", f"data.root={sources[source]}", "data.batch_size=4", "data.workers=0",
+                  "augment.crop=simple", "augment.auto_augment=3a", "augment.reprob=0", "augment.mixup=0",
+                  "augment.cutmix=0"]
+        plain_loader, plain = batches(load_config("quickstart", common + ["data.prefetcher=false"]))
+        auto_loader, auto = batches(load_config("quickstart", common))  # auto: the CPU keeps the plain loader
+        loader, fetched = batches(load_config("quickstart", common + ["data.prefetcher=true"]))
+        assert not isinstance(plain_loader, PrefetchLoader) and not isinstance(auto_loader, PrefetchLoader)
+        assert isinstance(loader, PrefetchLoader) and len(loader) == len(plain_loader)
+        assert len(fetched) == len(plain) == len(auto) >= 2
+        for (x, y), (x_plain, y_plain), (x_auto, _) in zip(fetched, plain, auto):
+            assert x.dtype == torch.float32 and x.shape == x_plain.shape and torch.equal(y, y_plain)
+            assert torch.equal(x_auto, x_plain)
+            assert (x - x_plain).abs().max() < 1e-6 and x.std() > 0.1, source  # real images, not zeros
+    erased = ["data.dataset=imagefolder", f"data.root={sources['imagefolder']}", "data.batch_size=4",
+              "data.workers=0", "augment.reprob=1", "data.prefetcher=true"]
+    loader, fetched = batches(load_config("quickstart", erased))
+    assert loader.random_erasing is not None
+    # every image has its erased box: constant erasing sets it to zero after normalisation
+    assert all(bool((x == 0).flatten(1).any(dim=1).all()) for x, _ in fetched)
+    _, kept = batches(load_config("quickstart", erased[:-2] + ["augment.reprob=0", "data.prefetcher=true"]))
+    assert not any(bool((x == 0).any()) for x, _ in kept)
+
+
+def test_snnet_trains_through_the_prefetcher_and_resumes(tmp_path):
+    cfg = write_config(tmp_path, data={"prefetcher": True}, augment={"reprob": 0.25},
+                       train={"epochs": 1, "steps_per_epoch": 2, "init_images": 16})
+    assert snnet("train", "--config", str(cfg)) == 0
+    assert snnet("train", "--config", str(cfg), "train.epochs=2") == 0
+    log = read_jsonl(tmp_path / "run" / "log.jsonl")
+    assert [r["epoch"] for r in log] == [0, 1] and all(np.isfinite(r["train_loss"]) for r in log)
+
+
+def test_the_prefetcher_key_takes_auto_true_or_false():
+    with pytest.raises(SNNetError) as e:
+        load_config("quickstart", ["data.prefetcher=maybe"])
+    assert str(e.value) == "config key 'data.prefetcher' must be auto, true or false, got 'maybe'"
+    with pytest.raises(SNNetError, match=r"^config key 'data.prefetcher' belongs to classification: a depth run "):
+        load_config("quickstart_depth", ["data.prefetcher=true"])

@@ -20,6 +20,7 @@ def test_the_gpu_check_runs_on_the_cpu_and_writes_its_figures(tmp_path):
     assert sorted(figures["losses"]) == ["bfloat16", "float32"] and all(len(v) == 5 for v in figures["losses"].values())
     assert figures["bfloat16_worst_relative_loss_difference"] <= 0.05
     for key in ("step_ms_stitch", "step_ms_by_hand", "step_ms_large_anchor_timm", "eval_images_per_s_shared",
-                "eval_images_per_s_one_at_a_time", "step_ms_compiled", "peak_memory_mb"):
+                "eval_images_per_s_one_at_a_time", "step_ms_compiled", "peak_memory_mb",
+                "loader_images_per_s_prefetcher_false", "loader_images_per_s_prefetcher_true"):
         assert figures[key] > 0, key
     assert "all targets met" in done.stdout

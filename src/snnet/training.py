@@ -266,8 +266,8 @@ def fit(cfg: RunConfig, task, env: DistEnv, resume: str | None = "auto", progres
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = create_optimizer(model, cfg.train, env.device)
-    loader = make_train_loader(task.train_set, cfg.data, cfg.augment.repeated_aug, cfg.train.seed, env,
-                               task.train_collate)
+    loader = task.training_batches(lambda dataset, collate: make_train_loader(
+        dataset, cfg.data, cfg.augment.repeated_aug, cfg.train.seed, env, collate), env.device)
     schedule = Schedule(cfg.train, len(loader))
     scheduler = create_scheduler(optimizer, cfg.train, schedule)
     scaler = torch.amp.GradScaler(env.device.type, enabled=grad_scaling(env.device, cfg.train.amp, cfg.train.amp_dtype))

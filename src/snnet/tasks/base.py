@@ -4,8 +4,8 @@ A task is a ``Task`` subclass registered with ``@register_task``. Its class attr
 *spec*: what the config schema, the commands, the demo and the Hub card ask of it, answered without reading any
 data. An instance holds one run's datasets and what the loop calls on them:
 
-- training: ``train_set`` (batches through ``train_collate``), ``training_loss`` per step, ``init_set`` for the
-  least-squares start;
+- training: ``train_set`` (batches through ``train_collate``, read by ``training_batches``), ``training_loss`` per
+  step, ``init_set`` for the least-squares start;
 - evaluation, per stitch: ``eval_batch`` gives each batch's state (states add with ``+``: a tensor of sums, or a
   list of records), ``reduce`` combines one rank's total across ranks, ``finalize`` turns it into metrics;
   ``report`` writes the task's files beside the results table.
@@ -13,7 +13,7 @@ data. An instance holds one run's datasets and what the loop calls on them:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar, Iterable
 
 import numpy as np
 import torch
@@ -155,6 +155,11 @@ class Task:
         raise SNNetError(f"the demo has no view of {cls.name} answers: define {cls.__name__}.answer")
 
     # ---- the loop -----------------------------------------------------------------------------------------------
+    def training_batches(self, make_loader: Callable[[Any, Any], Any], device: torch.device) -> Iterable:
+        """The training loop's batches: ``make_loader(dataset, collate)`` over ``train_set`` and ``train_collate``
+        (a task may read them another way, such as classification through timm's prefetcher)."""
+        return make_loader(self.train_set, self.train_collate)
+
     def training_loss(self, model, batch, device: torch.device, step: int = 0) -> torch.Tensor:
         """The loss of one training batch (``step``: the global step, for losses that change over training)."""
         raise NotImplementedError

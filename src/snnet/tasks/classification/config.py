@@ -1,18 +1,31 @@
 """Classification's config keys: the anchors' heads, timm's augmentations, distillation from a teacher."""
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import timm
-from pydantic import Field, field_validator
+from pydantic import BeforeValidator, Field, field_validator
 from timm.data import create_transform
 
-from ...config import AugmentSection, Bool, Float, ModelSection, Probability, RunConfig, Section, TrainSection
+from ...config import (AugmentSection, Bool, DataSection, Float, ModelSection, Probability, RunConfig, Section,
+                       TrainSection)
 
 
 class ClassificationModelSection(ModelSection):
     # train new classifier heads when the data's classes differ from the anchors' heads
     replace_head: Bool = False
+
+
+def _auto_or_bool(value):
+    if value != "auto" and not isinstance(value, bool):
+        raise ValueError(f"must be auto, true or false, got {value!r}")
+    return value
+
+
+class ClassificationDataSection(DataSection):
+    # timm's prefetcher: training batches go to the device as uint8 and are normalised (and randomly erased) there,
+    # the next batch's copy overlapping the step; "auto": on CUDA, as timm's train.py; true also on the CPU
+    prefetcher: Annotated[bool | str, BeforeValidator(_auto_or_bool)] = "auto"
 
 
 class ClassificationAugmentSection(AugmentSection):
@@ -62,5 +75,6 @@ class ClassificationTrainSection(TrainSection):
 
 class ClassificationConfig(RunConfig):
     model: ClassificationModelSection
+    data: ClassificationDataSection = Field(default_factory=ClassificationDataSection)
     augment: ClassificationAugmentSection = Field(default_factory=ClassificationAugmentSection)
     train: ClassificationTrainSection = Field(default_factory=ClassificationTrainSection)

@@ -32,15 +32,17 @@ def _read_rgb(path: str) -> Image.Image:
         raise SNNetError(f"cannot read image {path}: {type(e).__name__}") from None
 
 
-def build_transform(aug: ClassificationAugmentSection, interp: str, train: bool, input_size: int, mean, std):
+def build_transform(aug: ClassificationAugmentSection, interp: str, train: bool, input_size: int, mean, std,
+                    prefetch: bool = False):
     """timm's ImageNet pipelines (``interp``: ``data.interpolation``); ``crop: simple`` is DeiT-3's resize + padded
-    random crop."""
+    random crop. ``prefetch``: uint8 tensors out, for timm's prefetcher to normalise and erase on the device."""
     if not train:
         return create_transform(input_size, is_training=False, crop_pct=aug.eval_crop_ratio,
                                 interpolation=interp, mean=mean, std=std)
     primary, secondary, final = create_transform(
         input_size, is_training=True, hflip=aug.hflip, color_jitter=aug.color_jitter or None,
-        auto_augment=aug.auto_augment, re_prob=aug.reprob, interpolation=interp, mean=mean, std=std, separate=True)
+        auto_augment=aug.auto_augment, re_prob=aug.reprob, interpolation=interp, mean=mean, std=std, separate=True,
+        use_prefetcher=prefetch)
     mode = T.InterpolationMode(interp)
     if aug.crop == "simple":
         primary = T.Compose([T.Resize(input_size, interpolation=mode),

@@ -6,13 +6,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from timm.data import Mixup
+from timm.data.loader import PrefetchLoader, fast_collate
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
 from ...anchors import AnchorConfig, head_class_names, head_classes
 from ...config import RunConfig
 from ...data.scenes import SHAPES
 from ...errors import SNNetError
-from .._files import split_names
+from .._files import split_names, with_transform
 from ..base import Task, register_task
 from .config import ClassificationConfig
 from .data import (TIMM_SOURCES, build_datasets, build_teacher, build_transform, class_folders, data_class_names,
@@ -134,6 +135,17 @@ class ClassificationTask(Task):
         self.teacher = None
         if self.distillation is not None:
             self.teacher = build_teacher(self.distillation, self.num_classes)
+
+    def training_batches(self, make_loader, device: torch.device):
+        """With ``data.prefetcher`` (by default on CUDA): the training images leave the workers as uint8 tensors,
+        and timm's ``PrefetchLoader`` copies each batch to the device while the step before runs, then normalises
+        and randomly erases it there (``augment.reprob``) instead of in the workers."""
+        data, aug = self.cfg.data, self.cfg.augment
+        if not (data.prefetcher is True or data.prefetcher == "auto" and device.type == "cuda"):
+            return super().training_batches(make_loader, device)
+        transform = build_transform(aug, data.interpolation, True, self.input_size, self.mean, self.std, prefetch=True)
+        loader = make_loader(with_transform(self.train_set, transform), fast_collate)
+        return PrefetchLoader(loader, self.mean, self.std, device=device, re_prob=aug.reprob)
 
     def training_loss(self, model, batch, device: torch.device, step: int = 0) -> torch.Tensor:
         images, targets = (t.to(device, non_blocking=True) for t in batch)
