@@ -18,6 +18,7 @@ from snnet.cli import main
 from snnet.families import FAMILIES, EvaFamily, SigLIPFamily, SwinFamily, ViTFamily, family_of, register_family
 from snnet.flops import stitch_flops
 from snnet.runtime import onnx_session
+from snnet.tasks.depth.heads import DPTHead
 from snnet.tasks.depth.model import fit_to_patches
 from snnet.stitch_space import LayerRef, Segment, Stitch, route_steps
 
@@ -334,3 +335,41 @@ def test_timms_pretrained_names_load_from_the_hub_cache_offline(tmp_path, monkey
     x = torch.randn(2, 3, *source.patch_embed.img_size, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         torch.testing.assert_close(anchor(x), source(x), rtol=0, atol=0)
+
+
+def test_depth_on_siglip_anchors_reads_taps_without_a_class_token(tmp_path):
+    """SigLIP has no class token: DPT reads its taps as they are (readout "ignore"), one readout linear fewer per
+    tap in the parameters and FLOPs; the model trains, evaluates and exports."""
+    head = {"channels": 8, "max_depth": 25.0, "reassemble_channels": [8, 8, 16, 16]}
+    run = family_run(tmp_path, "vit_base_patch16_siglip_224", task="depth", train={"epochs": 1},
+                     model={"out_indices": [1, 3, 4, 5], "head": head})
+    model = from_pretrained(run / "model").eval()
+    rows = [json.loads(line) for line in (run / "results.jsonl").read_text().splitlines()]
+    assert [r["stitch_id"] for r in rows] == model.stitch_ids and all(np.isfinite(r["rmse"]) for r in rows)
+    dpt = model.decode_head
+    assert dpt.readout is False and all(r.readout is None for r in dpt.reassemble)
+    with_readout = DPTHead(dpt.width, dpt.channels, dpt.min_depth, dpt.reassemble_channels)
+    grid = (IMG // 8, IMG // 8)
+    readouts = 4 * (2 * 48 * 48 + 48)  # a Linear(2C, C) per tap, C = 48
+    assert sum(p.numel() for p in with_readout.parameters()) - sum(p.numel() for p in dpt.parameters()) == readouts
+    assert with_readout.flops(grid) - dpt.flops(grid) == 4 * grid[0] * grid[1] * 2 * 48 * 48
+    x, sid = images(2), model.stitch_ids[-1]
+    out = tmp_path / "stitch.onnx"
+    assert main(["export", "--checkpoint", str(run), "--stitch", str(sid), "--format", "onnx", "--output", str(out),
+                 "--no-progress"]) == 0
+    with torch.no_grad():
+        np.testing.assert_allclose(onnx_session(out).run(None, {"images": x.numpy()})[0],
+                                   model.select(sid)(x).numpy(), rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("family", ["eva02", "siglip"])
+@pytest.mark.parametrize("task, model", [
+    ("segmentation", {"out_indices": [1, 3, 4, 5], "head": {"channels": 8}}),
+    ("detection", {"out_indices": [5], "head": {"channels": 8, "roi_channels": 8, "detections": 10}}),
+])
+def test_segmentation_and_detection_train_on_each_family(tmp_path, family, task, model):
+    data = {"input_size": 64} if task == "detection" else {}  # the task's default is 1024
+    run = family_run(tmp_path, FAMILY_PAIRS[family][0], task=task, model=model, data=data)
+    net = from_pretrained(run / "model").eval()
+    rows = [json.loads(line) for line in (run / "results.jsonl").read_text().splitlines()]
+    assert [r["stitch_id"] for r in rows] == net.stitch_ids

@@ -22,19 +22,24 @@ def _resize_layer(level: int, channels: int) -> nn.Module:
 
 
 class Reassemble(nn.Module):
-    """One tap (B, C, h, w) and its class token (B, C) -> a feature map of ``out_channels`` at its level's scale."""
+    """One tap (B, C, h, w) and its class token (B, C) -> a feature map of ``out_channels`` at its level's scale.
+    Without ``readout`` (anchors without a class token, such as SigLIP's) the tap is read as it is: DPT's readout
+    "ignore"."""
 
-    def __init__(self, level: int, width: int, out_channels: int) -> None:
+    def __init__(self, level: int, width: int, out_channels: int, readout: bool = True) -> None:
         super().__init__()
-        self.readout = nn.Sequential(nn.Linear(2 * width, width), nn.GELU())  # readout "project"
+        # readout "project"
+        self.readout = nn.Sequential(nn.Linear(2 * width, width), nn.GELU()) if readout else None
         self.project = init_conv_module(nn.Conv2d(width, out_channels, 1))
         self.resize = _resize_layer(level, out_channels)
 
-    def forward(self, x: torch.Tensor, cls_token: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = x.shape
-        tokens = x.flatten(2).transpose(1, 2)  # (B, hw, C)
-        tokens = self.readout(torch.cat([tokens, cls_token[:, None].expand_as(tokens)], dim=-1))
-        return self.resize(self.project(tokens.transpose(1, 2).reshape(b, c, h, w)))
+    def forward(self, x: torch.Tensor, cls_token: torch.Tensor | None) -> torch.Tensor:
+        if self.readout is not None:
+            b, c, h, w = x.shape
+            tokens = x.flatten(2).transpose(1, 2)  # (B, hw, C)
+            tokens = self.readout(torch.cat([tokens, cls_token[:, None].expand_as(tokens)], dim=-1))
+            x = tokens.transpose(1, 2).reshape(b, c, h, w)
+        return self.resize(self.project(x))
 
 
 class ResidualUnit(nn.Module):
@@ -71,14 +76,15 @@ class FusionBlock(nn.Module):
 
 class DPTHead(nn.Module):
     """Four taps with class tokens on an (h, w) token grid -> depth ``ReLU(x) + min_depth``, (B, 1, 16h, 16w):
-    the input size for 16-pixel patches."""
+    the input size for 16-pixel patches. ``readout=False``: taps without class tokens (readout "ignore")."""
 
     def __init__(self, width: int, channels: int = 256, min_depth: float = 1e-3,
-                 reassemble_channels: tuple[int, ...] = REASSEMBLE_CHANNELS) -> None:
+                 reassemble_channels: tuple[int, ...] = REASSEMBLE_CHANNELS, readout: bool = True) -> None:
         super().__init__()
-        self.width, self.channels, self.min_depth = width, channels, min_depth
+        self.width, self.channels, self.min_depth, self.readout = width, channels, min_depth, readout
         self.reassemble_channels = tuple(reassemble_channels)
-        self.reassemble = nn.ModuleList(Reassemble(i, width, c) for i, c in enumerate(self.reassemble_channels))
+        self.reassemble = nn.ModuleList(Reassemble(i, width, c, readout)
+                                        for i, c in enumerate(self.reassemble_channels))
         self.convs = nn.ModuleList(init_conv_module(nn.Conv2d(c, channels, 3, padding=1, bias=False))
                                    for c in self.reassemble_channels)
         self.fusion = nn.ModuleList(FusionBlock(channels, with_skip=i > 0) for i in range(len(self.reassemble_channels)))
@@ -87,8 +93,8 @@ class DPTHead(nn.Module):
         self.depth_conv2 = nn.Conv2d(channels // 2, 32, 3, padding=1)
         self.depth_conv3 = nn.Conv2d(32, 1, 1)
 
-    def forward(self, taps: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-        """``taps``: (map (B, C, h, w), class token (B, C)) per level, shallow to deep -> (B, 1, H', W')."""
+    def forward(self, taps: list[tuple[torch.Tensor, torch.Tensor | None]]) -> torch.Tensor:
+        """``taps``: (map (B, C, h, w), class token (B, C) or None) per level, shallow to deep -> (B, 1, H', W')."""
         x = [conv(block(f, cls)) for block, conv, (f, cls) in zip(self.reassemble, self.convs, taps)]
         out = self.fusion[0](x[-1])
         for i in range(1, len(self.fusion)):
@@ -104,7 +110,7 @@ class DPTHead(nn.Module):
         c, ch = self.width, self.channels
         flops, sizes = 0, []
         for i, out in enumerate(self.reassemble_channels):
-            flops += h * w * 2 * c * c + conv_flops((h, w), c, out)  # readout linear, 1x1 projection
+            flops += h * w * 2 * c * c * self.readout + conv_flops((h, w), c, out)  # readout linear, 1x1 projection
             if i == 0:
                 flops += conv_flops((h, w), out, out, 4)
                 size = (4 * h, 4 * w)

@@ -36,7 +36,9 @@ class DepthModel(DenseModel):
         if len(backbone.out_indices) != len(REASSEMBLE_CHANNELS):
             raise SNNetError(f"DPT reads {len(REASSEMBLE_CHANNELS)} taps: model.out_indices has "
                              f"{len(backbone.out_indices)} ({backbone.out_indices})")
-        self.decode_head = DPTHead(backbone.widths[-1], channels, min_depth, reassemble_channels)
+        # DPT's readout merges each tap's class token into its patch tokens; anchors without one are read as they are
+        classes = backbone.families[-1].prefix_layout(backbone.anchors[-1])[0]
+        self.decode_head = DPTHead(backbone.widths[-1], channels, min_depth, reassemble_channels, readout=classes > 0)
         self.min_depth, self.max_depth = min_depth, max_depth
 
     @property
@@ -62,7 +64,8 @@ class DepthModel(DenseModel):
             if size != tuple(x.shape[-2:]):
                 x_in = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
         taps = self.features(x_in, return_prefix_tokens=True)  # all four
-        depth = self.decode_head([(f, prefix[:, 0]) for f, prefix in taps])  # the class token of each tap
+        # the class token of each tap (the first prefix token), where the anchors have one
+        depth = self.decode_head([(f, prefix[:, 0] if self.decode_head.readout else None) for f, prefix in taps])
         if not self.training:  # the reference clamps test predictions (so before the flip average too)
             depth = depth.clamp(self.min_depth, self.max_depth)
         return F.interpolate(depth, size=x.shape[-2:], mode="bilinear", align_corners=False)
