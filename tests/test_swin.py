@@ -226,7 +226,7 @@ def test_what_swin_networks_refuse_is_one_line(anchors, build, message):
 
 def test_snnet_train_eval_and_export_a_swin_network(tmp_path):
     """The commands on tiny Swin-T/S-shaped anchors: least squares, training, every stitch evaluated, one stitch
-    and the whole network exported to ONNX, each equal to eager."""
+    and the whole network exported to ONNX, each equal to eager; int8 export, profile and the demo's answer."""
     kwargs = [dict(img_size=32, patch_size=2, window_size=4, embed_dim=16, depths=d, num_heads=[1, 2, 2, 4],
                    num_classes=10) for d in ([2, 2, 2, 2], [2, 2, 4, 2])]
     cfg = {"model": {"version": "sn-net", "anchors": [{"name": SWIN, "kwargs": k} for k in kwargs]},
@@ -261,3 +261,28 @@ def test_snnet_train_eval_and_export_a_swin_network(tmp_path):
             expected = model.select(sid)(x).numpy()
         got = session.run(None, {"images": x.numpy(), "stitch_id": np.array(sid, np.int64)})[0]
         np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
+    # int8 (dynamic) of a stitch: its file near the float32 stitch; profile times every stitch (each int8 export
+    # takes seconds here: their timing, as the demo's int8 answer, runs the same export)
+    int8 = tmp_path / "s5_int8.onnx"
+    assert main(["export", "--checkpoint", str(run), "--stitch", "5", "--format", "onnx", "--output", str(int8),
+                 "--quantize", "int8", "--no-progress"]) == 0
+    with torch.no_grad():
+        fp32 = model.select(5)(x).numpy()
+    q = onnx_session(int8).run(None, {"images": x.numpy()})[0]
+    assert np.linalg.norm(q - fp32) < 0.1 * np.linalg.norm(fp32)
+    assert main(["profile", "--run", str(run), "--repeats", "2", "--warmup", "1", "--no-progress"]) == 0
+    rows = [json.loads(line) for line in (run / "results.jsonl").read_text().splitlines()]
+    assert [r["stitch_id"] for r in rows] == model.stitch_ids and all(r["latency_ms"] > 0 for r in rows)
+    # the demo's answer: the top-5 classes of the stitch it chose, its probabilities
+    from PIL import Image
+
+    from snnet.demo import DemoRun
+
+    demo = DemoRun(run)
+    image = Image.fromarray((np.random.default_rng(0).random((32, 32, 3)) * 255).astype(np.uint8))
+    answer = demo.predict(image, 4)
+    with torch.no_grad():
+        probs = model.select(4)(demo.transform(image)[None]).softmax(-1)[0]
+    top = probs.topk(5)
+    assert list(answer) == [demo.classes[i] for i in top.indices]
+    np.testing.assert_allclose(list(answer.values()), top.values.numpy(), rtol=0, atol=1e-6)
