@@ -2,6 +2,7 @@
 table (no timing assertions), the Open Inference Protocol in-process (every stitch equal to eager PyTorch, the
 one-file ONNX too, the budget parameters, the bad requests and their status codes, metrics), and a real server on a
 loopback port called by tritonclient, stopped by SIGTERM."""
+import base64
 import json
 import signal
 import subprocess
@@ -447,3 +448,38 @@ def test_max_replicas_autoscales_between_the_two_counts():
 def test_max_replicas_without_replicas_is_one_line(run, capsys, extra, message):
     assert snnet("serve", "--checkpoint", str(run), *extra) == 2
     assert capsys.readouterr().err.strip() == f"snnet: error: {message}"
+
+
+@pytest.mark.parametrize("config", ["quickstart_segmentation", "quickstart_depth"])
+def test_the_image_endpoint_answers_dense_runs_with_a_png(config, tmp_path):
+    """Segmentation and depth answer an uploaded image with the demo's picture as a PNG (it was a 500: the tasks
+    draw in floats, which PIL does not write) and its legend."""
+    from io import BytesIO
+
+    from PIL import Image
+
+    from snnet import build_model, load_config
+    from snnet.demo import DemoRun
+
+    torch.manual_seed(0)
+    build_model(load_config(config), load_weights=False).eval().save_pretrained(tmp_path / "model")
+    served = Served(str(tmp_path / "model"))
+    client, scheduler = _client(served)
+    try:
+        png = BytesIO()
+        Image.fromarray(np.full((40, 50, 3), 90, np.uint8)).save(png, format="PNG")
+        sid = served.model.stitch_ids[2]
+        reply = client.post(f"/v2/models/snnet/image?stitch_id={sid}", content=png.getvalue())
+        assert reply.status_code == 200, reply.text
+        body = reply.json()
+        assert body["stitch_id"] == sid and body["summary"]
+        picture = np.asarray(Image.open(BytesIO(base64.b64decode(body["png_base64"]))))
+        # the demo's picture of the same answer (floats in [0, 1]), as 8-bit RGB
+        (tmp_path / "results.jsonl").write_text("".join(json.dumps(
+            {"stitch_id": s.id, "kind": s.kind, "route": s.describe(), "flops": 1, "gflops": 1e-9,
+             served.model.primary_metric: 1.0}) + "\n" for s in served.model.stitches))
+        shown, legend = DemoRun(tmp_path).predict(Image.open(BytesIO(png.getvalue())), sid)
+        assert picture.dtype == np.uint8 and picture.shape == shown.shape and legend == body["summary"]
+        assert np.abs(picture.astype(float) - np.round(shown * 255)).max() <= 1
+    finally:
+        scheduler.stop()

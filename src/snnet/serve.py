@@ -434,8 +434,11 @@ class Served:
             return {"top5": result}
 
         picture, legend = result if isinstance(result, tuple) else (result, "")
+        picture = np.asarray(picture)
+        if picture.dtype != np.uint8:  # the tasks draw in floats in [0, 1], as the demo shows them
+            picture = (np.clip(picture, 0, 1) * 255).round().astype(np.uint8)
         buf = io.BytesIO()
-        Image.fromarray(np.asarray(picture)).save(buf, format="PNG")
+        Image.fromarray(picture).save(buf, format="PNG")
         return {"png_base64": base64.b64encode(buf.getvalue()).decode(), "summary": legend}
 
 
