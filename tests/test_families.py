@@ -368,8 +368,26 @@ def test_depth_on_siglip_anchors_reads_taps_without_a_class_token(tmp_path):
     ("detection", {"out_indices": [5], "head": {"channels": 8, "roi_channels": 8, "detections": 10}}),
 ])
 def test_segmentation_and_detection_train_on_each_family(tmp_path, family, task, model):
+    """Both tasks train and evaluate on EVA02 and SigLIP anchors; a detection stitch's ONNX file gives the model's
+    detections (its position table resized once to the square the images are padded to: TorchScript's ONNX
+    exporter cannot write timm's antialiased resize)."""
+    from snnet.export import export_stitch
+    from snnet.runtime import OnnxStitch
+
     data = {"input_size": 64} if task == "detection" else {}  # the task's default is 1024
     run = family_run(tmp_path, FAMILY_PAIRS[family][0], task=task, model=model, data=data)
     net = from_pretrained(run / "model").eval()
     rows = [json.loads(line) for line in (run / "results.jsonl").read_text().splitlines()]
     assert [r["stitch_id"] for r in rows] == net.stitch_ids
+    if task == "detection":
+        net.detector.roi_heads.score_thresh = 0.0  # every detection kept, to compare them all
+        torch.manual_seed(1)
+        pictures = [torch.randn(3, 64, 64), torch.randn(3, 48, 80)]  # the second fitted and padded inside
+        sid = net.stitch_ids[-1]
+        with torch.no_grad():
+            expected = net.select(sid)(pictures)
+        path = export_stitch(net, sid, "onnx", tmp_path / "d.onnx", (64, 64))[0]
+        for got, exp in zip(OnnxStitch(path)(pictures), expected):
+            assert got["boxes"].shape == exp["boxes"].shape == (10, 4) and torch.equal(got["labels"], exp["labels"])
+            for key in ("boxes", "scores", "masks"):
+                torch.testing.assert_close(got[key], exp[key], atol=1e-4, rtol=0)

@@ -25,7 +25,7 @@ from torch.utils.data import IterableDataset
 from ._atomic import atomic_path, immediately, together
 from .errors import SNNetError, first_line
 from .files import read_json, read_safetensors
-from .model import TaskModel
+from .model import StitchNet, TaskModel
 from .onnx_network import NetworkGraph, needs_external_data, save_network
 from .pretrained import load_state_checked, model_from_config, saved_config
 from .progress import progress_bar
@@ -111,6 +111,9 @@ def export_stitch(model: TaskModel, stitch_id: int, fmt: str, output: str | Path
                 warnings.simplefilter("ignore", FutureWarning)
                 torch.jit.trace(net, example, check_trace=False).save(str(tmp))
         else:
+            for m in net.modules():  # one input size (detection: the square it pads to): one position table
+                if isinstance(m, StitchNet):
+                    m.fix_position(img_size)
             onnx_in = (_OneImage(net, out[0]), example[0]) if lists else (net, example)
             if not quantize:
                 _onnx(*onnx_in, tmp)

@@ -523,6 +523,7 @@ class StitchNet(nn.Module):
         used = sorted(set(self.step_anchors) - {-1})
         sources = {a: net.families[a].context_source(net.anchors[a]) for a in used}
         self.context_sources = nn.ModuleDict({str(a): copy.deepcopy(m) for a, m in sources.items() if m is not None})
+        self.fixed_contexts: dict[int, Any] | None = None  # fix_position's: each anchor's for one input size
         self.first_anchor = s.first_anchor
         # dense taps: step -> (the positions in out_indices it gives, the projections that bring it to the largest
         # width, in order: none for the largest anchor's taps)
@@ -542,6 +543,23 @@ class StitchNet(nn.Module):
     def patch_size(self) -> tuple[int, int]:
         return tuple(self.embed.patch_embed.patch_size)
 
+    @torch.no_grad()
+    def fix_position(self, img_size: tuple[int, int]) -> "StitchNet":
+        """In place, for inputs of ``img_size`` only: the first anchor's position table resized once to that grid
+        and every anchor's block context (rotary embeddings) computed once, so that an exporter writes them as
+        constants rather than operations run on every call (TorchScript's ONNX exporter cannot write timm's
+        antialiased resize at all, nor shape EVA02's rotary embeddings of a traced grid)."""
+        e = self.embed
+        grid = tuple(e.patch_embed.dynamic_feat_size(tuple(img_size)))
+        sources = self.context_sources
+        self.fixed_contexts = {a: self.families[a].context(sources[str(a)] if str(a) in sources else None, grid)
+                               for a in set(self.step_anchors) - {-1}}
+        if getattr(e, "pos_embed", None) is not None and getattr(e, "dynamic_img_size", False):
+            table = self.families[self.first_anchor].position_table(e, grid)
+            e.pos_embed = nn.Parameter(table.detach().clone(), requires_grad=False)
+            e.patch_embed.grid_size = grid
+        return self
+
     def forward_tokens(self, x: torch.Tensor, taps: Sequence[int] = ()) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """(final tokens, the tap tokens of the ``taps`` positions in out_indices): the operations of
         ``SNNetBackbone.run_route``."""
@@ -549,8 +567,8 @@ class StitchNet(nn.Module):
         images, x = x, self.families[self.first_anchor].embed(self.embed, x)  # the embedding checks the images
         grid = tuple(self.embed.patch_embed.dynamic_feat_size(images.shape[-2:]))
         sources = self.context_sources
-        contexts = BlockContexts(lambda a: self.families[a].context(sources[str(a)] if str(a) in sources else None,
-                                                                    grid))
+        contexts = self.fixed_contexts or BlockContexts(
+            lambda a: self.families[a].context(sources[str(a)] if str(a) in sources else None, grid))
         feats = []
         for k, step in enumerate(self.steps):
             a = self.step_anchors[k]

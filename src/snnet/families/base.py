@@ -22,6 +22,7 @@ import copy
 from typing import Any, ClassVar
 
 import torch
+from timm.layers import resample_abs_pos_embed
 from torch import nn
 
 from ..errors import SNNetError
@@ -92,6 +93,18 @@ class Family:
         """Patch tokens ((B, H, W, C) for a dynamic size, else (B, N, C)) -> tokens with position embeddings and
         the prefix tokens, (B, prefix + N, C)."""
         raise NotImplementedError
+
+    @classmethod
+    def position_table(cls, a: nn.Module, grid: tuple[int, int]) -> torch.Tensor | None:
+        """``a.pos_embed`` for a token grid: the table itself on the anchor's own grid, else resized as timm
+        resizes it (bicubic, antialiased). timm resizes even on its own grid while exporting: an antialiased resize
+        that TorchScript's ONNX exporter cannot write."""
+        pos = getattr(a, "pos_embed", None)
+        native = tuple(a.patch_embed.grid_size)
+        if pos is None or tuple(grid) == native:
+            return pos
+        return resample_abs_pos_embed(pos, list(grid), list(native),
+                                      num_prefix_tokens=0 if a.no_embed_class else a.num_prefix_tokens)
 
     @classmethod
     def stage_depths(cls, a: nn.Module) -> tuple[int, ...]:
@@ -226,6 +239,22 @@ def block_costs(a: nn.Module) -> tuple[int, int, int]:
     if len(costs) != 1:
         raise SNNetError(f"anchor {name_of(a)} has blocks of different sizes")
     return costs.pop()
+
+
+def with_position(cls: type[Family], a: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """timm's ``_pos_embed`` of a dynamic-size ViT or Eva over patch tokens (B, H, W, C), its table from
+    ``cls.position_table``: the class and register tokens before the patches, the table added to the patches alone
+    (``no_embed_class``, DeiT-3) or to every token, then ``pos_drop``."""
+    b, h, w, c = x.shape
+    table = cls.position_table(a, (h, w))
+    x = x.reshape(b, h * w, c)
+    prefix = [t.expand(b, -1, -1) for t in (a.cls_token, a.reg_token) if t is not None]
+    if table is not None and a.no_embed_class:
+        x = x + table
+    x = torch.cat([*prefix, x], dim=1)
+    if table is not None and not a.no_embed_class:
+        x = x + table
+    return a.pos_drop(x)
 
 
 def common_shape(a: nn.Module, **extra: Any) -> AnchorShape:

@@ -10,7 +10,7 @@ from torch import nn
 
 from ..errors import SNNetError
 from ..flops import AnchorShape
-from .base import Family, common_shape, name_of, register_family
+from .base import Family, common_shape, name_of, register_family, with_position
 
 
 @register_family
@@ -35,7 +35,8 @@ class EvaFamily(Family):
 
     @classmethod
     def position(cls, a: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        return a._pos_embed(x)[0]  # the rotary embedding is the blocks' context
+        # the rotary embedding is the blocks' context, not the embedding's
+        return with_position(cls, a, x) if a.dynamic_img_size else a._pos_embed(x)[0]
 
     @classmethod
     def context_source(cls, a: nn.Module) -> nn.Module | None:

@@ -13,7 +13,7 @@ from torch import nn
 
 from ..errors import SNNetError
 from ..flops import AnchorShape
-from .base import Family, common_shape, name_of, register_family
+from .base import Family, common_shape, name_of, register_family, with_position
 
 
 def resize_pos_embed(pos: torch.Tensor, grid: tuple[int, int], old_grid: tuple[int, int] | None = None) -> torch.Tensor:
@@ -50,14 +50,17 @@ class ViTFamily(Family):
 
     @classmethod
     def position(cls, a: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """timm's ``_pos_embed``, except that a DeiT-3 position embedding (no class-token slot) on another token
-        grid is resized as the reference resizes it: bicubic without antialiasing (SPEC section 10)."""
-        if not (a.dynamic_img_size and a.no_embed_class) or tuple(x.shape[1:3]) == tuple(a.patch_embed.grid_size):
-            return a.patch_drop(a._pos_embed(x))
-        b, h, w, c = x.shape  # dynamic patch embeddings keep the grid: (B, H, W, C)
-        x = x.reshape(b, h * w, c) + resize_pos_embed(a.pos_embed, (h, w), tuple(a.patch_embed.grid_size))
-        prefix = [t.expand(b, -1, -1) for t in (a.cls_token, a.reg_token) if t is not None]
-        return a.patch_drop(a.pos_drop(torch.cat([*prefix, x], dim=1)))
+        """timm's ``_pos_embed`` (a dynamic size through ``with_position``, which leaves the table as it is on the
+        anchor's own grid)."""
+        return a.patch_drop(with_position(cls, a, x) if a.dynamic_img_size else a._pos_embed(x))
+
+    @classmethod
+    def position_table(cls, a: nn.Module, grid: tuple[int, int]) -> torch.Tensor | None:
+        """As timm's, except that a DeiT-3 table (no class-token slot) on another grid is resized as the reference
+        resizes it: bicubic without antialiasing (SPEC section 10)."""
+        if a.no_embed_class and a.pos_embed is not None and tuple(grid) != tuple(a.patch_embed.grid_size):
+            return resize_pos_embed(a.pos_embed, tuple(grid), tuple(a.patch_embed.grid_size))
+        return super().position_table(a, grid)
 
     @classmethod
     def shape(cls, a: nn.Module) -> AnchorShape:
