@@ -111,9 +111,10 @@ def export_stitch(model: TaskModel, stitch_id: int, fmt: str, output: str | Path
                 warnings.simplefilter("ignore", FutureWarning)
                 torch.jit.trace(net, example, check_trace=False).save(str(tmp))
         else:
-            for m in net.modules():  # one input size (detection: the square it pads to): one position table
+            # one input size, one position table (detection: the square every image is fitted and padded to)
+            for m in net.modules():
                 if isinstance(m, StitchNet):
-                    m.fix_position(img_size)
+                    m.fix_position(model.img_size if lists else img_size)
             onnx_in = (_OneImage(net, out[0]), example[0]) if lists else (net, example)
             if not quantize:
                 _onnx(*onnx_in, tmp)
