@@ -551,14 +551,17 @@ class StitchNet(nn.Module):
         antialiased resize at all, nor shape EVA02's rotary embeddings of a traced grid)."""
         e = self.embed
         grid = tuple(e.patch_embed.dynamic_feat_size(tuple(img_size)))
-        sources = self.context_sources
-        self.fixed_contexts = {a: self.families[a].context(sources[str(a)] if str(a) in sources else None, grid)
-                               for a in set(self.step_anchors) - {-1}}
+        self.fixed_contexts = {a: self._context(a, grid) for a in set(self.step_anchors) - {-1}}
         if getattr(e, "pos_embed", None) is not None and getattr(e, "dynamic_img_size", False):
             table = self.families[self.first_anchor].position_table(e, grid)
             e.pos_embed = nn.Parameter(table.detach().clone(), requires_grad=False)
             e.patch_embed.grid_size = grid
         return self
+
+    def _context(self, anchor: int, grid: tuple[int, int]) -> Any:
+        """What the blocks of ``anchor`` need besides their tokens on ``grid`` (its rotary embedding, or None)."""
+        source = self.context_sources[str(anchor)] if str(anchor) in self.context_sources else None
+        return self.families[anchor].context(source, grid)
 
     def forward_tokens(self, x: torch.Tensor, taps: Sequence[int] = ()) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """(final tokens, the tap tokens of the ``taps`` positions in out_indices): the operations of
@@ -566,9 +569,7 @@ class StitchNet(nn.Module):
         wanted = {range(self.num_taps)[t] for t in taps}
         images, x = x, self.families[self.first_anchor].embed(self.embed, x)  # the embedding checks the images
         grid = tuple(self.embed.patch_embed.dynamic_feat_size(images.shape[-2:]))
-        sources = self.context_sources
-        contexts = self.fixed_contexts or BlockContexts(
-            lambda a: self.families[a].context(sources[str(a)] if str(a) in sources else None, grid))
+        contexts = self.fixed_contexts or BlockContexts(lambda a: self._context(a, grid))
         feats = []
         for k, step in enumerate(self.steps):
             a = self.step_anchors[k]
