@@ -392,3 +392,21 @@ def test_segmentation_and_detection_train_on_each_family(tmp_path, family, task,
             assert got["boxes"].shape == exp["boxes"].shape == (10, 4) and torch.equal(got["labels"], exp["labels"])
             for key in ("boxes", "scores", "masks"):
                 torch.testing.assert_close(got[key], exp[key], atol=1e-4, rtol=0)
+
+
+def test_fixing_a_stitch_to_one_input_size_takes_positive_sizes_only():
+    """``StitchNet.fix_position``: a resized position table equal to the one the stitch computes per call, and a
+    size that is no (height, width) in positive pixels one line."""
+    name, small, large = FAMILY_PAIRS["siglip"]
+    model = SNNet([build(name, 1, dynamic_img_size=True, **small), build(name, 2, dynamic_img_size=True, **large)])
+    model.eval()
+    x = torch.randn(2, 3, 48, 48)
+    with torch.no_grad():
+        expected = model.select(3)(x)
+        net = model.deployable(3).fix_position((48, 48))
+        assert tuple(net.embed.pos_embed.shape) == (1, 36, 32)  # the small anchor's table, on the 6x6 grid
+        torch.testing.assert_close(net(x), expected, rtol=0, atol=1e-5)
+    for size in ((0, 32), (-8, 8), (32,), (32.0, 32), (True, 32)):
+        with pytest.raises(SNNetError) as e:
+            model.deployable(3).fix_position(size)
+        assert str(e.value) == f"img_size must be (height, width) in positive pixels, got {tuple(size)}"

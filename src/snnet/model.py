@@ -549,6 +549,8 @@ class StitchNet(nn.Module):
         and every anchor's block context (rotary embeddings) computed once, so that an exporter writes them as
         constants rather than operations run on every call (TorchScript's ONNX exporter cannot write timm's
         antialiased resize at all, nor shape EVA02's rotary embeddings of a traced grid)."""
+        if len(img_size) != 2 or not all(is_integer(v) and v > 0 for v in img_size):
+            raise SNNetError(f"img_size must be (height, width) in positive pixels, got {tuple(img_size)}")
         e = self.embed
         grid = tuple(e.patch_embed.dynamic_feat_size(tuple(img_size)))
         self.fixed_contexts = {a: self._context(a, grid) for a in set(self.step_anchors) - {-1}}
