@@ -11,6 +11,7 @@ import torch
 import yaml
 
 from snnet import SNNet, SNNetError, from_pretrained, init_stitching_layers
+from snnet.model import SNNetBackbone, StitchNet
 from snnet.anchors import AnchorConfig
 from snnet.checkpoint import load_official_checkpoint
 from snnet.cli import main
@@ -24,10 +25,10 @@ SWIN = "swin_tiny_patch4_window7_224"
 TINY_TSB = [((2, 2, 6, 2), 16, (1, 2, 2, 4)), ((2, 2, 18, 2), 16, (1, 2, 2, 4)), ((2, 2, 18, 2), 24, (1, 2, 3, 6))]
 
 
-def tiny_swin(depths, width, heads, seed):
+def tiny_swin(depths, width, heads, seed, **kwargs):
     torch.manual_seed(seed)
     return timm.create_model(SWIN, img_size=32, patch_size=2, window_size=4, embed_dim=width, depths=depths,
-                             num_heads=heads, num_classes=10).eval()
+                             num_heads=heads, **{"num_classes": 10, **kwargs}).eval()
 
 
 @pytest.fixture(scope="module")
@@ -73,11 +74,11 @@ def test_stage_positions_follow_sn_nets_paired_and_unpaired_rules():
     assert s.describe() == "A[0-4] -AB2-> B[6-23]"
 
 
-def run_by_hand(anchors, model, stitch, x):
-    """A route with timm's modules called directly: the front anchor to its block j (no patch merging after it), the
-    stitching layer, the end anchor from block k (patch merging at the start of each later stage), its norm and
-    head; SN-Net's forward_until / forward_from in timm's layout."""
-    front = stitch.segments[0]
+def route_outputs(anchors, layer, stitch, x) -> dict:
+    """(anchor, block) -> its output on the route, with timm's modules called directly: the front anchor to its
+    block j (no patch merging after it), the stitching ``layer``, the end anchor from block k (patch merging at the
+    start of each later stage); SN-Net's forward_until / forward_from in timm's layout."""
+    front, out = stitch.segments[0], {}
     a = anchors[front.anchor]
     h, b = a.patch_embed(x), 0
     for stage in a.layers:
@@ -86,11 +87,11 @@ def run_by_hand(anchors, model, stitch, x):
         h = stage.downsample(h)
         for blk in stage.blocks:
             if b <= front.last:
-                h = blk(h)
+                h = out[front.anchor, b] = blk(h)
             b += 1
     if len(stitch.segments) == 1:
-        return a.forward_head(a.norm(h))
-    h = model.backbone.stitching_layer(stitch.layers[0])(h)
+        return out
+    h = layer(h)
     end = stitch.segments[1]
     e, b = anchors[end.anchor], 0
     for stage in e.layers:
@@ -101,8 +102,16 @@ def run_by_hand(anchors, model, stitch, x):
             h = stage.downsample(h)
         for blk in stage.blocks:
             if b >= end.first:
-                h = blk(h)
+                h = out[end.anchor, b] = blk(h)
             b += 1
+    return out
+
+
+def run_by_hand(anchors, model, stitch, x):
+    """A route's logits by ``route_outputs``: the last block's output through its anchor's norm and head."""
+    layer = model.backbone.stitching_layer(stitch.layers[0]) if stitch.layers else None
+    h = list(route_outputs(anchors, layer, stitch, x).values())[-1]
+    e = anchors[stitch.last_anchor]
     return e.forward_head(e.norm(h))
 
 
@@ -214,7 +223,11 @@ def test_a_saved_swin_network_loads_again(model, tmp_path):
     (lambda a: SNNet(a[:2], version="sn-net").eval()(torch.randn(1, 3, 64, 64)),
      "images are 64x64, the anchors take 32x32"),
     (lambda a: SNNet(a[:2], version="sn-net").backbone.forward_intermediates(torch.randn(1, 3, 32, 32)),
-     "SN-Net's Swin networks classify only: dense tasks stitch plain ViTs (version v2 or v1)"),
+     "this Swin network was built to classify: its dense taps need the tap layers of a dense backbone "
+     "(SNNetBackbone(..., dense=True), as the dense tasks build it)"),
+    (lambda a: SNNetBackbone(a, version="sn-net", dense=True, out_indices=[3, 20, 23]),
+     "out_indices [3, 20, 23]: a Swin backbone taps the ends of its stages, blocks [1, 3, 21, 23] of the largest "
+     "anchor"),
     (lambda a: SNNet([a[0], tiny_swin((2, 4, 4, 4), 16, (1, 2, 2, 4), 0)], version="sn-net"),
      "stage depths must not decrease along the anchors, got [2, 2, 6, 2] then [2, 4, 4, 4]"),
 ])
@@ -286,3 +299,161 @@ def test_snnet_train_eval_and_export_a_swin_network(tmp_path):
     top = probs.topk(5)
     assert list(answer) == [demo.classes[i] for i in top.indices]
     np.testing.assert_allclose(list(answer.values()), top.values.numpy(), rtol=0, atol=1e-6)
+
+
+# ---- dense tasks over Swin: taps at the stage ends, brought up by a tap layer per stage and pair ----------------
+ENDS = [[1, 3, 9, 11], [1, 3, 21, 23], [1, 3, 21, 23]]  # the last block of each stage of T, S and B
+TAP_LAYERS = [range(8, 12), range(31, 35)]  # per pair, after SN-Net's 8 (T -> S) and 19 (S -> B) layers
+
+
+def dense_backbone(seed=3):
+    anchors = [tiny_swin(*spec, seed=i, num_classes=0, dynamic_img_size=True) for i, spec in enumerate(TINY_TSB)]
+    torch.manual_seed(seed)
+    return anchors, SNNetBackbone(anchors, version="sn-net", dense=True).eval()
+
+
+def test_dense_swin_taps_are_stage_ends_brought_to_the_largest_width_by_tap_layers():
+    """Every stitch's four maps, at a size the windows do not divide (48x80: timm pads), equal the route's
+    stage ends run by hand through each pair's tap layer of that stage; the deployed stitch gives the same."""
+    anchors, net = dense_backbone()
+    assert net.out_indices == [1, 3, 21, 23] and net.tap_widths == [24, 48, 96, 192]
+    assert net.tap_grids((48, 80)) == [(24, 40), (12, 20), (6, 10), (3, 5)]
+    assert len(net.sl_layers) == 8 + 4 + 19 + 4
+    assert [(net.sl_layers[i].in_features, net.sl_layers[i].out_features) for r in TAP_LAYERS for i in r] == \
+        [(16, 16), (32, 32), (64, 64), (128, 128), (16, 24), (32, 48), (64, 96), (128, 192)]
+    x = torch.randn(2, 3, 48, 80, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        timm_maps = anchors[2].forward_intermediates(x, intermediates_only=True)  # the largest anchor: timm's own
+        assert all(torch.equal(a, b) for a, b in zip(net.select(2).forward_intermediates(x), timm_maps))
+        for s in net.stitches:
+            layer = net.stitching_layer(s.layers[0]) if s.layers else None
+            out = route_outputs(anchors, layer, s, x)
+            expected = []
+            for stage in range(4):  # the first segment that ran its anchor's end of the stage
+                a = next(seg.anchor for seg in s.segments if (seg.anchor, ENDS[seg.anchor][stage]) in out)
+                f = out[a, ENDS[a][stage]]
+                for p in range(a, 2):
+                    f = net.sl_layers[TAP_LAYERS[p][stage]](f)
+                expected.append(f.permute(0, 3, 1, 2))
+            for got in (net.select(s.id).forward_intermediates(x),
+                        StitchNet(net, s.id, dense=True).forward_intermediates(x)):
+                assert [tuple(g.shape) for g in got] == [(2, c, h, w) for c, (h, w) in
+                                                         zip(net.tap_widths, net.tap_grids((48, 80)))]
+                for g, e in zip(got, expected):
+                    torch.testing.assert_close(g, e, rtol=0, atol=1e-5)
+
+
+def test_dense_swin_flops_count_the_window_padding_as_torch_counts_the_stitch():
+    """At 48x80 every stitch's dense FLOPs, norms left out, are half torch's FlopCounterMode count (which counts a
+    multiply-add as two, and no norm): timm pads each stage to whole windows, and attention runs on the padding."""
+    from dataclasses import replace
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from snnet.flops import stitch_flops
+
+    _, net = dense_backbone()
+    bare = [replace(s, embed_norm_elements=0, stages=tuple(replace(st, block_norm_elements=0, merge_norm_elements=0)
+                                                           for st in s.stages)) for s in net.shapes]
+    x = torch.randn(1, 3, 48, 80)
+    with torch.no_grad():
+        for s in net.stitches:
+            with FlopCounterMode(display=False) as counter:
+                net.select(s.id).forward_intermediates(x)
+            assert counter.get_total_flops() == 2 * stitch_flops(s, bare, (48, 80), tuple(net.out_indices))
+    # with the norms, one stitch by hand: its route's blocks and the tap projections
+    assert net.flops(30, (48, 80), taps=True) > stitch_flops(net.stitch(30), bare, (48, 80), tuple(net.out_indices))
+
+
+def test_least_squares_fits_each_tap_layer_from_stage_end_to_stage_end():
+    from snnet import SegmentationModel
+
+    anchors, net = dense_backbone()
+    model = SegmentationModel(net, num_classes=3, channels=8).eval()
+    x = images(16, seed=1)
+    assert init_stitching_layers(model, [x], progress=False) == 16
+    with torch.no_grad():
+        feats = [block_outputs(a, x) for a in anchors]
+    for pair, stage in ((0, 0), (1, 2), (1, 3)):
+        src = feats[pair][ENDS[pair][stage]].flatten(0, 2).double()
+        dst = feats[pair + 1][ENDS[pair + 1][stage]].flatten(0, 2).double()
+        sol = torch.linalg.lstsq(torch.cat([src, torch.ones(len(src), 1, dtype=torch.float64)], 1), dst).solution
+        layer = net.sl_layers[TAP_LAYERS[pair][stage]]
+        torch.testing.assert_close(layer.weight.double(), sol[:-1].T, rtol=0, atol=2e-4)
+        torch.testing.assert_close(layer.bias.double(), sol[-1], rtol=0, atol=2e-4)
+
+
+@pytest.mark.parametrize("task, head", [
+    ("segmentation", {"channels": 8}),
+    ("depth", {"channels": 8, "reassemble_channels": [8, 8, 16, 16]}),
+    ("detection", {"channels": 8, "roi_channels": 8, "detections": 10}),
+])
+def test_each_dense_task_trains_evaluates_and_exports_on_swin_anchors(tmp_path, task, head):
+    """``snnet train`` of a dense task on tiny Swin-T/S-shaped anchors (least squares, ROS, every stitch evaluated
+    with shared prefixes); the results' FLOPs and parameters are the model's; one stitch's ONNX file equals the
+    model (depth; detection: its detections on a square image and a 48x80 one), and the demo's int8 answer of depth
+    is near its float32 one; segmentation's whole network in one ONNX file (each stitch's own export, merged)
+    equals every stitch and is profiled."""
+    from PIL import Image
+
+    from snnet.demo import DemoRun
+    from snnet.export import export_stitch
+    from snnet.runtime import OnnxStitch
+
+    size = 64 if task == "detection" else 32
+    kwargs = [dict(img_size=32, patch_size=2, window_size=4, embed_dim=w, depths=d, num_heads=[1, 2, 2, 4])
+              for d, w in (([2, 2, 2, 2], 16), ([2, 2, 4, 2], 24))]
+    cfg = {"task": task, "model": {"version": "sn-net", "anchors": [{"name": SWIN, "kwargs": k} for k in kwargs],
+                                   "lora_rank": 2, "head": head},
+           "data": {"dataset": "shapes", "batch_size": 4, "workers": 0, "mean": [0.5] * 3, "std": [0.5] * 3,
+                    "shapes": {"image_size": size, "num_train": 8, "num_val": 4},
+                    **({"input_size": 64} if task == "detection" else {})},
+           "train": {"epochs": 1, "steps_per_epoch": 2, "warmup_epochs": 0, "init_images": 8, "init_batch_size": 8,
+                     "optimizer": "adamw", "lr": 1e-3},
+           "output_dir": str(tmp_path / "run")}
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["train", "--config", str(tmp_path / "run.yaml"), "--no-progress"]) == 0
+    run = tmp_path / "run"
+    model = from_pretrained(run / "model").eval()
+    assert model.out_indices == [1, 3, 7, 9] and model.stitch_ids == list(range(7))
+    rows = [json.loads(line) for line in (run / "results.jsonl").read_text().splitlines()]
+    assert sorted(r["stitch_id"] for r in rows) == model.stitch_ids
+    assert all((r["flops"], r["params"]) == (model.flops(r["stitch_id"]), model.params(r["stitch_id"])) for r in rows)
+    if task == "detection":
+        model.detector.roi_heads.score_thresh = 0.0  # every detection kept, to compare them all
+        pictures = [torch.randn(3, 64, 64), torch.randn(3, 48, 80)]  # the second fitted and padded inside
+        with torch.no_grad():
+            expected = model.select(5)(pictures)
+        path = export_stitch(model, 5, "onnx", tmp_path / "d.onnx", (48, 80))[0]
+        for got, exp in zip(OnnxStitch(path)(pictures), expected):
+            assert got["boxes"].shape == exp["boxes"].shape == (10, 4) and torch.equal(got["labels"], exp["labels"])
+            for key in ("boxes", "scores", "masks"):
+                torch.testing.assert_close(got[key], exp[key], atol=1e-4, rtol=0)
+        return
+    x = images(2)
+    if task == "segmentation":  # the one file is made of each stitch's own export
+        every = tmp_path / "net.onnx"
+        assert main(["export", "--checkpoint", str(run), "--stitch", "all", "--format", "onnx", "--output",
+                     str(every), "--no-progress"]) == 0
+        session = onnx_session(every)
+        for sid in model.stitch_ids:
+            with torch.no_grad():
+                expected = model.select(sid)(x).numpy()
+            got = session.run(None, {"images": x.numpy(), "stitch_id": np.array(sid, np.int64)})[0]
+            np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4)
+        assert main(["profile", "--run", str(run), "--repeats", "2", "--warmup", "1", "--no-progress"]) == 0
+        rows = [json.loads(line) for line in (run / "results.jsonl").read_text().splitlines()]
+        assert sorted(r["stitch_id"] for r in rows) == model.stitch_ids and all(r["latency_ms"] > 0 for r in rows)
+    else:
+        one = tmp_path / "s5.onnx"
+        assert main(["export", "--checkpoint", str(run), "--stitch", "5", "--format", "onnx", "--output", str(one),
+                     "--no-progress"]) == 0
+        with torch.no_grad():
+            np.testing.assert_allclose(onnx_session(one).run(None, {"images": x.numpy()})[0],
+                                       model.select(5)(x).numpy(), rtol=0, atol=1e-4)
+        demo = DemoRun(run)
+        image = Image.fromarray((np.random.default_rng(0).random((32, 32, 3)) * 255).astype(np.uint8))
+        shown, legend = demo.predict(image, 4)
+        shown8, legend8 = demo.predict(image, 4, int8=True)
+        assert shown.shape == shown8.shape == (384, 384, 3) and legend and legend8
+        assert np.abs(shown - shown8).mean() < 0.05

@@ -31,6 +31,7 @@ class StageShape:
     block_linear_macs: int  # per token and block, as AnchorShape's
     block_norm_elements: int
     attn_dim: int
+    attn_linear_macs: int = 0  # of block_linear_macs, the attention's (qkv, proj): they also run on window padding
     merge_linear_macs: int = 0  # per token of the stage: the patch merging before its first block
     merge_norm_elements: int = 0
 
@@ -99,17 +100,17 @@ def out_width(shape: AnchorShape) -> int:
 
 
 def stage_tokens(shape: AnchorShape, stage: int, img_size: tuple[int, int] | None = None) -> tuple[int, int]:
-    """(rows, columns) of a hierarchical anchor's tokens in ``stage``; one line where the windows or the merging
-    would pad the grid (their FLOPs are not modelled)."""
-    gh, gw = grid_size(shape, img_size)
-    st = shape.stages[stage]
-    if gh % st.stride or gw % st.stride:
-        raise SNNetError(f"a {gh}x{gw} token grid does not halve evenly down to stage {stage} (stride {st.stride})")
-    h, w = gh // st.stride, gw // st.stride
-    wh, ww = min(st.window[0], h), min(st.window[1], w)
-    if h % wh or w % ww:
-        raise SNNetError(f"stage {stage}'s {h}x{w} tokens are not a whole number of {wh}x{ww} windows")
+    """(rows, columns) of a hierarchical anchor's tokens in ``stage``: each patch merging halves the grid, an odd
+    side padded by one (timm's)."""
+    h, w = grid_size(shape, img_size)
+    for _ in range(shape.stages[stage].stride.bit_length() - 1):
+        h, w = (h + 1) // 2, (w + 1) // 2
     return h, w
+
+
+def tap_grid(shape: AnchorShape, block: int, img_size: tuple[int, int] | None = None) -> tuple[int, int]:
+    """(rows, columns) of the token map out of ``block`` of an anchor (its dense tap there)."""
+    return stage_tokens(shape, stage_of(shape, block), img_size) if shape.stages else grid_size(shape, img_size)
 
 
 def final_tokens(shape: AnchorShape, img_size: tuple[int, int] | None = None) -> int:
@@ -140,13 +141,15 @@ def block_flops(shape: AnchorShape, tokens: int) -> int:
 
 def stage_block_flops(shape: AnchorShape, block: int, img_size: tuple[int, int] | None = None) -> int:
     """One block of a hierarchical anchor, with the patch merging before it when it starts a stage: window
-    attention, each token attending to its window's tokens."""
+    attention, each token attending to its window's tokens. A grid that is not a whole number of windows is padded
+    to one (timm's), and the attention's linear layers and products run on the padding too."""
     s = stage_of(shape, block)
     st = shape.stages[s]
     h, w = stage_tokens(shape, s, img_size)
-    tokens, window = h * w, min(st.window[0], h) * min(st.window[1], w)
-    flops = tokens * (st.block_linear_macs + NORM_FLOPS_PER_ELEMENT * st.block_norm_elements)
-    flops += 2 * tokens * window * st.attn_dim
+    (wh, ww), tokens = st.window, h * w
+    padded = -(-h // wh) * wh * -(-w // ww) * ww
+    flops = tokens * (st.block_linear_macs - st.attn_linear_macs + NORM_FLOPS_PER_ELEMENT * st.block_norm_elements)
+    flops += padded * st.attn_linear_macs + 2 * padded * wh * ww * st.attn_dim
     if block == stage_starts(shape)[s]:
         flops += tokens * (st.merge_linear_macs + NORM_FLOPS_PER_ELEMENT * st.merge_norm_elements)
     return flops
@@ -228,9 +231,14 @@ def _ending_flops(stitch: Stitch, shapes: Sequence[AnchorShape], img_size: tuple
         last = shapes[stitch.last_anchor]
         return head_flops(last if stitch.final_norm else replace(last, final_norm=False), final_tokens(last, img_size))
     depths = [s.depth for s in shapes]
-    return sum(step_flops(Step("layer", ref.direction, ref.index, ref.pair), shapes, img_size)
-               for anchor, block in route_taps(stitch, out_indices, *depths)
-               for ref in tap_layers(anchor, block, *depths))
+    stages = [tuple(st.depth for st in s.stages) or (s.depth,) for s in shapes]
+    flops = 0
+    for anchor, block in route_taps(stitch, out_indices, *depths, stages=stages):
+        stage = stage_of(shapes[anchor], block)
+        for ref in tap_layers(anchor, block, *depths, stages=stages):  # each at the stage of the tap
+            before = Step("block", ref.pair, stage_starts(shapes[ref.pair])[stage])
+            flops += step_flops(Step("layer", ref.direction, ref.index, ref.pair), shapes, img_size, before)
+    return flops
 
 
 def conv_flops(out_hw: tuple[int, int], in_channels: int, out_channels: int, kernel: int = 1) -> int:

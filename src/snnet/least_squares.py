@@ -94,7 +94,7 @@ def init_stitching_layers(model, batches: Iterable, num_images: int | None = Non
         raise SNNetError(f"init_stitching_layers takes a task model (snnet.SNNet, a DenseModel), whose backbone it "
                          f"fits, got a {type(model).__name__}")
     device = next(net.parameters()).device
-    fits = layer_fits(net.depths, net.config.version, net.stages)
+    fits = layer_fits(net.depths, net.config.version, net.stages, net.dense)
     layers = {ref: net.stitching_layer(ref) for ref, _, _ in fits}
     eqs = [NormalEquations(layers[ref].in_features, layers[ref].out_features, device) for ref, _, _ in fits]
     needed: dict[int, set[int]] = {}

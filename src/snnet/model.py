@@ -15,13 +15,13 @@ from torch import nn
 from .anchors import AnchorConfig, anchor_config_of, anchor_family, anchor_shape, create_anchor, order_anchors
 from .errors import SNNetError
 from .families import Family, family_of, with_classifier
-from .flops import stitch_flops
+from .flops import stage_of, stitch_flops, tap_grid
 from .pretrained import Pretrained
 from .route_tree import PrefixCache, depth_first
 from .sampling import ROSSampler
 from .selection import ChoosesStitches, is_integer, is_number
 from .stitch_space import (SMALL, VERSIONS, LayerRef, Step, Stitch, is_hierarchical, layer_counts, network_space,
-                           route_steps, route_taps, swin_layer_stages, tap_layers)
+                           route_steps, route_taps, stage_ends, swin_layer_stages, tap_layers)
 from .stitching_layers import StitchingLayer
 
 if TYPE_CHECKING:
@@ -97,7 +97,8 @@ class SNNetBackbone(ChoosesStitches, nn.Module):
 
     ``select(id)`` picks the stitch that eval-mode calls run; in train mode every call runs a stitch drawn by
     ``sampler`` (ROS). As in timm, ``forward_features`` returns that stitch's final tokens (after its last anchor's
-    norm) and ``forward_intermediates`` its dense feature maps, all at the large anchor's width.
+    norm) and ``forward_intermediates`` its dense feature maps, all at the large anchor's width. ``dense``: the
+    backbone of a dense task model (Swin anchors then get a tap layer per stage and pair, docs/anchors.md).
     """
 
     def __init__(
@@ -108,6 +109,7 @@ class SNNetBackbone(ChoosesStitches, nn.Module):
         lora_alpha: float = 1.0,
         out_indices: Sequence[int] | None = None,
         pretrained: bool = False,
+        dense: bool = False,
     ) -> None:
         super().__init__()
         if version not in VERSIONS:
@@ -143,25 +145,26 @@ class SNNetBackbone(ChoosesStitches, nn.Module):
         self.depths = tuple(sum(s) for s in self.stages)
         self.widths = tuple(f.width(a) for f, a in zip(self.families, ordered))
         self.shapes = tuple(anchor_shape(a) for a in ordered)
+        self.dense = bool(dense)
         self.out_indices = self._check_out_indices(out_indices)
         self.config = SNNetConfig(configs, version, lora_rank, lora_alpha, list(self.out_indices))
 
         try:
             self.stitches: tuple[Stitch, ...] = network_space(self.depths, version, self.stages)
-            counts = layer_counts(self.depths, version, self.stages)
+            counts = layer_counts(self.depths, version, self.stages, self.dense)
         except ValueError as e:  # depths the version's rule cannot stitch
             raise SNNetError(str(e)) from None
         # per neighbour pair, SL (up) and LS (down) layers, kept in two flat lists: pair p's layer i is entry
         # offsets[p] + i (two anchors: SL i and LS i, the reference's)
         # a layer per boundary, which depends on the smallest depth G only: SL at 1..G (G: the dense taps'
         # projection), LS at 1..G-1, as between two anchors of depth G (SN-Net: its paired layers, SL only; over
-        # Swin anchors its layers stage by stage, each as wide as its stage)
+        # Swin anchors its layers stage by stage, each as wide as its stage, then a dense backbone's tap layers)
         self.layer_offsets = {d: [sum(c[k] for c in counts[:p]) for p in range(len(counts))]
                               for k, d in enumerate(("SL", "LS"))}
         dev = next(ordered[SMALL].parameters()).device  # meta anchors (FLOPs only) get meta layers
         if is_hierarchical(self.stages):  # each SL layer as wide as its stage in the two anchors
             widths = [(self.shapes[p].stages[s].width, self.shapes[p + 1].stages[s].width)
-                      for p in range(len(counts)) for s in swin_layer_stages(self.stages, p)]
+                      for p in range(len(counts)) for s in swin_layer_stages(self.stages, p, self.dense)]
         else:
             widths = [(lo, hi) for (lo, hi), (n, _) in zip(zip(self.widths, self.widths[1:]), counts) for _ in range(n)]
         self.sl_layers = nn.ModuleList(StitchingLayer(lo, hi, lora_rank, lora_alpha, device=dev) for lo, hi in widths)
@@ -178,10 +181,11 @@ class SNNetBackbone(ChoosesStitches, nn.Module):
     @classmethod
     def from_section(cls, section: "ModelSection", load_weights: bool = True, device: str | None = None,
                      overrides: dict[str, Any] | Callable[[type[Family]], dict[str, Any]] | None = None,
-                     defaults: dict[str, Any] | None = None) -> "SNNetBackbone":
+                     defaults: dict[str, Any] | None = None, dense: bool = False) -> "SNNetBackbone":
         """The backbone of a config's anchors (see :func:`anchor_configs`)."""
         return cls(anchor_configs(section, load_weights, device, overrides, defaults), version=section.version,
-                   lora_rank=section.lora_rank, lora_alpha=section.lora_alpha, out_indices=section.out_indices)
+                   lora_rank=section.lora_rank, lora_alpha=section.lora_alpha, out_indices=section.out_indices,
+                   dense=dense)
 
     @property
     def stitch_ids(self) -> list[int]:
@@ -221,6 +225,24 @@ class SNNetBackbone(ChoosesStitches, nn.Module):
             self._check_dense()
         return stitch_flops(self.stitch(stitch_id), self.shapes, img_size,
                             tuple(self.out_indices) if taps else None)
+
+    def route_taps(self, stitch: Stitch) -> list[tuple[int, int]]:
+        """(anchor, block) of each of the stitch's dense taps, in the order of ``out_indices``."""
+        return route_taps(stitch, tuple(self.out_indices), *self.depths, stages=self.stages)
+
+    def tap_layers(self, anchor: int, block: int) -> tuple[LayerRef, ...]:
+        """The stitching layers that bring a tap of ``anchor``'s ``block`` to the largest anchor's width."""
+        return tap_layers(anchor, block, *self.depths, stages=self.stages)
+
+    @property
+    def tap_widths(self) -> list[int]:
+        """The channels of each dense tap: the largest anchor's width at its block."""
+        last = self.shapes[-1]
+        return [last.stages[stage_of(last, t)].width if last.stages else last.embed_dim for t in self.out_indices]
+
+    def tap_grids(self, img_size: tuple[int, int] | None = None) -> list[tuple[int, int]]:
+        """(rows, columns) of each dense tap's map for images of ``img_size`` (default: the anchors' input size)."""
+        return [tap_grid(self.shapes[-1], t, img_size) for t in self.out_indices]
 
     def flops_table(self, img_size: tuple[int, int] | None = None, taps: bool = False) -> dict[int, int]:
         return {s.id: self.flops(s.id, img_size, taps) for s in self.stitches}
@@ -296,7 +318,7 @@ class SNNetBackbone(ChoosesStitches, nn.Module):
 
         Inside ``sharing_prefixes`` (eval mode), the route resumes from the deepest activation it shares
         with the routes run before it on the same input."""
-        every = route_taps(stitch, tuple(self.out_indices), *self.depths) if taps else []
+        every = self.route_taps(stitch) if taps else []
         taps = tuple(range(len(every))[t] for t in taps)
         wanted = Counter(every[t] for t in taps)
         steps = route_steps(stitch)
@@ -310,7 +332,7 @@ class SNNetBackbone(ChoosesStitches, nn.Module):
             h = self.run_step(step, h, contexts)
             if step.kind == "block" and (step.part, step.index) in wanted:
                 f = h  # a smaller anchor's tap reaches the largest width through SL layers up the chain
-                for ref in tap_layers(step.part, step.index, *self.depths):
+                for ref in self.tap_layers(step.part, step.index):
                     f = self.stitching_layer(ref)(f)
                 feats.extend([f] * wanted[(step.part, step.index)])
             if walk is not None:
@@ -380,17 +402,24 @@ class SNNetBackbone(ChoosesStitches, nn.Module):
 
     def _check_dense(self) -> None:
         if is_hierarchical(self.stages):
-            raise SNNetError("SN-Net's Swin networks classify only: dense tasks stitch plain ViTs (version v2 or v1)")
-        if self.config.version == "sn-net":
-            raise SNNetError("SN-Net's networks (version 'sn-net') classify only: dense tasks take version v2 or v1")
+            if not self.dense:
+                raise SNNetError("this Swin network was built to classify: its dense taps need the tap layers of a "
+                                 "dense backbone (SNNetBackbone(..., dense=True), as the dense tasks build it)")
+        elif self.config.version == "sn-net":
+            raise SNNetError("SN-Net's networks of plain ViTs (version 'sn-net') classify only: dense tasks over "
+                             "plain ViTs take version v2 or v1 (over Swin, 'sn-net')")
 
     def _check_out_indices(self, out_indices: Sequence[int] | None) -> list[int]:
         d1 = self.depths[-1]  # the largest anchor's
-        if out_indices is None:
-            return _default_out_indices(d1)
+        ends = stage_ends(self.stages[-1])
+        if out_indices is None:  # hierarchical anchors: every stage's end
+            return ends if is_hierarchical(self.stages) else _default_out_indices(d1)
         idx = [i + d1 if i < 0 else i for i in out_indices]
         if not idx or any(not 0 <= i < d1 for i in idx) or len(set(idx)) != len(idx):
             raise SNNetError(f"out_indices {list(out_indices)} must be distinct large-anchor blocks in 0..{d1 - 1}")
+        if self.dense and is_hierarchical(self.stages) and not set(idx) <= set(ends):
+            raise SNNetError(f"out_indices {list(out_indices)}: a Swin backbone taps the ends of its stages, blocks "
+                             f"{ends} of the largest anchor")
         return sorted(idx)
 
 
@@ -527,13 +556,13 @@ class StitchNet(nn.Module):
         self.first_anchor = s.first_anchor
         # dense taps: step -> (the positions in out_indices it gives, the projections that bring it to the largest
         # width, in order: none for the largest anchor's taps)
-        every = route_taps(s, tuple(net.out_indices), *net.depths) if dense else []
+        every = net.route_taps(s) if dense else []
         self.taps: dict[int, tuple[list[int], list[int]]] = {}
         projections = []
         for k, st in enumerate(steps):
             positions = [i for i, t in enumerate(every) if t == (st.part, st.index)]
             if st.kind == "block" and positions:
-                refs = tap_layers(st.part, st.index, *net.depths)
+                refs = net.tap_layers(st.part, st.index)
                 self.taps[k] = (positions, list(range(len(projections), len(projections) + len(refs))))
                 projections += [_linear(net.stitching_layer(ref)) for ref in refs]
         self.num_taps = len(every)
@@ -545,8 +574,9 @@ class StitchNet(nn.Module):
 
     @torch.no_grad()
     def fix_position(self, img_size: tuple[int, int]) -> "StitchNet":
-        """In place, for inputs of ``img_size`` only: the first anchor's position table resized once to that grid
-        and every anchor's block context (rotary embeddings) computed once, so that an exporter writes them as
+        """In place, for inputs of ``img_size`` only: the first anchor's position table resized once to that grid,
+        every anchor's block context (rotary embeddings) and what its blocks derive from their input's size
+        (``Family.fix_size``: Swin's attention masks) computed once, so that an exporter writes them as
         constants rather than operations run on every call (TorchScript's ONNX exporter cannot write timm's
         antialiased resize at all, nor shape EVA02's rotary embeddings of a traced grid)."""
         if len(img_size) != 2 or not all(is_integer(v) and v > 0 for v in img_size):
@@ -558,6 +588,14 @@ class StitchNet(nn.Module):
             table = self.families[self.first_anchor].position_table(e, grid)
             e.pos_embed = nn.Parameter(table.detach().clone(), requires_grad=False)
             e.patch_embed.grid_size = grid
+        # one call at that size, each block's modules seeing their input first (the family's fix_size)
+        hooks = [m.register_forward_pre_hook(lambda m, args, family=self.families[a]: family.fix_size(m, args[0]))
+                 for step, a in zip(self.steps, self.step_anchors) if a >= 0 for m in step.modules()]
+        try:
+            self.forward_tokens(e.patch_embed.proj.weight.new_zeros(1, e.patch_embed.proj.in_channels, *img_size))
+        finally:
+            for h in hooks:
+                h.remove()
         return self
 
     def _context(self, anchor: int, grid: tuple[int, int]) -> Any:
@@ -598,13 +636,18 @@ class StitchNet(nn.Module):
 
 
 def tap_maps(feats: list[torch.Tensor], a: nn.Module, x: torch.Tensor, return_prefix_tokens: bool = False) -> list:
-    """Tap tokens (B, N, C) as maps (B, C, H/p, W/p) on the token grid of anchor ``a`` for images ``x``;
-    with ``return_prefix_tokens``, ``(map, prefix tokens (B, P, C))`` pairs."""
-    gh, gw = a.patch_embed.dynamic_feat_size(x.shape[-2:])
-    prefix = a.num_prefix_tokens
-    maps = [f[:, prefix:].reshape(f.shape[0], gh, gw, f.shape[-1]).permute(0, 3, 1, 2) for f in feats]
+    """Tap tokens (B, N, C) as maps (B, C, H/p, W/p) on the token grid of anchor ``a`` for images ``x`` (tokens
+    already on their grid, (B, h, w, C) as Swin's stages give them, are only permuted); with
+    ``return_prefix_tokens``, ``(map, prefix tokens (B, P, C))`` pairs."""
+    on_grid = bool(feats) and feats[0].ndim == 4
+    prefix = 0 if on_grid else a.num_prefix_tokens
+    if on_grid:
+        maps = [f.permute(0, 3, 1, 2) for f in feats]
+    else:
+        gh, gw = a.patch_embed.dynamic_feat_size(x.shape[-2:])
+        maps = [f[:, prefix:].reshape(f.shape[0], gh, gw, f.shape[-1]).permute(0, 3, 1, 2) for f in feats]
     if return_prefix_tokens:
-        return [(m, f[:, :prefix]) for m, f in zip(maps, feats)]
+        return [(m, f.flatten(1, -2)[:, :prefix]) for m, f in zip(maps, feats)]
     return maps
 
 

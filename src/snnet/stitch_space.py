@@ -155,14 +155,14 @@ def num_stitching_layers(d0: int, d1: int, version: str = "v2") -> tuple[int, in
     return d0, (len(ls_sources(d0, d1)) if version == "v2" else 0)
 
 
-def layer_counts(depths: Sequence[int], version: str = "v2",
-                 stages: Sequence[Sequence[int]] | None = None) -> list[tuple[int, int]]:
+def layer_counts(depths: Sequence[int], version: str = "v2", stages: Sequence[Sequence[int]] | None = None,
+                 dense: bool = False) -> list[tuple[int, int]]:
     """(SL layers, LS layers) of each neighbour pair of a network (``stages``: each anchor's stage depths, for
     hierarchical anchors): a layer per boundary of the smallest depth, as between two anchors of that depth; SN-Net's
-    paired layers; SN-Net's Swin layers, stage by stage."""
+    paired layers; SN-Net's Swin layers, stage by stage (``dense``: and a tap layer per stage)."""
     if is_hierarchical(stages):
         check_stages(stages, version)
-        return [(len(swin_layer_stages(stages, p)), 0) for p in range(len(stages) - 1)]
+        return [(len(swin_layer_stages(stages, p, dense)), 0) for p in range(len(stages) - 1)]
     return [num_stitching_layers(depths[0], depths[0], version)] * (len(depths) - 1)
 
 
@@ -384,10 +384,18 @@ def _swin_positions(stages: Sequence[Sequence[int]]) -> list[tuple[int, int, int
     return out
 
 
-def swin_layer_stages(stages: Sequence[Sequence[int]], pair: int) -> list[int]:
-    """The stage of each SN-Net Swin stitching layer of neighbour pair ``pair``, in layer order."""
+def swin_layer_stages(stages: Sequence[Sequence[int]], pair: int, dense: bool = False) -> list[int]:
+    """The stage of each SN-Net Swin stitching layer of neighbour pair ``pair``, in layer order; ``dense``: then
+    one tap layer per stage, which brings the front anchor's stage end to the end anchor's width (not SN-Net's: it
+    stitches for classification only)."""
     lo, hi = stages[pair], stages[pair + 1]
-    return [s for s in range(len(lo) - 1) for _ in range(stage_layers(lo[s], hi[s]))]
+    sn_net = [s for s in range(len(lo) - 1) for _ in range(stage_layers(lo[s], hi[s]))]
+    return sn_net + (list(range(len(lo))) if dense else [])
+
+
+def stage_ends(stages: Sequence[int]) -> list[int]:
+    """The last block of each stage of an anchor of these stage depths."""
+    return [first + depth - 1 for first, depth in zip(stage_offsets(stages), stages)]
 
 
 def swin_space(stages: Sequence[Sequence[int]], version: str = "sn-net") -> tuple[Stitch, ...]:
@@ -405,42 +413,56 @@ def swin_space(stages: Sequence[Sequence[int]], version: str = "sn-net") -> tupl
     return tuple(out)
 
 
-def route_taps(stitch: Stitch, out_indices: tuple[int, ...], *depths: int) -> list[tuple[int, int]]:
+def route_taps(stitch: Stitch, out_indices: tuple[int, ...], *depths: int,
+               stages: Sequence[Sequence[int]] | None = None) -> list[tuple[int, int]]:
     """(anchor, block) pairs that give a stitch's dense features, one per index in ``out_indices`` (blocks of the
     largest anchor; ``depths``: every anchor's, small to large).
 
     Index ``t`` is a depth position; the segment covering it supplies the tap: block ``t * d_a / d_last`` of its
     anchor ``a`` (two anchors: large block ``t`` itself, or small block ``floor(t * d0 / d1)``, SPEC section 6).
+    Hierarchical anchors (``stages``: each anchor's stage depths) tap stage ends: ``t`` ends stage ``s`` of the
+    largest anchor, and the first segment covering its anchor's end of stage ``s`` supplies the tap.
     """
     top = depths[-1]
+    ends = [stage_ends(s) for s in stages] if is_hierarchical(stages) else None
     taps = []
     for t in sorted(out_indices):
         for seg in stitch.segments:
-            b = t * depths[seg.anchor] // top
+            b = ends[seg.anchor][ends[-1].index(t)] if ends else t * depths[seg.anchor] // top
             if seg.first <= b <= seg.last:
                 taps.append((seg.anchor, b))
                 break
     return taps
 
 
-def tap_layers(anchor: int, block: int, *depths: int) -> tuple[LayerRef, ...]:
+def tap_layers(anchor: int, block: int, *depths: int,
+               stages: Sequence[Sequence[int]] | None = None) -> tuple[LayerRef, ...]:
     """The SL layers that bring a tap of ``anchor``'s ``block`` to the largest anchor's width, in order: those of
-    the boundary right after the block, up the chain (two anchors: small block ``b`` through SL layer ``b``)."""
+    the boundary right after the block, up the chain (two anchors: small block ``b`` through SL layer ``b``).
+    Hierarchical anchors (``stages``): each pair's tap layer of the stage ``block`` ends (``swin_layer_stages``)."""
+    if is_hierarchical(stages):
+        s = stage_ends(stages[anchor]).index(block)
+        return tuple(LayerRef("SL", len(swin_layer_stages(stages, p)) + s, p) for p in range(anchor, len(stages) - 1))
     g = depths[0]
     index = block * g // depths[anchor]  # the block lies before boundary index + 1
     return tuple(LayerRef("SL", index, p) for p in range(anchor, len(depths) - 1))
 
 
 def layer_fits(depths: Sequence[int], version: str = "v2", stages: Sequence[Sequence[int]] | None = None,
-               ) -> list[tuple[LayerRef, tuple[int, int], tuple[int, int]]]:
+               dense: bool = False) -> list[tuple[LayerRef, tuple[int, int], tuple[int, int]]]:
     """(layer, (anchor, block) whose output it maps, (anchor, block) whose output it is fitted to) for every
     stitching layer of a chain, pair by pair, SL layers first: a layer at boundary ``k`` maps between the two
     anchors' blocks before that boundary (SPEC section 3 for two anchors). SN-Net's layers have one fit per
     position they serve, front block ``j`` to end block ``k - 1`` (block -1: the embedding), to be averaged
-    (SPEC section 13; its Swin layers likewise, ``stages`` given)."""
+    (SPEC section 13; its Swin layers likewise, ``stages`` given; ``dense``: each tap layer from the front anchor's
+    stage end to the end anchor's)."""
     if is_hierarchical(stages):
         check_stages(stages, version)
-        return [(LayerRef("SL", layer, p), (p, j), (p + 1, k - 1)) for _, p, j, k, layer in _swin_positions(stages)]
+        fits = [(LayerRef("SL", layer, p), (p, j), (p + 1, k - 1)) for _, p, j, k, layer in _swin_positions(stages)]
+        ends = [stage_ends(s) for s in stages]
+        taps = [(tap_layers(p, ends[p][s], stages=stages)[0], (p, ends[p][s]), (p + 1, ends[p + 1][s]))
+                for p in range(len(stages) - 1) for s in range(len(stages[p]))]
+        return fits + (taps if dense else [])
     if version == "sn-net":
         sn_net_space(depths)  # checks the depths
         return [(LayerRef("SL", layer, p), (p, j), (p + 1, k - 1))

@@ -143,6 +143,12 @@ class Family:
         return block(x)
 
     @classmethod
+    def fix_size(cls, module: nn.Module, x: torch.Tensor) -> None:
+        """Before an export at one input size, called as each submodule of the family's blocks is about to run on
+        ``x`` at that size: what the module computes from its input's size on every call becomes a constant (Swin:
+        a block's attention mask). Nothing by default."""
+
+    @classmethod
     def shape(cls, a: nn.Module) -> AnchorShape:
         """The numbers the anchor's FLOPs are computed from (``snnet.flops``), read off its modules."""
         raise NotImplementedError

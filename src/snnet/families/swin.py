@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from timm.models.swin_transformer import SwinTransformer, checkpoint_filter_fn
+from timm.models.swin_transformer import SwinTransformer, SwinTransformerBlock, checkpoint_filter_fn
 from torch import nn
 
 from ..errors import SNNetError
@@ -73,6 +73,16 @@ class SwinFamily(Family):
         return a.num_features
 
     @classmethod
+    def fix_size(cls, module: nn.Module, x: torch.Tensor) -> None:
+        # a block of any input size builds its shifted windows' mask on every call (timm's dynamic_mask): built
+        # once here, for the grid padded to whole windows as the block pads it
+        if isinstance(module, SwinTransformerBlock) and module.dynamic_mask:
+            (h, w), (wh, ww) = x.shape[1:3], module.window_size
+            padded = x.new_zeros(1, -(-h // wh) * wh, -(-w // ww) * ww, 1)
+            module.dynamic_mask = False
+            module.register_buffer("attn_mask", module.get_attn_mask(padded), persistent=False)
+
+    @classmethod
     def shape(cls, a: nn.Module) -> AnchorShape:
         """Per stage: the blocks' multiply-adds per token and the window their attention spans, the patch merging
         per token it outputs; the grid halves at each merging."""
@@ -81,14 +91,14 @@ class SwinFamily(Family):
             merging = layer.downsample
             if not isinstance(merging, nn.Identity):
                 stride *= 2
-            costs = {(linear_macs(b), sum(norm_elements(m) for m in b.modules()), b.attn.qkv.out_features // 3,
-                      tuple(b.window_size)) for b in layer.blocks}
+            costs = {(linear_macs(b), linear_macs(b.attn), sum(norm_elements(m) for m in b.modules()),
+                      b.attn.qkv.out_features // 3, tuple(b.window_size)) for b in layer.blocks}
             if len(costs) != 1:
                 raise SNNetError(f"anchor {name_of(a)} has blocks of different sizes in stage {s}")
-            linear, norms, attn_dim, window = costs.pop()
+            linear, attn_linear, norms, attn_dim, window = costs.pop()
             stages.append(StageShape(
                 depth=len(layer.blocks), width=layer.blocks[0].attn.qkv.in_features, stride=stride, window=window,
-                block_linear_macs=linear, block_norm_elements=norms, attn_dim=attn_dim,
+                block_linear_macs=linear, block_norm_elements=norms, attn_dim=attn_dim, attn_linear_macs=attn_linear,
                 merge_linear_macs=linear_macs(merging),
                 merge_norm_elements=norm_elements(getattr(merging, "norm", None))))
         pe, fc = a.patch_embed, a.head.fc

@@ -18,7 +18,6 @@ from torch import nn
 
 from ..config import EvalSection, Int, ModelSection, RunConfig, Section
 from ..model import SNNetBackbone, StitchNet, TaskModel
-from ..stitch_space import route_taps, tap_layers
 from ._files import collate_lists
 from .base import Task
 
@@ -117,7 +116,7 @@ class DenseModel(TaskModel):
         # the reference's dense anchors: no classifier, no final norm, any input size
         backbone = SNNetBackbone.from_section(section, load_weights, device,
                                               overrides=lambda family: family.backbone_kwargs,
-                                              defaults={"dynamic_img_size": True})
+                                              defaults={"dynamic_img_size": True}, dense=True)
         model = cls.from_backbone(backbone, section.head, num_classes, tuple(input_size or backbone.img_size))
         if section.head.init == "torch":
             reset_heads(model)
@@ -156,8 +155,7 @@ class DenseModel(TaskModel):
         b = self.backbone
         s = b.stitch(stitch_id)
         n = b.params(stitch_id)
-        projections = {ref for tap in route_taps(s, tuple(b.out_indices), *b.depths)
-                       for ref in tap_layers(*tap, *b.depths)} - set(s.layers)
+        projections = {ref for tap in b.route_taps(s) for ref in b.tap_layers(*tap)} - set(s.layers)
         n += sum(p.numel() for ref in projections for p in b.stitching_layer(ref).parameters())
         return n + sum(p.numel() for h in self.inference_heads() for p in h.parameters())
 

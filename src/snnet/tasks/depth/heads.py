@@ -13,25 +13,34 @@ from ...flops import BILINEAR_FLOPS_PER_OUTPUT, conv_flops
 from ..dense import init_conv_module
 
 REASSEMBLE_CHANNELS = (96, 192, 384, 768)
+VIT_SCALES = (4.0, 2.0, 1.0, 0.5)  # DPT's resampling of four taps of one plain ViT's token grid
+HIERARCHICAL_SCALES = (1.0,) * 4  # Swin's stage ends are already at strides 4 to 32 (MiDaS v3.1's Swin DPT)
 
 
-def _resize_layer(level: int, channels: int) -> nn.Module:
-    """x4 and x2 transposed convolutions, identity, and a stride-2 convolution, for taps 0..3."""
-    return [nn.ConvTranspose2d(channels, channels, 4, stride=4), nn.ConvTranspose2d(channels, channels, 2, stride=2),
-            nn.Identity(), nn.Conv2d(channels, channels, 3, stride=2, padding=1)][level]
+def _resize_layer(scale: float, channels: int) -> nn.Module:
+    """x4 and x2 transposed convolutions, identity, or a stride-2 convolution."""
+    if scale == 0.5:
+        return nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+    return nn.Identity() if scale == 1 else nn.ConvTranspose2d(channels, channels, int(scale), stride=int(scale))
+
+
+def _resized(size: tuple[int, int], scale: float) -> tuple[int, int]:
+    """A map's (rows, columns) after ``_resize_layer(scale)``."""
+    return ((size[0] - 1) // 2 + 1, (size[1] - 1) // 2 + 1) if scale == 0.5 else \
+        (int(size[0] * scale), int(size[1] * scale))
 
 
 class Reassemble(nn.Module):
-    """One tap (B, C, h, w) and its class token (B, C) -> a feature map of ``out_channels`` at its level's scale.
-    Without ``readout`` (anchors without a class token, such as SigLIP's) the tap is read as it is: DPT's readout
-    "ignore"."""
+    """One tap (B, C, h, w) and its class token (B, C) -> a feature map of ``out_channels`` resampled by
+    ``scale``. Without ``readout`` (anchors without a class token, such as SigLIP's and Swin's) the tap is read as
+    it is: DPT's readout "ignore"."""
 
-    def __init__(self, level: int, width: int, out_channels: int, readout: bool = True) -> None:
+    def __init__(self, scale: float, width: int, out_channels: int, readout: bool = True) -> None:
         super().__init__()
         # readout "project"
         self.readout = nn.Sequential(nn.Linear(2 * width, width), nn.GELU()) if readout else None
         self.project = init_conv_module(nn.Conv2d(width, out_channels, 1))
-        self.resize = _resize_layer(level, out_channels)
+        self.resize = _resize_layer(scale, out_channels)
 
     def forward(self, x: torch.Tensor, cls_token: torch.Tensor | None) -> torch.Tensor:
         if self.readout is not None:
@@ -75,16 +84,19 @@ class FusionBlock(nn.Module):
 
 
 class DPTHead(nn.Module):
-    """Four taps with class tokens on an (h, w) token grid -> depth ``ReLU(x) + min_depth``, (B, 1, 16h, 16w):
-    the input size for 16-pixel patches. ``readout=False``: taps without class tokens (readout "ignore")."""
+    """Four taps of ``widths`` channels with class tokens -> depth ``ReLU(x) + min_depth``: on one (h, w) token
+    grid (a plain ViT's, resampled by ``VIT_SCALES``) at (16h, 16w), the input size for 16-pixel patches; on
+    Swin's stage ends (``HIERARCHICAL_SCALES``) at 4 times the first. ``readout=False``: taps without class tokens
+    (readout "ignore")."""
 
-    def __init__(self, width: int, channels: int = 256, min_depth: float = 1e-3,
-                 reassemble_channels: tuple[int, ...] = REASSEMBLE_CHANNELS, readout: bool = True) -> None:
+    def __init__(self, widths: tuple[int, ...], channels: int = 256, min_depth: float = 1e-3,
+                 reassemble_channels: tuple[int, ...] = REASSEMBLE_CHANNELS, readout: bool = True,
+                 scales: tuple[float, ...] = VIT_SCALES) -> None:
         super().__init__()
-        self.width, self.channels, self.min_depth, self.readout = width, channels, min_depth, readout
-        self.reassemble_channels = tuple(reassemble_channels)
-        self.reassemble = nn.ModuleList(Reassemble(i, width, c, readout)
-                                        for i, c in enumerate(self.reassemble_channels))
+        self.widths, self.channels, self.min_depth, self.readout = tuple(widths), channels, min_depth, readout
+        self.reassemble_channels, self.scales = tuple(reassemble_channels), tuple(scales)
+        self.reassemble = nn.ModuleList(Reassemble(scale, w, c, readout)
+                                        for scale, w, c in zip(self.scales, self.widths, self.reassemble_channels))
         self.convs = nn.ModuleList(init_conv_module(nn.Conv2d(c, channels, 3, padding=1, bias=False))
                                    for c in self.reassemble_channels)
         self.fusion = nn.ModuleList(FusionBlock(channels, with_skip=i > 0) for i in range(len(self.reassemble_channels)))
@@ -104,23 +116,16 @@ class DPTHead(nn.Module):
         out = self.depth_conv3(F.relu(self.depth_conv2(out)))
         return F.relu(out) + self.min_depth
 
-    def flops(self, grid: tuple[int, int]) -> int:
-        """At a ``grid`` of tokens, SPEC section 4's convention (a transposed conv per input position)."""
-        h, w = grid
-        c, ch = self.width, self.channels
+    def flops(self, grids: list[tuple[int, int]]) -> int:
+        """On taps of these (rows, columns), SPEC section 4's convention (a transposed conv per input position)."""
+        ch = self.channels
         flops, sizes = 0, []
-        for i, out in enumerate(self.reassemble_channels):
+        for (h, w), c, out, scale in zip(grids, self.widths, self.reassemble_channels, self.scales):
             flops += h * w * 2 * c * c * self.readout + conv_flops((h, w), c, out)  # readout linear, 1x1 projection
-            if i == 0:
-                flops += conv_flops((h, w), out, out, 4)
-                size = (4 * h, 4 * w)
-            elif i == 1:
-                flops += conv_flops((h, w), out, out, 2)
-                size = (2 * h, 2 * w)
-            elif i == 2:
-                size = (h, w)
-            else:
-                size = ((h - 1) // 2 + 1, (w - 1) // 2 + 1)
+            size = _resized((h, w), scale)
+            if scale > 1:
+                flops += conv_flops((h, w), out, out, int(scale))
+            elif scale < 1:
                 flops += conv_flops(size, out, out, 3)
             flops += conv_flops(size, out, ch, 3)
             sizes.append(size)

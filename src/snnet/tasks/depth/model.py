@@ -8,7 +8,7 @@ from ...errors import SNNetError
 from ...flops import BILINEAR_FLOPS_PER_OUTPUT
 from ...model import SNNetBackbone
 from ..dense import DenseModel
-from .heads import REASSEMBLE_CHANNELS, DPTHead
+from .heads import HIERARCHICAL_SCALES, REASSEMBLE_CHANNELS, VIT_SCALES, DPTHead
 
 
 class DepthModel(DenseModel):
@@ -38,7 +38,9 @@ class DepthModel(DenseModel):
                              f"{len(backbone.out_indices)} ({backbone.out_indices})")
         # DPT's readout merges each tap's class token into its patch tokens; anchors without one are read as they are
         classes = backbone.families[-1].prefix_layout(backbone.anchors[-1])[0]
-        self.decode_head = DPTHead(backbone.widths[-1], channels, min_depth, reassemble_channels, readout=classes > 0)
+        scales = HIERARCHICAL_SCALES if backbone.shapes[-1].stages else VIT_SCALES
+        self.decode_head = DPTHead(tuple(backbone.tap_widths), channels, min_depth, reassemble_channels,
+                                   readout=classes > 0, scales=scales)
         self.min_depth, self.max_depth = min_depth, max_depth
 
     @property
@@ -46,9 +48,8 @@ class DepthModel(DenseModel):
         return tuple(self.head_config["input_size"])
 
     def head_flops(self, img_size: tuple[int, int]) -> int:
-        ph, pw = self.backbone.patch_size
         # the reference resizes the prediction to the input size even when it already has it (fvcore counts it)
-        return self.decode_head.flops((img_size[0] // ph, img_size[1] // pw)) + \
+        return self.decode_head.flops(self.backbone.tap_grids(img_size)) + \
             BILINEAR_FLOPS_PER_OUTPUT * img_size[0] * img_size[1]
 
     def inference_heads(self) -> list[torch.nn.Module]:

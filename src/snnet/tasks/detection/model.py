@@ -1,5 +1,6 @@
 """A stitched ViTDet backbone under torchvision's Mask R-CNN (SPEC section 12): the stitch's last feature map
-through a simple feature pyramid (strides 4, 8, 16, 32 and 64), then torchvision's RPN and RoI heads."""
+through a simple feature pyramid (strides 4, 8, 16, 32 and 64), then torchvision's RPN and RoI heads. Swin's
+stage ends go through an FPN instead (torchvision's, as its Mask R-CNN over Swin)."""
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -12,19 +13,25 @@ from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+from torchvision.ops import FeaturePyramidNetwork
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from ...errors import SNNetError
 from ...flops import NORM_FLOPS_PER_ELEMENT, conv_flops
 from ...model import SNNetBackbone
+from ...stitch_space import stage_ends
 from ..dense import DenseModel
 
 SCALES = (4.0, 2.0, 1.0, 0.5)  # of the stride-16 map: strides 4, 8, 16, 32
 
 
 class SimpleFeaturePyramid(nn.Module):
-    """ViTDet's pyramid from one stride-16 map (B, C, h, w): per scale a resampling (two 2x2 transposed convs
-    with LayerNorm + GELU between, one, none, or a 2x2 max pool), then a 1x1 and a 3x3 conv to ``out_channels``,
-    each without bias and followed by a LayerNorm over channels; plus a stride-64 level by max pooling."""
+    """ViTDet's pyramid from one stride-16 map (B, C, h, w), the last tap: per scale a resampling (two 2x2
+    transposed convs with LayerNorm + GELU between, one, none, or a 2x2 max pool), then a 1x1 and a 3x3 conv to
+    ``out_channels``, each without bias and followed by a LayerNorm over channels; plus a stride-64 level by max
+    pooling."""
+
+    taps = (-1,)  # the backbone's taps it reads
 
     def __init__(self, in_channels: int, out_channels: int = 256) -> None:
         super().__init__()
@@ -45,14 +52,15 @@ class SimpleFeaturePyramid(nn.Module):
                        nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False), LayerNorm2d(out_channels)]
             self.stages.append(nn.Sequential(*layers))
 
-    def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
-        maps = OrderedDict((str(i), stage(x)) for i, stage in enumerate(self.stages))
+    def forward(self, taps: list[torch.Tensor]) -> OrderedDict[str, torch.Tensor]:
+        maps = OrderedDict((str(i), stage(taps[-1])) for i, stage in enumerate(self.stages))
         maps["pool"] = F.max_pool2d(maps[str(len(SCALES) - 1)], kernel_size=1, stride=2)  # LastLevelMaxPool
         return maps
 
-    def flops(self, grid: tuple[int, int]) -> int:
-        """Convolutions as multiply-adds (transposed ones per input position), LayerNorm 5 per element."""
-        h, w = grid
+    def flops(self, grids: list[tuple[int, int]]) -> int:
+        """On the last tap's (rows, columns): convolutions as multiply-adds (transposed ones per input position),
+        LayerNorm 5 per element."""
+        h, w = grids[-1]
         c, out = self.in_channels, self.out_channels
         flops = 0
         for scale in SCALES:
@@ -72,10 +80,31 @@ class SimpleFeaturePyramid(nn.Module):
         return flops
 
 
+class StageFeaturePyramid(nn.Module):
+    """An FPN over a hierarchical backbone's four stage ends (strides 4 to 32): torchvision's, a 1x1 lateral and a
+    3x3 output conv per level to ``out_channels``, nearest top-down sums, and a stride-64 level by max pooling, as
+    Swin's Mask R-CNN (mmdetection's FPN) builds it."""
+
+    taps = None  # every tap
+
+    def __init__(self, in_channels: list[int], out_channels: int = 256) -> None:
+        super().__init__()
+        self.in_channels, self.out_channels = list(in_channels), out_channels
+        self.fpn = FeaturePyramidNetwork(self.in_channels, out_channels, extra_blocks=LastLevelMaxPool())
+
+    def forward(self, taps: list[torch.Tensor]) -> OrderedDict[str, torch.Tensor]:
+        return self.fpn(OrderedDict((str(i), t) for i, t in enumerate(taps)))
+
+    def flops(self, grids: list[tuple[int, int]]) -> int:
+        """Convolutions as multiply-adds; the nearest upsampling, sums and max pooling are free."""
+        out = self.out_channels
+        return sum(conv_flops(g, c, out) + conv_flops(g, out, out, 3) for g, c in zip(grids, self.in_channels))
+
+
 class _StitchedPyramid(nn.Module):
     """What Mask R-CNN calls its backbone: the active stitch's last dense tap through the pyramid."""
 
-    def __init__(self, body: SNNetBackbone, pyramid: SimpleFeaturePyramid) -> None:
+    def __init__(self, body: SNNetBackbone, pyramid: SimpleFeaturePyramid | StageFeaturePyramid) -> None:
         super().__init__()
         # the backbone is registered once, as DetectionModel.backbone; here it is only used
         self.__dict__["body"] = body
@@ -83,7 +112,7 @@ class _StitchedPyramid(nn.Module):
         self.out_channels = pyramid.out_channels
 
     def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
-        return self.pyramid(self.body.forward_intermediates(x, taps=(-1,))[0])  # ViTDet reads the last tap only
+        return self.pyramid(self.body.forward_intermediates(x, taps=self.pyramid.taps))
 
 
 class DetectionModel(DenseModel):
@@ -110,11 +139,15 @@ class DetectionModel(DenseModel):
         super().__init__(backbone, {"num_classes": num_classes, "channels": channels, "roi_channels": roi_channels,
                                     "roi_samples": roi_samples, "detections": detections,
                                     "input_size": [image_size, image_size]})
-        if backbone.out_indices != [backbone.depths[-1] - 1]:
-            raise SNNetError(f"a ViTDet backbone taps the last block only: set model.out_indices to "
-                             f"[{backbone.depths[-1] - 1}], got {backbone.out_indices}")
+        hierarchical = bool(backbone.shapes[-1].stages)
+        wanted = stage_ends(backbone.stages[-1]) if hierarchical else [backbone.depths[-1] - 1]
+        if backbone.out_indices != wanted:
+            reads = "an FPN over Swin reads its stage ends" if hierarchical else \
+                "a ViTDet backbone taps the last block only"
+            raise SNNetError(f"{reads}: set model.out_indices to {wanted}, got {backbone.out_indices}")
         self.num_classes = num_classes
-        pyramid = SimpleFeaturePyramid(backbone.widths[-1], channels)
+        pyramid = StageFeaturePyramid(backbone.tap_widths, channels) if hierarchical else \
+            SimpleFeaturePyramid(backbone.widths[-1], channels)
         # images arrive normalised, as for every snnet model: torchvision's transform only resizes them to fit
         # image_size and pads them to the image_size square with 0 (the normalised mean), as ViTDet pads
         # anchor boxes of image_size / 32 .. / 2 on the five levels: ViTDet's 32..512 at 1024
@@ -136,8 +169,7 @@ class DetectionModel(DenseModel):
         return tuple(self.head_config["input_size"])
 
     def head_flops(self, img_size: tuple[int, int]) -> int:
-        ph, pw = self.backbone.patch_size
-        return self.detector.backbone.pyramid.flops((img_size[0] // ph, img_size[1] // pw))
+        return self.detector.backbone.pyramid.flops(self.backbone.tap_grids(img_size))
 
     def inference_heads(self) -> list[nn.Module]:
         return [self.detector.backbone.pyramid, self.detector.rpn, self.detector.roi_heads]

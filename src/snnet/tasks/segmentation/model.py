@@ -33,15 +33,15 @@ class SegmentationModel(DenseModel):
         super().__init__(backbone, {"num_classes": num_classes, "channels": channels, "aux_weight": aux_weight})
         if len(backbone.out_indices) < 1:
             raise SNNetError("segmentation needs at least one tap in model.out_indices")
-        width = backbone.widths[-1]
+        widths = backbone.tap_widths  # Swin's: each its stage's
         self.num_classes = num_classes
-        self.decode_head = SETRUpHead(width, channels, num_classes, num_convs=1)
+        self.decode_head = SETRUpHead(widths[-1], channels, num_classes, num_convs=1)
         n_aux = len(backbone.out_indices) - 1 if aux_weight > 0 else 0
-        self.auxiliary_head = nn.ModuleList(SETRUpHead(width, channels, num_classes, num_convs=2) for _ in range(n_aux))
+        self.auxiliary_head = nn.ModuleList(SETRUpHead(widths[i], channels, num_classes, num_convs=2)
+                                            for i in range(n_aux))
 
     def head_flops(self, img_size: tuple[int, int]) -> int:
-        ph, pw = self.backbone.patch_size
-        return self.decode_head.flops((img_size[0] // ph, img_size[1] // pw))
+        return self.decode_head.flops(self.backbone.tap_grids(img_size)[-1])
 
     def inference_heads(self) -> list[nn.Module]:
         return [self.decode_head]
