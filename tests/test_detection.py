@@ -13,7 +13,7 @@ from snnet import SNNetBackbone, SNNetError, load_config
 from snnet.anchors import AnchorConfig
 from snnet.cli import main
 from snnet.data import SceneConfig, write_coco_dataset
-from snnet.tasks.detection import DetectionModel, SimpleFeaturePyramid
+from snnet.tasks.detection import DetectionModel, SimpleFeaturePyramid, StageFeaturePyramid
 
 
 def tiny_detector(out_indices=(5,)) -> DetectionModel:
@@ -88,8 +88,27 @@ def test_pyramid_flops_equal_a_count_of_the_modules_that_run():
 
     for m in pyramid.modules():
         m.register_forward_hook(hook)
-    pyramid(torch.randn(1, 48, 8, 12))
-    assert pyramid.flops((8, 12)) == sum(counted)
+    pyramid([torch.randn(1, 48, 8, 12)])
+    assert pyramid.flops([(8, 12)]) == sum(counted)
+
+
+def test_swins_fpn_flops_are_its_convolutions_counted_on_a_forward():
+    """The FPN over four stage ends (Swin's): each lateral 1x1 and output 3x3 conv counted by a hook, against the
+    closed form; five levels out, the last max-pooled."""
+    pyramid = StageFeaturePyramid([8, 16, 32, 64], 16)
+    counted = []
+
+    def hook(module, inputs, output):
+        k = module.kernel_size[0] * module.kernel_size[1]
+        counted.append(output.shape[-2] * output.shape[-1] * module.in_channels * module.out_channels * k)
+
+    for m in pyramid.modules():
+        if isinstance(m, nn.Conv2d):
+            m.register_forward_hook(hook)
+    grids = [(16, 24), (8, 12), (4, 6), (2, 3)]
+    maps = pyramid([torch.randn(1, c, h, w) for c, (h, w) in zip([8, 16, 32, 64], grids)])
+    assert [tuple(m.shape) for m in maps.values()] == [(1, 16, h, w) for h, w in grids] + [(1, 16, 1, 2)]
+    assert list(maps) == ["0", "1", "2", "3", "pool"] and pyramid.flops(grids) == sum(counted)
 
 
 # ---- COCO data and evaluation ---------------------------------------------------------------------------

@@ -348,11 +348,12 @@ def test_depth_on_siglip_anchors_reads_taps_without_a_class_token(tmp_path):
     assert [r["stitch_id"] for r in rows] == model.stitch_ids and all(np.isfinite(r["rmse"]) for r in rows)
     dpt = model.decode_head
     assert dpt.readout is False and all(r.readout is None for r in dpt.reassemble)
-    with_readout = DPTHead(dpt.width, dpt.channels, dpt.min_depth, dpt.reassemble_channels)
+    with_readout = DPTHead(dpt.widths, dpt.channels, dpt.min_depth, dpt.reassemble_channels)
     grid = (IMG // 8, IMG // 8)
+    grids = [grid] * 4
     readouts = 4 * (2 * 48 * 48 + 48)  # a Linear(2C, C) per tap, C = 48
     assert sum(p.numel() for p in with_readout.parameters()) - sum(p.numel() for p in dpt.parameters()) == readouts
-    assert with_readout.flops(grid) - dpt.flops(grid) == 4 * grid[0] * grid[1] * 2 * 48 * 48
+    assert with_readout.flops(grids) - dpt.flops(grids) == 4 * grid[0] * grid[1] * 2 * 48 * 48
     x, sid = images(2), model.stitch_ids[-1]
     out = tmp_path / "stitch.onnx"
     assert main(["export", "--checkpoint", str(run), "--stitch", str(sid), "--format", "onnx", "--output", str(out),

@@ -145,7 +145,7 @@ def test_dpt_head_is_initialised_as_the_depth_toolbox_does():
     """ConvModules (Kaiming at construction) where the reference builds them, PyTorch's defaults elsewhere."""
     from snnet.tasks.depth.heads import DPTHead
     torch.manual_seed(0)
-    head = DPTHead(1024, 256)
+    head = DPTHead((1024,) * 4, 256)
     modules = {}
     for name, m in head.named_modules():
         if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d, torch.nn.Linear)):

@@ -237,20 +237,49 @@ def test_what_swin_networks_refuse_is_one_line(anchors, build, message):
     assert message in str(e.value) and "\n" not in str(e.value)
 
 
-def test_snnet_train_eval_and_export_a_swin_network(tmp_path):
-    """The commands on tiny Swin-T/S-shaped anchors: least squares, training, every stitch evaluated, one stitch
-    and the whole network exported to ONNX, each equal to eager; int8 export, profile and the demo's answer."""
-    kwargs = [dict(img_size=32, patch_size=2, window_size=4, embed_dim=16, depths=d, num_heads=[1, 2, 2, 4],
-                   num_classes=10) for d in ([2, 2, 2, 2], [2, 2, 4, 2])]
-    cfg = {"model": {"version": "sn-net", "anchors": [{"name": SWIN, "kwargs": k} for k in kwargs]},
+def swin_run(tmp_path, task="classification", widths=(16, 16), head=None, **data) -> Path:
+    """``snnet train`` of tiny Swin-T/S-shaped anchors (stage depths 2, 2, 2, 2 and 2, 2, 4, 2; 32x32 images in 2x2
+    patches, 4x4 windows) on the built-in scenes: the least-squares start and one epoch of 2 steps."""
+    classes = {"num_classes": 10} if task == "classification" else {}
+    anchors = [{"name": SWIN, "kwargs": dict(img_size=32, patch_size=2, window_size=4, embed_dim=w, depths=d,
+                                             num_heads=[1, 2, 2, 4], **classes)}
+               for d, w in zip(([2, 2, 2, 2], [2, 2, 4, 2]), widths)]
+    cfg = {"task": task, "model": {"version": "sn-net", "anchors": anchors, **({"head": head} if head else {})},
            "data": {"dataset": "shapes", "batch_size": 8, "workers": 0, "mean": [0.5] * 3, "std": [0.5] * 3,
-                    "shapes": {"image_size": 32, "num_train": 16, "num_val": 8}},
+                    "shapes": {"image_size": data.get("input_size", 32), "num_train": 16, "num_val": 8}, **data},
            "train": {"epochs": 1, "steps_per_epoch": 2, "warmup_epochs": 0, "init_images": 8, "init_batch_size": 8,
                      "optimizer": "adamw", "lr": 1e-3},
            "output_dir": str(tmp_path / "run")}
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
     assert main(["train", "--config", str(tmp_path / "run.yaml"), "--no-progress"]) == 0
-    run = tmp_path / "run"
+    return tmp_path / "run"
+
+
+def assert_stitch_file_answers(run, model, x, sid, path, atol):
+    """``snnet export --stitch sid``: the stitch's ONNX file answers as the model does."""
+    assert main(["export", "--checkpoint", str(run), "--stitch", str(sid), "--format", "onnx", "--output", str(path),
+                 "--no-progress"]) == 0
+    with torch.no_grad():
+        np.testing.assert_allclose(onnx_session(path).run(None, {"images": x.numpy()})[0],
+                                   model.select(sid)(x).numpy(), rtol=0, atol=atol)
+
+
+def assert_one_file_answers_every_stitch(run, model, x, path, atol):
+    """``snnet export --stitch all``: the network's one ONNX file answers each stitch as the model does."""
+    assert main(["export", "--checkpoint", str(run), "--stitch", "all", "--format", "onnx", "--output", str(path),
+                 "--no-progress"]) == 0
+    session = onnx_session(path)
+    for sid in model.stitch_ids:
+        with torch.no_grad():
+            expected = model.select(sid)(x).numpy()
+        got = session.run(None, {"images": x.numpy(), "stitch_id": np.array(sid, np.int64)})[0]
+        np.testing.assert_allclose(got, expected, rtol=0, atol=atol)
+
+
+def test_snnet_train_eval_and_export_a_swin_network(tmp_path):
+    """The commands on tiny Swin-T/S-shaped anchors: least squares, training, every stitch evaluated, one stitch
+    and the whole network exported to ONNX, each equal to eager; int8 export, profile and the demo's answer."""
+    run = swin_run(tmp_path)
     model = from_pretrained(run / "model").eval()
     # stages 0 and 1: one stitch each; stage 2 (2 -> 4 blocks, unpaired): 3
     assert model.stitch_ids == list(range(7))
@@ -259,21 +288,8 @@ def test_snnet_train_eval_and_export_a_swin_network(tmp_path):
     assert [(r["flops"], r["params"]) for r in rows] == [(model.flops(i), model.params(i)) for i in model.stitch_ids]
     assert all(0 <= r["acc1"] <= 100 for r in rows)
     x = images(2)
-    one = tmp_path / "s5.onnx"
-    assert main(["export", "--checkpoint", str(run), "--stitch", "5", "--format", "onnx", "--output", str(one),
-                 "--no-progress"]) == 0
-    with torch.no_grad():
-        np.testing.assert_allclose(onnx_session(one).run(None, {"images": x.numpy()})[0],
-                                   model.select(5)(x).numpy(), rtol=0, atol=1e-5)
-    every = tmp_path / "net.onnx"
-    assert main(["export", "--checkpoint", str(run), "--stitch", "all", "--format", "onnx", "--output", str(every),
-                 "--no-progress"]) == 0
-    session = onnx_session(every)
-    for sid in model.stitch_ids:
-        with torch.no_grad():
-            expected = model.select(sid)(x).numpy()
-        got = session.run(None, {"images": x.numpy(), "stitch_id": np.array(sid, np.int64)})[0]
-        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
+    assert_stitch_file_answers(run, model, x, 5, tmp_path / "s5.onnx", atol=1e-5)
+    assert_one_file_answers_every_stitch(run, model, x, tmp_path / "net.onnx", atol=1e-5)
     # int8 (dynamic) of a stitch: its file near the float32 stitch; profile times every stitch (each int8 export
     # takes seconds here: their timing, as the demo's int8 answer, runs the same export)
     int8 = tmp_path / "s5_int8.onnx"
@@ -314,7 +330,8 @@ def dense_backbone(seed=3):
 
 def test_dense_swin_taps_are_stage_ends_brought_to_the_largest_width_by_tap_layers():
     """Every stitch's four maps, at a size the windows do not divide (48x80: timm pads), equal the route's
-    stage ends run by hand through each pair's tap layer of that stage; the deployed stitch gives the same."""
+    stage ends run by hand through each pair's tap layer of that stage; the deployed stitch and the prefix-shared
+    walk give the same."""
     anchors, net = dense_backbone()
     assert net.out_indices == [1, 3, 21, 23] and net.tap_widths == [24, 48, 96, 192]
     assert net.tap_grids((48, 80)) == [(24, 40), (12, 20), (6, 10), (3, 5)]
@@ -341,6 +358,11 @@ def test_dense_swin_taps_are_stage_ends_brought_to_the_largest_width_by_tap_laye
                                                          zip(net.tap_widths, net.tap_grids((48, 80)))]
                 for g, e in zip(got, expected):
                     torch.testing.assert_close(g, e, rtol=0, atol=1e-5)
+        # the evaluation's walk: each stitch resumes from the prefix the stitches before it ran
+        alone = {s.id: net.select(s.id).forward_intermediates(x) for s in net.stitches}
+        with net.sharing_prefixes(net.stitch_ids):
+            for sid in net.depth_first(net.stitch_ids):
+                assert all(torch.equal(a, b) for a, b in zip(net.select(sid).forward_intermediates(x), alone[sid]))
 
 
 def test_dense_swin_flops_count_the_window_padding_as_torch_counts_the_stitch():
@@ -400,20 +422,7 @@ def test_each_dense_task_trains_evaluates_and_exports_on_swin_anchors(tmp_path, 
     from snnet.export import export_stitch
     from snnet.runtime import OnnxStitch
 
-    size = 64 if task == "detection" else 32
-    kwargs = [dict(img_size=32, patch_size=2, window_size=4, embed_dim=w, depths=d, num_heads=[1, 2, 2, 4])
-              for d, w in (([2, 2, 2, 2], 16), ([2, 2, 4, 2], 24))]
-    cfg = {"task": task, "model": {"version": "sn-net", "anchors": [{"name": SWIN, "kwargs": k} for k in kwargs],
-                                   "lora_rank": 2, "head": head},
-           "data": {"dataset": "shapes", "batch_size": 4, "workers": 0, "mean": [0.5] * 3, "std": [0.5] * 3,
-                    "shapes": {"image_size": size, "num_train": 8, "num_val": 4},
-                    **({"input_size": 64} if task == "detection" else {})},
-           "train": {"epochs": 1, "steps_per_epoch": 2, "warmup_epochs": 0, "init_images": 8, "init_batch_size": 8,
-                     "optimizer": "adamw", "lr": 1e-3},
-           "output_dir": str(tmp_path / "run")}
-    (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
-    assert main(["train", "--config", str(tmp_path / "run.yaml"), "--no-progress"]) == 0
-    run = tmp_path / "run"
+    run = swin_run(tmp_path, task, (16, 24), head, **({"input_size": 64} if task == "detection" else {}))
     model = from_pretrained(run / "model").eval()
     assert model.out_indices == [1, 3, 7, 9] and model.stitch_ids == list(range(7))
     rows = [json.loads(line) for line in (run / "results.jsonl").read_text().splitlines()]
@@ -432,25 +441,12 @@ def test_each_dense_task_trains_evaluates_and_exports_on_swin_anchors(tmp_path, 
         return
     x = images(2)
     if task == "segmentation":  # the one file is made of each stitch's own export
-        every = tmp_path / "net.onnx"
-        assert main(["export", "--checkpoint", str(run), "--stitch", "all", "--format", "onnx", "--output",
-                     str(every), "--no-progress"]) == 0
-        session = onnx_session(every)
-        for sid in model.stitch_ids:
-            with torch.no_grad():
-                expected = model.select(sid)(x).numpy()
-            got = session.run(None, {"images": x.numpy(), "stitch_id": np.array(sid, np.int64)})[0]
-            np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4)
+        assert_one_file_answers_every_stitch(run, model, x, tmp_path / "net.onnx", atol=1e-4)
         assert main(["profile", "--run", str(run), "--repeats", "2", "--warmup", "1", "--no-progress"]) == 0
         rows = [json.loads(line) for line in (run / "results.jsonl").read_text().splitlines()]
         assert sorted(r["stitch_id"] for r in rows) == model.stitch_ids and all(r["latency_ms"] > 0 for r in rows)
     else:
-        one = tmp_path / "s5.onnx"
-        assert main(["export", "--checkpoint", str(run), "--stitch", "5", "--format", "onnx", "--output", str(one),
-                     "--no-progress"]) == 0
-        with torch.no_grad():
-            np.testing.assert_allclose(onnx_session(one).run(None, {"images": x.numpy()})[0],
-                                       model.select(5)(x).numpy(), rtol=0, atol=1e-4)
+        assert_stitch_file_answers(run, model, x, 5, tmp_path / "s5.onnx", atol=1e-4)
         demo = DemoRun(run)
         image = Image.fromarray((np.random.default_rng(0).random((32, 32, 3)) * 255).astype(np.uint8))
         shown, legend = demo.predict(image, 4)
