@@ -100,10 +100,14 @@ def test_save_and_load_pretrained_round_trip(tmp_path):
 def test_params_count_route_tap_projections_and_decode_head():
     model = tiny_segmentation()
     head = sum(p.numel() for p in model.decode_head.parameters())
-    sl = sum(p.numel() for p in model.backbone.sl_layers[0].parameters())
+    layer = model.backbone.sl_layers[0]
+    sl = layer.in_features * layer.out_features + layer.out_features  # merged: its low-rank matrices are not kept
+    assert sum(p.numel() for p in layer.parameters()) > sl
     # the small anchor alone projects its taps at blocks 0, 1, 2 through SL layers 0, 1, 2
     assert model.params(0) == model.backbone.params(0) + 3 * sl + head
     assert model.params(1) == model.backbone.params(1) + head
+    # what the deployed stitch holds (the low-rank matrices of the tap projections were counted before)
+    assert model.params(0) == sum(p.numel() for p in model.deployable(0).parameters())
 
 
 # ---- FLOPs against the published table ---------------------------------------------------------------

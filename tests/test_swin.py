@@ -428,6 +428,8 @@ def test_each_dense_task_trains_evaluates_and_exports_on_swin_anchors(tmp_path, 
     rows = [json.loads(line) for line in (run / "results.jsonl").read_text().splitlines()]
     assert sorted(r["stitch_id"] for r in rows) == model.stitch_ids
     assert all((r["flops"], r["params"]) == (model.flops(r["stitch_id"]), model.params(r["stitch_id"])) for r in rows)
+    # parameters: what the deployed stitch holds (no final norm, every patch merging it runs)
+    assert all(model.params(s) == sum(p.numel() for p in model.deployable(s).parameters()) for s in model.stitch_ids)
     if task == "detection":
         model.detector.roi_heads.score_thresh = 0.0  # every detection kept, to compare them all
         pictures = [torch.randn(3, 64, 64), torch.randn(3, 48, 80)]  # the second fitted and padded inside

@@ -247,17 +247,19 @@ class SNNetBackbone(ChoosesStitches, nn.Module):
     def flops_table(self, img_size: tuple[int, int] | None = None, taps: bool = False) -> dict[int, int]:
         return {s.id: self.flops(s.id, img_size, taps) for s in self.stitches}
 
-    def params(self, stitch_id: int) -> int:
+    def params(self, stitch_id: int, taps: bool = False) -> int:
         """Parameters a deployed stitch's route keeps: its blocks, embedding, final norm and merged stitching layers
         (SN-Net's stitched routes as its ``get_model_size`` counts them: no front class token or position
-        embedding, no front Swin patch merging); the task model adds its heads."""
+        embedding, no front Swin patch merging); the task model adds its heads. With ``taps``: the route of
+        ``forward_intermediates``, every module it runs and no norm, pooling or head after its last block."""
         s = self.stitch(stitch_id)
         first, last = self.anchors[s.first_anchor], self.anchors[s.last_anchor]
-        sn_net = self.config.version == "sn-net" and s.kind != "anchor"
+        sn_net = self.config.version == "sn-net" and s.kind != "anchor" and not taps
         embedding = ("patch_embed", "norm_pre") if sn_net else ("patch_embed", "cls_token", "reg_token", "pos_embed",
                                                                 "norm_pre")
         n = sum(_numel(first, p) for p in embedding)
-        n += sum(_numel(last, p) for p in ("norm", "attn_pool", "fc_norm", "head"))
+        if not taps:
+            n += sum(_numel(last, p) for p in ("norm", "attn_pool", "fc_norm", "head"))
         for k, seg in enumerate(s.segments):
             n += sum(_numel(self.block(seg.anchor, b)) for b in range(seg.first, seg.last + 1))
             if sn_net and k == 0:

@@ -154,9 +154,11 @@ class DenseModel(TaskModel):
         and the inference heads."""
         b = self.backbone
         s = b.stitch(stitch_id)
-        n = b.params(stitch_id)
+        n = b.params(stitch_id, taps=True)
         projections = {ref for tap in b.route_taps(s) for ref in b.tap_layers(*tap)} - set(s.layers)
-        n += sum(p.numel() for ref in projections for p in b.stitching_layer(ref).parameters())
+        # merged, as the deployed stitch holds them (a low-rank update's own matrices are not kept)
+        n += sum(layer.in_features * layer.out_features + layer.out_features
+                 for layer in map(b.stitching_layer, projections))
         return n + sum(p.numel() for h in self.inference_heads() for p in h.parameters())
 
     def deployable(self, stitch_id: int) -> nn.Module:
