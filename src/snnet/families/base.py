@@ -11,7 +11,8 @@ every answer is read off the anchor module it is given. What it defines:
 - how a block runs (``context``: what every block of one anchor needs for an input's token grid, computed once per
   anchor and forward from the anchor's ``context_source`` module, e.g. rotary embeddings; ``run_block``);
 - FLOPs (``shape``: the ``AnchorShape`` the pure FLOPs functions read), the kwargs that rebuild the architecture
-  (``rebuild_kwargs``) and the key filter of its foreign checkpoints (``filter_state``).
+  (``rebuild_kwargs``) and the key filter of its foreign checkpoints (``filter_state``);
+- what an export at one input size computes once (``fix_size``: Swin's attention masks).
 
 The final norm (``norm``), pooling and classifier (``forward_head``) and the dense taps (prefix tokens first, then
 the patch grid) are timm's, the same attributes in every family.
