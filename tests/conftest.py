@@ -1,8 +1,15 @@
 """pytest's fixtures shared by the test modules; their helpers are in the ``helpers`` package."""
+import os
+
 import pytest
 import torch
 
 from helpers import IMG, tiny_vit
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # one thread per worker (pyproject runs two on two cores): torch's default of one per core makes two workers
+    # contend for the cores, and a test of many small operations then ran 10x slower beside an export
+    torch.set_num_threads(1)
 
 
 @pytest.fixture
