@@ -225,6 +225,7 @@ def test_a_saved_swin_network_loads_again(model, tmp_path):
     (lambda a: SNNet(a[:2], version="sn-net").backbone.forward_intermediates(torch.randn(1, 3, 32, 32)),
      "this Swin network was built to classify: its dense taps need the tap layers of a dense backbone "
      "(SNNetBackbone(..., dense=True), as the dense tasks build it)"),
+    (lambda a: SNNetBackbone(a, version="sn-net", dense="yes"), "dense must be True or False, got 'yes'"),
     (lambda a: SNNetBackbone(a, version="sn-net", dense=True, out_indices=[3, 20, 23]),
      "out_indices [3, 20, 23]: a Swin backbone taps the ends of its stages, blocks [1, 3, 21, 23] of the largest "
      "anchor"),

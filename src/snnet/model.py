@@ -118,6 +118,8 @@ class SNNetBackbone(ChoosesStitches, nn.Module):
             raise SNNetError(f"lora_rank must be an integer >= 0, got {lora_rank!r}")
         if not is_number(lora_alpha) or lora_alpha <= 0:
             raise SNNetError(f"lora_alpha must be a number > 0, got {lora_alpha!r}")
+        if not isinstance(dense, bool):
+            raise SNNetError(f"dense must be True or False, got {dense!r}")
         if not isinstance(anchors, Sequence) or isinstance(anchors, str):
             raise SNNetError(f"anchors must be a list of timm ViTs (modules, names or AnchorConfigs), "
                              f"got {type(anchors).__name__}")
@@ -145,7 +147,7 @@ class SNNetBackbone(ChoosesStitches, nn.Module):
         self.depths = tuple(sum(s) for s in self.stages)
         self.widths = tuple(f.width(a) for f, a in zip(self.families, ordered))
         self.shapes = tuple(anchor_shape(a) for a in ordered)
-        self.dense = bool(dense)
+        self.dense = dense
         self.out_indices = self._check_out_indices(out_indices)
         self.config = SNNetConfig(configs, version, lora_rank, lora_alpha, list(self.out_indices))
 

@@ -461,8 +461,8 @@ def layer_fits(depths: Sequence[int], version: str = "v2", stages: Sequence[Sequ
         fits = [(LayerRef("SL", layer, p), (p, j), (p + 1, k - 1)) for _, p, j, k, layer in _swin_positions(stages)]
         ends = [stage_ends(s) for s in stages]
         taps = [(tap_layers(p, ends[p][s], stages=stages)[0], (p, ends[p][s]), (p + 1, ends[p + 1][s]))
-                for p in range(len(stages) - 1) for s in range(len(stages[p]))]
-        return fits + (taps if dense else [])
+                for p in range(len(stages) - 1) if dense for s in range(len(stages[p]))]
+        return fits + taps
     if version == "sn-net":
         sn_net_space(depths)  # checks the depths
         return [(LayerRef("SL", layer, p), (p, j), (p + 1, k - 1))

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from ...errors import SNNetError
 from ...flops import BILINEAR_FLOPS_PER_OUTPUT
 from ...model import SNNetBackbone
+from ...stitch_space import is_hierarchical
 from ..dense import DenseModel
 from .heads import HIERARCHICAL_SCALES, REASSEMBLE_CHANNELS, VIT_SCALES, DPTHead
 
@@ -38,7 +39,7 @@ class DepthModel(DenseModel):
                              f"{len(backbone.out_indices)} ({backbone.out_indices})")
         # DPT's readout merges each tap's class token into its patch tokens; anchors without one are read as they are
         classes = backbone.families[-1].prefix_layout(backbone.anchors[-1])[0]
-        scales = HIERARCHICAL_SCALES if backbone.shapes[-1].stages else VIT_SCALES
+        scales = HIERARCHICAL_SCALES if is_hierarchical(backbone.stages) else VIT_SCALES
         self.decode_head = DPTHead(tuple(backbone.tap_widths), channels, min_depth, reassemble_channels,
                                    readout=classes > 0, scales=scales)
         self.min_depth, self.max_depth = min_depth, max_depth

@@ -19,7 +19,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from ...errors import SNNetError
 from ...flops import NORM_FLOPS_PER_ELEMENT, conv_flops
 from ...model import SNNetBackbone
-from ...stitch_space import stage_ends
+from ...stitch_space import is_hierarchical, stage_ends
 from ..dense import DenseModel
 
 SCALES = (4.0, 2.0, 1.0, 0.5)  # of the stride-16 map: strides 4, 8, 16, 32
@@ -139,7 +139,7 @@ class DetectionModel(DenseModel):
         super().__init__(backbone, {"num_classes": num_classes, "channels": channels, "roi_channels": roi_channels,
                                     "roi_samples": roi_samples, "detections": detections,
                                     "input_size": [image_size, image_size]})
-        hierarchical = bool(backbone.shapes[-1].stages)
+        hierarchical = is_hierarchical(backbone.stages)
         wanted = stage_ends(backbone.stages[-1]) if hierarchical else [backbone.depths[-1] - 1]
         if backbone.out_indices != wanted:
             reads = "an FPN over Swin reads its stage ends" if hierarchical else \
